@@ -1,0 +1,35 @@
+# The two commands: `make run` starts the whole stack on loopback, `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help setup run test lint lint-template fmt
+
+help:
+	@echo "make run    start the local stack (DynamoDB, SQS, providers, API on 127.0.0.1:\$${PORT:-3000}, worker)"
+	@echo "make test   install the pinned tools, then run every test"
+	@echo "make lint   cargo fmt --check, clippy -D warnings, template linters"
+
+setup:
+	@scripts/install-local-tools.sh
+
+run: setup
+	$(CARGO) build -q -p local-stack -p enrichctl
+	exec target/debug/local-stack
+
+test: setup
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+lint: lint-template
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+lint-template:
+	@scripts/lint-template.sh
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,23 @@
+//! The status Lambda: `GET /api/v1/operations/enrichment/{personId}?field=` behind an API
+//! Gateway HTTP API, with lazy timeout marking. Clients and configuration are built once per
+//! process, outside the handler.
+
+use enrichment::auth::Authenticator;
+use enrichment::config::{Config, aws_sdk_config, http_client, init_tracing};
+use enrichment::enrichment::Enrichments;
+use enrichment::store::Store;
+use lambda_http::{Error, Request, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_tracing();
+    let config = Config::from_env()?;
+    let sdk = aws_sdk_config().await;
+    let auth = Authenticator::from_env(http_client())?;
+    let enrichments = Enrichments::new(Store::from_sdk(&sdk, &config.table_name), config);
+    let (auth, enrichments) = (&auth, &enrichments);
+    run(service_fn(move |req: Request| async move {
+        Ok::<_, Error>(enrichment::http::handle_get(req, auth, enrichments).await)
+    }))
+    .await
+}

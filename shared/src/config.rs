@@ -1,0 +1,115 @@
+//! Configuration read once per process from the environment, and the AWS clients built from it.
+
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+
+use crate::domain::Field;
+
+/// Settings shared by the three functions. Every value has a default except the table name.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `TABLE_NAME`: the single DynamoDB table (see `template.yaml`).
+    pub table_name: String,
+    /// `ENRICHMENT_MAX_AGE_SECONDS` (default 800, the spec's maximum execution time): a `pending`
+    /// enrichment older than this is timed out (spec, "Timeout Handling").
+    pub max_age: Duration,
+    /// `CREDIT_COST_EMAIL` (default 5): credits an `enrichment_email` costs.
+    pub cost_email: i64,
+    /// `CREDIT_COST_PHONE` (default 20): credits an `enrichment_phone` costs.
+    pub cost_phone: i64,
+    /// `GLOBAL_CACHE_TTL_DAYS` (default 90): how long found data is served from the global cache.
+    pub cache_ttl: Duration,
+    /// `WORKER_CLAIM_LEASE_SECONDS` (default 900): how long a worker's claim on a job keeps
+    /// redeliveries away; longer than the worker's timeout.
+    pub claim_lease: Duration,
+}
+
+/// A missing or unparsable setting.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn number(name: &str, default: i64) -> Result<i64, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n: &i64| *n >= 0)
+            .ok_or_else(|| {
+                ConfigError(format!("{name} must be a non-negative integer, got {v:?}"))
+            }),
+    }
+}
+
+impl Config {
+    /// Reads the settings documented on each field.
+    ///
+    /// Errors: `TABLE_NAME` unset, or a number that does not parse.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            table_name: var("TABLE_NAME")
+                .ok_or_else(|| ConfigError("TABLE_NAME is not set".into()))?,
+            max_age: Duration::from_secs(number("ENRICHMENT_MAX_AGE_SECONDS", 800)? as u64),
+            cost_email: number("CREDIT_COST_EMAIL", 5)?,
+            cost_phone: number("CREDIT_COST_PHONE", 20)?,
+            cache_ttl: Duration::from_secs(number("GLOBAL_CACHE_TTL_DAYS", 90)? as u64 * 86_400),
+            claim_lease: Duration::from_secs(number("WORKER_CLAIM_LEASE_SECONDS", 900)? as u64),
+        })
+    }
+
+    /// Credits an enrichment of `field` costs.
+    pub fn cost(&self, field: Field) -> i64 {
+        match field {
+            Field::Emails => self.cost_email,
+            Field::Phones => self.cost_phone,
+        }
+    }
+}
+
+/// Loads the AWS SDK configuration the standard way (region, credentials and
+/// `AWS_ENDPOINT_URL*` from the environment), with explicit timeouts: the SDK sets none by
+/// default, and a server that never answers would otherwise hold the call until the Lambda dies.
+pub async fn aws_sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(15))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// The HTTP client for providers and JWKS: rustls, bounded connect time. Per-call timeouts are
+/// set by the caller.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` filter (default `info`); JSON lines without
+/// timestamps inside Lambda (CloudWatch stamps each line), plain text elsewhere.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+        let _ = builder.json().without_time().with_ansi(false).try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}

@@ -1,0 +1,275 @@
+//! Domain types of the person-enrichment API, free of AWS types.
+//!
+//! Names and JSON shapes follow the spec (`Person Enrichment`, "Response" section): camelCase keys,
+//! ISO 8601 UTC timestamps with milliseconds and `Z`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The contact field an enrichment looks for: the spec's `field` query parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Field {
+    /// `emails`: email addresses, charged as `enrichment_email`.
+    Emails,
+    /// `phones`: phone numbers in E.164, charged as `enrichment_phone`.
+    Phones,
+}
+
+impl Field {
+    /// The wire value: `"emails"` or `"phones"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Field::Emails => "emails",
+            Field::Phones => "phones",
+        }
+    }
+
+    /// The credit operation type the spec names for this field ("Notes": `enrichment_email` or
+    /// `enrichment_phone`).
+    pub fn operation_type(self) -> OperationType {
+        match self {
+            Field::Emails => OperationType::EnrichmentEmail,
+            Field::Phones => OperationType::EnrichmentPhone,
+        }
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Field {
+    type Err = ();
+
+    /// Parses exactly `"emails"` or `"phones"` (case-sensitive, as the spec lists them).
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "emails" => Ok(Field::Emails),
+            "phones" => Ok(Field::Phones),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A credit operation type, as named in the spec's `INSUFFICIENT_CREDITS` details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationType {
+    /// `enrichment_email`
+    EnrichmentEmail,
+    /// `enrichment_phone`
+    EnrichmentPhone,
+    /// `refund`: credits given back when an accepted enrichment could not be queued.
+    Refund,
+}
+
+impl OperationType {
+    /// The wire value, e.g. `"enrichment_email"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationType::EnrichmentEmail => "enrichment_email",
+            OperationType::EnrichmentPhone => "enrichment_phone",
+            OperationType::Refund => "refund",
+        }
+    }
+}
+
+impl fmt::Display for OperationType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The status of an enrichment (spec, `status` response field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// In progress.
+    Pending,
+    /// Completed; `dataFound` says whether anything was found.
+    Finished,
+    /// The cascade could not get an answer from any provider.
+    Failed,
+    /// Still pending after the maximum age (spec, "Timeout Handling").
+    Timeout,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl Status {
+    /// The wire value, e.g. `"pending"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Finished => "finished",
+            Status::Failed => "failed",
+            Status::Timeout => "timeout",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether a POST returns this enrichment instead of creating a new one (spec, "Idempotency":
+    /// `pending` and `finished` are reused; `failed`, `timeout` and `cancelled` are replaced).
+    pub fn is_reusable(self) -> bool {
+        matches!(self, Status::Pending | Status::Finished)
+    }
+}
+
+/// The enrichment object of the API, exactly the spec's `Enrichment` interface.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Enrichment {
+    /// The enrichment's own UUID.
+    pub id: Uuid,
+    /// ISO 8601 UTC with milliseconds, see [`timestamp`].
+    pub created_at: String,
+    /// ISO 8601 UTC with milliseconds, see [`timestamp`].
+    pub updated_at: String,
+    /// The person's UUID (the `personId` path parameter).
+    pub entity_id: Uuid,
+    /// Always `"person"` for this endpoint.
+    pub entity_type: String,
+    /// `emails` or `phones`.
+    pub field: Field,
+    /// See [`Status`].
+    pub status: Status,
+    /// Why the enrichment failed or timed out; `null` otherwise.
+    pub error: Option<String>,
+    /// `true`/`false` once finished, `null` while pending or when unknown.
+    pub data_found: Option<bool>,
+    /// The user id (JWT `sub`) that triggered the enrichment.
+    pub created_by: String,
+    /// The organization (JWT `org_id` / `o.id`).
+    pub org_id: String,
+    /// The global cache record the data came from or was stored in.
+    pub global_enrichment_id: Option<Uuid>,
+    /// The credit transaction that paid for this enrichment.
+    pub credit_transaction_id: Option<Uuid>,
+}
+
+/// A contact value found for a person: an email address or an E.164 phone number, with where it
+/// came from. Stored on the person and in the global cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactPoint {
+    /// Lower-cased email address, or phone number in E.164 (`+14155550100`).
+    pub value: String,
+    /// What kind of value the provider says it is (`work`, `personal`, `mobile`, `landline`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Email deliverability as the provider reported it (`valid`, `accept_all`, `unknown`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The provider that found it (`hunter`, `pdl`...).
+    pub provider: String,
+    /// When it was found, see [`timestamp`].
+    pub found_at: String,
+}
+
+/// A person of an organization's workspace: what the providers search with, and the contacts
+/// found so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Person {
+    /// The person's UUID.
+    pub id: Uuid,
+    /// Given name.
+    #[serde(default)]
+    pub first_name: Option<String>,
+    /// Family name.
+    #[serde(default)]
+    pub last_name: Option<String>,
+    /// Employer's name.
+    #[serde(default)]
+    pub company_name: Option<String>,
+    /// Employer's web domain (`stripe.com`).
+    #[serde(default)]
+    pub company_domain: Option<String>,
+    /// LinkedIn profile URL.
+    #[serde(default)]
+    pub linkedin_url: Option<String>,
+    /// Emails found so far, deduplicated by value.
+    #[serde(default)]
+    pub emails: Vec<ContactPoint>,
+    /// Phones found so far (E.164), deduplicated by value.
+    #[serde(default)]
+    pub phones: Vec<ContactPoint>,
+}
+
+impl Person {
+    /// The contacts already held for `field`.
+    pub fn contacts(&self, field: Field) -> &[ContactPoint] {
+        match field {
+            Field::Emails => &self.emails,
+            Field::Phones => &self.phones,
+        }
+    }
+
+    /// `contacts(field)` with `found` added; a value already held keeps its first record.
+    pub fn merged_contacts(&self, field: Field, found: &[ContactPoint]) -> Vec<ContactPoint> {
+        let mut merged = self.contacts(field).to_vec();
+        for contact in found {
+            if !merged.iter().any(|c| c.value == contact.value) {
+                merged.push(contact.clone());
+            }
+        }
+        merged
+    }
+}
+
+/// Formats a time as the API does: ISO 8601 UTC with milliseconds and `Z`
+/// (`2024-01-15T10:30:00.000Z`). Strings in this format sort chronologically, which the
+/// DynamoDB conditions rely on.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn timestamps_have_milliseconds_and_z() {
+        let at = Utc.with_ymd_and_hms(2024, 1, 15, 10, 30, 0).unwrap();
+        assert_eq!(timestamp(at), "2024-01-15T10:30:00.000Z");
+    }
+
+    #[test]
+    fn field_parses_only_the_two_spec_values() {
+        assert_eq!("emails".parse::<Field>(), Ok(Field::Emails));
+        assert_eq!("phones".parse::<Field>(), Ok(Field::Phones));
+        assert!("Emails".parse::<Field>().is_err());
+        assert!("".parse::<Field>().is_err());
+    }
+
+    #[test]
+    fn merged_contacts_keep_the_first_record_of_a_value() {
+        let contact = |value: &str, provider: &str| ContactPoint {
+            value: value.into(),
+            kind: None,
+            status: None,
+            provider: provider.into(),
+            found_at: "2024-01-15T10:30:00.000Z".into(),
+        };
+        let person = Person {
+            emails: vec![contact("a@x.com", "hunter")],
+            ..Person::default()
+        };
+        let merged = person.merged_contacts(
+            Field::Emails,
+            &[contact("a@x.com", "pdl"), contact("b@x.com", "pdl")],
+        );
+        assert_eq!(
+            merged,
+            vec![contact("a@x.com", "hunter"), contact("b@x.com", "pdl")]
+        );
+    }
+}

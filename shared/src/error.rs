@@ -1,0 +1,149 @@
+//! The API's errors and their one mapping to the spec's error envelope
+//! (`{"error": {"code", "message", "details"?}}`, spec section "Error Codes").
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::domain::OperationType;
+
+/// The spec's message for a missing or invalid `field` query parameter, to the letter.
+pub const FIELD_MESSAGE: &str =
+    r#"Field query parameter is required and must be "phones" or "emails""#;
+
+/// An error a client sees. Each variant maps to one status code and error code of the spec's
+/// "Error Codes" table.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `VALIDATION_ERROR`: missing or invalid `personId` or `field`.
+    #[error("{0}")]
+    Validation(String),
+    /// 401 `UNAUTHORIZED`: missing or invalid token; the text says which class of problem, never
+    /// the token itself.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 402 `INSUFFICIENT_CREDITS`: the org's balance does not cover `required` credits.
+    #[error("Insufficient credits for {operation_type}. Required: {required} credits.")]
+    InsufficientCredits {
+        /// `enrichment_email` or `enrichment_phone`.
+        operation_type: OperationType,
+        /// Credits the operation costs.
+        required: i64,
+    },
+    /// 404 `NOT_FOUND`, with the message to show (`Enrichment not found`, `Person not found`).
+    #[error("{0}")]
+    NotFound(String),
+    /// 405 `METHOD_NOT_ALLOWED`: a method the route does not serve.
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    /// 500 `INTERNAL_ERROR`; the detail goes to the logs, not to the client.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The body of an error response: `{"error": {...}}`.
+#[derive(Debug, Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Value>,
+}
+
+impl ApiError {
+    /// The HTTP status code (spec, "Error Codes").
+    pub fn status_code(&self) -> u16 {
+        match self {
+            ApiError::Validation(_) => 400,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::InsufficientCredits { .. } => 402,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed => 405,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// The error code string (spec, "Error Codes").
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) => "VALIDATION_ERROR",
+            ApiError::Unauthorized(_) => "UNAUTHORIZED",
+            ApiError::InsufficientCredits { .. } => "INSUFFICIENT_CREDITS",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiError::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
+
+    /// The JSON envelope. An internal error's detail is replaced by a generic message.
+    pub fn to_json(&self) -> String {
+        let (message, details) = match self {
+            ApiError::Internal(_) => ("Internal server error".to_string(), None),
+            ApiError::InsufficientCredits {
+                operation_type,
+                required,
+            } => (
+                self.to_string(),
+                Some(json!({"operationType": operation_type, "count": 1, "required": required})),
+            ),
+            other => (other.to_string(), None),
+        };
+        let envelope = Envelope {
+            error: Body {
+                code: self.code(),
+                message,
+                details,
+            },
+        };
+        serde_json::to_string(&envelope).unwrap_or_else(|_| {
+            r#"{"error":{"code":"INTERNAL_ERROR","message":"Internal server error"}}"#.into()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insufficient_credits_matches_the_spec_example() {
+        let error = ApiError::InsufficientCredits {
+            operation_type: OperationType::EnrichmentEmail,
+            required: 1,
+        };
+        let body: Value = serde_json::from_str(&error.to_json()).unwrap();
+        assert_eq!(error.status_code(), 402);
+        assert_eq!(
+            body,
+            json!({"error": {
+                "code": "INSUFFICIENT_CREDITS",
+                "message": "Insufficient credits for enrichment_email. Required: 1 credits.",
+                "details": {"operationType": "enrichment_email", "count": 1, "required": 1}
+            }})
+        );
+    }
+
+    #[test]
+    fn validation_error_matches_the_spec_example() {
+        let body: Value =
+            serde_json::from_str(&ApiError::Validation(FIELD_MESSAGE.into()).to_json()).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": {
+                "code": "VALIDATION_ERROR",
+                "message": "Field query parameter is required and must be \"phones\" or \"emails\""
+            }})
+        );
+    }
+
+    #[test]
+    fn internal_detail_never_reaches_the_client() {
+        let body = ApiError::Internal("dynamodb: connection refused".into()).to_json();
+        assert!(!body.contains("dynamodb"));
+        assert!(body.contains("INTERNAL_ERROR"));
+    }
+}

@@ -1,0 +1,13 @@
+//! The person-enrichment backend: domain model, use cases, ports and their AWS and provider
+//! adapters. The Lambda function crates are thin adapters over this crate.
+
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod enrichment;
+pub mod error;
+pub mod http;
+pub mod providers;
+pub mod queue;
+pub mod store;
+pub mod worker;

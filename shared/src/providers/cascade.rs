@@ -1,0 +1,839 @@
+//! The waterfall: asks the providers configured for a field one after another until one finds
+//! data (design, "What it is" and "Rules that are easy to get wrong").
+//!
+//! Outcome rules, decided here precisely:
+//!
+//! - **Found**: the first provider whose answer is non-empty *after normalization* wins, and no
+//!   later provider is asked. A provider whose values all fail normalization counts as a no match.
+//! - **NoMatch**: no provider found anything, and either at least one provider answered "no
+//!   match", or no provider had the inputs to search at all. A provider's "no match" is an
+//!   answer, not an error: errors from the others do not turn it into a failure.
+//! - **Failed**: at least one provider could search, and none of them answered: each errored,
+//!   timed out, or was not started because the deadline was too near.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use phonenumber::country::Id;
+use tokio::time::Instant;
+
+use crate::domain::{ContactPoint, Field, timestamp};
+use crate::providers::hunter::{self, HunterProvider};
+use crate::providers::normalize::normalize;
+use crate::providers::pdl::{self, PdlProvider};
+use crate::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError};
+
+/// `EMAIL_PROVIDERS` when unset.
+pub const DEFAULT_EMAIL_PROVIDERS: &str = "hunter,pdl";
+/// `PHONE_PROVIDERS` when unset.
+pub const DEFAULT_PHONE_PROVIDERS: &str = "pdl";
+/// `HUNTER_BASE_URL` when unset.
+pub const DEFAULT_HUNTER_BASE_URL: &str = "https://api.hunter.io";
+/// `PDL_BASE_URL` when unset.
+pub const DEFAULT_PDL_BASE_URL: &str = "https://api.peopledatalabs.com";
+/// `PROVIDER_TIMEOUT_SECONDS` when unset.
+pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(20);
+/// `PHONE_DEFAULT_REGION` when unset.
+pub const DEFAULT_PHONE_REGION: Id = Id::US;
+
+/// The error text recorded for a provider not started because the deadline was too near.
+pub const NO_TIME_LEFT: &str = "not started: too close to the deadline";
+
+/// Why [`Cascade::from_env`] could not build the cascade.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CascadeConfigError {
+    /// A provider list names a provider this build does not know.
+    #[error("{var}: unknown provider {name:?} (known: hunter, pdl)")]
+    UnknownProvider {
+        /// The variable holding the list.
+        var: &'static str,
+        /// The unknown name.
+        name: String,
+    },
+    /// A provider list names the same provider twice.
+    #[error("{var}: provider {name:?} is listed twice")]
+    DuplicateProvider {
+        /// The variable holding the list.
+        var: &'static str,
+        /// The repeated name.
+        name: String,
+    },
+    /// A listed provider has no API key.
+    #[error("{var} must be set (and not empty) since {provider} is a configured provider")]
+    MissingApiKey {
+        /// The provider.
+        provider: &'static str,
+        /// The variable that should hold its key.
+        var: &'static str,
+    },
+    /// A variable has a value that cannot be used.
+    #[error("{var}: invalid value {value:?}: {reason}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// What the cascade found for one field of one person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CascadeOutcome {
+    /// A provider found data; `contacts` is normalized and never empty.
+    Found {
+        /// The provider that found it (`hunter`, `pdl`).
+        provider: String,
+        /// The normalized values, each recording `provider` and when it was found.
+        contacts: Vec<ContactPoint>,
+    },
+    /// Every provider that was asked answered no match (or none could search).
+    NoMatch,
+    /// At least one provider could search and none answered (all errored / out of time).
+    Failed {
+        /// `(provider, error text)` per provider that could search, in cascade order.
+        errors: Vec<(String, String)>,
+    },
+}
+
+impl CascadeOutcome {
+    /// The enrichment's `error` for this outcome: for [`CascadeOutcome::Failed`],
+    /// `"All providers failed: hunter: rate limited; pdl: HTTP 503"`; `None` otherwise.
+    pub fn error_message(&self) -> Option<String> {
+        let CascadeOutcome::Failed { errors } = self else {
+            return None;
+        };
+        let details: Vec<String> = errors
+            .iter()
+            .map(|(provider, error)| format!("{provider}: {error}"))
+            .collect();
+        Some(format!("All providers failed: {}", details.join("; ")))
+    }
+}
+
+/// The provider waterfall of each field. Build once per process and share.
+pub struct Cascade {
+    emails: Vec<Arc<dyn Provider>>,
+    phones: Vec<Arc<dyn Provider>>,
+    provider_timeout: Duration,
+    default_region: Id,
+}
+
+impl Cascade {
+    /// A cascade asking `emails` (for [`Field::Emails`]) and `phones` (for [`Field::Phones`]) in
+    /// the given order, each call bounded by `provider_timeout`. Phone numbers without an
+    /// international prefix are read as [`DEFAULT_PHONE_REGION`] numbers; see
+    /// [`Cascade::with_default_region`].
+    pub fn new(
+        emails: Vec<Arc<dyn Provider>>,
+        phones: Vec<Arc<dyn Provider>>,
+        provider_timeout: Duration,
+    ) -> Self {
+        Self {
+            emails,
+            phones,
+            provider_timeout,
+            default_region: DEFAULT_PHONE_REGION,
+        }
+    }
+
+    /// The same cascade, reading national phone numbers as numbers of `region`.
+    pub fn with_default_region(mut self, region: Id) -> Self {
+        self.default_region = region;
+        self
+    }
+
+    /// The bound on each provider call; also the least time left before the deadline for a
+    /// call to be started.
+    pub fn provider_timeout(&self) -> Duration {
+        self.provider_timeout
+    }
+
+    /// The cascade configured by the process environment, see [`Cascade::from_vars`].
+    pub fn from_env(http: reqwest::Client) -> Result<Self, CascadeConfigError> {
+        Self::from_vars(http, |name| std::env::var(name).ok())
+    }
+
+    /// The cascade configured by the variables that `var` returns (`None`: unset):
+    ///
+    /// | variable | default | meaning |
+    /// |---|---|---|
+    /// | `EMAIL_PROVIDERS` | `hunter,pdl` | providers asked for emails, in order (comma-separated; empty: none) |
+    /// | `PHONE_PROVIDERS` | `pdl` | providers asked for phones, in order |
+    /// | `HUNTER_API_KEY` | | required when `hunter` is listed |
+    /// | `PDL_API_KEY` | | required when `pdl` is listed |
+    /// | `HUNTER_BASE_URL` | `https://api.hunter.io` | Hunter's API origin (the simulator's `http://127.0.0.1:PORT/hunter`) |
+    /// | `PDL_BASE_URL` | `https://api.peopledatalabs.com` | PDL's API origin |
+    /// | `PROVIDER_TIMEOUT_SECONDS` | `20` | bound on each provider call, seconds (decimals allowed, > 0) |
+    /// | `PHONE_DEFAULT_REGION` | `US` | ISO 3166 region of national phone numbers |
+    ///
+    /// Names are case-insensitive; an empty value counts as unset, except for the two provider
+    /// lists, where it means "no provider". Errors: an unknown or repeated provider name, a listed
+    /// provider without its key, a base URL that is not http(s), a timeout or region that does
+    /// not parse.
+    pub fn from_vars(
+        http: reqwest::Client,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, CascadeConfigError> {
+        let emails_list = var("EMAIL_PROVIDERS");
+        let phones_list = var("PHONE_PROVIDERS");
+        let email_names = provider_names(
+            "EMAIL_PROVIDERS",
+            emails_list.as_deref().unwrap_or(DEFAULT_EMAIL_PROVIDERS),
+        )?;
+        let phone_names = provider_names(
+            "PHONE_PROVIDERS",
+            phones_list.as_deref().unwrap_or(DEFAULT_PHONE_PROVIDERS),
+        )?;
+        let wanted = |name: &str| email_names.contains(&name) || phone_names.contains(&name);
+
+        let hunter: Option<Arc<dyn Provider>> = if wanted(hunter::NAME) {
+            let key = api_key(&var, hunter::NAME, "HUNTER_API_KEY")?;
+            let base = base_url(&var, "HUNTER_BASE_URL", DEFAULT_HUNTER_BASE_URL)?;
+            Some(Arc::new(HunterProvider::new(http.clone(), base, key)))
+        } else {
+            None
+        };
+        let pdl: Option<Arc<dyn Provider>> = if wanted(pdl::NAME) {
+            let key = api_key(&var, pdl::NAME, "PDL_API_KEY")?;
+            let base = base_url(&var, "PDL_BASE_URL", DEFAULT_PDL_BASE_URL)?;
+            Some(Arc::new(PdlProvider::new(http, base, key)))
+        } else {
+            None
+        };
+        let pick = |names: &[&'static str]| -> Vec<Arc<dyn Provider>> {
+            names
+                .iter()
+                .filter_map(|name| match *name {
+                    hunter::NAME => hunter.clone(),
+                    pdl::NAME => pdl.clone(),
+                    _ => None,
+                })
+                .collect()
+        };
+
+        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let provider_timeout = match set("PROVIDER_TIMEOUT_SECONDS") {
+            None => DEFAULT_PROVIDER_TIMEOUT,
+            Some(value) => value
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|s| *s > 0.0)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .ok_or(CascadeConfigError::Invalid {
+                    var: "PROVIDER_TIMEOUT_SECONDS",
+                    value,
+                    reason: "expected a positive number of seconds",
+                })?,
+        };
+        let default_region = match set("PHONE_DEFAULT_REGION") {
+            None => DEFAULT_PHONE_REGION,
+            Some(value) => Id::from_str(&value.trim().to_uppercase()).map_err(|_| {
+                CascadeConfigError::Invalid {
+                    var: "PHONE_DEFAULT_REGION",
+                    value,
+                    reason: "expected a two-letter region code such as US or GB",
+                }
+            })?,
+        };
+
+        Ok(
+            Cascade::new(pick(&email_names), pick(&phone_names), provider_timeout)
+                .with_default_region(default_region),
+        )
+    }
+
+    /// Asks the providers of `field` in order for `person`'s values, stopping at the first that
+    /// finds some. See the module docs for the outcome rules.
+    ///
+    /// - A provider that [`Provider::can_search`] says cannot search is skipped without a call.
+    /// - A call is not started when less than the provider timeout is left before `deadline`;
+    ///   the provider is recorded with the error [`NO_TIME_LEFT`].
+    /// - Each call is bounded by the provider timeout ([`ProviderError::Timeout`]).
+    /// - Found values are normalized ([`normalize`]) with the time of the answer.
+    ///
+    /// Logs one `tracing` event per provider with `provider`, `field`, `outcome` (`found`,
+    /// `no_match`, `unusable`, `error`, `skipped_inputs`, `skipped_no_time`) and `latency_ms`.
+    pub async fn run(
+        &self,
+        field: Field,
+        person: &PersonQuery,
+        deadline: Instant,
+    ) -> CascadeOutcome {
+        let providers = match field {
+            Field::Emails => &self.emails,
+            Field::Phones => &self.phones,
+        };
+        let mut errors: Vec<(String, String)> = Vec::new();
+        let mut answered = false;
+        for provider in providers {
+            let name = provider.name();
+            if !provider.can_search(field, person) {
+                tracing::info!(provider = name, field = %field, outcome = "skipped_inputs", latency_ms = 0u64, "provider skipped: missing inputs");
+                continue;
+            }
+            let started = Instant::now();
+            if deadline.saturating_duration_since(started) < self.provider_timeout {
+                tracing::warn!(provider = name, field = %field, outcome = "skipped_no_time", latency_ms = 0u64, "provider not started: too close to the deadline");
+                errors.push((name.to_string(), NO_TIME_LEFT.to_string()));
+                continue;
+            }
+            let answer = tokio::time::timeout(self.provider_timeout, provider.find(field, person))
+                .await
+                .unwrap_or(Err(ProviderError::Timeout));
+            let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            match answer {
+                Ok(ProviderAnswer::Found(raw)) => {
+                    let found_at = timestamp(Utc::now());
+                    let contacts = normalize(field, name, &raw, &found_at, self.default_region);
+                    if contacts.is_empty() {
+                        tracing::info!(provider = name, field = %field, outcome = "unusable", latency_ms, raw_count = raw.len(), "provider found only values that do not normalize");
+                        answered = true;
+                        continue;
+                    }
+                    tracing::info!(provider = name, field = %field, outcome = "found", latency_ms, count = contacts.len(), "provider found data");
+                    return CascadeOutcome::Found {
+                        provider: name.to_string(),
+                        contacts,
+                    };
+                }
+                Ok(ProviderAnswer::NoMatch) => {
+                    tracing::info!(provider = name, field = %field, outcome = "no_match", latency_ms, "provider has no match");
+                    answered = true;
+                }
+                Err(error) => {
+                    tracing::warn!(provider = name, field = %field, outcome = "error", latency_ms, error = %error, "provider failed");
+                    errors.push((name.to_string(), error.to_string()));
+                }
+            }
+        }
+        if answered || errors.is_empty() {
+            CascadeOutcome::NoMatch
+        } else {
+            CascadeOutcome::Failed { errors }
+        }
+    }
+}
+
+/// The provider names of a comma-separated list, lower-cased, in order.
+fn provider_names(var: &'static str, list: &str) -> Result<Vec<&'static str>, CascadeConfigError> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for raw in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let name = match raw.to_lowercase().as_str() {
+            hunter::NAME => hunter::NAME,
+            pdl::NAME => pdl::NAME,
+            _ => {
+                return Err(CascadeConfigError::UnknownProvider {
+                    var,
+                    name: raw.to_string(),
+                });
+            }
+        };
+        if names.contains(&name) {
+            return Err(CascadeConfigError::DuplicateProvider {
+                var,
+                name: name.to_string(),
+            });
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn api_key(
+    var: &impl Fn(&str) -> Option<String>,
+    provider: &'static str,
+    name: &'static str,
+) -> Result<String, CascadeConfigError> {
+    var(name)
+        .map(|key| key.trim().to_string())
+        .filter(|key| !key.is_empty())
+        .ok_or(CascadeConfigError::MissingApiKey {
+            provider,
+            var: name,
+        })
+}
+
+fn base_url(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: &str,
+) -> Result<String, CascadeConfigError> {
+    let value = var(name)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string());
+    match url::Url::parse(&value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(value),
+        _ => Err(CascadeConfigError::Invalid {
+            var: name,
+            value,
+            reason: "expected an http(s) URL",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::providers::RawContact;
+
+    const TIMEOUT: Duration = Duration::from_secs(20);
+
+    /// A fake provider answering the same thing every time, counting its calls.
+    struct Fake {
+        name: &'static str,
+        can_search: bool,
+        delay: Option<Duration>,
+        answer: Result<ProviderAnswer, ProviderError>,
+        calls: AtomicUsize,
+    }
+
+    impl Fake {
+        fn new(name: &'static str, answer: Result<ProviderAnswer, ProviderError>) -> Arc<Self> {
+            Arc::new(Self {
+                name,
+                can_search: true,
+                delay: None,
+                answer,
+                calls: AtomicUsize::new(0),
+            })
+        }
+
+        fn found(name: &'static str, values: &[&str]) -> Arc<Self> {
+            let raw = values
+                .iter()
+                .map(|v| RawContact {
+                    value: v.to_string(),
+                    kind: None,
+                    status: None,
+                })
+                .collect();
+            Self::new(name, Ok(ProviderAnswer::Found(raw)))
+        }
+
+        fn miss(name: &'static str) -> Arc<Self> {
+            Self::new(name, Ok(ProviderAnswer::NoMatch))
+        }
+
+        fn failing(name: &'static str, error: ProviderError) -> Arc<Self> {
+            Self::new(name, Err(error))
+        }
+
+        fn unable(name: &'static str) -> Arc<Self> {
+            Arc::new(Self {
+                can_search: false,
+                ..Arc::into_inner(Self::miss(name)).unwrap()
+            })
+        }
+
+        fn hanging(name: &'static str) -> Arc<Self> {
+            Arc::new(Self {
+                delay: Some(Duration::from_secs(3600)),
+                ..Arc::into_inner(Self::found(name, &["late@example.com"])).unwrap()
+            })
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl Provider for Fake {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+
+        fn can_search(&self, _field: Field, _person: &PersonQuery) -> bool {
+            self.can_search
+        }
+
+        async fn find(
+            &self,
+            _field: Field,
+            _person: &PersonQuery,
+        ) -> Result<ProviderAnswer, ProviderError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if let Some(delay) = self.delay {
+                tokio::time::sleep(delay).await;
+            }
+            self.answer.clone()
+        }
+    }
+
+    fn email_cascade(providers: &[Arc<Fake>]) -> Cascade {
+        let providers = providers
+            .iter()
+            .map(|p| Arc::clone(p) as Arc<dyn Provider>)
+            .collect();
+        Cascade::new(providers, Vec::new(), TIMEOUT)
+    }
+
+    fn far_deadline() -> Instant {
+        Instant::now() + Duration::from_secs(800)
+    }
+
+    fn person() -> PersonQuery {
+        PersonQuery {
+            first_name: Some("Ada".into()),
+            last_name: Some("Quill".into()),
+            company_domain: Some("northwind.example".into()),
+            ..PersonQuery::default()
+        }
+    }
+
+    fn values(outcome: &CascadeOutcome) -> Vec<&str> {
+        match outcome {
+            CascadeOutcome::Found { contacts, .. } => {
+                contacts.iter().map(|c| c.value.as_str()).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn providers_are_asked_in_order_and_the_first_hit_stops_the_cascade() {
+        let first = Fake::miss("first");
+        let second = Fake::found("second", &["Ada.Quill@Northwind.Example "]);
+        let third = Fake::found("third", &["other@northwind.example"]);
+        let cascade = email_cascade(&[first.clone(), second.clone(), third.clone()]);
+
+        let outcome = cascade.run(Field::Emails, &person(), far_deadline()).await;
+
+        let CascadeOutcome::Found { provider, contacts } = &outcome else {
+            panic!("expected Found, got {outcome:?}");
+        };
+        assert_eq!(provider, "second");
+        assert_eq!(values(&outcome), vec!["ada.quill@northwind.example"]);
+        assert!(
+            contacts
+                .iter()
+                .all(|c| c.provider == "second" && c.found_at.ends_with('Z'))
+        );
+        assert_eq!((first.calls(), second.calls(), third.calls()), (1, 1, 0));
+        assert_eq!(outcome.error_message(), None);
+    }
+
+    #[tokio::test]
+    async fn a_provider_without_its_inputs_is_skipped_without_a_call() {
+        let unable = Fake::unable("unable");
+        let able = Fake::found("able", &["ada@northwind.example"]);
+        let cascade = email_cascade(&[unable.clone(), able.clone()]);
+
+        let outcome = cascade.run(Field::Emails, &person(), far_deadline()).await;
+
+        assert!(matches!(&outcome, CascadeOutcome::Found { provider, .. } if provider == "able"));
+        assert_eq!((unable.calls(), able.calls()), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn all_misses_are_no_match() {
+        let a = Fake::miss("a");
+        let b = Fake::miss("b");
+        let outcome = email_cascade(&[a.clone(), b.clone()])
+            .run(Field::Emails, &person(), far_deadline())
+            .await;
+        assert_eq!(outcome, CascadeOutcome::NoMatch);
+        assert_eq!((a.calls(), b.calls()), (1, 1));
+        assert_eq!(outcome.error_message(), None);
+    }
+
+    #[tokio::test]
+    async fn no_provider_able_to_search_is_no_match() {
+        let a = Fake::unable("a");
+        let outcome = email_cascade(&[a.clone()])
+            .run(Field::Emails, &person(), far_deadline())
+            .await;
+        assert_eq!(outcome, CascadeOutcome::NoMatch);
+        assert_eq!(a.calls(), 0);
+        let none = email_cascade(&[])
+            .run(Field::Emails, &person(), far_deadline())
+            .await;
+        assert_eq!(none, CascadeOutcome::NoMatch);
+    }
+
+    #[tokio::test]
+    async fn all_errors_are_failed_with_every_reason() {
+        let a = Fake::failing("hunter", ProviderError::RateLimited { retry_after: None });
+        let b = Fake::failing("pdl", ProviderError::Status(503));
+        let outcome = email_cascade(&[a, b])
+            .run(Field::Emails, &person(), far_deadline())
+            .await;
+        assert_eq!(
+            outcome,
+            CascadeOutcome::Failed {
+                errors: vec![
+                    ("hunter".into(), "rate limited".into()),
+                    ("pdl".into(), "HTTP 503".into()),
+                ]
+            }
+        );
+        assert_eq!(
+            outcome.error_message().as_deref(),
+            Some("All providers failed: hunter: rate limited; pdl: HTTP 503")
+        );
+    }
+
+    #[tokio::test]
+    async fn one_miss_among_errors_is_no_match() {
+        let a = Fake::failing("a", ProviderError::Unauthorized);
+        let b = Fake::miss("b");
+        let c = Fake::failing("c", ProviderError::QuotaExhausted);
+        let outcome = email_cascade(&[a, b, c.clone()])
+            .run(Field::Emails, &person(), far_deadline())
+            .await;
+        assert_eq!(outcome, CascadeOutcome::NoMatch);
+        assert_eq!(c.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_error_moves_on_to_the_next_provider() {
+        let a = Fake::failing("a", ProviderError::Malformed("bad".into()));
+        let b = Fake::found("b", &["ada@northwind.example"]);
+        let outcome = email_cascade(&[a.clone(), b])
+            .run(Field::Emails, &person(), far_deadline())
+            .await;
+        assert!(matches!(&outcome, CascadeOutcome::Found { provider, .. } if provider == "b"));
+        assert_eq!(a.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn found_values_that_do_not_normalize_count_as_a_miss() {
+        let a = Fake::found("a", &["not an email", "  "]);
+        let b = Fake::found("b", &["ada@northwind.example", "ADA@northwind.example"]);
+        let outcome = email_cascade(&[a.clone(), b])
+            .run(Field::Emails, &person(), far_deadline())
+            .await;
+        assert_eq!(values(&outcome), vec!["ada@northwind.example"]);
+
+        let only_bad = Fake::found("a", &["not an email"]);
+        let outcome = email_cascade(&[only_bad])
+            .run(Field::Emails, &person(), far_deadline())
+            .await;
+        assert_eq!(outcome, CascadeOutcome::NoMatch);
+    }
+
+    #[tokio::test]
+    async fn phones_use_the_phone_providers_and_the_default_region() {
+        let email = Fake::found("email-only", &["ada@northwind.example"]);
+        let phone = Fake::found("phones", &["020 7946 0958", "+1 (555) 010-0199"]);
+        let cascade = Cascade::new(
+            vec![email.clone() as Arc<dyn Provider>],
+            vec![phone.clone() as Arc<dyn Provider>],
+            TIMEOUT,
+        )
+        .with_default_region(Id::GB);
+        let outcome = cascade.run(Field::Phones, &person(), far_deadline()).await;
+        assert_eq!(values(&outcome), vec!["+442079460958"]);
+        assert_eq!((email.calls(), phone.calls()), (0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_provider_is_cut_off_by_its_timeout() {
+        let hanging = Fake::hanging("slow");
+        let next = Fake::found("next", &["ada@northwind.example"]);
+        let cascade = email_cascade(&[hanging.clone(), next.clone()]);
+        let started = Instant::now();
+
+        let outcome = cascade.run(Field::Emails, &person(), far_deadline()).await;
+
+        assert!(matches!(&outcome, CascadeOutcome::Found { provider, .. } if provider == "next"));
+        assert_eq!(started.elapsed(), TIMEOUT);
+        assert_eq!((hanging.calls(), next.calls()), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_hanging_provider_fails_with_a_timeout() {
+        let outcome = email_cascade(&[Fake::hanging("slow")])
+            .run(Field::Emails, &person(), far_deadline())
+            .await;
+        assert_eq!(
+            outcome.error_message().as_deref(),
+            Some("All providers failed: slow: timed out")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_call_is_started_when_the_deadline_is_too_near() {
+        let a = Fake::found("a", &["ada@northwind.example"]);
+        let b = Fake::miss("b");
+        let deadline = Instant::now() + TIMEOUT - Duration::from_millis(1);
+
+        let outcome = email_cascade(&[a.clone(), b.clone()])
+            .run(Field::Emails, &person(), deadline)
+            .await;
+
+        assert_eq!((a.calls(), b.calls()), (0, 0));
+        assert_eq!(
+            outcome,
+            CascadeOutcome::Failed {
+                errors: vec![
+                    ("a".into(), NO_TIME_LEFT.into()),
+                    ("b".into(), NO_TIME_LEFT.into()),
+                ]
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_stops_the_cascade_after_a_slow_provider() {
+        let slow = Fake::hanging("slow");
+        let next = Fake::found("next", &["ada@northwind.example"]);
+        // Room for one full provider timeout, not two.
+        let deadline = Instant::now() + TIMEOUT + TIMEOUT / 2;
+
+        let outcome = email_cascade(&[slow.clone(), next.clone()])
+            .run(Field::Emails, &person(), deadline)
+            .await;
+
+        assert_eq!((slow.calls(), next.calls()), (1, 0));
+        assert_eq!(
+            outcome.error_message().as_deref(),
+            Some(
+                "All providers failed: slow: timed out; next: not started: too close to the deadline"
+            )
+        );
+        assert!(Instant::now() <= deadline);
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn names(providers: &[Arc<dyn Provider>]) -> Vec<&'static str> {
+        providers.iter().map(|p| p.name()).collect()
+    }
+
+    #[test]
+    fn from_vars_uses_the_defaults() {
+        let cascade = Cascade::from_vars(
+            reqwest::Client::new(),
+            vars(&[("HUNTER_API_KEY", "h"), ("PDL_API_KEY", "p")]),
+        )
+        .unwrap();
+        assert_eq!(names(&cascade.emails), vec!["hunter", "pdl"]);
+        assert_eq!(names(&cascade.phones), vec!["pdl"]);
+        assert_eq!(cascade.provider_timeout(), Duration::from_secs(20));
+        assert_eq!(cascade.default_region, Id::US);
+    }
+
+    #[test]
+    fn from_vars_reads_lists_timeout_and_region() {
+        let cascade = Cascade::from_vars(
+            reqwest::Client::new(),
+            vars(&[
+                ("EMAIL_PROVIDERS", " PDL , hunter "),
+                ("PHONE_PROVIDERS", ""),
+                ("HUNTER_API_KEY", "h"),
+                ("PDL_API_KEY", "p"),
+                ("HUNTER_BASE_URL", "http://127.0.0.1:4010/hunter"),
+                ("PDL_BASE_URL", "http://127.0.0.1:4010/pdl/"),
+                ("PROVIDER_TIMEOUT_SECONDS", "2.5"),
+                ("PHONE_DEFAULT_REGION", "gb"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(names(&cascade.emails), vec!["pdl", "hunter"]);
+        assert!(cascade.phones.is_empty());
+        assert_eq!(cascade.provider_timeout(), Duration::from_millis(2500));
+        assert_eq!(cascade.default_region, Id::GB);
+    }
+
+    #[test]
+    fn from_vars_needs_keys_only_for_listed_providers() {
+        let cascade = Cascade::from_vars(
+            reqwest::Client::new(),
+            vars(&[("EMAIL_PROVIDERS", "pdl"), ("PDL_API_KEY", "p")]),
+        )
+        .unwrap();
+        assert_eq!(names(&cascade.emails), vec!["pdl"]);
+
+        let error = Cascade::from_vars(reqwest::Client::new(), vars(&[("PDL_API_KEY", "p")]))
+            .err()
+            .unwrap();
+        assert_eq!(
+            error,
+            CascadeConfigError::MissingApiKey {
+                provider: "hunter",
+                var: "HUNTER_API_KEY"
+            }
+        );
+        let blank = Cascade::from_vars(
+            reqwest::Client::new(),
+            vars(&[("HUNTER_API_KEY", " "), ("PDL_API_KEY", "p")]),
+        );
+        assert!(matches!(
+            blank,
+            Err(CascadeConfigError::MissingApiKey { .. })
+        ));
+    }
+
+    #[test]
+    fn from_vars_rejects_bad_values() {
+        let keys = [("HUNTER_API_KEY", "h"), ("PDL_API_KEY", "p")];
+        let with = |extra: (&str, &str)| {
+            let mut pairs = keys.to_vec();
+            pairs.push(extra);
+            Cascade::from_vars(reqwest::Client::new(), vars(&pairs)).err()
+        };
+        assert_eq!(
+            with(("EMAIL_PROVIDERS", "hunter,clearbit")),
+            Some(CascadeConfigError::UnknownProvider {
+                var: "EMAIL_PROVIDERS",
+                name: "clearbit".into()
+            })
+        );
+        assert_eq!(
+            with(("PHONE_PROVIDERS", "pdl,PDL")),
+            Some(CascadeConfigError::DuplicateProvider {
+                var: "PHONE_PROVIDERS",
+                name: "pdl".into()
+            })
+        );
+        for bad in ["0", "-3", "soon", "inf"] {
+            assert!(
+                matches!(
+                    with(("PROVIDER_TIMEOUT_SECONDS", bad)),
+                    Some(CascadeConfigError::Invalid {
+                        var: "PROVIDER_TIMEOUT_SECONDS",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            with(("PHONE_DEFAULT_REGION", "USA")),
+            Some(CascadeConfigError::Invalid {
+                var: "PHONE_DEFAULT_REGION",
+                ..
+            })
+        ));
+        assert!(matches!(
+            with(("PDL_BASE_URL", "api.peopledatalabs.com")),
+            Some(CascadeConfigError::Invalid {
+                var: "PDL_BASE_URL",
+                ..
+            })
+        ));
+        let message = with(("EMAIL_PROVIDERS", "zoominfo")).unwrap().to_string();
+        assert_eq!(
+            message,
+            "EMAIL_PROVIDERS: unknown provider \"zoominfo\" (known: hunter, pdl)"
+        );
+    }
+}

@@ -1,0 +1,448 @@
+//! Hunter.io's Email Finder (API v2), as documented at
+//! <https://hunter.io/api-documentation/v2#email-finder>.
+//!
+//! Request: `GET {base}/v2/email-finder?domain=stripe.com&first_name=Patrick&last_name=Collison&api_key=KEY`.
+//!
+//! Answer (200):
+//! ```json
+//! { "data": { "first_name": "Patrick", "last_name": "Collison", "email": "patrick@stripe.com",
+//!             "score": 97, "domain": "stripe.com", "accept_all": false, "position": "CEO",
+//!             "sources": [...], "verification": { "date": "2024-01-10", "status": "valid" } },
+//!   "meta": { "params": { ... } } }
+//! ```
+//! `score` is Hunter's confidence, 0-100; `verification.status` is one of `valid`, `accept_all`,
+//! `unknown`, `invalid`, `webmail`, `disposable`. When Hunter finds no address the answer is
+//! still 200, with `data.email` (and `data.score`) `null`: that is a no match.
+//!
+//! Errors come as `{ "errors": [ { "id": "wrong_params", "code": 400, "details": "..." } ] }`
+//! with the HTTP status codes of the documentation's "Errors" section, mapped here as:
+//!
+//! | status | Hunter's meaning | [`ProviderError`] |
+//! |---|---|---|
+//! | 401 | no valid API key | `Unauthorized` |
+//! | 403 | "You have reached the rate limit" | `RateLimited` (with `Retry-After` if sent) |
+//! | 429 | "You have reached your usage limit" | `QuotaExhausted`; `RateLimited` when a `Retry-After` says when to come back |
+//! | 402 | (not documented by Hunter) payment required | `QuotaExhausted` |
+//! | 451 | the person asked not to be processed | not an error: no match |
+//! | other, 5xx | | `Status(code)` |
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use crate::domain::Field;
+use crate::providers::{
+    PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain, non_blank,
+    request_error, retry_after,
+};
+
+/// The provider name used in configuration (`EMAIL_PROVIDERS`) and on stored contacts.
+pub const NAME: &str = "hunter";
+
+/// Hunter.io's Email Finder: finds a person's professional email address from their first and
+/// last name and their company's domain. Emails only.
+pub struct HunterProvider {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: String,
+}
+
+impl HunterProvider {
+    /// A provider calling `{base_url}/v2/email-finder` with `api_key`.
+    ///
+    /// `base_url` is the API origin without the version (`https://api.hunter.io`, or the local
+    /// simulator's `http://127.0.0.1:PORT/hunter`); a trailing `/` is ignored. `http` carries
+    /// the TLS and connection settings; the cascade bounds each call with its own timeout.
+    pub fn new(
+        http: reqwest::Client,
+        base_url: impl Into<String>,
+        api_key: impl Into<String>,
+    ) -> Self {
+        let base_url = base_url.into().trim_end_matches('/').to_string();
+        Self {
+            http,
+            base_url,
+            api_key: api_key.into(),
+        }
+    }
+}
+
+/// What the Email Finder needs: first name, last name and company domain.
+struct Inputs {
+    first_name: String,
+    last_name: String,
+    domain: String,
+}
+
+fn inputs(person: &PersonQuery) -> Option<Inputs> {
+    Some(Inputs {
+        first_name: non_blank(&person.first_name)?.to_string(),
+        last_name: non_blank(&person.last_name)?.to_string(),
+        domain: bare_domain(non_blank(&person.company_domain)?)?,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct FinderResponse {
+    data: Option<FinderData>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FinderData {
+    email: Option<String>,
+    score: Option<f64>,
+    verification: Option<Verification>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Verification {
+    status: Option<String>,
+}
+
+#[async_trait]
+impl Provider for HunterProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// True for [`Field::Emails`] when the person has a first name, a last name and a company
+    /// domain; never for phones.
+    fn can_search(&self, field: Field, person: &PersonQuery) -> bool {
+        field == Field::Emails && inputs(person).is_some()
+    }
+
+    /// One Email Finder call. A person it cannot search (see [`Self::can_search`]) is a
+    /// [`ProviderAnswer::NoMatch`] without a call. A found address comes back with `kind`
+    /// `work` and Hunter's `verification.status`.
+    ///
+    /// Errors: see the module docs; an unreadable 200 body is [`ProviderError::Malformed`].
+    async fn find(
+        &self,
+        field: Field,
+        person: &PersonQuery,
+    ) -> Result<ProviderAnswer, ProviderError> {
+        let Some(inputs) = inputs(person).filter(|_| field == Field::Emails) else {
+            return Ok(ProviderAnswer::NoMatch);
+        };
+        let response = self
+            .http
+            .get(format!("{}/v2/email-finder", self.base_url))
+            .query(&[
+                ("domain", inputs.domain.as_str()),
+                ("first_name", inputs.first_name.as_str()),
+                ("last_name", inputs.last_name.as_str()),
+                ("api_key", self.api_key.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(request_error)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        match status {
+            StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED => return Err(ProviderError::Unauthorized),
+            StatusCode::FORBIDDEN => {
+                return Err(ProviderError::RateLimited {
+                    retry_after: retry_after(&headers),
+                });
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                return Err(match retry_after(&headers) {
+                    Some(delay) => ProviderError::RateLimited {
+                        retry_after: Some(delay),
+                    },
+                    None => ProviderError::QuotaExhausted,
+                });
+            }
+            StatusCode::PAYMENT_REQUIRED => return Err(ProviderError::QuotaExhausted),
+            StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS => return Ok(ProviderAnswer::NoMatch),
+            other => return Err(ProviderError::Status(other.as_u16())),
+        }
+        let body = response.bytes().await.map_err(request_error)?;
+        let parsed: FinderResponse = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Malformed(format!("email-finder body: {e}")))?;
+        let data = parsed
+            .data
+            .ok_or_else(|| ProviderError::Malformed("email-finder body has no `data`".into()))?;
+        let Some(email) = data.email.filter(|e| !e.trim().is_empty()) else {
+            return Ok(ProviderAnswer::NoMatch);
+        };
+        tracing::debug!(provider = NAME, score = ?data.score, "email finder answered");
+        Ok(ProviderAnswer::Found(vec![RawContact {
+            value: email,
+            kind: Some("work".into()),
+            status: data.verification.and_then(|v| v.status),
+        }]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use wiremock::matchers::{method, path, query_param, query_param_is_missing};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+
+    const KEY: &str = "test-key-123";
+
+    fn person() -> PersonQuery {
+        PersonQuery {
+            first_name: Some("Ada".into()),
+            last_name: Some("Quill".into()),
+            company_name: Some("Northwind Labs".into()),
+            company_domain: Some("https://www.northwind.example/".into()),
+            linkedin_url: None,
+        }
+    }
+
+    async fn provider_for(status: u16, body: serde_json::Value) -> (MockServer, HunterProvider) {
+        provider_with(ResponseTemplate::new(status).set_body_json(body)).await
+    }
+
+    async fn provider_with(response: ResponseTemplate) -> (MockServer, HunterProvider) {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v2/email-finder"))
+            .respond_with(response)
+            .mount(&server)
+            .await;
+        let provider = HunterProvider::new(reqwest::Client::new(), server.uri(), KEY);
+        (server, provider)
+    }
+
+    fn found_body(email: serde_json::Value) -> serde_json::Value {
+        json!({
+            "data": {
+                "first_name": "Ada", "last_name": "Quill", "email": email,
+                "score": if email.is_null() { json!(null) } else { json!(94) },
+                "domain": "northwind.example", "accept_all": false, "position": "CTO",
+                "sources": [],
+                "verification": { "date": "2024-01-10", "status": if email.is_null() { json!(null) } else { json!("valid") } }
+            },
+            "meta": { "params": { "first_name": "Ada", "last_name": "Quill", "domain": "northwind.example" } }
+        })
+    }
+
+    #[tokio::test]
+    async fn hit_returns_the_email_with_its_verification_status() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v2/email-finder"))
+            .and(query_param("domain", "northwind.example"))
+            .and(query_param("first_name", "Ada"))
+            .and(query_param("last_name", "Quill"))
+            .and(query_param("api_key", KEY))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(found_body(json!("ada@northwind.example"))),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        let provider =
+            HunterProvider::new(reqwest::Client::new(), format!("{}/", server.uri()), KEY);
+
+        let answer = provider.find(Field::Emails, &person()).await.unwrap();
+
+        assert_eq!(
+            answer,
+            ProviderAnswer::Found(vec![RawContact {
+                value: "ada@northwind.example".into(),
+                kind: Some("work".into()),
+                status: Some("valid".into()),
+            }])
+        );
+    }
+
+    #[tokio::test]
+    async fn null_email_is_a_miss() {
+        let (_server, provider) = provider_for(200, found_body(json!(null))).await;
+        assert_eq!(
+            provider.find(Field::Emails, &person()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn legal_restriction_451_is_a_miss() {
+        let body = json!({"errors": [{"id": "unavailable_for_legal_reasons", "code": 451, "details": "..."}]});
+        let (_server, provider) = provider_for(451, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &person()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn status_401_is_unauthorized() {
+        let body = json!({"errors": [{"id": "authentication_failed", "code": 401, "details": "No user found for the API key supplied"}]});
+        let (_server, provider) = provider_for(401, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &person()).await,
+            Err(ProviderError::Unauthorized)
+        );
+    }
+
+    #[tokio::test]
+    async fn status_402_is_quota_exhausted() {
+        let (_server, provider) = provider_for(402, json!({"errors": []})).await;
+        assert_eq!(
+            provider.find(Field::Emails, &person()).await,
+            Err(ProviderError::QuotaExhausted)
+        );
+    }
+
+    #[tokio::test]
+    async fn status_403_is_the_rate_limit() {
+        let response = ResponseTemplate::new(403).insert_header("Retry-After", "7");
+        let (_server, provider) = provider_with(response).await;
+        assert_eq!(
+            provider.find(Field::Emails, &person()).await,
+            Err(ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(7))
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn status_429_with_retry_after_is_rate_limited() {
+        let response = ResponseTemplate::new(429)
+            .insert_header("Retry-After", "30")
+            .set_body_json(
+                json!({"errors": [{"id": "too_many_requests", "code": 429, "details": "..."}]}),
+            );
+        let (_server, provider) = provider_with(response).await;
+        assert_eq!(
+            provider.find(Field::Emails, &person()).await,
+            Err(ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(30))
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn status_429_without_retry_after_is_the_usage_limit() {
+        let body = json!({"errors": [{"id": "too_many_requests", "code": 429, "details": "You have reached your usage limit"}]});
+        let (_server, provider) = provider_for(429, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &person()).await,
+            Err(ProviderError::QuotaExhausted)
+        );
+    }
+
+    #[tokio::test]
+    async fn server_errors_keep_their_status() {
+        let (_server, provider) = provider_for(503, json!({})).await;
+        assert_eq!(
+            provider.find(Field::Emails, &person()).await,
+            Err(ProviderError::Status(503))
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_malformed() {
+        let response = ResponseTemplate::new(200).set_body_string("{\"data\": {\"email\": ");
+        let (_server, provider) = provider_with(response).await;
+        assert!(matches!(
+            provider.find(Field::Emails, &person()).await,
+            Err(ProviderError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_body_without_data_is_malformed() {
+        let (_server, provider) = provider_for(200, json!({"meta": {}})).await;
+        assert!(matches!(
+            provider.find(Field::Emails, &person()).await,
+            Err(ProviderError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_is_a_timeout_when_the_client_has_one() {
+        let response = ResponseTemplate::new(200)
+            .set_delay(Duration::from_secs(5))
+            .set_body_json(found_body(json!("ada@northwind.example")));
+        let (server, _) = provider_with(response).await;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let provider = HunterProvider::new(http, server.uri(), KEY);
+        assert_eq!(
+            provider.find(Field::Emails, &person()).await,
+            Err(ProviderError::Timeout)
+        );
+    }
+
+    #[tokio::test]
+    async fn transport_errors_do_not_leak_the_api_key() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let provider =
+            HunterProvider::new(reqwest::Client::new(), format!("http://{address}"), KEY);
+        match provider.find(Field::Emails, &person()).await {
+            Err(ProviderError::Transport(text)) => assert!(!text.contains(KEY), "{text}"),
+            other => panic!("expected a transport error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn searches_emails_only_and_needs_names_and_domain() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(500))
+            .expect(0)
+            .mount(&server)
+            .await;
+        let provider = HunterProvider::new(reqwest::Client::new(), server.uri(), KEY);
+        assert!(provider.can_search(Field::Emails, &person()));
+        assert!(!provider.can_search(Field::Phones, &person()));
+        let no_domain = PersonQuery {
+            company_domain: Some("  ".into()),
+            ..person()
+        };
+        let no_last_name = PersonQuery {
+            last_name: None,
+            ..person()
+        };
+        assert!(!provider.can_search(Field::Emails, &no_domain));
+        assert!(!provider.can_search(Field::Emails, &no_last_name));
+        assert_eq!(
+            provider.find(Field::Phones, &person()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+        assert_eq!(
+            provider.find(Field::Emails, &no_domain).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn names_are_sent_trimmed_and_the_key_only_as_api_key() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v2/email-finder"))
+            .and(query_param("first_name", "Ada"))
+            .and(query_param("last_name", "Quill"))
+            .and(query_param_is_missing("company"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(found_body(json!(null))))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let provider = HunterProvider::new(reqwest::Client::new(), server.uri(), KEY);
+        let spaced = PersonQuery {
+            first_name: Some("  Ada ".into()),
+            last_name: Some(" Quill".into()),
+            ..person()
+        };
+        assert_eq!(
+            provider.find(Field::Emails, &spaced).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+    }
+}

@@ -1,0 +1,397 @@
+//! Turns what providers return into stored [`ContactPoint`]s (design, "Rules that are easy to get
+//! wrong": emails lower-cased and syntax-checked, phones in E.164, duplicates merged, the provider
+//! that found each value recorded).
+//!
+//! Phones: a number is kept only when `phonenumber` (Google's libphonenumber metadata) considers
+//! it **valid** for its region, not merely parseable. `+1 (555) 010-0199` parses, but the area
+//! code 555 is not assigned, so it is dropped: a number nobody can dial is worse than none, since
+//! it would turn the enrichment into `dataFound: true` for nothing. The same 555-01xx line in a
+//! real area code (`+1 (415) 555-0199`) is valid and kept.
+
+use email_address::{EmailAddress, Options};
+use phonenumber::Mode;
+use phonenumber::country::Id;
+
+use crate::domain::{ContactPoint, Field};
+use crate::providers::RawContact;
+
+/// Normalizes a provider's raw values for `field` into contact points.
+///
+/// - `provider`: the provider's short name, recorded on each contact (`hunter`, `pdl`).
+/// - `found_at`: the time to record, as [`crate::domain::timestamp`] formats it.
+/// - `default_region`: the region of phone numbers written without an international prefix
+///   (configuration `PHONE_DEFAULT_REGION`).
+///
+/// Values that fail [`normalize_email`] / [`normalize_phone`] are dropped. Duplicates (equal
+/// after normalization) are merged: the first occurrence, with its `kind` and `status`, wins.
+/// The order of `raw` is kept otherwise. An empty result means the provider found nothing usable.
+pub fn normalize(
+    field: Field,
+    provider: &str,
+    raw: &[RawContact],
+    found_at: &str,
+    default_region: Id,
+) -> Vec<ContactPoint> {
+    let mut contacts: Vec<ContactPoint> = Vec::with_capacity(raw.len());
+    for contact in raw {
+        let value = match field {
+            Field::Emails => normalize_email(&contact.value),
+            Field::Phones => normalize_phone(&contact.value, default_region),
+        };
+        let Some(value) = value else {
+            tracing::debug!(provider, field = %field, "dropped a value that does not normalize");
+            continue;
+        };
+        if contacts.iter().any(|c| c.value == value) {
+            continue;
+        }
+        contacts.push(ContactPoint {
+            value,
+            kind: clean_label(contact.kind.as_deref()),
+            status: clean_label(contact.status.as_deref()),
+            provider: provider.to_string(),
+            found_at: found_at.to_string(),
+        });
+    }
+    contacts
+}
+
+/// An email address as stored: trimmed, without a `mailto:` prefix or `<...>` brackets,
+/// lower-cased, and syntactically valid (RFC 5322 address syntax as the `email_address` crate
+/// checks it, with a dotted domain: no `user@localhost`, no IP literal, no display name).
+/// `None` when it is not a usable address.
+pub fn normalize_email(raw: &str) -> Option<String> {
+    let mut value = raw.trim();
+    if let Some(inner) = value.strip_prefix('<').and_then(|v| v.strip_suffix('>')) {
+        value = inner.trim();
+    }
+    if let Some(rest) = strip_prefix_ignore_case(value, "mailto:") {
+        value = rest.trim();
+    }
+    let value = value.to_lowercase();
+    let options = Options::default()
+        .with_required_tld()
+        .without_domain_literal()
+        .without_display_text();
+    EmailAddress::parse_with_options(&value, options).ok()?;
+    Some(value)
+}
+
+/// A phone number as stored: E.164 (`+442079460958`), or `None` when it does not parse or is not
+/// a valid number (see the module docs). Extensions are not part of E.164 and are dropped.
+///
+/// Accepted writings: international with `+` (`+1 (415) 555-0132`, `+44 (0)20 7946 0958`, the
+/// `(0)` trunk prefix ignored), `tel:` URIs, the ITU `00` international prefix
+/// (`00 44 20 7946 0958`, whatever the default region), the default region's own international
+/// prefix (`011` for the US), and national numbers of the default region (`(415) 555-0132`).
+pub fn normalize_phone(raw: &str, default_region: Id) -> Option<String> {
+    let mut value = raw.trim();
+    if let Some(rest) = strip_prefix_ignore_case(value, "tel:") {
+        value = rest.trim();
+    }
+    let international = international_form(value, default_region);
+    // A number with its own country code is parsed without a region: phonenumber 0.3.10 applies
+    // the given region's national prefix to foreign numbers (with region US, `+44 161 496 0123`
+    // loses the `1` of its area code and `+33 1 23 45 67 89` its leading `1`).
+    let parsed = match &international {
+        Some(number) => phonenumber::parse(None, number.replace("(0)", "")),
+        None => phonenumber::parse(Some(default_region), value),
+    }
+    .ok()?;
+    if !parsed.is_valid() {
+        return None;
+    }
+    Some(parsed.format().mode(Mode::E164).to_string())
+}
+
+/// `value` rewritten with a leading `+` when it is written internationally (`+`, `00`, or the
+/// region's international prefix such as `011`); `None` for a national number.
+fn international_form(value: &str, region: Id) -> Option<String> {
+    if value.starts_with('+') {
+        return Some(value.to_string());
+    }
+    let digits: String = value
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')' | '/'))
+        .filter(char::is_ascii_digit)
+        .collect();
+    let prefix_len = if digits.starts_with("00") {
+        2
+    } else {
+        let meta = phonenumber::metadata::DATABASE.by_id(region.as_ref())?;
+        let found = meta.international_prefix()?.find(&digits)?;
+        if found.start() != 0 || found.end() == 0 {
+            return None;
+        }
+        found.end()
+    };
+    // Skip that many digits of the original text, keeping the rest as written.
+    let mut skipped = 0;
+    let rest: String = value
+        .chars()
+        .skip_while(|c| {
+            if skipped < prefix_len {
+                if c.is_ascii_digit() {
+                    skipped += 1;
+                }
+                true
+            } else {
+                false
+            }
+        })
+        .collect();
+    Some(format!("+{}", rest.trim_start()))
+}
+
+/// `value` without an ASCII `prefix`, compared case-insensitively.
+fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = value.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &value[prefix.len()..])
+}
+
+/// A provider label (`kind`, `status`) trimmed and lower-cased; `None` when blank.
+fn clean_label(label: Option<&str>) -> Option<String> {
+    label
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_lowercase)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AT: &str = "2024-01-15T10:30:00.000Z";
+
+    fn raw(value: &str) -> RawContact {
+        RawContact {
+            value: value.into(),
+            kind: None,
+            status: None,
+        }
+    }
+
+    fn values(contacts: &[ContactPoint]) -> Vec<&str> {
+        contacts.iter().map(|c| c.value.as_str()).collect()
+    }
+
+    #[test]
+    fn emails_are_trimmed_and_lower_cased() {
+        assert_eq!(
+            normalize_email("John.DOE@Example.COM "),
+            Some("john.doe@example.com".into())
+        );
+        assert_eq!(
+            normalize_email("\tMAILTO:Ana.Ruiz@Acme.Example\n"),
+            Some("ana.ruiz@acme.example".into())
+        );
+        assert_eq!(
+            normalize_email("<ops@globex.test>"),
+            Some("ops@globex.test".into())
+        );
+        assert_eq!(
+            normalize_email("first+tag@sub.mail.example.org"),
+            Some("first+tag@sub.mail.example.org".into())
+        );
+    }
+
+    #[test]
+    fn invalid_emails_are_dropped() {
+        for bad in [
+            "",
+            "   ",
+            "john.doe",
+            "john@@example.com",
+            "john doe@example.com",
+            "john@localhost",
+            "john@[127.0.0.1]",
+            "John Doe <john@example.com>",
+            "@example.com",
+            "john@",
+            "true",
+        ] {
+            assert_eq!(normalize_email(bad), None, "{bad:?} should be dropped");
+        }
+    }
+
+    #[test]
+    fn international_phones_become_e164() {
+        assert_eq!(
+            normalize_phone("+1 (415) 555-0132", Id::US),
+            Some("+14155550132".into())
+        );
+        assert_eq!(
+            normalize_phone(" +44 20 7946 0958 ", Id::US),
+            Some("+442079460958".into())
+        );
+        assert_eq!(
+            normalize_phone("+44 (0)20 7946 0958", Id::US),
+            Some("+442079460958".into())
+        );
+        assert_eq!(
+            normalize_phone("tel:+1-212-555-0100", Id::US),
+            Some("+12125550100".into())
+        );
+    }
+
+    #[test]
+    fn the_00_international_prefix_is_understood_in_any_region() {
+        assert_eq!(
+            normalize_phone("00 44 20 7946 0958", Id::US),
+            Some("+442079460958".into())
+        );
+        assert_eq!(
+            normalize_phone("0044-20-7946-0958", Id::GB),
+            Some("+442079460958".into())
+        );
+    }
+
+    #[test]
+    fn the_regions_own_international_prefix_is_understood() {
+        assert_eq!(
+            normalize_phone("011 44 20 7946 0958", Id::US),
+            Some("+442079460958".into())
+        );
+    }
+
+    #[test]
+    fn foreign_numbers_keep_their_area_code_whatever_the_default_region() {
+        // phonenumber alone, with region US, turns this into +44614960123 (see normalize_phone).
+        assert_eq!(
+            normalize_phone("+44 161 496 0123", Id::US),
+            Some("+441614960123".into())
+        );
+        assert_eq!(
+            normalize_phone("011 44 161 496 0123", Id::US),
+            Some("+441614960123".into())
+        );
+    }
+
+    #[test]
+    fn national_numbers_use_the_default_region() {
+        assert_eq!(
+            normalize_phone("(415) 555-0132", Id::US),
+            Some("+14155550132".into())
+        );
+        assert_eq!(
+            normalize_phone("415.555.0132", Id::US),
+            Some("+14155550132".into())
+        );
+        assert_eq!(
+            normalize_phone("1-212-555-0100", Id::US),
+            Some("+12125550100".into())
+        );
+        assert_eq!(
+            normalize_phone("020 7946 0958", Id::GB),
+            Some("+442079460958".into())
+        );
+        // The same national digits mean nothing valid in the US.
+        assert_eq!(normalize_phone("020 7946 0958", Id::US), None);
+    }
+
+    #[test]
+    fn numbers_must_be_valid_not_just_parseable() {
+        // Parses (to +15550100199), but area code 555 is not assigned: dropped.
+        assert!(phonenumber::parse(Some(Id::US), "+1 (555) 010-0199").is_ok());
+        assert_eq!(normalize_phone("+1 (555) 010-0199", Id::US), None);
+        // The fictional 555-01xx line in a real area code is valid.
+        assert_eq!(
+            normalize_phone("+1 (415) 555-0199", Id::US),
+            Some("+14155550199".into())
+        );
+        // Ofcom's drama range 07700 900xxx is not a valid UK mobile number.
+        assert_eq!(normalize_phone("+44 7700 900123", Id::US), None);
+    }
+
+    #[test]
+    fn garbage_phones_are_dropped() {
+        for bad in [
+            "",
+            "n/a",
+            "12",
+            "true",
+            "+",
+            "00",
+            "call me",
+            "+999 1234 5678",
+        ] {
+            assert_eq!(
+                normalize_phone(bad, Id::US),
+                None,
+                "{bad:?} should be dropped"
+            );
+        }
+    }
+
+    #[test]
+    fn extensions_are_dropped_from_e164() {
+        assert_eq!(
+            normalize_phone("+1 212 555 0100 ext. 12", Id::US),
+            Some("+12125550100".into())
+        );
+    }
+
+    #[test]
+    fn duplicates_merge_and_the_first_record_wins() {
+        let found = [
+            RawContact {
+                value: "John.DOE@Example.COM ".into(),
+                kind: Some("Work".into()),
+                status: Some("valid".into()),
+            },
+            raw("not an email"),
+            RawContact {
+                value: "john.doe@example.com".into(),
+                kind: Some("personal".into()),
+                status: None,
+            },
+            raw("jd@personal.example"),
+        ];
+        let contacts = normalize(Field::Emails, "pdl", &found, AT, Id::US);
+        assert_eq!(
+            contacts,
+            vec![
+                ContactPoint {
+                    value: "john.doe@example.com".into(),
+                    kind: Some("work".into()),
+                    status: Some("valid".into()),
+                    provider: "pdl".into(),
+                    found_at: AT.into(),
+                },
+                ContactPoint {
+                    value: "jd@personal.example".into(),
+                    kind: None,
+                    status: None,
+                    provider: "pdl".into(),
+                    found_at: AT.into(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn phones_in_different_writings_of_one_number_merge() {
+        let found = [
+            raw("+1 (415) 555-0132"),
+            raw("(415) 555-0132"),
+            raw("+1 (555) 010-0199"),
+            raw("00 44 20 7946 0958"),
+            raw("+44 20 7946 0958"),
+        ];
+        let contacts = normalize(Field::Phones, "pdl", &found, AT, Id::US);
+        assert_eq!(values(&contacts), vec!["+14155550132", "+442079460958"]);
+        assert!(
+            contacts
+                .iter()
+                .all(|c| c.provider == "pdl" && c.found_at == AT)
+        );
+    }
+
+    #[test]
+    fn nothing_usable_gives_an_empty_list() {
+        let found = [raw("n/a"), raw("")];
+        assert!(normalize(Field::Phones, "pdl", &found, AT, Id::US).is_empty());
+        assert!(normalize(Field::Emails, "hunter", &found, AT, Id::US).is_empty());
+    }
+}

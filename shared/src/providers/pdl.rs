@@ -1,0 +1,618 @@
+//! People Data Labs' Person Enrichment API (v5), as documented at
+//! <https://docs.peopledatalabs.com/docs/reference-person-enrichment-api> (input parameters,
+//! output response) and <https://docs.peopledatalabs.com/docs/errors> (status codes).
+//!
+//! Request: `GET {base}/v5/person/enrich` with header `X-Api-Key: KEY` and query parameters
+//! `profile` (a LinkedIn URL), `first_name`, `last_name`, `company` (a company name or website),
+//! and `required`, so that a profile without the wanted field is a 404, which PDL does not
+//! charge (it charges per match).
+//!
+//! Answer (200):
+//! ```json
+//! { "status": 200, "likelihood": 9,
+//!   "data": { "full_name": "sean thorne", "linkedin_url": "linkedin.com/in/seanthorne",
+//!             "work_email": "sean@peopledatalabs.com", "personal_emails": ["sthorne@example.com"],
+//!             "emails": [ { "address": "sean@peopledatalabs.com", "type": "current_professional" } ],
+//!             "mobile_phone": "+14155550132", "phone_numbers": ["+14155550132"], ... } }
+//! ```
+//! `likelihood` is PDL's confidence, 1-10. Fields without data are `null`. On free plans the
+//! contact fields hold `true`/`false` (whether a value exists) instead of values: they give
+//! nothing to store, so such an answer is a no match (logged as a warning).
+//!
+//! Errors are `{ "status": 404, "error": { "type": "not_found", "message": "..." } }`, mapped as:
+//!
+//! | status | PDL's `error.type` | result |
+//! |---|---|---|
+//! | 404 | `not_found`: no record matches | no match (not an error) |
+//! | 401 | `authentication_error` | `Unauthorized` (403 too) |
+//! | 402 | `payment_required`: all matches of the account used | `QuotaExhausted` |
+//! | 429 | `rate_limit_error` | `RateLimited` (with `Retry-After` if sent) |
+//! | other, 5xx | `invalid_request_error`, `api_error` | `Status(code)` |
+//!
+//! A 404 whose body is not PDL's `not_found` error (a wrong base URL, a proxy page) is
+//! `Status(404)`, so that a misconfiguration is not taken for "nobody is ever found".
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::domain::Field;
+use crate::providers::{
+    PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain, non_blank,
+    request_error, retry_after,
+};
+
+/// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
+/// contacts.
+pub const NAME: &str = "pdl";
+
+/// People Data Labs' Person Enrichment: one-to-one match of a person from a LinkedIn URL, or
+/// from a name and an employer. Finds emails and phones.
+pub struct PdlProvider {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: String,
+}
+
+impl PdlProvider {
+    /// A provider calling `{base_url}/v5/person/enrich` with `api_key` in `X-Api-Key`.
+    ///
+    /// `base_url` is the API origin without the version (`https://api.peopledatalabs.com`, or
+    /// the local simulator's `http://127.0.0.1:PORT/pdl`); a trailing `/` is ignored.
+    pub fn new(
+        http: reqwest::Client,
+        base_url: impl Into<String>,
+        api_key: impl Into<String>,
+    ) -> Self {
+        let base_url = base_url.into().trim_end_matches('/').to_string();
+        Self {
+            http,
+            base_url,
+            api_key: api_key.into(),
+        }
+    }
+}
+
+/// The query parameters for `person`, or `None` when PDL cannot match it: it needs a LinkedIn
+/// URL, or a first and last name with a company (domain preferred over name, as it is the more
+/// precise of the two).
+fn query(field: Field, person: &PersonQuery) -> Option<Vec<(&'static str, String)>> {
+    let profile = non_blank(&person.linkedin_url);
+    let first = non_blank(&person.first_name);
+    let last = non_blank(&person.last_name);
+    let company = non_blank(&person.company_domain)
+        .and_then(bare_domain)
+        .or_else(|| non_blank(&person.company_name).map(str::to_string));
+    let by_name = first.is_some() && last.is_some() && company.is_some();
+    if profile.is_none() && !by_name {
+        return None;
+    }
+    let mut params = Vec::new();
+    if let Some(profile) = profile {
+        params.push(("profile", profile.to_string()));
+    }
+    if let (Some(first), Some(last)) = (first, last) {
+        params.push(("first_name", first.to_string()));
+        params.push(("last_name", last.to_string()));
+    }
+    if let Some(company) = company {
+        params.push(("company", company));
+    }
+    let required = match field {
+        Field::Emails => "emails",
+        Field::Phones => "mobile_phone OR phone_numbers",
+    };
+    params.push(("required", required.to_string()));
+    Some(params)
+}
+
+#[derive(Debug, Deserialize)]
+struct EnrichResponse {
+    likelihood: Option<f64>,
+    data: Option<PersonData>,
+}
+
+/// The contact fields of PDL's person schema. Each is a [`Value`] because free plans send
+/// booleans where paid plans send strings and lists.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PersonData {
+    work_email: Value,
+    emails: Value,
+    personal_emails: Value,
+    mobile_phone: Value,
+    phone_numbers: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorResponse {
+    error: ErrorBody,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// Values found in one field, and whether the field held only a free-plan boolean `true`.
+#[derive(Default)]
+struct Collected {
+    contacts: Vec<RawContact>,
+    hidden: bool,
+}
+
+impl Collected {
+    fn push(&mut self, value: &str, kind: Option<&str>) {
+        let value = value.trim();
+        if !value.is_empty() {
+            self.contacts.push(RawContact {
+                value: value.to_string(),
+                kind: kind.map(str::to_string),
+                status: None,
+            });
+        }
+    }
+
+    /// A string field: `"value"`, `null`, or a free-plan boolean.
+    fn string(&mut self, name: &str, field: &Value, kind: Option<&str>) -> Result<(), String> {
+        match field {
+            Value::String(value) => self.push(value, kind),
+            Value::Null | Value::Bool(false) => {}
+            Value::Bool(true) => self.hidden = true,
+            other => return Err(format!("`{name}` is {other}, not a string")),
+        }
+        Ok(())
+    }
+
+    /// A list of strings: `["value", ...]`, `null`, or a free-plan boolean.
+    fn strings(&mut self, name: &str, field: &Value, kind: Option<&str>) -> Result<(), String> {
+        match field {
+            Value::Array(items) => {
+                for item in items {
+                    self.string(name, item, kind)?;
+                }
+            }
+            other => self.string(name, other, kind)?,
+        }
+        Ok(())
+    }
+
+    /// PDL's `emails`: `[{"address": "...", "type": "current_professional" | "professional" |
+    /// "personal" | null}]`, `null`, or a free-plan boolean.
+    fn emails(&mut self, field: &Value) -> Result<(), String> {
+        let Value::Array(items) = field else {
+            return self.string("emails", field, None);
+        };
+        for item in items {
+            let Value::Object(email) = item else {
+                return Err(format!("`emails` holds {item}, not an object"));
+            };
+            let kind = match email.get("type").and_then(Value::as_str) {
+                Some("current_professional") => Some("work"),
+                other => other,
+            };
+            self.string(
+                "emails[].address",
+                email.get("address").unwrap_or(&Value::Null),
+                kind,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The raw contacts of `field` in a matched record, best first: for emails `work_email`, then
+/// `emails`, then `personal_emails`; for phones `mobile_phone`, then `phone_numbers`.
+fn collect(field: Field, data: &PersonData) -> Result<Collected, String> {
+    let mut collected = Collected::default();
+    match field {
+        Field::Emails => {
+            collected.string("work_email", &data.work_email, Some("work"))?;
+            collected.emails(&data.emails)?;
+            collected.strings("personal_emails", &data.personal_emails, Some("personal"))?;
+        }
+        Field::Phones => {
+            collected.string("mobile_phone", &data.mobile_phone, Some("mobile"))?;
+            collected.strings("phone_numbers", &data.phone_numbers, None)?;
+        }
+    }
+    Ok(collected)
+}
+
+#[async_trait]
+impl Provider for PdlProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// True, for either field, when the person has a LinkedIn URL, or a first and last name
+    /// with a company name or domain.
+    fn can_search(&self, field: Field, person: &PersonQuery) -> bool {
+        query(field, person).is_some()
+    }
+
+    /// One Person Enrichment call. A person it cannot search is a [`ProviderAnswer::NoMatch`]
+    /// without a call. Emails come back with `kind` `work` (`work_email`, or an `emails` entry of
+    /// type `current_professional`), `professional` (a former employer's), or `personal`; phones
+    /// with `kind` `mobile` (`mobile_phone`) or none.
+    ///
+    /// Errors: see the module docs; an unreadable 200 body, or contact fields of the wrong
+    /// JSON type, is [`ProviderError::Malformed`].
+    async fn find(
+        &self,
+        field: Field,
+        person: &PersonQuery,
+    ) -> Result<ProviderAnswer, ProviderError> {
+        let Some(params) = query(field, person) else {
+            return Ok(ProviderAnswer::NoMatch);
+        };
+        let response = self
+            .http
+            .get(format!("{}/v5/person/enrich", self.base_url))
+            .header("X-Api-Key", &self.api_key)
+            .query(&params)
+            .send()
+            .await
+            .map_err(request_error)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        match status {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => {
+                let body = response.bytes().await.map_err(request_error)?;
+                return match serde_json::from_slice::<ErrorResponse>(&body) {
+                    Ok(error) if error.error.kind == "not_found" => Ok(ProviderAnswer::NoMatch),
+                    _ => Err(ProviderError::Status(404)),
+                };
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(ProviderError::Unauthorized);
+            }
+            StatusCode::PAYMENT_REQUIRED => return Err(ProviderError::QuotaExhausted),
+            StatusCode::TOO_MANY_REQUESTS => {
+                return Err(ProviderError::RateLimited {
+                    retry_after: retry_after(&headers),
+                });
+            }
+            other => return Err(ProviderError::Status(other.as_u16())),
+        }
+        let body = response.bytes().await.map_err(request_error)?;
+        let parsed: EnrichResponse = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Malformed(format!("person/enrich body: {e}")))?;
+        let data = parsed
+            .data
+            .ok_or_else(|| ProviderError::Malformed("person/enrich body has no `data`".into()))?;
+        let collected = collect(field, &data).map_err(ProviderError::Malformed)?;
+        tracing::debug!(provider = NAME, likelihood = ?parsed.likelihood, "person enrichment answered");
+        if collected.contacts.is_empty() {
+            if collected.hidden {
+                tracing::warn!(
+                    provider = NAME,
+                    field = %field,
+                    "the record has this field but the plan hides its values (free plan?)"
+                );
+            }
+            return Ok(ProviderAnswer::NoMatch);
+        }
+        Ok(ProviderAnswer::Found(collected.contacts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use wiremock::matchers::{header, method, path, query_param, query_param_is_missing};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+
+    const KEY: &str = "pdl-test-key";
+
+    fn by_name() -> PersonQuery {
+        PersonQuery {
+            first_name: Some("Bruno".into()),
+            last_name: Some("Okafor".into()),
+            company_name: Some("Tidewater Freight".into()),
+            company_domain: Some("tidewater.test".into()),
+            linkedin_url: None,
+        }
+    }
+
+    fn by_profile() -> PersonQuery {
+        PersonQuery {
+            linkedin_url: Some("https://www.linkedin.com/in/bruno-okafor-demo/".into()),
+            ..PersonQuery::default()
+        }
+    }
+
+    fn record() -> serde_json::Value {
+        json!({
+            "status": 200,
+            "likelihood": 9,
+            "data": {
+                "id": "abc_0000",
+                "full_name": "bruno okafor",
+                "first_name": "bruno",
+                "last_name": "okafor",
+                "linkedin_url": "linkedin.com/in/bruno-okafor-demo",
+                "job_company_name": "tidewater freight",
+                "work_email": "bruno.okafor@tidewater.test",
+                "emails": [
+                    { "address": "bruno.okafor@tidewater.test", "type": "current_professional" },
+                    { "address": "bokafor@oldco.example", "type": "professional" },
+                    { "address": "bruno.o@mail.example", "type": "personal" },
+                    { "address": "b.okafor@unknown.example", "type": null }
+                ],
+                "personal_emails": ["bruno.o@mail.example"],
+                "mobile_phone": "+1 415 555 0132",
+                "phone_numbers": ["+14155550132", "(212) 555-0100"]
+            }
+        })
+    }
+
+    fn contact(value: &str, kind: Option<&str>) -> RawContact {
+        RawContact {
+            value: value.into(),
+            kind: kind.map(str::to_string),
+            status: None,
+        }
+    }
+
+    async fn provider_with(response: ResponseTemplate) -> (MockServer, PdlProvider) {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v5/person/enrich"))
+            .respond_with(response)
+            .mount(&server)
+            .await;
+        let provider = PdlProvider::new(reqwest::Client::new(), server.uri(), KEY);
+        (server, provider)
+    }
+
+    async fn provider_for(status: u16, body: serde_json::Value) -> (MockServer, PdlProvider) {
+        provider_with(ResponseTemplate::new(status).set_body_json(body)).await
+    }
+
+    #[tokio::test]
+    async fn hit_by_name_and_domain_returns_emails_best_first() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v5/person/enrich"))
+            .and(header("X-Api-Key", KEY))
+            .and(query_param("first_name", "Bruno"))
+            .and(query_param("last_name", "Okafor"))
+            .and(query_param("company", "tidewater.test"))
+            .and(query_param("required", "emails"))
+            .and(query_param_is_missing("profile"))
+            .and(query_param_is_missing("api_key"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(record()))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let provider = PdlProvider::new(reqwest::Client::new(), server.uri(), KEY);
+
+        let answer = provider.find(Field::Emails, &by_name()).await.unwrap();
+
+        assert_eq!(
+            answer,
+            ProviderAnswer::Found(vec![
+                contact("bruno.okafor@tidewater.test", Some("work")),
+                contact("bruno.okafor@tidewater.test", Some("work")),
+                contact("bokafor@oldco.example", Some("professional")),
+                contact("bruno.o@mail.example", Some("personal")),
+                contact("b.okafor@unknown.example", None),
+                contact("bruno.o@mail.example", Some("personal")),
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn hit_by_linkedin_returns_phones_mobile_first() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v5/person/enrich"))
+            .and(header("X-Api-Key", KEY))
+            .and(query_param(
+                "profile",
+                "https://www.linkedin.com/in/bruno-okafor-demo/",
+            ))
+            .and(query_param("required", "mobile_phone OR phone_numbers"))
+            .and(query_param_is_missing("first_name"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(record()))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let provider = PdlProvider::new(reqwest::Client::new(), server.uri(), KEY);
+
+        let answer = provider.find(Field::Phones, &by_profile()).await.unwrap();
+
+        assert_eq!(
+            answer,
+            ProviderAnswer::Found(vec![
+                contact("+1 415 555 0132", Some("mobile")),
+                contact("+14155550132", None),
+                contact("(212) 555-0100", None),
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn company_name_is_sent_when_there_is_no_domain() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(query_param("company", "Tidewater Freight"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(record()))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let provider = PdlProvider::new(reqwest::Client::new(), server.uri(), KEY);
+        let person = PersonQuery {
+            company_domain: None,
+            ..by_name()
+        };
+        assert!(matches!(
+            provider.find(Field::Emails, &person).await,
+            Ok(ProviderAnswer::Found(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn documented_404_is_a_miss() {
+        let body = json!({"status": 404, "error": {"type": "not_found", "message": "No records were found matching your request"}});
+        let (_server, provider) = provider_for(404, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_404_that_is_not_pdls_is_an_error() {
+        let response = ResponseTemplate::new(404).set_body_string("<html>Not Found</html>");
+        let (_server, provider) = provider_with(response).await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Status(404))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_match_without_values_for_the_field_is_a_miss() {
+        let body = json!({"status": 200, "likelihood": 6, "data": {"full_name": "bruno okafor", "work_email": null, "emails": [], "personal_emails": [], "mobile_phone": null, "phone_numbers": null}});
+        let (_server, provider) = provider_for(200, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+        assert_eq!(
+            provider.find(Field::Phones, &by_name()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn free_plan_booleans_are_a_miss() {
+        let body = json!({"status": 200, "likelihood": 8, "data": {"work_email": true, "emails": true, "personal_emails": true, "mobile_phone": true, "phone_numbers": false}});
+        let (_server, provider) = provider_for(200, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+        assert_eq!(
+            provider.find(Field::Phones, &by_name()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn status_401_is_unauthorized() {
+        let body = json!({"status": 401, "error": {"type": "authentication_error", "message": "Request contained a missing or invalid key"}});
+        let (_server, provider) = provider_for(401, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Unauthorized)
+        );
+    }
+
+    #[tokio::test]
+    async fn status_402_is_quota_exhausted() {
+        let body = json!({"status": 402, "error": {"type": "payment_required", "message": "You have hit your account maximum (all matches used)"}});
+        let (_server, provider) = provider_for(402, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Err(ProviderError::QuotaExhausted)
+        );
+    }
+
+    #[tokio::test]
+    async fn status_429_carries_retry_after_when_sent() {
+        let body = json!({"status": 429, "error": {"type": "rate_limit_error", "message": "An error occurred due to requests hitting the API too quick"}});
+        let response = ResponseTemplate::new(429)
+            .insert_header("Retry-After", "12")
+            .set_body_json(body.clone());
+        let (_server, provider) = provider_with(response).await;
+        assert_eq!(
+            provider.find(Field::Phones, &by_name()).await,
+            Err(ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(12))
+            })
+        );
+
+        let (_server, provider) = provider_for(429, body).await;
+        assert_eq!(
+            provider.find(Field::Phones, &by_name()).await,
+            Err(ProviderError::RateLimited { retry_after: None })
+        );
+    }
+
+    #[tokio::test]
+    async fn server_errors_keep_their_status() {
+        let body = json!({"status": 500, "error": {"type": "api_error", "message": "..."}});
+        let (_server, provider) = provider_for(500, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Status(500))
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_malformed() {
+        let response = ResponseTemplate::new(200).set_body_string("{\"status\": 200, \"data\": [");
+        let (_server, provider) = provider_with(response).await;
+        assert!(matches!(
+            provider.find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn contact_fields_of_the_wrong_type_are_malformed() {
+        let body = json!({"status": 200, "likelihood": 9, "data": {"work_email": 42}});
+        let (_server, provider) = provider_for(200, body).await;
+        assert!(matches!(
+            provider.find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Malformed(_))
+        ));
+        let body = json!({"status": 200, "likelihood": 9});
+        let (_server, provider) = provider_for(200, body).await;
+        assert!(matches!(
+            provider.find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn can_search_with_linkedin_or_name_and_company() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(500))
+            .expect(0)
+            .mount(&server)
+            .await;
+        let provider = PdlProvider::new(reqwest::Client::new(), server.uri(), KEY);
+        for field in [Field::Emails, Field::Phones] {
+            assert!(provider.can_search(field, &by_name()));
+            assert!(provider.can_search(field, &by_profile()));
+            let name_only = PersonQuery {
+                company_name: None,
+                company_domain: None,
+                ..by_name()
+            };
+            assert!(!provider.can_search(field, &name_only));
+            let company_only = PersonQuery {
+                first_name: None,
+                ..by_name()
+            };
+            assert!(!provider.can_search(field, &company_only));
+            assert!(!provider.can_search(field, &PersonQuery::default()));
+            assert_eq!(
+                provider.find(field, &name_only).await,
+                Ok(ProviderAnswer::NoMatch)
+            );
+        }
+    }
+}

@@ -1,0 +1,814 @@
+//! The DynamoDB adapter: one table, `pk`/`sk` strings, `expiresAt` as the TTL attribute.
+//!
+//! | item | pk | sk |
+//! |---|---|---|
+//! | credits | `ORG#{orgId}` | `CREDITS` |
+//! | credit transaction | `ORG#{orgId}` | `CREDITTX#{id}` |
+//! | person | `ORG#{orgId}` | `PERSON#{personId}` |
+//! | enrichment (current) | `ORG#{orgId}` | `ENRICHMENT#{personId}#{field}` |
+//! | global cache | `GLOBAL#{fingerprint}` | `FIELD#{field}` |
+//!
+//! Every rule that must hold under concurrency (one enrichment per org, person and field; credits
+//! never below zero; one worker per job) is a DynamoDB condition here, so it holds across Lambda
+//! instances. Conditions and cancellation reasons: AWS docs, "Condition expressions" and
+//! `TransactWriteItems` ("TransactionCanceledException").
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{ContactPoint, Enrichment, Field, OperationType, Person, Status};
+
+type Item = HashMap<String, AttributeValue>;
+
+/// A DynamoDB failure, or an item that does not have the expected shape.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The call failed; `message` has the SDK's full error context.
+    #[error("DynamoDB {operation} failed: {message}")]
+    Dynamo {
+        /// The API operation (`TransactWriteItems`...).
+        operation: &'static str,
+        /// `DisplayErrorContext` of the SDK error.
+        message: String,
+    },
+    /// An item could not be converted to or from its domain type.
+    #[error("item shape: {0}")]
+    Shape(String),
+}
+
+fn dynamo_error<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    move |e| StoreError::Dynamo {
+        operation,
+        message: DisplayErrorContext(&e).to_string(),
+    }
+}
+
+fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Shape(e.to_string())
+}
+
+fn shape_error(e: serde_dynamo::Error) -> StoreError {
+    StoreError::Shape(e.to_string())
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: i64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// `ORG#{orgId}`: the partition of everything an organization owns.
+pub fn org_pk(org_id: &str) -> String {
+    format!("ORG#{org_id}")
+}
+
+fn enrichment_sk(person_id: Uuid, field: Field) -> String {
+    format!("ENRICHMENT#{person_id}#{field}")
+}
+
+fn person_sk(person_id: Uuid) -> String {
+    format!("PERSON#{person_id}")
+}
+
+const CREDITS_SK: &str = "CREDITS";
+
+/// How many times a transaction cancelled only by `TransactionConflict` (another transaction on
+/// the same items in flight) is tried again before giving up.
+const CONFLICT_ATTEMPTS: u32 = 4;
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnrichmentItem {
+    pk: String,
+    sk: String,
+    #[serde(flatten)]
+    enrichment: Enrichment,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claim_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claimed_at: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PersonItem {
+    pk: String,
+    sk: String,
+    #[serde(flatten)]
+    person: Person,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CreditTransactionItem<'a> {
+    pk: String,
+    sk: String,
+    id: Uuid,
+    operation_type: OperationType,
+    /// Signed: negative for a debit, positive for a refund.
+    amount: i64,
+    enrichment_id: Uuid,
+    created_by: &'a str,
+    created_at: &'a str,
+}
+
+/// A global cache entry: what was found for one real person and field, for every org.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheEntry {
+    /// The `globalEnrichmentId` of enrichments served from it.
+    pub id: Uuid,
+    /// The normalized values found.
+    pub contacts: Vec<ContactPoint>,
+    /// The provider that found them.
+    pub provider: String,
+    /// When they were found (ISO 8601).
+    pub found_at: String,
+    /// Expiry in Unix seconds: DynamoDB's TTL attribute, also checked on read because TTL
+    /// deletion lags (AWS docs, "Time to Live").
+    pub expires_at: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheItem {
+    pk: String,
+    sk: String,
+    #[serde(flatten)]
+    entry: CacheEntry,
+}
+
+fn cache_key(fingerprint: &str, field: Field) -> (String, String) {
+    (format!("GLOBAL#{fingerprint}"), format!("FIELD#{field}"))
+}
+
+/// What happened to a POST's transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    /// The enrichment, the debit and the credit transaction were written.
+    Created,
+    /// A `pending` (not stale) or `finished` enrichment exists: nothing was written.
+    Existing(Enrichment),
+    /// The person does not exist in the org: nothing was written.
+    PersonNotFound,
+    /// The balance does not cover the cost: nothing was written.
+    InsufficientCredits,
+}
+
+/// The outcome a worker writes on a claimed enrichment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// `finished` or `failed`.
+    pub status: Status,
+    /// `dataFound`.
+    pub data_found: Option<bool>,
+    /// `error`, for `failed`.
+    pub error: Option<String>,
+    /// `globalEnrichmentId`.
+    pub global_enrichment_id: Option<Uuid>,
+    /// The person's full, merged contact list for the field, when it changed.
+    pub person_contacts: Option<Vec<ContactPoint>>,
+    /// A new global cache entry with its fingerprint, when providers found data.
+    pub cache: Option<(String, CacheEntry)>,
+}
+
+/// The DynamoDB table. Cheap to clone; build once per process.
+#[derive(Clone, Debug)]
+pub struct Store {
+    client: Client,
+    table: String,
+}
+
+impl Store {
+    /// A store over `table` with a configured client.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// A store over `table` with a client of the process's SDK configuration.
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Self::new(Client::new(sdk), table)
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn enrichment_key(org_id: &str, person_id: Uuid, field: Field) -> Item {
+        HashMap::from([
+            ("pk".into(), s(org_pk(org_id))),
+            ("sk".into(), s(enrichment_sk(person_id, field))),
+        ])
+    }
+
+    /// Creates `enrichment` (status `pending`) and charges `cost` credits in ONE
+    /// `TransactWriteItems`: (0) put the enrichment unless a `pending` one created at or after
+    /// `stale_before` or a `finished` one exists, returning the old item on conflict (`ALL_OLD`),
+    /// (1) check the person exists, (2) decrement the org's balance on condition it covers `cost`,
+    /// (3) write the credit transaction `enrichment.credit_transaction_id`.
+    ///
+    /// A replay costs exactly this one call (spec, "Idempotency").
+    pub async fn create_enrichment(
+        &self,
+        enrichment: &Enrichment,
+        cost: i64,
+        stale_before: &str,
+    ) -> Result<CreateOutcome, StoreError> {
+        let pk = org_pk(&enrichment.org_id);
+        let tx_id = enrichment.credit_transaction_id.ok_or_else(|| {
+            StoreError::Shape("a new enrichment needs its credit transaction id".into())
+        })?;
+        let item: Item = serde_dynamo::to_item(EnrichmentItem {
+            pk: pk.clone(),
+            sk: enrichment_sk(enrichment.entity_id, enrichment.field),
+            enrichment: enrichment.clone(),
+            claim_token: None,
+            claimed_at: None,
+        })
+        .map_err(shape_error)?;
+        let put_enrichment = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(
+                "attribute_not_exists(pk) OR #status IN (:failed, :timeout, :cancelled) \
+                 OR (#status = :pending AND createdAt < :staleBefore)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":failed", s(Status::Failed.as_str()))
+            .expression_attribute_values(":timeout", s(Status::Timeout.as_str()))
+            .expression_attribute_values(":cancelled", s(Status::Cancelled.as_str()))
+            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
+            .expression_attribute_values(":staleBefore", s(stale_before))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(build_error)?;
+        let person_exists = ConditionCheck::builder()
+            .table_name(&self.table)
+            .key("pk", s(pk.clone()))
+            .key("sk", s(person_sk(enrichment.entity_id)))
+            .condition_expression("attribute_exists(pk)")
+            .build()
+            .map_err(build_error)?;
+        let debit = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(pk.clone()))
+            .key("sk", s(CREDITS_SK))
+            .update_expression("SET balance = balance - :cost")
+            .condition_expression("balance >= :cost")
+            .expression_attribute_values(":cost", n(cost))
+            .build()
+            .map_err(build_error)?;
+        let transaction = self.credit_transaction(
+            tx_id,
+            enrichment.field.operation_type(),
+            -cost,
+            enrichment,
+            &enrichment.created_at,
+        )?;
+        let items = vec![
+            TransactWriteItem::builder().put(put_enrichment).build(),
+            TransactWriteItem::builder()
+                .condition_check(person_exists)
+                .build(),
+            TransactWriteItem::builder().update(debit).build(),
+            TransactWriteItem::builder().put(transaction).build(),
+        ];
+        match self.transact(items).await? {
+            None => Ok(CreateOutcome::Created),
+            Some(reasons) => {
+                let failed = |i: usize| reasons.get(i).is_some_and(|r| r.failed);
+                if failed(0) {
+                    let old = reasons[0].item.clone().ok_or_else(|| {
+                        StoreError::Shape("conflict without the old enrichment".into())
+                    })?;
+                    Ok(CreateOutcome::Existing(enrichment_from_item(old)?))
+                } else if failed(1) {
+                    Ok(CreateOutcome::PersonNotFound)
+                } else if failed(2) {
+                    Ok(CreateOutcome::InsufficientCredits)
+                } else {
+                    Err(StoreError::Dynamo {
+                        operation: "TransactWriteItems",
+                        message: format!("cancelled for another reason: {reasons:?}"),
+                    })
+                }
+            }
+        }
+    }
+
+    fn credit_transaction(
+        &self,
+        id: Uuid,
+        operation_type: OperationType,
+        amount: i64,
+        enrichment: &Enrichment,
+        at: &str,
+    ) -> Result<Put, StoreError> {
+        let item: Item = serde_dynamo::to_item(CreditTransactionItem {
+            pk: org_pk(&enrichment.org_id),
+            sk: format!("CREDITTX#{id}"),
+            id,
+            operation_type,
+            amount,
+            enrichment_id: enrichment.id,
+            created_by: &enrichment.created_by,
+            created_at: at,
+        })
+        .map_err(shape_error)?;
+        Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build_error)
+    }
+
+    /// Marks a `pending` enrichment `failed` with `error` and gives `cost` credits back with a
+    /// `refund` credit transaction, in one `TransactWriteItems`. Used when the job could not be
+    /// queued after the enrichment was created. Returns the enrichment as stored.
+    pub async fn fail_and_refund(
+        &self,
+        enrichment: &Enrichment,
+        cost: i64,
+        error: &str,
+        now: &str,
+    ) -> Result<Enrichment, StoreError> {
+        let pk = org_pk(&enrichment.org_id);
+        let fail = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(
+                &enrichment.org_id,
+                enrichment.entity_id,
+                enrichment.field,
+            )))
+            .update_expression("SET #status = :failed, #error = :error, updatedAt = :now")
+            .condition_expression("id = :id AND #status = :pending")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#error", "error")
+            .expression_attribute_values(":failed", s(Status::Failed.as_str()))
+            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
+            .expression_attribute_values(":error", s(error))
+            .expression_attribute_values(":now", s(now))
+            .expression_attribute_values(":id", s(enrichment.id.to_string()))
+            .build()
+            .map_err(build_error)?;
+        let refund = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(CREDITS_SK))
+            .update_expression("SET balance = balance + :cost")
+            .expression_attribute_values(":cost", n(cost))
+            .build()
+            .map_err(build_error)?;
+        let transaction =
+            self.credit_transaction(Uuid::new_v4(), OperationType::Refund, cost, enrichment, now)?;
+        let items = vec![
+            TransactWriteItem::builder().update(fail).build(),
+            TransactWriteItem::builder().update(refund).build(),
+            TransactWriteItem::builder().put(transaction).build(),
+        ];
+        if let Some(reasons) = self.transact(items).await? {
+            return Err(StoreError::Dynamo {
+                operation: "TransactWriteItems",
+                message: format!("refund cancelled: {reasons:?}"),
+            });
+        }
+        Ok(Enrichment {
+            status: Status::Failed,
+            error: Some(error.to_string()),
+            updated_at: now.to_string(),
+            ..enrichment.clone()
+        })
+    }
+
+    /// Runs a transaction, trying again while it is cancelled only by `TransactionConflict`.
+    /// Returns `None` when it committed, or the cancellation reasons (one per item, in order).
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<Option<Vec<Reason>>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let error = match result {
+                Ok(_) => return Ok(None),
+                Err(e) => e,
+            };
+            let reasons = match error.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
+                    .cancellation_reasons()
+                    .iter()
+                    .map(|r| Reason {
+                        failed: r.code() == Some("ConditionalCheckFailed"),
+                        conflict: r.code() == Some("TransactionConflict"),
+                        item: r.item().cloned(),
+                    })
+                    .collect::<Vec<_>>(),
+                _ => return Err(dynamo_error("TransactWriteItems")(error)),
+            };
+            let only_conflicts =
+                !reasons.iter().any(|r| r.failed) && reasons.iter().any(|r| r.conflict);
+            if only_conflicts && attempt < CONFLICT_ATTEMPTS {
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                continue;
+            }
+            return Ok(Some(reasons));
+        }
+    }
+
+    /// The current enrichment of (org, person, field), read consistently; `None` if none.
+    pub async fn get_enrichment(
+        &self,
+        org_id: &str,
+        person_id: Uuid,
+        field: Field,
+    ) -> Result<Option<Enrichment>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(org_id, person_id, field)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo_error("GetItem"))?;
+        output.item.map(enrichment_from_item).transpose()
+    }
+
+    /// Marks a `pending` enrichment `timeout` (spec, "Timeout Handling") with one conditional
+    /// `UpdateItem`. If it is no longer pending (a worker just finished it), returns it as it now
+    /// is, from the same call (`ReturnValuesOnConditionCheckFailure = ALL_OLD`).
+    pub async fn mark_timeout(
+        &self,
+        enrichment: &Enrichment,
+        now: &str,
+    ) -> Result<Enrichment, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(
+                &enrichment.org_id,
+                enrichment.entity_id,
+                enrichment.field,
+            )))
+            .update_expression("SET #status = :timeout, #error = :error, updatedAt = :now")
+            .condition_expression("id = :id AND #status = :pending")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#error", "error")
+            .expression_attribute_values(":timeout", s(Status::Timeout.as_str()))
+            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
+            .expression_attribute_values(":error", s(TIMEOUT_MESSAGE))
+            .expression_attribute_values(":now", s(now))
+            .expression_attribute_values(":id", s(enrichment.id.to_string()))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(output) => enrichment_from_item(output.attributes.unwrap_or_default()),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
+                    failed,
+                )) => match failed.item() {
+                    Some(item) => enrichment_from_item(item.clone()),
+                    None => Err(StoreError::Shape("the enrichment disappeared".into())),
+                },
+                _ => Err(dynamo_error("UpdateItem")(e)),
+            },
+        }
+    }
+
+    /// Claims a job for one worker: sets `claimToken` on the enrichment `id` if it is still
+    /// `pending` and unclaimed, or its claim is older than `lease_cutoff` (a worker that died).
+    /// Returns the enrichment, or `None` when the job is not (or no longer) this worker's to run:
+    /// a duplicate delivery, a replaced or already finished enrichment.
+    pub async fn claim(
+        &self,
+        org_id: &str,
+        person_id: Uuid,
+        field: Field,
+        enrichment_id: Uuid,
+        token: &str,
+        now: &str,
+        lease_cutoff: &str,
+    ) -> Result<Option<Enrichment>, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(org_id, person_id, field)))
+            .update_expression("SET claimToken = :token, claimedAt = :now")
+            .condition_expression(
+                "id = :id AND #status = :pending \
+                 AND (attribute_not_exists(claimToken) OR claimedAt < :cutoff)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
+            .expression_attribute_values(":id", s(enrichment_id.to_string()))
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":now", s(now))
+            .expression_attribute_values(":cutoff", s(lease_cutoff))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(Some(enrichment_from_item(
+                output.attributes.unwrap_or_default(),
+            )?)),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(None),
+            Err(e) => Err(dynamo_error("UpdateItem")(e)),
+        }
+    }
+
+    /// Gives a claim up so that a redelivery can run the job again at once. A claim that is no
+    /// longer `token`'s is left alone.
+    pub async fn release_claim(
+        &self,
+        enrichment: &Enrichment,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(
+                &enrichment.org_id,
+                enrichment.entity_id,
+                enrichment.field,
+            )))
+            .update_expression("REMOVE claimToken, claimedAt")
+            .condition_expression("claimToken = :token")
+            .expression_attribute_values(":token", s(token))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
+            Err(e) => Err(dynamo_error("UpdateItem")(e)),
+        }
+    }
+
+    /// Writes a worker's outcome in one `TransactWriteItems`: the enrichment (on condition it is
+    /// still `pending` and claimed by `token`), the person's merged contacts and the new global
+    /// cache entry. Returns `false` when the claim was lost (the enrichment timed out or was
+    /// replaced meanwhile): nothing is written then.
+    pub async fn complete(
+        &self,
+        enrichment: &Enrichment,
+        token: &str,
+        completion: &Completion,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(
+                &enrichment.org_id,
+                enrichment.entity_id,
+                enrichment.field,
+            )))
+            .update_expression(
+                "SET #status = :status, dataFound = :dataFound, #error = :error, \
+                 globalEnrichmentId = :global, updatedAt = :now REMOVE claimToken, claimedAt",
+            )
+            .condition_expression("id = :id AND #status = :pending AND claimToken = :token")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#error", "error")
+            .expression_attribute_values(":status", s(completion.status.as_str()))
+            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
+            .expression_attribute_values(":id", s(enrichment.id.to_string()))
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":now", s(now));
+        update = update
+            .expression_attribute_values(
+                ":dataFound",
+                completion
+                    .data_found
+                    .map_or(AttributeValue::Null(true), AttributeValue::Bool),
+            )
+            .expression_attribute_values(
+                ":error",
+                completion
+                    .error
+                    .clone()
+                    .map_or(AttributeValue::Null(true), s),
+            )
+            .expression_attribute_values(
+                ":global",
+                completion
+                    .global_enrichment_id
+                    .map_or(AttributeValue::Null(true), |id| s(id.to_string())),
+            );
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .update(update.build().map_err(build_error)?)
+                .build(),
+        ];
+        if let Some(contacts) = &completion.person_contacts {
+            let person = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(org_pk(&enrichment.org_id)))
+                .key("sk", s(person_sk(enrichment.entity_id)))
+                .update_expression("SET #field = :contacts")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_names("#field", enrichment.field.as_str())
+                .expression_attribute_values(
+                    ":contacts",
+                    serde_dynamo::to_attribute_value(contacts).map_err(shape_error)?,
+                )
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().update(person).build());
+        }
+        if let Some((fingerprint, entry)) = &completion.cache {
+            let (pk, sk) = cache_key(fingerprint, enrichment.field);
+            let item: Item = serde_dynamo::to_item(CacheItem {
+                pk,
+                sk,
+                entry: entry.clone(),
+            })
+            .map_err(shape_error)?;
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        match self.transact(items).await? {
+            None => Ok(true),
+            Some(reasons) if reasons.first().is_some_and(|r| r.failed) => Ok(false),
+            Some(reasons) => Err(StoreError::Dynamo {
+                operation: "TransactWriteItems",
+                message: format!("completion cancelled: {reasons:?}"),
+            }),
+        }
+    }
+
+    /// The person `person_id` of the org, read consistently; `None` if absent.
+    pub async fn get_person(
+        &self,
+        org_id: &str,
+        person_id: Uuid,
+    ) -> Result<Option<Person>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org_id)))
+            .key("sk", s(person_sk(person_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo_error("GetItem"))?;
+        output
+            .item
+            .map(|item| {
+                serde_dynamo::from_item::<_, PersonItem>(item)
+                    .map(|p| p.person)
+                    .map_err(shape_error)
+            })
+            .transpose()
+    }
+
+    /// Adds people to the org, all or nothing per group of 100 (the `TransactWriteItems` item
+    /// limit); an id that already exists cancels its group.
+    pub async fn put_people(&self, org_id: &str, people: &[Person]) -> Result<(), StoreError> {
+        for group in people.chunks(100) {
+            let mut items = Vec::with_capacity(group.len());
+            for person in group {
+                let item: Item = serde_dynamo::to_item(PersonItem {
+                    pk: org_pk(org_id),
+                    sk: person_sk(person.id),
+                    person: person.clone(),
+                })
+                .map_err(shape_error)?;
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(build_error)?;
+                items.push(TransactWriteItem::builder().put(put).build());
+            }
+            if let Some(reasons) = self.transact(items).await? {
+                return Err(StoreError::Dynamo {
+                    operation: "TransactWriteItems",
+                    message: format!("people import cancelled: {reasons:?}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The global cache entry for a fingerprint and field, if present and not expired at
+    /// `now_unix` (seconds).
+    pub async fn get_cache(
+        &self,
+        fingerprint: &str,
+        field: Field,
+        now_unix: i64,
+    ) -> Result<Option<CacheEntry>, StoreError> {
+        let (pk, sk) = cache_key(fingerprint, field);
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .send()
+            .await
+            .map_err(dynamo_error("GetItem"))?;
+        let Some(item) = output.item else {
+            return Ok(None);
+        };
+        let entry = serde_dynamo::from_item::<_, CacheItem>(item)
+            .map_err(shape_error)?
+            .entry;
+        Ok((entry.expires_at > now_unix).then_some(entry))
+    }
+
+    /// Adds `amount` credits to the org's balance (creating it at `amount`); returns the new
+    /// balance.
+    pub async fn grant_credits(&self, org_id: &str, amount: i64) -> Result<i64, StoreError> {
+        let output = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org_id)))
+            .key("sk", s(CREDITS_SK))
+            .update_expression("ADD balance :amount")
+            .expression_attribute_values(":amount", n(amount))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(dynamo_error("UpdateItem"))?;
+        balance_of(output.attributes.as_ref())
+    }
+
+    /// The org's credit balance; 0 when it never had credits.
+    pub async fn credit_balance(&self, org_id: &str) -> Result<i64, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org_id)))
+            .key("sk", s(CREDITS_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo_error("GetItem"))?;
+        balance_of(output.item.as_ref())
+    }
+}
+
+/// The `error` text of a timed-out enrichment.
+pub const TIMEOUT_MESSAGE: &str = "Enrichment exceeded the maximum processing time";
+
+fn balance_of(item: Option<&Item>) -> Result<i64, StoreError> {
+    match item.and_then(|i| i.get("balance")) {
+        None => Ok(0),
+        Some(AttributeValue::N(v)) => v
+            .parse()
+            .map_err(|_| StoreError::Shape(format!("balance {v:?}"))),
+        Some(other) => Err(StoreError::Shape(format!("balance {other:?}"))),
+    }
+}
+
+fn enrichment_from_item(item: Item) -> Result<Enrichment, StoreError> {
+    serde_dynamo::from_item::<_, EnrichmentItem>(item)
+        .map(|i| i.enrichment)
+        .map_err(shape_error)
+}
+
+/// One cancellation reason of a `TransactionCanceledException`, per item in order.
+#[derive(Debug, Clone)]
+struct Reason {
+    failed: bool,
+    conflict: bool,
+    item: Option<Item>,
+}

@@ -1,0 +1,335 @@
+//! The worker use case: run one enrichment job, and an SQS batch of them with partial batch
+//! failures (AWS docs, "Handling errors for an SQS event source in Lambda":
+//! `ReportBatchItemFailures`).
+
+use std::time::Duration;
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsMessage};
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::domain::{Enrichment, Person, Status, timestamp};
+use crate::providers::PersonQuery;
+use crate::providers::cascade::{Cascade, CascadeOutcome};
+use crate::queue::Job;
+use crate::store::{CacheEntry, Completion, Store, StoreError};
+
+/// Time kept back from the Lambda deadline for writing the outcome after the cascade.
+pub const WRITE_MARGIN: Duration = Duration::from_secs(5);
+
+/// The `error` of an enrichment whose person was deleted before the job ran.
+pub const PERSON_GONE_MESSAGE: &str = "Person not found";
+
+/// The Lambda deadline (`Context::deadline`, Unix milliseconds) as a monotonic instant; a
+/// deadline already past is now.
+pub fn deadline_from_epoch_millis(deadline_ms: u64) -> Instant {
+    let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+}
+
+/// What became of one job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    /// Not this worker's to run (duplicate delivery, replaced, already done, or the claim was
+    /// lost): acknowledged without a provider call or a write.
+    Dropped,
+    /// The outcome was written; the enrichment as the client will now see it.
+    Completed(Enrichment),
+}
+
+/// Why a job must be retried (the message is reported as a batch item failure).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The message body is not a [`Job`]: it goes to the DLQ after the queue's receive limit.
+    #[error("message body is not a job: {0}")]
+    BadMessage(String),
+    /// DynamoDB failed; the claim was given up so that a redelivery can run the job.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The key identifying one real person across orgs for the global cache: the normalized
+/// LinkedIn profile (`li:linkedin.com/in/{handle}`), else the normalized full name and company
+/// domain (`nd:{first} {last}@{domain}`); `None` when neither is known.
+pub fn fingerprint(person: &Person) -> Option<String> {
+    let clean = |v: &Option<String>| {
+        v.as_deref()
+            .map(|s| {
+                s.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase()
+            })
+            .filter(|s| !s.is_empty())
+    };
+    if let Some(url) = clean(&person.linkedin_url) {
+        let url = url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_start_matches("www.");
+        let url = url
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('/');
+        if let Some(handle) = url
+            .strip_prefix("linkedin.com/in/")
+            .filter(|h| !h.is_empty())
+        {
+            return Some(format!("li:linkedin.com/in/{handle}"));
+        }
+    }
+    let domain = clean(&person.company_domain)?;
+    let domain = domain
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_start_matches("www.")
+        .trim_end_matches('/');
+    Some(format!(
+        "nd:{} {}@{domain}",
+        clean(&person.first_name)?,
+        clean(&person.last_name)?
+    ))
+}
+
+fn query_of(person: &Person) -> PersonQuery {
+    PersonQuery {
+        first_name: person.first_name.clone(),
+        last_name: person.last_name.clone(),
+        company_name: person.company_name.clone(),
+        company_domain: person.company_domain.clone(),
+        linkedin_url: person.linkedin_url.clone(),
+    }
+}
+
+/// Runs enrichment jobs. Build once per process.
+pub struct Worker {
+    store: Store,
+    cascade: Cascade,
+    config: Config,
+}
+
+impl Worker {
+    /// A worker over the table and the provider cascade.
+    pub fn new(store: Store, cascade: Cascade, config: Config) -> Self {
+        Self {
+            store,
+            cascade,
+            config,
+        }
+    }
+
+    /// Runs one job before `deadline` (the Lambda's): claims it, serves it from the global cache
+    /// or runs the cascade, and writes the outcome, the person's merged contacts and the cache
+    /// entry in one transaction.
+    pub async fn run(&self, job: &Job, deadline: Instant) -> Result<JobOutcome, JobError> {
+        let token = Uuid::new_v4().to_string();
+        let now = Utc::now();
+        let lease =
+            chrono::Duration::from_std(self.config.claim_lease).unwrap_or(chrono::Duration::MAX);
+        let cutoff = timestamp(
+            now.checked_sub_signed(lease)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        );
+        let Some(enrichment) = self
+            .store
+            .claim(
+                &job.org_id,
+                job.person_id,
+                job.field,
+                job.enrichment_id,
+                &token,
+                &timestamp(now),
+                &cutoff,
+            )
+            .await?
+        else {
+            tracing::info!(enrichment_id = %job.enrichment_id, "job dropped: not pending or claimed elsewhere");
+            return Ok(JobOutcome::Dropped);
+        };
+        match self.run_claimed(&enrichment, &token, deadline).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                if let Err(release) = self.store.release_claim(&enrichment, &token).await {
+                    tracing::error!(error = %release, "could not release the claim");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn run_claimed(
+        &self,
+        enrichment: &Enrichment,
+        token: &str,
+        deadline: Instant,
+    ) -> Result<JobOutcome, StoreError> {
+        let field = enrichment.field;
+        let Some(person) = self
+            .store
+            .get_person(&enrichment.org_id, enrichment.entity_id)
+            .await?
+        else {
+            let completion = Completion {
+                status: Status::Failed,
+                data_found: None,
+                error: Some(PERSON_GONE_MESSAGE.into()),
+                global_enrichment_id: None,
+                person_contacts: None,
+                cache: None,
+            };
+            return self.complete(enrichment, token, completion).await;
+        };
+        let fingerprint = fingerprint(&person);
+        let now = Utc::now();
+        if let Some(fp) = &fingerprint
+            && let Some(entry) = self.store.get_cache(fp, field, now.timestamp()).await?
+        {
+            tracing::info!(enrichment_id = %enrichment.id, global_enrichment_id = %entry.id, "global cache hit");
+            let completion = Completion {
+                status: Status::Finished,
+                data_found: Some(true),
+                error: None,
+                global_enrichment_id: Some(entry.id),
+                person_contacts: Some(person.merged_contacts(field, &entry.contacts)),
+                cache: None,
+            };
+            return self.complete(enrichment, token, completion).await;
+        }
+        let cascade_deadline = deadline.checked_sub(WRITE_MARGIN).unwrap_or(deadline);
+        let completion = match self
+            .cascade
+            .run(field, &query_of(&person), cascade_deadline)
+            .await
+        {
+            CascadeOutcome::Found { provider, contacts } => {
+                let found_at = timestamp(Utc::now());
+                let cache = fingerprint.map(|fp| {
+                    let ttl = i64::try_from(self.config.cache_ttl.as_secs()).unwrap_or(i64::MAX);
+                    let entry = CacheEntry {
+                        id: Uuid::new_v4(),
+                        contacts: contacts.clone(),
+                        provider,
+                        found_at,
+                        expires_at: now.timestamp().saturating_add(ttl),
+                    };
+                    (fp, entry)
+                });
+                Completion {
+                    status: Status::Finished,
+                    data_found: Some(true),
+                    error: None,
+                    global_enrichment_id: cache.as_ref().map(|(_, entry)| entry.id),
+                    person_contacts: Some(person.merged_contacts(field, &contacts)),
+                    cache,
+                }
+            }
+            CascadeOutcome::NoMatch => Completion {
+                status: Status::Finished,
+                data_found: Some(false),
+                error: None,
+                global_enrichment_id: None,
+                person_contacts: None,
+                cache: None,
+            },
+            failed @ CascadeOutcome::Failed { .. } => Completion {
+                status: Status::Failed,
+                data_found: None,
+                error: failed.error_message(),
+                global_enrichment_id: None,
+                person_contacts: None,
+                cache: None,
+            },
+        };
+        self.complete(enrichment, token, completion).await
+    }
+
+    async fn complete(
+        &self,
+        enrichment: &Enrichment,
+        token: &str,
+        completion: Completion,
+    ) -> Result<JobOutcome, StoreError> {
+        let now = timestamp(Utc::now());
+        if !self
+            .store
+            .complete(enrichment, token, &completion, &now)
+            .await?
+        {
+            tracing::warn!(enrichment_id = %enrichment.id, "claim lost before the outcome was written");
+            return Ok(JobOutcome::Dropped);
+        }
+        let done = Enrichment {
+            status: completion.status,
+            data_found: completion.data_found,
+            error: completion.error,
+            global_enrichment_id: completion.global_enrichment_id,
+            updated_at: now,
+            ..enrichment.clone()
+        };
+        tracing::info!(enrichment_id = %done.id, status = %done.status.as_str(), data_found = ?done.data_found, "enrichment completed");
+        Ok(JobOutcome::Completed(done))
+    }
+
+    /// Runs an SQS batch one record at a time and reports the records to retry as batch item
+    /// failures (by `messageId`); the others are deleted by the event source mapping.
+    pub async fn run_batch(&self, records: &[SqsMessage], deadline: Instant) -> SqsBatchResponse {
+        let mut response = SqsBatchResponse::default();
+        for record in records {
+            let message_id = record.message_id.clone().unwrap_or_default();
+            let result = serde_json::from_str::<Job>(record.body.as_deref().unwrap_or_default())
+                .map_err(|e| JobError::BadMessage(e.to_string()));
+            let result = match result {
+                Ok(job) => self.run(&job, deadline).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::error!(message_id = %message_id, error = %e, "job failed; it will be retried");
+                response.add_failure(message_id);
+            }
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person(first: &str, last: &str, domain: &str, linkedin: &str) -> Person {
+        let some = |v: &str| (!v.is_empty()).then(|| v.to_string());
+        Person {
+            first_name: some(first),
+            last_name: some(last),
+            company_domain: some(domain),
+            linkedin_url: some(linkedin),
+            ..Person::default()
+        }
+    }
+
+    #[test]
+    fn fingerprint_prefers_the_normalized_linkedin_profile() {
+        let a = person(
+            "Ada",
+            "Lovelace",
+            "a.test",
+            "https://www.LinkedIn.com/in/ada-l/?utm=x",
+        );
+        let b = person("", "", "", "linkedin.com/in/ada-l");
+        assert_eq!(fingerprint(&a).as_deref(), Some("li:linkedin.com/in/ada-l"));
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+    }
+
+    #[test]
+    fn fingerprint_falls_back_to_name_and_domain() {
+        let a = person(" Ada ", "LOVELACE", "www.Analytical.test", "");
+        assert_eq!(
+            fingerprint(&a).as_deref(),
+            Some("nd:ada lovelace@analytical.test")
+        );
+        assert_eq!(fingerprint(&person("Ada", "", "analytical.test", "")), None);
+        assert_eq!(fingerprint(&person("Ada", "Lovelace", "", "")), None);
+    }
+}

@@ -1,0 +1,79 @@
+//! The local stack's dev signing key: an RSA key made once with `openssl` into the state folder,
+//! served as a JWKS by the gateway and used by `enrichctl token`. The deployed functions never
+//! see it: their key source is configuration (`AUTH_JWKS_URL` / `AUTH_JWT_KEY`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+use crate::DEV_KID;
+
+/// Returns the path of `<state>/dev-key.pem`, creating a 2048-bit RSA key there if absent.
+///
+/// Errors: `openssl` missing or failing.
+pub fn ensure(state_dir: &Path) -> Result<PathBuf, String> {
+    let path = state_dir.join("dev-key.pem");
+    if path.exists() {
+        return Ok(path);
+    }
+    let status = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run openssl to make the dev key: {e}"))?;
+    if !status.success() {
+        return Err(format!("openssl could not write {}", path.display()));
+    }
+    Ok(path)
+}
+
+fn encoding_key(path: &Path) -> Result<EncodingKey, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    EncodingKey::from_rsa_pem(&pem)
+        .map_err(|e| format!("{} is not an RSA key: {e}", path.display()))
+}
+
+/// The JWKS document (`{"keys": [...]}`) with the dev key's public half, `kid` [`DEV_KID`].
+pub fn jwks(path: &Path) -> Result<String, String> {
+    let mut jwk = Jwk::from_encoding_key(&encoding_key(path)?, Algorithm::RS256)
+        .map_err(|e| e.to_string())?;
+    jwk.common.key_id = Some(DEV_KID.into());
+    serde_json::to_string(&JwkSet { keys: vec![jwk] }).map_err(|e| e.to_string())
+}
+
+/// A Clerk-shaped session token (v2 claims: `sub`, `o.id`, `v: 2`) signed RS256 with the dev
+/// key, issued by `issuer`, valid from now for `expires_in`.
+pub fn sign(
+    path: &Path,
+    issuer: &str,
+    user_id: &str,
+    org_id: &str,
+    expires_in: Duration,
+) -> Result<String, String> {
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "iss": issuer,
+        "sub": user_id,
+        "sid": format!("sess_local_{now}"),
+        "iat": now,
+        "nbf": now,
+        "exp": now + expires_in.as_secs() as i64,
+        "v": 2,
+        "o": {"id": org_id, "rol": "admin"},
+    });
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(DEV_KID.into());
+    jsonwebtoken::encode(&header, &claims, &encoding_key(path)?).map_err(|e| e.to_string())
+}

@@ -1,0 +1,465 @@
+//! The whole backend on loopback, without an AWS account or Docker: DynamoDB (dynoxide,
+//! embedded), SQS (moto's server mode, a child process), the provider simulator, an HTTP
+//! gateway that serves the API routes by calling the same handler code as the Lambdas, and a
+//! poller that feeds SQS messages to the worker as the Lambda event source mapping would.
+//!
+//! `make run` starts it through the `local-stack` binary; the integration tests start a private
+//! one per test with [`Stack::start`].
+
+pub mod devkey;
+pub mod gateway;
+pub mod poller;
+pub mod simulator;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    TimeToLiveSpecification,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+use enrichment::auth::Authenticator;
+use enrichment::config::{Config, http_client};
+use enrichment::enrichment::Enrichments;
+use enrichment::providers::cascade::Cascade;
+use enrichment::providers::hunter::HunterProvider;
+use enrichment::providers::pdl::PdlProvider;
+use enrichment::queue::SqsJobQueue;
+use enrichment::store::Store;
+use enrichment::worker::Worker;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+/// The region and credentials the emulators are reached with.
+pub const LOCAL_REGION: &str = "us-east-1";
+/// The table name of the local stack.
+pub const TABLE_NAME: &str = "enrichment-local";
+/// The jobs queue name of the local stack.
+pub const QUEUE_NAME: &str = "enrichment-jobs-local";
+/// The dead-letter queue name of the local stack.
+pub const DLQ_NAME: &str = "enrichment-jobs-dlq-local";
+/// Receives before a job goes to the DLQ, as in `template.yaml`.
+pub const MAX_RECEIVE_COUNT: u32 = 5;
+/// The `kid` of the local dev signing key.
+pub const DEV_KID: &str = "local-dev";
+
+/// What a running stack tells its clients (`enrichctl`), written to `<state>/stack.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StackInfo {
+    /// The gateway's base URL (`http://127.0.0.1:3000`), also the tokens' issuer.
+    pub gateway_url: String,
+    /// The DynamoDB emulator's endpoint.
+    pub dynamodb_url: String,
+    /// The SQS emulator's endpoint.
+    pub sqs_url: String,
+    /// The table name.
+    pub table_name: String,
+    /// The jobs queue URL.
+    pub queue_url: String,
+    /// The dead-letter queue URL.
+    pub dlq_url: String,
+    /// The dev private key (PEM) that `enrichctl token` signs with.
+    pub dev_key_path: PathBuf,
+}
+
+/// How to start a stack.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where the dev key, the DynamoDB file and `stack.json` live (`.local`).
+    pub state_dir: PathBuf,
+    /// Keep DynamoDB data in `<state>/dynamodb.sqlite` (else in memory).
+    pub persist: bool,
+    /// The gateway's port (0: any free port).
+    pub port: u16,
+    /// `ENRICHMENT_MAX_AGE_SECONDS` of the API.
+    pub max_age: Duration,
+    /// Run the SQS poller (`LOCAL_WORKER=off` leaves jobs queued).
+    pub local_worker: bool,
+    /// The SQS visibility timeout the poller receives with.
+    pub visibility_timeout: Duration,
+    /// The moto server executable (`.local/venv/bin/moto_server`).
+    pub moto_server: PathBuf,
+    /// The known-people fixture the provider simulator answers from.
+    pub fixture: PathBuf,
+}
+
+impl Options {
+    /// Defaults for the repository at `root`: state in `root/.local`, gateway on 3000, maximum
+    /// age 800 s, worker on.
+    pub fn for_repo(root: &Path) -> Self {
+        Self {
+            state_dir: root.join(".local"),
+            persist: true,
+            port: 3000,
+            max_age: Duration::from_secs(800),
+            local_worker: true,
+            visibility_timeout: Duration::from_secs(60),
+            moto_server: root.join(".local/venv/bin/moto_server"),
+            fixture: root.join("tools/local-stack/fixtures/known-people.json"),
+        }
+    }
+}
+
+/// A running stack. Dropping it kills moto; call [`Stack::shutdown`] to stop the rest cleanly.
+pub struct Stack {
+    /// Endpoints and names.
+    pub info: StackInfo,
+    /// The table, through a client of the emulator.
+    pub store: Store,
+    /// An SQS client of the emulator.
+    pub sqs: aws_sdk_sqs::Client,
+    /// The provider simulator's base URL (`http://127.0.0.1:N`).
+    pub simulator_url: String,
+    /// The configuration the API and the worker run with.
+    pub config: Config,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _moto: Child,
+}
+
+/// A DynamoDB client config for a local endpoint, with dummy credentials.
+pub fn dynamodb_config(endpoint: &str) -> aws_sdk_dynamodb::config::Builder {
+    aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(LOCAL_REGION))
+        .credentials_provider(Credentials::new("local", "local", None, None, "local"))
+        .endpoint_url(endpoint)
+}
+
+/// An SQS client config for a local endpoint, with dummy credentials.
+pub fn sqs_config(endpoint: &str) -> aws_sdk_sqs::config::Builder {
+    aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new(LOCAL_REGION))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "local", "local", None, None, "local",
+        ))
+        .endpoint_url(endpoint)
+}
+
+async fn loopback_listener(port: u16) -> Result<(TcpListener, SocketAddr), String> {
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok((listener, addr))
+}
+
+async fn free_port() -> Result<u16, String> {
+    Ok(loopback_listener(0).await?.1.port())
+}
+
+/// Starts moto's server on a free loopback port and waits until it answers.
+async fn start_moto(executable: &Path) -> Result<(Child, String), String> {
+    let port = free_port().await?;
+    let child = Command::new(executable)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start {} (run `make setup`): {e}",
+                executable.display()
+            )
+        })?;
+    let url = format!("http://127.0.0.1:{port}");
+    let http = http_client();
+    for _ in 0..300 {
+        if http.get(format!("{url}/moto-api/")).send().await.is_ok() {
+            return Ok((child, url));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("moto server did not start within 15 s".into())
+}
+
+/// Creates the table as `template.yaml` declares it (`pk`/`sk` strings, on-demand, TTL on
+/// `expiresAt`) unless it exists.
+pub async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), String> {
+    let exists = client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .is_ok();
+    if exists {
+        return Ok(());
+    }
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+    };
+    let attr = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+    };
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(key("pk", KeyType::Hash).map_err(|e| e.to_string())?)
+        .key_schema(key("sk", KeyType::Range).map_err(|e| e.to_string())?)
+        .attribute_definitions(attr("pk").map_err(|e| e.to_string())?)
+        .attribute_definitions(attr("sk").map_err(|e| e.to_string())?)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "CreateTable: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+            )
+        })?;
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name("expiresAt")
+                .enabled(true)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "UpdateTimeToLive: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+            )
+        })?;
+    Ok(())
+}
+
+/// Creates the jobs queue and its DLQ with the redrive policy of `template.yaml`; returns
+/// (queue URL, DLQ URL).
+pub async fn create_queues(
+    sqs: &aws_sdk_sqs::Client,
+    visibility: Duration,
+) -> Result<(String, String), String> {
+    let err = |e: aws_sdk_sqs::error::SdkError<_, _>| {
+        format!(
+            "CreateQueue: {}",
+            aws_sdk_sqs::error::DisplayErrorContext(&e)
+        )
+    };
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name(DLQ_NAME)
+        .send()
+        .await
+        .map_err(err)?
+        .queue_url
+        .unwrap_or_default();
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "GetQueueAttributes: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )
+        })?
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap_or_default();
+    let redrive =
+        serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT});
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(QUEUE_NAME)
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility.as_secs().to_string(),
+        )
+        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "CreateQueue: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )
+        })?
+        .queue_url
+        .unwrap_or_default();
+    Ok((queue_url, dlq_url))
+}
+
+/// The provider cascade of the local stack: Hunter then PDL for emails, PDL for phones, all
+/// pointed at the simulator.
+pub fn simulator_cascade(simulator_url: &str) -> Cascade {
+    let http = http_client();
+    let hunter = Arc::new(HunterProvider::new(
+        http.clone(),
+        format!("{simulator_url}/hunter"),
+        "local",
+    ));
+    let pdl = Arc::new(PdlProvider::new(
+        http,
+        format!("{simulator_url}/pdl"),
+        "local",
+    ));
+    Cascade::new(
+        vec![hunter, pdl.clone()],
+        vec![pdl],
+        Duration::from_secs(20),
+    )
+}
+
+impl Stack {
+    /// Starts everything on loopback and returns once the gateway accepts requests.
+    pub async fn start(options: Options) -> Result<Stack, String> {
+        std::fs::create_dir_all(&options.state_dir)
+            .map_err(|e| format!("cannot create {}: {e}", options.state_dir.display()))?;
+        let dev_key = devkey::ensure(&options.state_dir)?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let mut tasks = Vec::new();
+
+        // DynamoDB: dynoxide, embedded.
+        let db = if options.persist {
+            let path = options.state_dir.join("dynamodb.sqlite");
+            dynoxide::Database::new(&path.to_string_lossy())
+                .map_err(|e| format!("DynamoDB file: {e}"))?
+        } else {
+            dynoxide::Database::memory().map_err(|e| format!("DynamoDB: {e}"))?
+        };
+        let (listener, addr) = loopback_listener(0).await?;
+        let dynamodb_url = format!("http://{addr}");
+        let signal = stopped(shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = dynoxide::server::serve_with_shutdown(listener, db, signal).await {
+                tracing::error!(error = %e, "DynamoDB emulator stopped");
+            }
+        }));
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(dynamodb_config(&dynamodb_url).build());
+        create_table(&dynamodb, TABLE_NAME).await?;
+
+        // SQS: moto.
+        let (moto, sqs_url) = start_moto(&options.moto_server).await?;
+        let sqs = aws_sdk_sqs::Client::from_conf(sqs_config(&sqs_url).build());
+        let (queue_url, dlq_url) = create_queues(&sqs, options.visibility_timeout).await?;
+
+        // Provider simulator.
+        let people = simulator::load_fixture(&options.fixture)?;
+        let (listener, addr) = loopback_listener(0).await?;
+        let simulator_url = format!("http://{addr}");
+        let signal = stopped(shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, simulator::router(people))
+                .with_graceful_shutdown(signal)
+                .await;
+        }));
+
+        // API gateway.
+        let (listener, addr) = loopback_listener(options.port).await?;
+        let gateway_url = format!("http://{addr}");
+        let config = Config {
+            table_name: TABLE_NAME.into(),
+            max_age: options.max_age,
+            cost_email: 5,
+            cost_phone: 20,
+            cache_ttl: Duration::from_secs(90 * 86_400),
+            claim_lease: Duration::from_secs(900),
+        };
+        let store = Store::new(dynamodb, TABLE_NAME);
+        let auth = Authenticator::with_jwks(
+            format!("{gateway_url}{}", gateway::JWKS_PATH),
+            http_client(),
+            Some(gateway_url.clone()),
+            Vec::new(),
+            5,
+        );
+        let state = Arc::new(gateway::Gateway {
+            auth,
+            enrichments: Enrichments::new(store.clone(), config.clone()),
+            queue: SqsJobQueue::new(sqs.clone(), queue_url.clone()),
+            jwks: devkey::jwks(&dev_key)?,
+        });
+        let signal = stopped(shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, gateway::router(state))
+                .with_graceful_shutdown(signal)
+                .await;
+        }));
+
+        // SQS event source for the worker.
+        if options.local_worker {
+            let worker = Worker::new(
+                store.clone(),
+                simulator_cascade(&simulator_url),
+                config.clone(),
+            );
+            let poller = poller::Poller {
+                sqs: sqs.clone(),
+                queue_url: queue_url.clone(),
+                visibility_timeout: options.visibility_timeout,
+                worker,
+            };
+            tasks.push(tokio::spawn(poller.run(shutdown_rx.clone())));
+        }
+
+        let info = StackInfo {
+            gateway_url,
+            dynamodb_url,
+            sqs_url,
+            table_name: TABLE_NAME.into(),
+            queue_url,
+            dlq_url,
+            dev_key_path: dev_key,
+        };
+        Ok(Stack {
+            info,
+            store,
+            sqs,
+            simulator_url,
+            config,
+            shutdown,
+            tasks,
+            _moto: moto,
+        })
+    }
+
+    /// Signs a dev token for `user_id` in `org_id`, valid for `expires_in`.
+    pub fn token(
+        &self,
+        user_id: &str,
+        org_id: &str,
+        expires_in: Duration,
+    ) -> Result<String, String> {
+        devkey::sign(
+            &self.info.dev_key_path,
+            &self.info.gateway_url,
+            user_id,
+            org_id,
+            expires_in,
+        )
+    }
+
+    /// Stops the servers and the poller, and waits for them.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}

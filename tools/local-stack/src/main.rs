@@ -1,0 +1,67 @@
+//! `local-stack`: starts the whole backend on loopback (see the crate docs) and stops it on
+//! Ctrl-C. Environment: `PORT` (3000), `ENRICHMENT_MAX_AGE_SECONDS` (800), `LOCAL_WORKER`
+//! (`off` leaves jobs queued), `LOCAL_STATE_DIR` (`.local`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use local_stack::{Options, Stack};
+
+fn env_number(name: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name} must be a non-negative integer, got {v:?}")),
+        _ => Ok(default),
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let root = std::env::current_dir().map_err(|e| e.to_string())?;
+    let mut options = Options::for_repo(&root);
+    options.port = u16::try_from(env_number("PORT", 3000)?)
+        .map_err(|_| "PORT must be below 65536".to_string())?;
+    options.max_age = Duration::from_secs(env_number("ENRICHMENT_MAX_AGE_SECONDS", 800)?);
+    options.local_worker = !matches!(
+        std::env::var("LOCAL_WORKER").as_deref(),
+        Ok("off" | "0" | "false")
+    );
+    if let Ok(dir) = std::env::var("LOCAL_STATE_DIR") {
+        options.state_dir = PathBuf::from(dir);
+    }
+    let state_dir = options.state_dir.clone();
+    let worker = if options.local_worker {
+        "on"
+    } else {
+        "off (jobs stay queued)"
+    };
+    let stack = Stack::start(options).await?;
+    let info_path = state_dir.join("stack.json");
+    let info = serde_json::to_string_pretty(&stack.info).map_err(|e| e.to_string())?;
+    std::fs::write(&info_path, info)
+        .map_err(|e| format!("cannot write {}: {e}", info_path.display()))?;
+    println!(
+        "ready: API on {} (DynamoDB {}, SQS {}, providers {}, worker {})",
+        stack.info.gateway_url,
+        stack.info.dynamodb_url,
+        stack.info.sqs_url,
+        stack.simulator_url,
+        worker
+    );
+    tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+    println!("stopping");
+    stack.shutdown().await;
+    let _ = std::fs::remove_file(&info_path);
+    println!("stopped");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    enrichment::config::init_tracing();
+    if let Err(e) = run().await {
+        eprintln!("local-stack: {e}");
+        std::process::exit(1);
+    }
+}

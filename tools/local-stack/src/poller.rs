@@ -1,0 +1,120 @@
+//! Feeds SQS messages to the worker as the Lambda event source mapping does (AWS docs, "Using
+//! Lambda with Amazon SQS"): long-poll a batch, invoke the handler with an SQS event, delete the
+//! records that succeeded and leave the reported batch item failures to come back after the
+//! visibility timeout (and to the DLQ after the queue's maximum receive count).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_lambda_events::sqs::SqsMessage;
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use enrichment::worker::Worker;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The worker's time budget per batch, as the function's timeout in `template.yaml`.
+pub const WORKER_TIMEOUT: Duration = Duration::from_secs(840);
+
+/// One event source: a queue and the worker it feeds.
+pub struct Poller {
+    /// SQS client of the emulator.
+    pub sqs: aws_sdk_sqs::Client,
+    /// The jobs queue.
+    pub queue_url: String,
+    /// The visibility timeout messages are received with.
+    pub visibility_timeout: Duration,
+    /// The handler's use case.
+    pub worker: Worker,
+}
+
+impl Poller {
+    /// Polls until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = self.poll_once() => {}
+            }
+        }
+    }
+
+    /// Receives one batch (long poll of 1 s), runs it and deletes what succeeded. Returns the
+    /// number of messages received.
+    pub async fn poll_once(&self) -> usize {
+        let received = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .visibility_timeout(self.visibility_timeout.as_secs() as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await;
+        let messages = match received {
+            Ok(output) => output.messages.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %DisplayErrorContext(&e), "ReceiveMessage failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return 0;
+            }
+        };
+        if messages.is_empty() {
+            return 0;
+        }
+        let records: Vec<SqsMessage> = messages
+            .iter()
+            .map(|m| {
+                let mut record = SqsMessage::default();
+                record.message_id = m.message_id.clone();
+                record.receipt_handle = m.receipt_handle.clone();
+                record.body = m.body.clone();
+                record.attributes = m
+                    .attributes
+                    .as_ref()
+                    .map(|a| {
+                        a.iter()
+                            .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_else(HashMap::new);
+                record.event_source = Some("aws:sqs".into());
+                record
+            })
+            .collect();
+        let response = self
+            .worker
+            .run_batch(&records, Instant::now() + WORKER_TIMEOUT)
+            .await;
+        let failed: Vec<&str> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        let entries: Vec<DeleteMessageBatchRequestEntry> = messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !failed.contains(&m.message_id.as_deref().unwrap_or_default()))
+            .filter_map(|(i, m)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .set_receipt_handle(m.receipt_handle.clone())
+                    .build()
+                    .ok()
+            })
+            .collect();
+        if !entries.is_empty()
+            && let Err(e) = self
+                .sqs
+                .delete_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+        {
+            tracing::warn!(error = %DisplayErrorContext(&e), "DeleteMessageBatch failed; the jobs will be redelivered");
+        }
+        messages.len()
+    }
+}

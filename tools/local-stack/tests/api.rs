@@ -1,0 +1,572 @@
+//! Whole flows against a private local stack per test: dynoxide for DynamoDB (faithful under
+//! concurrency), moto's server for SQS, the provider simulator, the HTTP gateway and the worker.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::QueueAttributeName;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_types::config_bag::ConfigBag;
+use enrichment::auth::Principal;
+use enrichment::domain::{Field, Person, Status};
+use enrichment::enrichment::{ENQUEUE_FAILED_MESSAGE, Enrichments};
+use enrichment::providers::cascade::Cascade;
+use enrichment::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact};
+use enrichment::queue::{Job, JobQueue, QueueError, SqsJobQueue};
+use enrichment::store::{Store, TIMEOUT_MESSAGE};
+use enrichment::worker::{JobOutcome, Worker};
+use local_stack::{Options, Stack, dynamodb_config, sqs_config};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const ORG: &str = "org_acme";
+const USER: &str = "user_alice";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+async fn start(max_age: Duration, local_worker: bool) -> Stack {
+    let root = repo_root();
+    let mut options = Options::for_repo(&root);
+    options.state_dir = std::env::temp_dir().join(format!("enrichment-test-{}", Uuid::new_v4()));
+    options.persist = false;
+    options.port = 0;
+    options.max_age = max_age;
+    options.local_worker = local_worker;
+    options.visibility_timeout = Duration::from_secs(30);
+    Stack::start(options).await.expect("local stack starts")
+}
+
+/// A person the simulator knows (Hunter finds her email by name and domain).
+fn known_person() -> Person {
+    Person {
+        id: Uuid::new_v4(),
+        first_name: Some("Ada".into()),
+        last_name: Some("Lovelace".into()),
+        company_name: Some("Analytical Engines".into()),
+        company_domain: Some("analytical-engines.test".into()),
+        linkedin_url: None,
+        ..Person::default()
+    }
+}
+
+async fn add_person(stack: &Stack, org: &str, person: &Person) {
+    stack
+        .store
+        .put_people(org, std::slice::from_ref(person))
+        .await
+        .unwrap();
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn new(stack: &Stack, org: &str) -> Self {
+        Api {
+            http: reqwest::Client::new(),
+            base: stack.info.gateway_url.clone(),
+            token: stack.token(USER, org, Duration::from_secs(300)).unwrap(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, person: &str, query: &str) -> (u16, Value) {
+        let url = format!("{}/api/v1/operations/enrichment/{person}{query}", self.base);
+        let response = self
+            .http
+            .request(method, url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, person: Uuid, field: &str) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            &person.to_string(),
+            &format!("?field={field}"),
+        )
+        .await
+    }
+
+    async fn get(&self, person: Uuid, field: &str) -> (u16, Value) {
+        self.call(
+            reqwest::Method::GET,
+            &person.to_string(),
+            &format!("?field={field}"),
+        )
+        .await
+    }
+}
+
+async fn queued_jobs(stack: &Stack) -> usize {
+    let attributes = stack
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&stack.info.queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default();
+    let count = |name| {
+        attributes
+            .get(&name)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    count(QueueAttributeName::ApproximateNumberOfMessages)
+        + count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+}
+
+fn principal(org: &str) -> Principal {
+    Principal {
+        user_id: USER.into(),
+        org_id: org.into(),
+    }
+}
+
+#[tokio::test]
+async fn new_post_is_pending_and_replay_returns_it_without_charge() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    add_person(&stack, ORG, &person).await;
+    stack.store.grant_credits(ORG, 100).await.unwrap();
+    let api = Api::new(&stack, ORG);
+
+    let (status, first) = api.post(person.id, "emails").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["status"], "pending");
+    assert_eq!(first["entityId"], person.id.to_string());
+    assert_eq!(first["entityType"], "person");
+    assert_eq!(first["field"], "emails");
+    assert_eq!(first["createdBy"], USER);
+    assert_eq!(first["orgId"], ORG);
+    assert_eq!(first["dataFound"], Value::Null);
+    assert_eq!(first["error"], Value::Null);
+    assert!(first["creditTransactionId"].is_string());
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 95);
+
+    let (status, replay) = api.post(person.id, "emails").await;
+    assert_eq!(status, 200);
+    assert_eq!(replay, first);
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 95);
+    assert_eq!(queued_jobs(&stack).await, 1);
+
+    let (status, phones) = api.post(person.id, "phones").await;
+    assert_eq!(status, 200);
+    assert_ne!(phones["id"], first["id"]);
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 75);
+
+    let (status, polled) = api.get(person.id, "emails").await;
+    assert_eq!((status, polled), (200, first));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn insufficient_credits_is_402_and_writes_nothing() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    add_person(&stack, ORG, &person).await;
+    stack.store.grant_credits(ORG, 19).await.unwrap();
+    let api = Api::new(&stack, ORG);
+
+    let (status, body) = api.post(person.id, "phones").await;
+    assert_eq!(status, 402);
+    assert_eq!(
+        body,
+        json!({"error": {
+            "code": "INSUFFICIENT_CREDITS",
+            "message": "Insufficient credits for enrichment_phone. Required: 20 credits.",
+            "details": {"operationType": "enrichment_phone", "count": 1, "required": 20}
+        }})
+    );
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 19);
+    assert_eq!(api.get(person.id, "phones").await.0, 404);
+    assert_eq!(queued_jobs(&stack).await, 0);
+
+    // An org that never had credits is refused the same way.
+    let other = Api::new(&stack, "org_empty");
+    add_person(&stack, "org_empty", &person).await;
+    assert_eq!(other.post(person.id, "emails").await.0, 402);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_person_and_other_orgs_person_are_404_and_cost_nothing() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    add_person(&stack, ORG, &person).await;
+    stack.store.grant_credits(ORG, 50).await.unwrap();
+    stack.store.grant_credits("org_other", 50).await.unwrap();
+    let api = Api::new(&stack, ORG);
+    let other = Api::new(&stack, "org_other");
+
+    let (status, body) = api.post(Uuid::new_v4(), "emails").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "NOT_FOUND");
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 50);
+
+    // Org A's enrichment is invisible to org B, and B cannot enrich A's person.
+    assert_eq!(api.post(person.id, "emails").await.0, 200);
+    let (status, body) = other.get(person.id, "emails").await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        body,
+        json!({"error": {"code": "NOT_FOUND", "message": "Enrichment not found"}})
+    );
+    assert_eq!(other.post(person.id, "emails").await.0, 404);
+    assert_eq!(stack.store.credit_balance("org_other").await.unwrap(), 50);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_spec_envelope() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let api = Api::new(&stack, ORG);
+    let person = Uuid::new_v4().to_string();
+    let field_error = json!({"error": {
+        "code": "VALIDATION_ERROR",
+        "message": "Field query parameter is required and must be \"phones\" or \"emails\""
+    }});
+    for query in ["", "?field=", "?field=fax", "?field=EMAILS"] {
+        let (status, body) = api.call(reqwest::Method::POST, &person, query).await;
+        assert_eq!((status, &body), (400, &field_error), "query {query:?}");
+    }
+    let (status, body) = api
+        .call(reqwest::Method::GET, "not-a-uuid", "?field=emails")
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
+
+    let url = format!(
+        "{}/api/v1/operations/enrichment/{person}?field=emails",
+        api.base
+    );
+    let response = api.http.post(&url).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED");
+    let response = api
+        .http
+        .get(&url)
+        .bearer_auth("not.a.jwt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let response = api
+        .http
+        .delete(&url)
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_posts_create_one_enrichment_one_debit_one_job() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    add_person(&stack, ORG, &person).await;
+    stack.store.grant_credits(ORG, 1000).await.unwrap();
+    let api = Arc::new(Api::new(&stack, ORG));
+
+    let posts: Vec<_> = (0..25)
+        .map(|_| {
+            let api = api.clone();
+            tokio::spawn(async move { api.post(person.id, "emails").await })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for post in posts {
+        let (status, body) = post.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        ids.insert(body["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 995);
+    assert_eq!(queued_jobs(&stack).await, 1);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn stale_pending_times_out_on_get_and_post_replaces_it_with_a_charge() {
+    let stack = start(Duration::from_secs(1), false).await;
+    let person = known_person();
+    add_person(&stack, ORG, &person).await;
+    stack.store.grant_credits(ORG, 100).await.unwrap();
+    let api = Api::new(&stack, ORG);
+
+    let (_, first) = api.post(person.id, "emails").await;
+    assert_eq!(api.get(person.id, "emails").await.1["status"], "pending");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let (status, timed_out) = api.get(person.id, "emails").await;
+    assert_eq!(status, 200);
+    assert_eq!(timed_out["id"], first["id"]);
+    assert_eq!(timed_out["status"], "timeout");
+    assert_eq!(timed_out["error"], TIMEOUT_MESSAGE);
+    assert_eq!(api.get(person.id, "emails").await.1["status"], "timeout");
+
+    let (status, second) = api.post(person.id, "emails").await;
+    assert_eq!(status, 200);
+    assert_eq!(second["status"], "pending");
+    assert_ne!(second["id"], first["id"]);
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 90);
+
+    // A stale pending enrichment is replaced by POST directly too, without a GET first.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, third) = api.post(person.id, "emails").await;
+    assert_ne!(third["id"], second["id"]);
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 85);
+    stack.shutdown().await;
+}
+
+struct BrokenQueue;
+
+#[async_trait]
+impl JobQueue for BrokenQueue {
+    async fn enqueue(&self, _: &Job) -> Result<(), QueueError> {
+        Err(QueueError("connection refused".into()))
+    }
+}
+
+#[tokio::test]
+async fn failed_enqueue_marks_failed_and_refunds_then_a_new_post_is_charged_again() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    add_person(&stack, ORG, &person).await;
+    stack.store.grant_credits(ORG, 10).await.unwrap();
+    let enrichments = Enrichments::new(stack.store.clone(), stack.config.clone());
+
+    let error = enrichments
+        .trigger(&BrokenQueue, &principal(ORG), person.id, Field::Emails)
+        .await
+        .unwrap_err();
+    assert_eq!(error.status_code(), 500);
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 10);
+    let failed = stack
+        .store
+        .get_enrichment(ORG, person.id, Field::Emails)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.error.as_deref(), Some(ENQUEUE_FAILED_MESSAGE));
+
+    let api = Api::new(&stack, ORG);
+    let (status, retried) = api.post(person.id, "emails").await;
+    assert_eq!(status, 200);
+    assert_eq!(retried["status"], "pending");
+    assert_ne!(retried["id"], failed.id.to_string());
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 5);
+    stack.shutdown().await;
+}
+
+/// A provider that finds one email for anyone and counts its calls.
+struct CountingProvider(AtomicUsize);
+
+#[async_trait]
+impl Provider for CountingProvider {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    fn can_search(&self, _: Field, _: &PersonQuery) -> bool {
+        true
+    }
+    async fn find(&self, _: Field, _: &PersonQuery) -> Result<ProviderAnswer, ProviderError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(ProviderAnswer::Found(vec![RawContact {
+            value: "Ada@Analytical-Engines.test".into(),
+            kind: Some("work".into()),
+            status: None,
+        }]))
+    }
+}
+
+#[tokio::test]
+async fn duplicate_delivery_runs_the_providers_once() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    add_person(&stack, ORG, &person).await;
+    stack.store.grant_credits(ORG, 10).await.unwrap();
+    let (_, body) = Api::new(&stack, ORG).post(person.id, "emails").await;
+
+    let provider = Arc::new(CountingProvider(AtomicUsize::new(0)));
+    let cascade = Cascade::new(vec![provider.clone()], vec![], Duration::from_secs(5));
+    let worker = Worker::new(stack.store.clone(), cascade, stack.config.clone());
+    let job = Job {
+        enrichment_id: body["id"].as_str().unwrap().parse().unwrap(),
+        org_id: ORG.into(),
+        person_id: person.id,
+        field: Field::Emails,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (a, b) = tokio::join!(worker.run(&job, deadline), worker.run(&job, deadline));
+    let outcomes = [a.unwrap(), b.unwrap()];
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == JobOutcome::Dropped)
+            .count(),
+        1
+    );
+    assert_eq!(
+        worker.run(&job, deadline).await.unwrap(),
+        JobOutcome::Dropped
+    );
+    assert_eq!(provider.0.load(Ordering::SeqCst), 1);
+
+    let done = stack
+        .store
+        .get_enrichment(ORG, person.id, Field::Emails)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, Status::Finished);
+    assert_eq!(done.data_found, Some(true));
+    let stored = stack
+        .store
+        .get_person(ORG, person.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let emails: Vec<_> = stored.emails.iter().map(|e| e.value.as_str()).collect();
+    assert_eq!(emails, ["ada@analytical-engines.test"]);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn full_run_finishes_with_data_and_updates_the_person() {
+    let stack = start(Duration::from_secs(800), true).await;
+    let person = known_person();
+    add_person(&stack, ORG, &person).await;
+    stack.store.grant_credits(ORG, 10).await.unwrap();
+    let api = Api::new(&stack, ORG);
+
+    let (status, pending) = api.post(person.id, "emails").await;
+    assert_eq!((status, pending["status"].as_str()), (200, Some("pending")));
+    let mut finished = Value::Null;
+    for _ in 0..150 {
+        let (_, body) = api.get(person.id, "emails").await;
+        if body["status"] != "pending" {
+            finished = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(finished["status"], "finished", "{finished}");
+    assert_eq!(finished["dataFound"], true);
+    assert_eq!(finished["id"], pending["id"]);
+    assert!(finished["globalEnrichmentId"].is_string());
+    let stored = stack
+        .store
+        .get_person(ORG, person.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.emails.len(), 1, "{stored:?}");
+    assert!(stored.emails[0].value.ends_with("@analytical-engines.test"));
+    assert_eq!(stored.emails[0].provider, "hunter");
+    assert_eq!(queued_jobs(&stack).await, 0);
+    stack.shutdown().await;
+}
+
+/// Counts SDK operations by name, as the AWS SDK's interceptor hook sees them.
+#[derive(Clone, Debug, Default)]
+struct CallCounter(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "CallCounter"
+    }
+    fn read_before_execution(
+        &self,
+        _: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(metadata) = cfg.load::<Metadata>() {
+            self.0.lock().unwrap().push(metadata.name().to_string());
+        }
+        Ok(())
+    }
+}
+
+impl CallCounter {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+#[tokio::test]
+async fn a_new_post_makes_one_dynamodb_and_one_sqs_call_a_replay_one_and_get_one() {
+    let stack = start(Duration::from_secs(1), false).await;
+    let person = known_person();
+    add_person(&stack, ORG, &person).await;
+    stack.store.grant_credits(ORG, 100).await.unwrap();
+    let dynamodb_calls = CallCounter::default();
+    let sqs_calls = CallCounter::default();
+    let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+        dynamodb_config(&stack.info.dynamodb_url)
+            .interceptor(dynamodb_calls.clone())
+            .build(),
+    );
+    let sqs = aws_sdk_sqs::Client::from_conf(
+        sqs_config(&stack.info.sqs_url)
+            .interceptor(sqs_calls.clone())
+            .build(),
+    );
+    let enrichments = Enrichments::new(
+        Store::new(dynamodb, stack.store.table()),
+        stack.config.clone(),
+    );
+    let queue = SqsJobQueue::new(sqs, stack.info.queue_url.clone());
+    let caller = principal(ORG);
+
+    enrichments
+        .trigger(&queue, &caller, person.id, Field::Emails)
+        .await
+        .unwrap();
+    assert_eq!(dynamodb_calls.take(), ["TransactWriteItems"]);
+    assert_eq!(sqs_calls.take(), ["SendMessage"]);
+
+    enrichments
+        .trigger(&queue, &caller, person.id, Field::Emails)
+        .await
+        .unwrap();
+    assert_eq!(dynamodb_calls.take(), ["TransactWriteItems"]);
+    assert!(sqs_calls.take().is_empty());
+
+    enrichments
+        .status(&caller, person.id, Field::Emails)
+        .await
+        .unwrap();
+    assert_eq!(dynamodb_calls.take(), ["GetItem"]);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let timed_out = enrichments
+        .status(&caller, person.id, Field::Emails)
+        .await
+        .unwrap();
+    assert_eq!(timed_out.status, Status::Timeout);
+    assert_eq!(dynamodb_calls.take(), ["GetItem", "UpdateItem"]);
+    stack.shutdown().await;
+}
