@@ -43,6 +43,7 @@ enum Keys {
 /// Verifies bearer tokens. Build once per process; `authenticate` is cheap when the key is cached.
 pub struct Authenticator {
     keys: Keys,
+    refetch_interval: Duration,
     validation: Validation,
     authorized_parties: Vec<String>,
 }
@@ -154,9 +155,17 @@ impl Authenticator {
         }
         Self {
             keys,
+            refetch_interval: JWKS_REFETCH_INTERVAL,
             validation,
             authorized_parties,
         }
+    }
+
+    /// The same authenticator with another shortest time between two JWKS fetches caused by
+    /// unknown `kid`s (default [`JWKS_REFETCH_INTERVAL`]).
+    pub fn with_refetch_interval(mut self, interval: Duration) -> Self {
+        self.refetch_interval = interval;
+        self
     }
 
     /// Verifies the `Authorization` header value and returns the caller.
@@ -228,7 +237,7 @@ impl Authenticator {
             if let Some(key) = keys.read().await.get(kid) {
                 return Ok(key.clone());
             }
-            if last.is_none_or(|at| at.elapsed() >= JWKS_REFETCH_INTERVAL) {
+            if last.is_none_or(|at| at.elapsed() >= self.refetch_interval) {
                 *last = Some(Instant::now());
                 match fetch_jwks(http, url).await {
                     Ok(fresh) => *keys.write().await = fresh,
@@ -267,4 +276,198 @@ async fn fetch_jwks(
             DecodingKey::from_jwk(jwk).ok().map(|key| (kid, key))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::{Value, json};
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+
+    const ISSUER: &str = "https://clerk.example.test";
+    const PARTY: &str = "https://app.example.test";
+
+    /// An RSA key pair made with openssl: (private PEM, public PEM).
+    fn key_pair(name: &str) -> (Vec<u8>, Vec<u8>) {
+        let dir = std::env::temp_dir().join(format!("auth-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let private: PathBuf = dir.join(format!("{name}.pem"));
+        let public: PathBuf = dir.join(format!("{name}.pub.pem"));
+        let run = |args: &[&str]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "openssl {args:?}");
+        };
+        let (private_s, public_s) = (private.to_str().unwrap(), public.to_str().unwrap());
+        run(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", private_s]);
+        run(&["pkey", "-in", private_s, "-pubout", "-out", public_s]);
+        (std::fs::read(private).unwrap(), std::fs::read(public).unwrap())
+    }
+
+    fn keys() -> &'static [(Vec<u8>, Vec<u8>); 2] {
+        static KEYS: OnceLock<[(Vec<u8>, Vec<u8>); 2]> = OnceLock::new();
+        KEYS.get_or_init(|| [key_pair("a"), key_pair("b")])
+    }
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    fn claims() -> Value {
+        json!({"iss": ISSUER, "sub": "user_1", "azp": PARTY, "org_id": "org_1",
+               "iat": now(), "nbf": now() - 1, "exp": now() + 60})
+    }
+
+    fn sign(key: usize, kid: &str, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.into());
+        let key = EncodingKey::from_rsa_pem(&keys()[key].0).unwrap();
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    fn with(mut claims: Value, key: &str, value: Value) -> Value {
+        if value.is_null() {
+            claims.as_object_mut().unwrap().remove(key);
+        } else {
+            claims[key] = value;
+        }
+        claims
+    }
+
+    fn pem_authenticator() -> Authenticator {
+        Authenticator::with_pem(&keys()[0].1, Some(ISSUER.into()), vec![PARTY.into()], 5).unwrap()
+    }
+
+    fn jwk(key: usize, kid: &str) -> Value {
+        let mut jwk = Jwk::from_encoding_key(&EncodingKey::from_rsa_pem(&keys()[key].0).unwrap(), Algorithm::RS256)
+            .unwrap();
+        jwk.common.key_id = Some(kid.into());
+        serde_json::to_value(jwk).unwrap()
+    }
+
+    async fn message(auth: &Authenticator, header: Option<&str>) -> Result<Principal, String> {
+        auth.authenticate(header).await.map_err(|e| {
+            assert_eq!(e.status_code(), 401);
+            assert_eq!(e.code(), "UNAUTHORIZED");
+            e.to_string()
+        })
+    }
+
+    #[tokio::test]
+    async fn every_known_attack_and_mistake_is_a_401_naming_its_class() {
+        let auth = pem_authenticator();
+        let bearer = |token: String| format!("Bearer {token}");
+        let b64 = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let alg_none = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(claims()));
+        let hs256_with_public_key = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(),
+            &EncodingKey::from_secret(&keys()[0].1).unwrap(),
+        )
+        .unwrap();
+        let mut tampered = sign(0, "a", &claims());
+        tampered.pop();
+        tampered.push(if tampered.ends_with('A') { 'B' } else { 'A' });
+        let cases: Vec<(&str, Option<String>, &str)> = vec![
+            ("missing header", None, "Missing Authorization header"),
+            ("wrong scheme", Some(format!("Basic {}", sign(0, "a", &claims()))), "Bearer"),
+            ("empty bearer", Some("Bearer ".into()), "Bearer"),
+            ("malformed", Some(bearer("not-a-jwt".into())), "Malformed token"),
+            ("alg none", Some(bearer(alg_none)), "Malformed token"),
+            ("HS256 with the public key", Some(bearer(hs256_with_public_key)), "Unsupported token algorithm"),
+            ("signed by another key", Some(bearer(sign(1, "a", &claims()))), "Token signature is invalid"),
+            ("tampered signature", Some(bearer(tampered)), "Token signature is invalid"),
+            ("expired", Some(bearer(sign(0, "a", &with(claims(), "exp", json!(now() - 30))))), "Token has expired"),
+            ("not yet valid", Some(bearer(sign(0, "a", &with(claims(), "nbf", json!(now() + 30))))), "Token is not yet valid"),
+            ("wrong issuer", Some(bearer(sign(0, "a", &with(claims(), "iss", json!("https://evil.test"))))), "Token issuer is not allowed"),
+            ("azp not allowed", Some(bearer(sign(0, "a", &with(claims(), "azp", json!("https://evil.test"))))), "Token authorized party is not allowed"),
+            ("no sub", Some(bearer(sign(0, "a", &with(claims(), "sub", Value::Null)))), "Token has no subject"),
+            ("no organization", Some(bearer(sign(0, "a", &with(claims(), "org_id", Value::Null)))), "Token has no active organization"),
+        ];
+        for (case, header, expected) in cases {
+            let error = message(&auth, header.as_deref()).await.expect_err(case);
+            assert!(error.contains(expected), "{case}: {error:?} should name {expected:?}");
+            if let Some(header) = &header {
+                let token = header.split(' ').nth(1).unwrap_or_default();
+                assert!(token.is_empty() || !error.contains(token), "{case}: the message echoes the token");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn v1_and_v2_claims_and_clock_leeway_are_accepted() {
+        let auth = pem_authenticator();
+        let expected = Principal {
+            user_id: "user_1".into(),
+            org_id: "org_1".into(),
+        };
+        let v1 = sign(0, "a", &claims());
+        let v2 = sign(0, "a", &with(with(claims(), "org_id", Value::Null), "o", json!({"id": "org_1", "rol": "admin"})));
+        let no_azp = sign(0, "a", &with(claims(), "azp", Value::Null));
+        let just_expired = sign(0, "a", &with(claims(), "exp", json!(now() - 2)));
+        for token in [v1, v2, no_azp, just_expired] {
+            assert_eq!(auth.authenticate(Some(&format!("Bearer {token}"))).await, Ok(expected.clone()));
+        }
+    }
+
+    #[tokio::test]
+    async fn jwks_keys_rotate_and_unknown_kids_cannot_hammer_the_endpoint() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/.well-known/jwks.json"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk(0, "old")]})))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/.well-known/jwks.json"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk(0, "old"), jwk(1, "new")]})))
+            .mount(&server)
+            .await;
+        let interval = Duration::from_millis(300);
+        let auth = Authenticator::with_jwks(
+            format!("{}/.well-known/jwks.json", server.uri()),
+            reqwest::Client::new(),
+            Some(ISSUER.into()),
+            vec![],
+            5,
+        )
+        .with_refetch_interval(interval);
+        let fetches = || async { server.received_requests().await.unwrap().len() };
+
+        let old = format!("Bearer {}", sign(0, "old", &claims()));
+        let new = format!("Bearer {}", sign(1, "new", &claims()));
+        assert!(auth.authenticate(Some(&old)).await.is_ok());
+        assert!(auth.authenticate(Some(&old)).await.is_ok());
+        assert_eq!(fetches().await, 1);
+
+        // The new key is published but this instance fetched moments ago: refused, no fetch.
+        assert!(message(&auth, Some(&new)).await.unwrap_err().contains("unknown"));
+        assert_eq!(fetches().await, 1);
+
+        tokio::time::sleep(interval).await;
+        assert!(auth.authenticate(Some(&new)).await.is_ok());
+        assert!(auth.authenticate(Some(&old)).await.is_ok());
+        assert_eq!(fetches().await, 2);
+
+        // A burst of 100 tokens naming random kids costs at most one fetch per interval.
+        tokio::time::sleep(interval).await;
+        let burst: Vec<_> = (0..100).map(|i| format!("Bearer {}", sign(0, &format!("random-{i}"), &claims()))).collect();
+        for token in &burst {
+            assert!(auth.authenticate(Some(token)).await.is_err());
+        }
+        assert_eq!(fetches().await, 3);
+    }
 }

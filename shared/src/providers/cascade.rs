@@ -551,7 +551,7 @@ mod tests {
     #[tokio::test]
     async fn no_provider_able_to_search_is_no_match() {
         let a = Fake::unable("a");
-        let outcome = email_cascade(&[a.clone()])
+        let outcome = email_cascade(std::slice::from_ref(&a))
             .run(Field::Emails, &person(), far_deadline())
             .await;
         assert_eq!(outcome, CascadeOutcome::NoMatch);

@@ -12,7 +12,9 @@
 //! ```
 //! `score` is Hunter's confidence, 0-100; `verification.status` is one of `valid`, `accept_all`,
 //! `unknown`, `invalid`, `webmail`, `disposable`. When Hunter finds no address the answer is
-//! still 200, with `data.email` (and `data.score`) `null`: that is a no match.
+//! still 200, with `data.email` (and `data.score`, `data.verification.status`) `null`: that is
+//! the no match. A 404 is *not* taken as a no match: in Hunter's status table it means the
+//! requested resource does not exist, which is what a wrong base URL gives.
 //!
 //! Errors come as `{ "errors": [ { "id": "wrong_params", "code": 400, "details": "..." } ] }`
 //! with the HTTP status codes of the documentation's "Errors" section, mapped here as:
@@ -339,6 +341,16 @@ mod tests {
         assert_eq!(
             provider.find(Field::Emails, &person()).await,
             Err(ProviderError::Status(503))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_404_is_an_error_not_a_miss() {
+        let body = json!({"errors": [{"id": "not_found", "code": 404, "details": "The requested resource does not exist"}]});
+        let (_server, provider) = provider_for(404, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &person()).await,
+            Err(ProviderError::Status(404))
         );
     }
 

@@ -769,6 +769,70 @@ mod tests {
         assert_eq!(body["error"]["type"], "invalid_request_error");
     }
 
+    #[tokio::test]
+    async fn the_configured_cascade_runs_against_the_simulator() {
+        use enrichment::providers::cascade::{Cascade, CascadeOutcome};
+
+        let address = start().await;
+        let vars: HashMap<&str, String> = HashMap::from([
+            ("HUNTER_API_KEY", "local".to_string()),
+            ("PDL_API_KEY", "local".to_string()),
+            ("HUNTER_BASE_URL", format!("http://{address}/hunter")),
+            ("PDL_BASE_URL", format!("http://{address}/pdl")),
+            ("PROVIDER_TIMEOUT_SECONDS", "5".to_string()),
+        ]);
+        let cascade =
+            Cascade::from_vars(reqwest::Client::new(), |name| vars.get(name).cloned()).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+
+        // Hunter is rate limited for Hiro: PDL answers.
+        let hiro = query("Hiro", "Tanabe", None, Some("kestrel-dynamics.test"), None);
+        match cascade.run(Field::Emails, &hiro, deadline).await {
+            CascadeOutcome::Found { provider, contacts } => {
+                assert_eq!(provider, "pdl");
+                let values: Vec<&str> = contacts.iter().map(|c| c.value.as_str()).collect();
+                assert_eq!(values, vec!["hiro.tanabe@kestrel-dynamics.test"]);
+            }
+            other => panic!("expected Found, got {other:?}"),
+        }
+
+        // Bruno's UK numbers, written two ways, become one E.164 number (the national writing
+        // means nothing under the default region US and is dropped).
+        let bruno = PersonQuery {
+            linkedin_url: Some("https://www.linkedin.com/in/bruno-okafor-demo".into()),
+            ..PersonQuery::default()
+        };
+        match cascade.run(Field::Phones, &bruno, deadline).await {
+            CascadeOutcome::Found { contacts, .. } => {
+                assert_eq!(contacts.len(), 1);
+                assert_eq!(contacts[0].value, "+442079460321");
+                assert_eq!(contacts[0].kind.as_deref(), Some("mobile"));
+            }
+            other => panic!("expected Found, got {other:?}"),
+        }
+
+        // PDL, the only phone provider, fails for Imani.
+        let imani = query("Imani", "Cole", None, Some("saltmarsh.example"), None);
+        let failed = cascade.run(Field::Phones, &imani, deadline).await;
+        assert_eq!(
+            failed.error_message().as_deref(),
+            Some("All providers failed: pdl: HTTP 503")
+        );
+
+        // Nobody knows Otis.
+        let otis = query(
+            "Otis",
+            "Brandvold",
+            Some("Pinecrest Logistics"),
+            Some("pinecrest.test"),
+            None,
+        );
+        assert_eq!(
+            cascade.run(Field::Emails, &otis, deadline).await,
+            CascadeOutcome::NoMatch
+        );
+    }
+
     #[test]
     fn every_fixture_value_is_a_valid_contact() {
         let people = load_fixture(FIXTURE).unwrap();
