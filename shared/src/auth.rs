@@ -311,9 +311,20 @@ mod tests {
             assert!(status.success(), "openssl {args:?}");
         };
         let (private_s, public_s) = (private.to_str().unwrap(), public.to_str().unwrap());
-        run(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", private_s]);
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            private_s,
+        ]);
         run(&["pkey", "-in", private_s, "-pubout", "-out", public_s]);
-        (std::fs::read(private).unwrap(), std::fs::read(public).unwrap())
+        (
+            std::fs::read(private).unwrap(),
+            std::fs::read(public).unwrap(),
+        )
     }
 
     fn keys() -> &'static [(Vec<u8>, Vec<u8>); 2] {
@@ -351,8 +362,11 @@ mod tests {
     }
 
     fn jwk(key: usize, kid: &str) -> Value {
-        let mut jwk = Jwk::from_encoding_key(&EncodingKey::from_rsa_pem(&keys()[key].0).unwrap(), Algorithm::RS256)
-            .unwrap();
+        let mut jwk = Jwk::from_encoding_key(
+            &EncodingKey::from_rsa_pem(&keys()[key].0).unwrap(),
+            Algorithm::RS256,
+        )
+        .unwrap();
         jwk.common.key_id = Some(kid.into());
         serde_json::to_value(jwk).unwrap()
     }
@@ -370,38 +384,109 @@ mod tests {
         let auth = pem_authenticator();
         let bearer = |token: String| format!("Bearer {token}");
         let b64 = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
-        let alg_none = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(claims()));
+        let alg_none = format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"})),
+            b64(claims())
+        );
         let hs256_with_public_key = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims(),
             &EncodingKey::from_secret(&keys()[0].1).unwrap(),
         )
         .unwrap();
-        let mut tampered = sign(0, "a", &claims());
-        tampered.pop();
-        tampered.push(if tampered.ends_with('A') { 'B' } else { 'A' });
+        let mut tampered = sign(0, "a", &claims()).into_bytes();
+        let middle = tampered.len() - 20;
+        tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
         let cases: Vec<(&str, Option<String>, &str)> = vec![
             ("missing header", None, "Missing Authorization header"),
-            ("wrong scheme", Some(format!("Basic {}", sign(0, "a", &claims()))), "Bearer"),
+            (
+                "wrong scheme",
+                Some(format!("Basic {}", sign(0, "a", &claims()))),
+                "Bearer",
+            ),
             ("empty bearer", Some("Bearer ".into()), "Bearer"),
-            ("malformed", Some(bearer("not-a-jwt".into())), "Malformed token"),
+            (
+                "malformed",
+                Some(bearer("not-a-jwt".into())),
+                "Malformed token",
+            ),
             ("alg none", Some(bearer(alg_none)), "Malformed token"),
-            ("HS256 with the public key", Some(bearer(hs256_with_public_key)), "Unsupported token algorithm"),
-            ("signed by another key", Some(bearer(sign(1, "a", &claims()))), "Token signature is invalid"),
-            ("tampered signature", Some(bearer(tampered)), "Token signature is invalid"),
-            ("expired", Some(bearer(sign(0, "a", &with(claims(), "exp", json!(now() - 30))))), "Token has expired"),
-            ("not yet valid", Some(bearer(sign(0, "a", &with(claims(), "nbf", json!(now() + 30))))), "Token is not yet valid"),
-            ("wrong issuer", Some(bearer(sign(0, "a", &with(claims(), "iss", json!("https://evil.test"))))), "Token issuer is not allowed"),
-            ("azp not allowed", Some(bearer(sign(0, "a", &with(claims(), "azp", json!("https://evil.test"))))), "Token authorized party is not allowed"),
-            ("no sub", Some(bearer(sign(0, "a", &with(claims(), "sub", Value::Null)))), "Token has no subject"),
-            ("no organization", Some(bearer(sign(0, "a", &with(claims(), "org_id", Value::Null)))), "Token has no active organization"),
+            (
+                "HS256 with the public key",
+                Some(bearer(hs256_with_public_key)),
+                "Unsupported token algorithm",
+            ),
+            (
+                "signed by another key",
+                Some(bearer(sign(1, "a", &claims()))),
+                "Token signature is invalid",
+            ),
+            (
+                "tampered signature",
+                Some(bearer(tampered)),
+                "Token signature is invalid",
+            ),
+            (
+                "expired",
+                Some(bearer(sign(
+                    0,
+                    "a",
+                    &with(claims(), "exp", json!(now() - 30)),
+                ))),
+                "Token has expired",
+            ),
+            (
+                "not yet valid",
+                Some(bearer(sign(
+                    0,
+                    "a",
+                    &with(claims(), "nbf", json!(now() + 30)),
+                ))),
+                "Token is not yet valid",
+            ),
+            (
+                "wrong issuer",
+                Some(bearer(sign(
+                    0,
+                    "a",
+                    &with(claims(), "iss", json!("https://evil.test")),
+                ))),
+                "Token issuer is not allowed",
+            ),
+            (
+                "azp not allowed",
+                Some(bearer(sign(
+                    0,
+                    "a",
+                    &with(claims(), "azp", json!("https://evil.test")),
+                ))),
+                "Token authorized party is not allowed",
+            ),
+            (
+                "no sub",
+                Some(bearer(sign(0, "a", &with(claims(), "sub", Value::Null)))),
+                "Token has no subject",
+            ),
+            (
+                "no organization",
+                Some(bearer(sign(0, "a", &with(claims(), "org_id", Value::Null)))),
+                "Token has no active organization",
+            ),
         ];
         for (case, header, expected) in cases {
             let error = message(&auth, header.as_deref()).await.expect_err(case);
-            assert!(error.contains(expected), "{case}: {error:?} should name {expected:?}");
+            assert!(
+                error.contains(expected),
+                "{case}: {error:?} should name {expected:?}"
+            );
             if let Some(header) = &header {
                 let token = header.split(' ').nth(1).unwrap_or_default();
-                assert!(token.is_empty() || !error.contains(token), "{case}: the message echoes the token");
+                assert!(
+                    token.is_empty() || !error.contains(token),
+                    "{case}: the message echoes the token"
+                );
             }
         }
     }
@@ -414,11 +499,22 @@ mod tests {
             org_id: "org_1".into(),
         };
         let v1 = sign(0, "a", &claims());
-        let v2 = sign(0, "a", &with(with(claims(), "org_id", Value::Null), "o", json!({"id": "org_1", "rol": "admin"})));
+        let v2 = sign(
+            0,
+            "a",
+            &with(
+                with(claims(), "org_id", Value::Null),
+                "o",
+                json!({"id": "org_1", "rol": "admin"}),
+            ),
+        );
         let no_azp = sign(0, "a", &with(claims(), "azp", Value::Null));
         let just_expired = sign(0, "a", &with(claims(), "exp", json!(now() - 2)));
         for token in [v1, v2, no_azp, just_expired] {
-            assert_eq!(auth.authenticate(Some(&format!("Bearer {token}"))).await, Ok(expected.clone()));
+            assert_eq!(
+                auth.authenticate(Some(&format!("Bearer {token}"))).await,
+                Ok(expected.clone())
+            );
         }
     }
 
@@ -427,13 +523,18 @@ mod tests {
         let server = MockServer::start().await;
         Mock::given(method("GET"))
             .and(path("/.well-known/jwks.json"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk(0, "old")]})))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk(0, "old")]})),
+            )
             .up_to_n_times(1)
             .mount(&server)
             .await;
         Mock::given(method("GET"))
             .and(path("/.well-known/jwks.json"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk(0, "old"), jwk(1, "new")]})))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"keys": [jwk(0, "old"), jwk(1, "new")]})),
+            )
             .mount(&server)
             .await;
         let interval = Duration::from_millis(300);
@@ -454,7 +555,12 @@ mod tests {
         assert_eq!(fetches().await, 1);
 
         // The new key is published but this instance fetched moments ago: refused, no fetch.
-        assert!(message(&auth, Some(&new)).await.unwrap_err().contains("unknown"));
+        assert!(
+            message(&auth, Some(&new))
+                .await
+                .unwrap_err()
+                .contains("unknown")
+        );
         assert_eq!(fetches().await, 1);
 
         tokio::time::sleep(interval).await;
@@ -464,7 +570,9 @@ mod tests {
 
         // A burst of 100 tokens naming random kids costs at most one fetch per interval.
         tokio::time::sleep(interval).await;
-        let burst: Vec<_> = (0..100).map(|i| format!("Bearer {}", sign(0, &format!("random-{i}"), &claims()))).collect();
+        let burst: Vec<_> = (0..100)
+            .map(|i| format!("Bearer {}", sign(0, &format!("random-{i}"), &claims())))
+            .collect();
         for token in &burst {
             assert!(auth.authenticate(Some(token)).await.is_err());
         }

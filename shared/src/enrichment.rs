@@ -90,7 +90,7 @@ impl Enrichments {
             .create_enrichment(&enrichment, cost, &stale_before(now, self.config.max_age))
             .await?;
         match outcome {
-            CreateOutcome::Existing(existing) => Ok(existing),
+            CreateOutcome::Existing(existing) => Ok(*existing),
             CreateOutcome::PersonNotFound => Err(ApiError::NotFound("Person not found".into())),
             CreateOutcome::InsufficientCredits => Err(ApiError::InsufficientCredits {
                 operation_type: field.operation_type(),

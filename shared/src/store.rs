@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{ContactPoint, Enrichment, Field, OperationType, Person, Status};
+use crate::queue::Job;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -162,7 +163,7 @@ pub enum CreateOutcome {
     /// The enrichment, the debit and the credit transaction were written.
     Created,
     /// A `pending` (not stale) or `finished` enrichment exists: nothing was written.
-    Existing(Enrichment),
+    Existing(Box<Enrichment>),
     /// The person does not exist in the org: nothing was written.
     PersonNotFound,
     /// The balance does not cover the cost: nothing was written.
@@ -299,7 +300,9 @@ impl Store {
                     let old = reasons[0].item.clone().ok_or_else(|| {
                         StoreError::Shape("conflict without the old enrichment".into())
                     })?;
-                    Ok(CreateOutcome::Existing(enrichment_from_item(old)?))
+                    Ok(CreateOutcome::Existing(Box::new(enrichment_from_item(
+                        old,
+                    )?)))
                 } else if failed(1) {
                     Ok(CreateOutcome::PersonNotFound)
                 } else if failed(2) {
@@ -503,16 +506,13 @@ impl Store {
         }
     }
 
-    /// Claims a job for one worker: sets `claimToken` on the enrichment `id` if it is still
+    /// Claims a job for one worker: sets `claimToken` on the job's enrichment if it is still
     /// `pending` and unclaimed, or its claim is older than `lease_cutoff` (a worker that died).
     /// Returns the enrichment, or `None` when the job is not (or no longer) this worker's to run:
     /// a duplicate delivery, a replaced or already finished enrichment.
     pub async fn claim(
         &self,
-        org_id: &str,
-        person_id: Uuid,
-        field: Field,
-        enrichment_id: Uuid,
+        job: &Job,
         token: &str,
         now: &str,
         lease_cutoff: &str,
@@ -521,7 +521,11 @@ impl Store {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::enrichment_key(org_id, person_id, field)))
+            .set_key(Some(Self::enrichment_key(
+                &job.org_id,
+                job.person_id,
+                job.field,
+            )))
             .update_expression("SET claimToken = :token, claimedAt = :now")
             .condition_expression(
                 "id = :id AND #status = :pending \
@@ -529,7 +533,7 @@ impl Store {
             )
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":pending", s(Status::Pending.as_str()))
-            .expression_attribute_values(":id", s(enrichment_id.to_string()))
+            .expression_attribute_values(":id", s(job.enrichment_id.to_string()))
             .expression_attribute_values(":token", s(token))
             .expression_attribute_values(":now", s(now))
             .expression_attribute_values(":cutoff", s(lease_cutoff))

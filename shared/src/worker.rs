@@ -36,7 +36,7 @@ pub enum JobOutcome {
     /// lost): acknowledged without a provider call or a write.
     Dropped,
     /// The outcome was written; the enrichment as the client will now see it.
-    Completed(Enrichment),
+    Completed(Box<Enrichment>),
 }
 
 /// Why a job must be retried (the message is reported as a batch item failure).
@@ -135,15 +135,7 @@ impl Worker {
         );
         let Some(enrichment) = self
             .store
-            .claim(
-                &job.org_id,
-                job.person_id,
-                job.field,
-                job.enrichment_id,
-                &token,
-                &timestamp(now),
-                &cutoff,
-            )
+            .claim(job, &token, &timestamp(now), &cutoff)
             .await?
         else {
             tracing::info!(enrichment_id = %job.enrichment_id, "job dropped: not pending or claimed elsewhere");
@@ -270,7 +262,7 @@ impl Worker {
             ..enrichment.clone()
         };
         tracing::info!(enrichment_id = %done.id, status = %done.status.as_str(), data_found = ?done.data_found, "enrichment completed");
-        Ok(JobOutcome::Completed(done))
+        Ok(JobOutcome::Completed(Box::new(done)))
     }
 
     /// Runs an SQS batch one record at a time and reports the records to retry as batch item

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
-use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use enrichment::auth::Principal;
 use enrichment::domain::{Field, Person, Status};
@@ -490,7 +490,8 @@ async fn full_run_finishes_with_data_and_updates_the_person() {
     stack.shutdown().await;
 }
 
-/// Counts SDK operations by name, as the AWS SDK's interceptor hook sees them.
+/// Counts the requests an SDK client sends, by operation (the `X-Amz-Target` header of the
+/// DynamoDB and SQS JSON protocols, `DynamoDB_20120810.GetItem` -> `GetItem`), retries included.
 #[derive(Clone, Debug, Default)]
 struct CallCounter(Arc<std::sync::Mutex<Vec<String>>>);
 
@@ -498,14 +499,19 @@ impl Intercept for CallCounter {
     fn name(&self) -> &'static str {
         "CallCounter"
     }
-    fn read_before_execution(
+    fn read_before_transmit(
         &self,
-        _: &BeforeSerializationInterceptorContextRef<'_>,
-        cfg: &mut ConfigBag,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if let Some(metadata) = cfg.load::<Metadata>() {
-            self.0.lock().unwrap().push(metadata.name().to_string());
-        }
+        let target = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or("unknown");
+        let operation = target.rsplit('.').next().unwrap_or(target).to_string();
+        self.0.lock().unwrap().push(operation);
         Ok(())
     }
 }
