@@ -186,13 +186,13 @@ async fn start_moto(executable: &Path) -> Result<(Child, String), String> {
 /// Creates the table as `template.yaml` declares it (`pk`/`sk` strings, on-demand, TTL on
 /// `expiresAt`) unless it exists.
 pub async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), String> {
-    let exists = client
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .is_ok();
-    if exists {
+    let tables = client.list_tables().send().await.map_err(|e| {
+        format!(
+            "ListTables: {}",
+            aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+        )
+    })?;
+    if tables.table_names().iter().any(|name| name == table) {
         return Ok(());
     }
     let key = |name: &str, kind: KeyType| {
