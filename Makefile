@@ -3,12 +3,14 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help setup run test lint lint-template fmt
+.PHONY: help setup run test invoke-events build-lambda lint lint-template fmt
 
 help:
 	@echo "make run    start the local stack (DynamoDB, SQS, providers, API on 127.0.0.1:\$${PORT:-3000}, worker)"
 	@echo "make test   install the pinned tools, then run every test"
 	@echo "make lint   cargo fmt --check, clippy -D warnings, template linters"
+	@echo "make invoke-events  run every events/*.json through the functions under cargo lambda watch"
+	@echo "make build-lambda   build the arm64 bootstraps into target/lambda/<function>/bootstrap"
 
 setup:
 	@scripts/install-local-tools.sh
@@ -23,6 +25,15 @@ test: setup
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+invoke-events: setup
+	@scripts/invoke-events.sh
+
+# The three Lambda bootstraps, for provided.al2023 on arm64, as `sam build` makes them.
+build-lambda:
+	@bin="$$(scripts/install-lambda-tools.sh --arm64)" && PATH="$$bin:$$PATH" && \
+		$(CARGO) lambda build --release --arm64 -p trigger -p worker -p status
+	@ls -l target/lambda/*/bootstrap
 
 lint: lint-template
 	$(CARGO) fmt --all -- --check

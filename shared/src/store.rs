@@ -104,6 +104,8 @@ struct EnrichmentItem {
     claim_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     claimed_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    providers_answered: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -168,6 +170,26 @@ pub enum CreateOutcome {
     PersonNotFound,
     /// The balance does not cover the cost: nothing was written.
     InsufficientCredits,
+}
+
+/// A job claimed by one worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    /// The enrichment, `pending`.
+    pub enrichment: Enrichment,
+    /// Providers that answered "no match" in earlier attempts of this job.
+    pub providers_answered: Vec<String>,
+}
+
+/// What a worker learns when it asks for the global cache lease of a person and field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CacheLease {
+    /// No fresh entry and no other worker on it: this worker runs the providers.
+    Acquired,
+    /// A fresh entry exists: no provider call is needed.
+    Cached(Box<CacheEntry>),
+    /// Another worker (maybe another org's job for the same person) is running the providers.
+    Busy,
 }
 
 /// The outcome a worker writes on a claimed enrichment.
@@ -243,6 +265,7 @@ impl Store {
             enrichment: enrichment.clone(),
             claim_token: None,
             claimed_at: None,
+            providers_answered: Vec::new(),
         })
         .map_err(shape_error)?;
         let put_enrichment = Put::builder()
@@ -516,7 +539,7 @@ impl Store {
         token: &str,
         now: &str,
         lease_cutoff: &str,
-    ) -> Result<Option<Enrichment>, StoreError> {
+    ) -> Result<Option<Claimed>, StoreError> {
         let result = self
             .client
             .update_item()
@@ -541,9 +564,15 @@ impl Store {
             .send()
             .await;
         match result {
-            Ok(output) => Ok(Some(enrichment_from_item(
-                output.attributes.unwrap_or_default(),
-            )?)),
+            Ok(output) => {
+                let item: EnrichmentItem =
+                    serde_dynamo::from_item(output.attributes.unwrap_or_default())
+                        .map_err(shape_error)?;
+                Ok(Some(Claimed {
+                    enrichment: item.enrichment,
+                    providers_answered: item.providers_answered,
+                }))
+            }
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(None),
             Err(e) => Err(dynamo_error("UpdateItem")(e)),
         }
@@ -577,6 +606,114 @@ impl Store {
         }
     }
 
+    /// Records on a claimed enrichment that `provider` answered "no match", so that a redelivery
+    /// of the job does not ask it again. Returns `false` when the claim is no longer `token`'s.
+    pub async fn record_no_match(
+        &self,
+        enrichment: &Enrichment,
+        token: &str,
+        provider: &str,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(
+                &enrichment.org_id,
+                enrichment.entity_id,
+                enrichment.field,
+            )))
+            .update_expression(
+                "SET providersAnswered = list_append(if_not_exists(providersAnswered, :none), :provider)",
+            )
+            .condition_expression("claimToken = :token")
+            .expression_attribute_values(":none", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":provider", AttributeValue::L(vec![s(provider)]))
+            .expression_attribute_values(":token", s(token))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(dynamo_error("UpdateItem")(e)),
+        }
+    }
+
+    /// Single flight across orgs: takes the lease on the global cache item of (fingerprint,
+    /// field) for `owner` (an enrichment id, so that a redelivery of the same job takes its own
+    /// lease back) until `until_unix` (seconds), unless the item holds a fresh entry or another
+    /// owner's unexpired lease. One conditional `UpdateItem`; on conflict the item comes back in
+    /// the same call (`ALL_OLD`) and tells which.
+    pub async fn acquire_cache_lease(
+        &self,
+        fingerprint: &str,
+        field: Field,
+        owner: &str,
+        now_unix: i64,
+        until_unix: i64,
+    ) -> Result<CacheLease, StoreError> {
+        let (pk, sk) = cache_key(fingerprint, field);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .update_expression("SET leaseOwner = :owner, leaseUntil = :until")
+            .condition_expression(
+                "(attribute_not_exists(contacts) OR expiresAt <= :now) \
+                 AND (attribute_not_exists(leaseUntil) OR leaseUntil <= :now OR leaseOwner = :owner)",
+            )
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":until", n(until_unix))
+            .expression_attribute_values(":now", n(now_unix))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(CacheLease::Acquired),
+            Err(e) => match e.as_service_error() {
+                Some(
+                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
+                        failed,
+                    ),
+                ) => match failed.item().cloned().map(|item| cache_entry(item, now_unix)) {
+                    Some(Ok(Some(entry))) => Ok(CacheLease::Cached(Box::new(entry))),
+                    Some(Err(e)) => Err(e),
+                    _ => Ok(CacheLease::Busy),
+                },
+                _ => Err(dynamo_error("UpdateItem")(e)),
+            },
+        }
+    }
+
+    /// Gives the cache lease up (the providers found nothing, or failed), so that a waiting
+    /// worker runs them itself. A lease that is no longer `owner`'s is left alone.
+    pub async fn release_cache_lease(
+        &self,
+        fingerprint: &str,
+        field: Field,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        let (pk, sk) = cache_key(fingerprint, field);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .update_expression("REMOVE leaseOwner, leaseUntil")
+            .condition_expression("leaseOwner = :owner")
+            .expression_attribute_values(":owner", s(owner))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
+            Err(e) => Err(dynamo_error("UpdateItem")(e)),
+        }
+    }
+
     /// Writes a worker's outcome in one `TransactWriteItems`: the enrichment (on condition it is
     /// still `pending` and claimed by `token`), the person's merged contacts and the new global
     /// cache entry. Returns `false` when the claim was lost (the enrichment timed out or was
@@ -597,7 +734,7 @@ impl Store {
             )))
             .update_expression(
                 "SET #status = :status, dataFound = :dataFound, #error = :error, \
-                 globalEnrichmentId = :global, updatedAt = :now REMOVE claimToken, claimedAt",
+                 globalEnrichmentId = :global, updatedAt = :now REMOVE claimToken, claimedAt, providersAnswered",
             )
             .condition_expression("id = :id AND #status = :pending AND claimToken = :token")
             .expression_attribute_names("#status", "status")
@@ -747,13 +884,9 @@ impl Store {
             .send()
             .await
             .map_err(dynamo_error("GetItem"))?;
-        let Some(item) = output.item else {
-            return Ok(None);
-        };
-        let entry = serde_dynamo::from_item::<_, CacheItem>(item)
-            .map_err(shape_error)?
-            .entry;
-        Ok((entry.expires_at > now_unix).then_some(entry))
+        output
+            .item
+            .map_or(Ok(None), |item| cache_entry(item, now_unix))
     }
 
     /// Adds `amount` credits to the org's balance (creating it at `amount`); returns the new
@@ -801,6 +934,18 @@ fn balance_of(item: Option<&Item>) -> Result<i64, StoreError> {
             .map_err(|_| StoreError::Shape(format!("balance {v:?}"))),
         Some(other) => Err(StoreError::Shape(format!("balance {other:?}"))),
     }
+}
+
+/// The cache entry an item holds, if it holds one (an item may hold only a lease) that has not
+/// expired at `now_unix`.
+fn cache_entry(item: Item, now_unix: i64) -> Result<Option<CacheEntry>, StoreError> {
+    if !item.contains_key("contacts") {
+        return Ok(None);
+    }
+    let entry = serde_dynamo::from_item::<_, CacheItem>(item)
+        .map_err(shape_error)?
+        .entry;
+    Ok((entry.expires_at > now_unix).then_some(entry))
 }
 
 fn enrichment_from_item(item: Item) -> Result<Enrichment, StoreError> {

@@ -12,12 +12,15 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::domain::{Enrichment, Person, Status, timestamp};
 use crate::providers::PersonQuery;
-use crate::providers::cascade::{Cascade, CascadeOutcome};
+use crate::providers::cascade::{Cascade, CascadeJournal, CascadeOutcome};
 use crate::queue::Job;
-use crate::store::{CacheEntry, Completion, Store, StoreError};
+use crate::store::{CacheEntry, CacheLease, Claimed, Completion, Store, StoreError};
 
 /// Time kept back from the Lambda deadline for writing the outcome after the cascade.
 pub const WRITE_MARGIN: Duration = Duration::from_secs(5);
+
+/// How often a worker waiting for another worker's run of the same person looks at the cache.
+pub const LEASE_POLL: Duration = Duration::from_millis(500);
 
 /// The `error` of an enrichment whose person was deleted before the job ran.
 pub const PERSON_GONE_MESSAGE: &str = "Person not found";
@@ -104,6 +107,41 @@ fn query_of(person: &Person) -> PersonQuery {
     }
 }
 
+/// What single flight decided for a job.
+enum SingleFlight {
+    /// Another job's fresh result: no provider call.
+    Cached(CacheEntry),
+    /// This job runs the providers and holds the lease.
+    Leased,
+    /// This job runs the providers without the lease (the holder did not finish in time).
+    Unleased,
+}
+
+/// The cascade journal of one claimed enrichment, kept on the enrichment item.
+struct Journal<'a> {
+    store: &'a Store,
+    enrichment: &'a Enrichment,
+    token: &'a str,
+    answered: &'a [String],
+}
+
+#[async_trait::async_trait]
+impl CascadeJournal for Journal<'_> {
+    fn answered(&self) -> &[String] {
+        self.answered
+    }
+
+    async fn record_no_match(&self, provider: &str) {
+        if let Err(e) = self
+            .store
+            .record_no_match(self.enrichment, self.token, provider)
+            .await
+        {
+            tracing::warn!(provider, error = %e, "could not record the provider's no match");
+        }
+    }
+}
+
 /// Runs enrichment jobs. Build once per process.
 pub struct Worker {
     store: Store,
@@ -133,7 +171,7 @@ impl Worker {
             now.checked_sub_signed(lease)
                 .unwrap_or(DateTime::<Utc>::MIN_UTC),
         );
-        let Some(enrichment) = self
+        let Some(claimed) = self
             .store
             .claim(job, &token, &timestamp(now), &cutoff)
             .await?
@@ -141,10 +179,10 @@ impl Worker {
             tracing::info!(enrichment_id = %job.enrichment_id, "job dropped: not pending or claimed elsewhere");
             return Ok(JobOutcome::Dropped);
         };
-        match self.run_claimed(&enrichment, &token, deadline).await {
+        match self.run_claimed(&claimed, &token, deadline).await {
             Ok(outcome) => Ok(outcome),
             Err(e) => {
-                if let Err(release) = self.store.release_claim(&enrichment, &token).await {
+                if let Err(release) = self.store.release_claim(&claimed.enrichment, &token).await {
                     tracing::error!(error = %release, "could not release the claim");
                 }
                 Err(e.into())
@@ -154,10 +192,11 @@ impl Worker {
 
     async fn run_claimed(
         &self,
-        enrichment: &Enrichment,
+        claimed: &Claimed,
         token: &str,
         deadline: Instant,
     ) -> Result<JobOutcome, StoreError> {
+        let enrichment = &claimed.enrichment;
         let field = enrichment.field;
         let Some(person) = self
             .store
@@ -174,37 +213,51 @@ impl Worker {
             };
             return self.complete(enrichment, token, completion).await;
         };
-        let fingerprint = fingerprint(&person);
-        let now = Utc::now();
-        if let Some(fp) = &fingerprint
-            && let Some(entry) = self.store.get_cache(fp, field, now.timestamp()).await?
-        {
-            tracing::info!(enrichment_id = %enrichment.id, global_enrichment_id = %entry.id, "global cache hit");
-            let completion = Completion {
-                status: Status::Finished,
-                data_found: Some(true),
-                error: None,
-                global_enrichment_id: Some(entry.id),
-                person_contacts: Some(person.merged_contacts(field, &entry.contacts)),
-                cache: None,
-            };
-            return self.complete(enrichment, token, completion).await;
-        }
         let cascade_deadline = deadline.checked_sub(WRITE_MARGIN).unwrap_or(deadline);
-        let completion = match self
+        let fingerprint = fingerprint(&person);
+        let owner = enrichment.id.to_string();
+        let mut leased = false;
+        if let Some(fp) = &fingerprint {
+            match self
+                .single_flight(fp, field, &owner, cascade_deadline)
+                .await?
+            {
+                SingleFlight::Cached(entry) => {
+                    tracing::info!(enrichment_id = %enrichment.id, global_enrichment_id = %entry.id, "global cache hit");
+                    let completion = Completion {
+                        status: Status::Finished,
+                        data_found: Some(true),
+                        error: None,
+                        global_enrichment_id: Some(entry.id),
+                        person_contacts: Some(person.merged_contacts(field, &entry.contacts)),
+                        cache: None,
+                    };
+                    return self.complete(enrichment, token, completion).await;
+                }
+                SingleFlight::Leased => leased = true,
+                SingleFlight::Unleased => {}
+            }
+        }
+        let journal = Journal {
+            store: &self.store,
+            enrichment,
+            token,
+            answered: &claimed.providers_answered,
+        };
+        let outcome = self
             .cascade
-            .run(field, &query_of(&person), cascade_deadline)
-            .await
-        {
+            .run_with(field, &query_of(&person), cascade_deadline, &journal)
+            .await;
+        let completion = match outcome {
             CascadeOutcome::Found { provider, contacts } => {
-                let found_at = timestamp(Utc::now());
-                let cache = fingerprint.map(|fp| {
+                let now = Utc::now();
+                let cache = fingerprint.clone().map(|fp| {
                     let ttl = i64::try_from(self.config.cache_ttl.as_secs()).unwrap_or(i64::MAX);
                     let entry = CacheEntry {
                         id: Uuid::new_v4(),
                         contacts: contacts.clone(),
                         provider,
-                        found_at,
+                        found_at: timestamp(now),
                         expires_at: now.timestamp().saturating_add(ttl),
                     };
                     (fp, entry)
@@ -235,7 +288,55 @@ impl Worker {
                 cache: None,
             },
         };
-        self.complete(enrichment, token, completion).await
+        let caches = completion.cache.is_some();
+        let result = self.complete(enrichment, token, completion).await;
+        // The lease goes with the cache entry written in the same transaction; otherwise it is
+        // given up at once so that workers waiting on it do not wait for it to expire.
+        let cached = caches && matches!(result, Ok(JobOutcome::Completed(_)));
+        if leased
+            && !cached
+            && let Some(fp) = &fingerprint
+            && let Err(e) = self.store.release_cache_lease(fp, field, &owner).await
+        {
+            tracing::warn!(error = %e, "could not release the cache lease; it expires by itself");
+        }
+        result
+    }
+
+    /// Single flight across orgs for one real person and field: the fresh global cache entry,
+    /// or the lease to run the providers. While another job holds the lease, waits for its entry
+    /// (looking every [`LEASE_POLL`]) as long as a provider call still fits before `deadline`
+    /// afterwards; then runs the providers without the lease rather than not at all.
+    async fn single_flight(
+        &self,
+        fingerprint: &str,
+        field: crate::domain::Field,
+        owner: &str,
+        deadline: Instant,
+    ) -> Result<SingleFlight, StoreError> {
+        loop {
+            let now = Utc::now().timestamp();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let until = now
+                .saturating_add(i64::try_from(left.as_secs()).unwrap_or(i64::MAX))
+                .saturating_add(1);
+            match self
+                .store
+                .acquire_cache_lease(fingerprint, field, owner, now, until)
+                .await?
+            {
+                CacheLease::Acquired => return Ok(SingleFlight::Leased),
+                CacheLease::Cached(entry) => return Ok(SingleFlight::Cached(*entry)),
+                CacheLease::Busy if left > LEASE_POLL + self.cascade.provider_timeout() => {
+                    tracing::info!(
+                        fingerprint,
+                        "another job is enriching this person; waiting for its result"
+                    );
+                    tokio::time::sleep(LEASE_POLL).await;
+                }
+                CacheLease::Busy => return Ok(SingleFlight::Unleased),
+            }
+        }
     }
 
     async fn complete(

@@ -20,9 +20,12 @@ use phonenumber::country::Id;
 use tokio::time::Instant;
 
 use crate::domain::{ContactPoint, Field, timestamp};
+use crate::providers::dropcontact::{self, DropcontactProvider};
+use crate::providers::fullenrich::{self, FullEnrichProvider};
 use crate::providers::hunter::{self, HunterProvider};
 use crate::providers::normalize::normalize;
 use crate::providers::pdl::{self, PdlProvider};
+use crate::providers::prospeo::{self, ProspeoProvider};
 use crate::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError};
 
 /// `EMAIL_PROVIDERS` when unset.
@@ -33,6 +36,12 @@ pub const DEFAULT_PHONE_PROVIDERS: &str = "pdl";
 pub const DEFAULT_HUNTER_BASE_URL: &str = "https://api.hunter.io";
 /// `PDL_BASE_URL` when unset.
 pub const DEFAULT_PDL_BASE_URL: &str = "https://api.peopledatalabs.com";
+/// `PROSPEO_BASE_URL` when unset.
+pub const DEFAULT_PROSPEO_BASE_URL: &str = "https://api.prospeo.io";
+/// `FULLENRICH_BASE_URL` when unset (the API paths add `/api/v2`).
+pub const DEFAULT_FULLENRICH_BASE_URL: &str = "https://app.fullenrich.com";
+/// `DROPCONTACT_BASE_URL` when unset (the API paths add `/v1`).
+pub const DEFAULT_DROPCONTACT_BASE_URL: &str = "https://api.dropcontact.com";
 /// `PROVIDER_TIMEOUT_SECONDS` when unset.
 pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(20);
 /// `PHONE_DEFAULT_REGION` when unset.
@@ -45,7 +54,9 @@ pub const NO_TIME_LEFT: &str = "not started: too close to the deadline";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CascadeConfigError {
     /// A provider list names a provider this build does not know.
-    #[error("{var}: unknown provider {name:?} (known: hunter, pdl)")]
+    #[error(
+        "{var}: unknown provider {name:?} (known: hunter, pdl, prospeo, fullenrich, dropcontact)"
+    )]
     UnknownProvider {
         /// The variable holding the list.
         var: &'static str,
@@ -119,7 +130,41 @@ pub struct Cascade {
     emails: Vec<Arc<dyn Provider>>,
     phones: Vec<Arc<dyn Provider>>,
     provider_timeout: Duration,
+    retries: u32,
     default_region: Id,
+}
+
+/// The longest `Retry-After` the cascade waits out before asking a rate-limited provider again;
+/// a longer one moves on to the next provider.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+
+/// The wait before asking again a provider that answered with a 5xx status.
+pub const SERVER_ERROR_RETRY_WAIT: Duration = Duration::from_millis(500);
+
+/// Retries per provider call when unset ([`Cascade::with_retries`]).
+pub const DEFAULT_RETRIES: u32 = 1;
+
+/// Where the cascade keeps, per enrichment, which providers already answered "no match", so that
+/// a redelivered job (SQS at-least-once delivery, or a worker that died mid-cascade) does not ask
+/// them again.
+#[async_trait::async_trait]
+pub trait CascadeJournal: Send + Sync {
+    /// The providers that answered "no match" in earlier attempts of this job.
+    fn answered(&self) -> &[String];
+    /// Records that `provider` answered "no match". A failure to record is the journal's to log:
+    /// the cascade goes on either way.
+    async fn record_no_match(&self, provider: &str);
+}
+
+/// The journal of a job run once: nothing answered before, nothing kept.
+pub struct NoJournal;
+
+#[async_trait::async_trait]
+impl CascadeJournal for NoJournal {
+    fn answered(&self) -> &[String] {
+        &[]
+    }
+    async fn record_no_match(&self, _provider: &str) {}
 }
 
 impl Cascade {
@@ -136,8 +181,16 @@ impl Cascade {
             emails,
             phones,
             provider_timeout,
+            retries: DEFAULT_RETRIES,
             default_region: DEFAULT_PHONE_REGION,
         }
+    }
+
+    /// The same cascade, asking a provider again up to `retries` times after a 429 whose
+    /// `Retry-After` is at most [`MAX_RETRY_WAIT`] or after a 5xx, while the deadline allows.
+    pub fn with_retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
     }
 
     /// The same cascade, reading national phone numbers as numbers of `region`.
@@ -165,8 +218,14 @@ impl Cascade {
     /// | `PHONE_PROVIDERS` | `pdl` | providers asked for phones, in order |
     /// | `HUNTER_API_KEY` | | required when `hunter` is listed |
     /// | `PDL_API_KEY` | | required when `pdl` is listed |
+    /// | `PROSPEO_API_KEY` | | required when `prospeo` is listed |
+    /// | `FULLENRICH_API_KEY` | | required when `fullenrich` is listed |
+    /// | `DROPCONTACT_API_KEY` | | required when `dropcontact` is listed (emails only) |
     /// | `HUNTER_BASE_URL` | `https://api.hunter.io` | Hunter's API origin (the simulator's `http://127.0.0.1:PORT/hunter`) |
     /// | `PDL_BASE_URL` | `https://api.peopledatalabs.com` | PDL's API origin |
+    /// | `PROSPEO_BASE_URL` | `https://api.prospeo.io` | Prospeo's API origin |
+    /// | `FULLENRICH_BASE_URL` | `https://app.fullenrich.com` | FullEnrich's API origin, without `/api/v2` |
+    /// | `DROPCONTACT_BASE_URL` | `https://api.dropcontact.com` | Dropcontact's API origin, without `/v1` |
     /// | `PROVIDER_TIMEOUT_SECONDS` | `20` | bound on each provider call, seconds (decimals allowed, > 0) |
     /// | `PHONE_DEFAULT_REGION` | `US` | ISO 3166 region of national phone numbers |
     ///
@@ -200,7 +259,28 @@ impl Cascade {
         let pdl: Option<Arc<dyn Provider>> = if wanted(pdl::NAME) {
             let key = api_key(&var, pdl::NAME, "PDL_API_KEY")?;
             let base = base_url(&var, "PDL_BASE_URL", DEFAULT_PDL_BASE_URL)?;
-            Some(Arc::new(PdlProvider::new(http, base, key)))
+            Some(Arc::new(PdlProvider::new(http.clone(), base, key)))
+        } else {
+            None
+        };
+        let prospeo: Option<Arc<dyn Provider>> = if wanted(prospeo::NAME) {
+            let key = api_key(&var, prospeo::NAME, "PROSPEO_API_KEY")?;
+            let base = base_url(&var, "PROSPEO_BASE_URL", DEFAULT_PROSPEO_BASE_URL)?;
+            Some(Arc::new(ProspeoProvider::new(http.clone(), base, key)))
+        } else {
+            None
+        };
+        let fullenrich: Option<Arc<dyn Provider>> = if wanted(fullenrich::NAME) {
+            let key = api_key(&var, fullenrich::NAME, "FULLENRICH_API_KEY")?;
+            let base = base_url(&var, "FULLENRICH_BASE_URL", DEFAULT_FULLENRICH_BASE_URL)?;
+            Some(Arc::new(FullEnrichProvider::new(http.clone(), base, key)))
+        } else {
+            None
+        };
+        let dropcontact: Option<Arc<dyn Provider>> = if wanted(dropcontact::NAME) {
+            let key = api_key(&var, dropcontact::NAME, "DROPCONTACT_API_KEY")?;
+            let base = base_url(&var, "DROPCONTACT_BASE_URL", DEFAULT_DROPCONTACT_BASE_URL)?;
+            Some(Arc::new(DropcontactProvider::new(http, base, key)))
         } else {
             None
         };
@@ -210,6 +290,9 @@ impl Cascade {
                 .filter_map(|name| match *name {
                     hunter::NAME => hunter.clone(),
                     pdl::NAME => pdl.clone(),
+                    prospeo::NAME => prospeo.clone(),
+                    fullenrich::NAME => fullenrich.clone(),
+                    dropcontact::NAME => dropcontact.clone(),
                     _ => None,
                 })
                 .collect()
@@ -264,6 +347,18 @@ impl Cascade {
         person: &PersonQuery,
         deadline: Instant,
     ) -> CascadeOutcome {
+        self.run_with(field, person, deadline, &NoJournal).await
+    }
+
+    /// [`Cascade::run`], skipping the providers `journal` says already answered "no match" (they
+    /// count as answered) and recording each new "no match" in it.
+    pub async fn run_with(
+        &self,
+        field: Field,
+        person: &PersonQuery,
+        deadline: Instant,
+        journal: &dyn CascadeJournal,
+    ) -> CascadeOutcome {
         let providers = match field {
             Field::Emails => &self.emails,
             Field::Phones => &self.phones,
@@ -272,6 +367,11 @@ impl Cascade {
         let mut answered = false;
         for provider in providers {
             let name = provider.name();
+            if journal.answered().iter().any(|answered| answered == name) {
+                tracing::info!(provider = name, field = %field, outcome = "answered_before", latency_ms = 0u64, "provider not asked again: it answered no match in an earlier attempt");
+                answered = true;
+                continue;
+            }
             if !provider.can_search(field, person) {
                 tracing::info!(provider = name, field = %field, outcome = "skipped_inputs", latency_ms = 0u64, "provider skipped: missing inputs");
                 continue;
@@ -282,9 +382,7 @@ impl Cascade {
                 errors.push((name.to_string(), NO_TIME_LEFT.to_string()));
                 continue;
             }
-            let answer = tokio::time::timeout(self.provider_timeout, provider.find(field, person))
-                .await
-                .unwrap_or(Err(ProviderError::Timeout));
+            let answer = self.ask(provider.as_ref(), field, person, deadline).await;
             let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             match answer {
                 Ok(ProviderAnswer::Found(raw)) => {
@@ -304,6 +402,7 @@ impl Cascade {
                 Ok(ProviderAnswer::NoMatch) => {
                     tracing::info!(provider = name, field = %field, outcome = "no_match", latency_ms, "provider has no match");
                     answered = true;
+                    journal.record_no_match(name).await;
                 }
                 Err(error) => {
                     tracing::warn!(provider = name, field = %field, outcome = "error", latency_ms, error = %error, "provider failed");
@@ -317,6 +416,38 @@ impl Cascade {
             CascadeOutcome::Failed { errors }
         }
     }
+
+    /// One provider call bounded by the provider timeout, asked again (up to the retry budget)
+    /// after a short `Retry-After` or a 5xx when the deadline still leaves a whole call's time.
+    async fn ask(
+        &self,
+        provider: &dyn Provider,
+        field: Field,
+        person: &PersonQuery,
+        deadline: Instant,
+    ) -> Result<ProviderAnswer, ProviderError> {
+        let mut attempt = 0;
+        loop {
+            let answer = tokio::time::timeout(self.provider_timeout, provider.find(field, person))
+                .await
+                .unwrap_or(Err(ProviderError::Timeout));
+            let wait = match &answer {
+                Err(ProviderError::RateLimited { retry_after }) => {
+                    retry_after.unwrap_or(Duration::from_secs(1))
+                }
+                Err(ProviderError::Status(status)) if *status >= 500 => SERVER_ERROR_RETRY_WAIT,
+                _ => return answer,
+            };
+            let fits =
+                deadline.saturating_duration_since(Instant::now()) >= wait + self.provider_timeout;
+            if attempt >= self.retries || wait > MAX_RETRY_WAIT || !fits {
+                return answer;
+            }
+            attempt += 1;
+            tracing::info!(provider = provider.name(), field = %field, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), attempt, "asking the provider again");
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 /// The provider names of a comma-separated list, lower-cased, in order.
@@ -326,6 +457,9 @@ fn provider_names(var: &'static str, list: &str) -> Result<Vec<&'static str>, Ca
         let name = match raw.to_lowercase().as_str() {
             hunter::NAME => hunter::NAME,
             pdl::NAME => pdl::NAME,
+            prospeo::NAME => prospeo::NAME,
+            fullenrich::NAME => fullenrich::NAME,
+            dropcontact::NAME => dropcontact::NAME,
             _ => {
                 return Err(CascadeConfigError::UnknownProvider {
                     var,
@@ -833,7 +967,175 @@ mod tests {
         let message = with(("EMAIL_PROVIDERS", "zoominfo")).unwrap().to_string();
         assert_eq!(
             message,
-            "EMAIL_PROVIDERS: unknown provider \"zoominfo\" (known: hunter, pdl)"
+            "EMAIL_PROVIDERS: unknown provider \"zoominfo\" (known: hunter, pdl, prospeo, fullenrich, dropcontact)"
         );
+    }
+
+    #[test]
+    fn from_vars_builds_prospeo_fullenrich_and_dropcontact() {
+        let cascade = Cascade::from_vars(
+            reqwest::Client::new(),
+            vars(&[
+                ("EMAIL_PROVIDERS", "Prospeo, dropcontact ,fullenrich,hunter"),
+                ("PHONE_PROVIDERS", "fullenrich,prospeo,pdl"),
+                ("HUNTER_API_KEY", "h"),
+                ("PDL_API_KEY", "p"),
+                ("PROSPEO_API_KEY", "pr"),
+                ("FULLENRICH_API_KEY", "fe"),
+                ("DROPCONTACT_API_KEY", "dc"),
+                ("PROSPEO_BASE_URL", "http://127.0.0.1:4010/prospeo"),
+                ("FULLENRICH_BASE_URL", "http://127.0.0.1:4010/fullenrich/"),
+                ("DROPCONTACT_BASE_URL", "http://127.0.0.1:4010/dropcontact"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            names(&cascade.emails),
+            vec!["prospeo", "dropcontact", "fullenrich", "hunter"]
+        );
+        assert_eq!(names(&cascade.phones), vec!["fullenrich", "prospeo", "pdl"]);
+        // One instance per provider, shared by both lists.
+        assert!(Arc::ptr_eq(&cascade.emails[0], &cascade.phones[1]));
+        assert!(Arc::ptr_eq(&cascade.emails[2], &cascade.phones[0]));
+    }
+
+    #[test]
+    fn new_providers_need_their_keys_and_valid_base_urls() {
+        for (name, key_var, base_var) in [
+            ("prospeo", "PROSPEO_API_KEY", "PROSPEO_BASE_URL"),
+            ("fullenrich", "FULLENRICH_API_KEY", "FULLENRICH_BASE_URL"),
+            ("dropcontact", "DROPCONTACT_API_KEY", "DROPCONTACT_BASE_URL"),
+        ] {
+            let missing = Cascade::from_vars(
+                reqwest::Client::new(),
+                vars(&[("EMAIL_PROVIDERS", name), ("PHONE_PROVIDERS", "")]),
+            )
+            .err();
+            assert!(
+                matches!(missing, Some(CascadeConfigError::MissingApiKey { provider, var }) if provider == name && var == key_var),
+                "{name}"
+            );
+            let bad_url = Cascade::from_vars(
+                reqwest::Client::new(),
+                vars(&[
+                    ("EMAIL_PROVIDERS", name),
+                    ("PHONE_PROVIDERS", ""),
+                    (key_var, "k"),
+                    (base_var, "ftp://example.test"),
+                ]),
+            )
+            .err();
+            assert!(
+                matches!(bad_url, Some(CascadeConfigError::Invalid { var, .. }) if var == base_var),
+                "{name}"
+            );
+            let defaults = Cascade::from_vars(
+                reqwest::Client::new(),
+                vars(&[
+                    ("EMAIL_PROVIDERS", name),
+                    ("PHONE_PROVIDERS", ""),
+                    (key_var, "k"),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(names(&defaults.emails), vec![name]);
+        }
+        // Unlisted, they need nothing; the default lists stay hunter,pdl / pdl.
+        let cascade = Cascade::from_vars(
+            reqwest::Client::new(),
+            vars(&[("HUNTER_API_KEY", "h"), ("PDL_API_KEY", "p")]),
+        )
+        .unwrap();
+        assert_eq!(names(&cascade.emails), vec!["hunter", "pdl"]);
+        assert_eq!(names(&cascade.phones), vec!["pdl"]);
+    }
+
+    /// Rate limited on its first `limited` calls, then finds one email.
+    struct Flaky {
+        limited: usize,
+        retry_after: Option<Duration>,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Provider for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+
+        fn can_search(&self, _field: Field, _person: &PersonQuery) -> bool {
+            true
+        }
+
+        async fn find(
+            &self,
+            _field: Field,
+            _person: &PersonQuery,
+        ) -> Result<ProviderAnswer, ProviderError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.limited {
+                return Err(ProviderError::RateLimited {
+                    retry_after: self.retry_after,
+                });
+            }
+            Ok(ProviderAnswer::Found(vec![RawContact {
+                value: "ok@example.com".into(),
+                kind: None,
+                status: None,
+            }]))
+        }
+    }
+
+    fn flaky(limited: usize, retry_after: Option<Duration>) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            limited,
+            retry_after,
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_retry_after_is_waited_out_and_the_provider_asked_again() {
+        let provider = flaky(1, Some(Duration::from_secs(2)));
+        let cascade = Cascade::new(vec![provider.clone()], vec![], TIMEOUT);
+        let started = Instant::now();
+        let outcome = cascade.run(Field::Emails, &person(), far_deadline()).await;
+        assert!(
+            matches!(outcome, CascadeOutcome::Found { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(provider.calls.load(Ordering::SeqCst), 2);
+        assert!(started.elapsed() >= Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_retry_after_or_a_spent_budget_moves_on() {
+        let long = flaky(1, Some(Duration::from_secs(30)));
+        let next = Fake::found("next", &["next@example.com"]);
+        let cascade = Cascade::new(vec![long.clone(), next.clone()], vec![], TIMEOUT);
+        let outcome = cascade.run(Field::Emails, &person(), far_deadline()).await;
+        assert_eq!(values(&outcome), ["next@example.com"]);
+        assert_eq!((long.calls.load(Ordering::SeqCst), next.calls()), (1, 1));
+
+        let stubborn = flaky(5, None);
+        let cascade = Cascade::new(vec![stubborn.clone()], vec![], TIMEOUT).with_retries(2);
+        let outcome = cascade.run(Field::Emails, &person(), far_deadline()).await;
+        assert_eq!(
+            outcome.error_message().as_deref(),
+            Some("All providers failed: flaky: rate limited")
+        );
+        assert_eq!(stubborn.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_wait_runs_past_the_deadline() {
+        let provider = flaky(1, Some(Duration::from_secs(2)));
+        let cascade = Cascade::new(vec![provider.clone()], vec![], TIMEOUT);
+        let deadline = Instant::now() + TIMEOUT + Duration::from_secs(1);
+        let outcome = cascade.run(Field::Emails, &person(), deadline).await;
+        assert!(
+            matches!(outcome, CascadeOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(provider.calls.load(Ordering::SeqCst), 1);
     }
 }

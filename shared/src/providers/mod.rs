@@ -13,9 +13,12 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use crate::domain::Field;
 
 pub mod cascade;
+pub mod dropcontact;
+pub mod fullenrich;
 pub mod hunter;
 pub mod normalize;
 pub mod pdl;
+pub mod prospeo;
 
 /// What the providers search with: the person's identifying data, all optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -84,7 +87,8 @@ pub enum ProviderError {
 /// One external data provider.
 #[async_trait]
 pub trait Provider: Send + Sync {
-    /// The provider's short name as used in configuration and stored records (`hunter`, `pdl`).
+    /// The provider's short name as used in configuration and stored records (`hunter`, `pdl`,
+    /// `prospeo`, `fullenrich`, `dropcontact`).
     fn name(&self) -> &'static str;
 
     /// Whether this provider has the inputs it needs to search for `field` for this person (e.g.

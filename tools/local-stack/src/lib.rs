@@ -68,6 +68,10 @@ pub struct StackInfo {
     pub dlq_url: String,
     /// The dev private key (PEM) that `enrichctl token` signs with.
     pub dev_key_path: PathBuf,
+    /// The provider simulator's base URL: the worker's `HUNTER_BASE_URL` is `<this>/hunter`,
+    /// its `PDL_BASE_URL` `<this>/pdl`.
+    #[serde(default)]
+    pub simulator_url: String,
 }
 
 /// How to start a stack.
@@ -426,6 +430,7 @@ impl Stack {
             queue_url,
             dlq_url,
             dev_key_path: dev_key,
+            simulator_url: simulator_url.clone(),
         };
         Ok(Stack {
             info,

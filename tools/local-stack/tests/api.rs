@@ -381,25 +381,205 @@ async fn failed_enqueue_marks_failed_and_refunds_then_a_new_post_is_charged_agai
     stack.shutdown().await;
 }
 
-/// A provider that finds one email for anyone and counts its calls.
-struct CountingProvider(AtomicUsize);
+/// A scripted provider that counts its calls: it finds `email` (or answers no match when
+/// `None`) after `delay`.
+struct FakeProvider {
+    name: &'static str,
+    email: Option<&'static str>,
+    delay: Duration,
+    calls: AtomicUsize,
+}
+
+impl FakeProvider {
+    fn new(name: &'static str, email: Option<&'static str>, delay: Duration) -> Arc<Self> {
+        Arc::new(FakeProvider {
+            name,
+            email,
+            delay,
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
 
 #[async_trait]
-impl Provider for CountingProvider {
+impl Provider for FakeProvider {
     fn name(&self) -> &'static str {
-        "counting"
+        self.name
     }
     fn can_search(&self, _: Field, _: &PersonQuery) -> bool {
         true
     }
     async fn find(&self, _: Field, _: &PersonQuery) -> Result<ProviderAnswer, ProviderError> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(ProviderAnswer::Found(vec![RawContact {
-            value: "Ada@Analytical-Engines.test".into(),
-            kind: Some("work".into()),
-            status: None,
-        }]))
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        Ok(match self.email {
+            Some(email) => ProviderAnswer::Found(vec![RawContact {
+                value: email.into(),
+                kind: Some("work".into()),
+                status: None,
+            }]),
+            None => ProviderAnswer::NoMatch,
+        })
     }
+}
+
+fn worker_with(
+    stack: &Stack,
+    providers: Vec<Arc<FakeProvider>>,
+    config: enrichment::config::Config,
+) -> Worker {
+    let providers = providers
+        .into_iter()
+        .map(|p| p as Arc<dyn Provider>)
+        .collect();
+    Worker::new(
+        stack.store.clone(),
+        Cascade::new(providers, vec![], Duration::from_secs(5)),
+        config,
+    )
+}
+
+async fn pending_job(stack: &Stack, org: &str, person: &Person) -> Job {
+    if stack
+        .store
+        .get_person(org, person.id)
+        .await
+        .unwrap()
+        .is_none()
+    {
+        add_person(stack, org, person).await;
+    }
+    stack.store.grant_credits(org, 5).await.unwrap();
+    let (status, body) = Api::new(stack, org).post(person.id, "emails").await;
+    assert_eq!(status, 200, "{body}");
+    Job {
+        enrichment_id: body["id"].as_str().unwrap().parse().unwrap(),
+        org_id: org.into(),
+        person_id: person.id,
+        field: Field::Emails,
+    }
+}
+
+fn soon() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(60)
+}
+
+fn completed(outcome: JobOutcome) -> enrichment::domain::Enrichment {
+    match outcome {
+        JobOutcome::Completed(e) => *e,
+        JobOutcome::Dropped => panic!("the job was dropped"),
+    }
+}
+
+#[tokio::test]
+async fn a_person_known_to_the_global_cache_costs_another_org_no_provider_call() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    let provider = FakeProvider::new("fake", Some("ada@analytical-engines.test"), Duration::ZERO);
+    let worker = worker_with(&stack, vec![provider.clone()], stack.config.clone());
+
+    let job_a = pending_job(&stack, ORG, &person).await;
+    let first = completed(worker.run(&job_a, soon()).await.unwrap());
+    let job_b = pending_job(&stack, "org_other", &person).await;
+    let second = completed(worker.run(&job_b, soon()).await.unwrap());
+
+    assert_eq!(provider.calls(), 1);
+    assert_eq!(second.data_found, Some(true));
+    assert!(first.global_enrichment_id.is_some());
+    assert_eq!(second.global_enrichment_id, first.global_enrichment_id);
+    let stored = stack
+        .store
+        .get_person("org_other", person.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.emails[0].value, "ada@analytical-engines.test");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_expired_cache_entry_is_not_served() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    let provider = FakeProvider::new("fake", Some("ada@analytical-engines.test"), Duration::ZERO);
+    let mut config = stack.config.clone();
+    config.cache_ttl = Duration::ZERO;
+    let worker = worker_with(&stack, vec![provider.clone()], config);
+
+    let first = completed(
+        worker
+            .run(&pending_job(&stack, ORG, &person).await, soon())
+            .await
+            .unwrap(),
+    );
+    let second = completed(
+        worker
+            .run(&pending_job(&stack, "org_other", &person).await, soon())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(provider.calls(), 2);
+    assert_ne!(second.global_enrichment_id, first.global_enrichment_id);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_orgs_enriching_the_same_person_at_once_run_the_providers_once() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    let provider = FakeProvider::new(
+        "fake",
+        Some("ada@analytical-engines.test"),
+        Duration::from_millis(800),
+    );
+    let worker = worker_with(&stack, vec![provider.clone()], stack.config.clone());
+    let job_a = pending_job(&stack, ORG, &person).await;
+    let job_b = pending_job(&stack, "org_other", &person).await;
+
+    let (a, b) = tokio::join!(worker.run(&job_a, soon()), worker.run(&job_b, soon()));
+    let (a, b) = (completed(a.unwrap()), completed(b.unwrap()));
+    assert_eq!(provider.calls(), 1);
+    assert_eq!((a.data_found, b.data_found), (Some(true), Some(true)));
+    assert_eq!(a.global_enrichment_id, b.global_enrichment_id);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redelivered_job_does_not_ask_again_a_provider_that_answered() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    let job = pending_job(&stack, ORG, &person).await;
+    let miss = FakeProvider::new("miss", None, Duration::ZERO);
+    let hang = FakeProvider::new(
+        "hang",
+        Some("ada@analytical-engines.test"),
+        Duration::from_secs(3600),
+    );
+    let mut config = stack.config.clone();
+    config.claim_lease = Duration::from_millis(1);
+
+    // The first attempt dies while the second provider hangs (as a Lambda that times out).
+    let first = worker_with(&stack, vec![miss.clone(), hang.clone()], config.clone());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), first.run(&job, soon()))
+            .await
+            .is_err()
+    );
+    assert_eq!((miss.calls(), hang.calls()), (1, 1));
+
+    // The redelivery, once the dead worker's claim has lapsed, resumes after the answered one.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let found = FakeProvider::new("hang", Some("ada@analytical-engines.test"), Duration::ZERO);
+    let second = worker_with(&stack, vec![miss.clone(), found.clone()], config);
+    let done = completed(second.run(&job, soon()).await.unwrap());
+    assert_eq!(done.status, Status::Finished);
+    assert_eq!(done.data_found, Some(true));
+    assert_eq!((miss.calls(), found.calls()), (1, 1));
+    stack.shutdown().await;
 }
 
 #[tokio::test]
@@ -410,9 +590,8 @@ async fn duplicate_delivery_runs_the_providers_once() {
     stack.store.grant_credits(ORG, 10).await.unwrap();
     let (_, body) = Api::new(&stack, ORG).post(person.id, "emails").await;
 
-    let provider = Arc::new(CountingProvider(AtomicUsize::new(0)));
-    let cascade = Cascade::new(vec![provider.clone()], vec![], Duration::from_secs(5));
-    let worker = Worker::new(stack.store.clone(), cascade, stack.config.clone());
+    let provider = FakeProvider::new("fake", Some("Ada@Analytical-Engines.test"), Duration::ZERO);
+    let worker = worker_with(&stack, vec![provider.clone()], stack.config.clone());
     let job = Job {
         enrichment_id: body["id"].as_str().unwrap().parse().unwrap(),
         org_id: ORG.into(),
@@ -433,7 +612,7 @@ async fn duplicate_delivery_runs_the_providers_once() {
         worker.run(&job, deadline).await.unwrap(),
         JobOutcome::Dropped
     );
-    assert_eq!(provider.0.load(Ordering::SeqCst), 1);
+    assert_eq!(provider.calls(), 1);
 
     let done = stack
         .store

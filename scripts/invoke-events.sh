@@ -1,0 +1,276 @@
+#!/usr/bin/env bash
+# Runs every sample event in events/ through the real function binaries (trigger, status,
+# worker) served by `cargo lambda watch`, against a private local stack, and checks each answer.
+#
+#   1. starts target/debug/local-stack on a free loopback port, state in a fresh temp folder,
+#      with its own worker off (jobs stay queued, so the answers do not depend on timing);
+#   2. grants 100 credits to org_demo, imports tools/local-stack/fixtures/people.csv and mints a
+#      token for user_demo in org_demo; the first imported id replaces {{PERSON_ID}} and the
+#      token replaces {{TOKEN}} in temp copies of the events;
+#   3. starts `cargo lambda watch` on another free loopback port with the functions' environment
+#      pointed at the stack (DynamoDB, SQS, the dev JWKS, the provider simulator);
+#   4. invokes each event, checks the answer, prints a table; exits 1 on any mismatch;
+#   5. stops everything it started and removes the temp folder, however it exits.
+#
+# Every server listens on 127.0.0.1 only; every wait is bounded.
+#
+# Environment:
+#   INVOKE_TIMEOUT   seconds one invoke may take, first compile included (default 600)
+#   READY_TIMEOUT    seconds the stack and the watch server may take to listen (default 120)
+#   KEEP_LOGS=1      keep the temp folder (logs, events, answers) and print where it is
+set -euo pipefail
+
+script_dir="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
+repo_root="$(cd -- "${script_dir}/.." && pwd -P)"
+cd "${repo_root}"
+
+INVOKE_TIMEOUT="${INVOKE_TIMEOUT:-600}"
+READY_TIMEOUT="${READY_TIMEOUT:-120}"
+CARGO="${CARGO:-cargo}"
+ORG="org_demo"
+USER_ID="user_demo"
+CREDITS=100
+EMAIL_COST=5
+
+log() { printf '[invoke-events] %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/invoke-events.XXXXXX")"
+state="${work}/state"
+mkdir -p "${state}" "${work}/events" "${work}/out"
+
+# Each server runs in its own process group (job control on), so that stopping the group also
+# stops what it spawned: moto under the stack, `cargo run` and the functions under the watch.
+set -m
+server_pids=()
+
+stop_group() {
+    local pid="$1" i
+    kill -0 "${pid}" 2>/dev/null || return 0
+    kill -INT -- "-${pid}" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        kill -0 -- "-${pid}" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -TERM -- "-${pid}" 2>/dev/null || true
+    for i in $(seq 1 30); do
+        kill -0 -- "-${pid}" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL -- "-${pid}" 2>/dev/null || true
+}
+
+cleanup() {
+    local status=$? pid
+    set +e
+    for pid in "${server_pids[@]}"; do
+        stop_group "${pid}"
+    done
+    wait 2>/dev/null
+    if [[ "${KEEP_LOGS:-0}" == 1 ]]; then
+        log "logs and answers kept in ${work}"
+    elif ((status != 0)) && [[ -f "${work}/watch.log" || -f "${work}/stack.log" ]]; then
+        for f in stack.log watch.log; do
+            [[ -s "${work}/${f}" ]] || continue
+            log "last lines of ${f}:"
+            tail -n 25 "${work}/${f}" | sed 's/^/    /' >&2
+        done
+    fi
+    [[ "${KEEP_LOGS:-0}" == 1 ]] || rm -rf -- "${work}"
+    exit "${status}"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A free loopback port (the kernel picks it; it is released before the server binds it).
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until `pattern` appears in `file`, while process `pid` lives, at most `seconds`.
+wait_for_line() {
+    local file="$1" pattern="$2" pid="$3" seconds="$4" what="$5" deadline
+    deadline=$((SECONDS + seconds))
+    until grep -q -- "${pattern}" "${file}" 2>/dev/null; do
+        kill -0 "${pid}" 2>/dev/null || die "${what} exited before it was ready"
+        ((SECONDS < deadline)) || die "${what} not ready within ${seconds} s"
+        sleep 0.2
+    done
+}
+
+# Waits until something accepts connections on 127.0.0.1:port, at most `seconds`.
+wait_for_port() {
+    local port="$1" pid="$2" seconds="$3" what="$4" deadline
+    deadline=$((SECONDS + seconds))
+    until (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; do
+        kill -0 "${pid}" 2>/dev/null || die "${what} exited before it listened"
+        ((SECONDS < deadline)) || die "${what} did not listen on ${port} within ${seconds} s"
+        sleep 0.2
+    done
+}
+
+# ---------------------------------------------------------------- tools and builds
+bash "${script_dir}/install-local-tools.sh"
+lambda_bin="$(bash "${script_dir}/install-lambda-tools.sh" | tail -n1)"
+export PATH="${lambda_bin}:${PATH}"
+
+log "building local-stack, enrichctl and the functions (debug)"
+# The same command `cargo lambda watch` runs per function, so its first invoke finds them built.
+"${CARGO}" build -q -p local-stack -p enrichctl
+for bin in trigger status worker; do
+    "${CARGO}" build -q --bin "${bin}"
+done
+
+# ---------------------------------------------------------------- local stack
+log "starting the local stack (state in ${state})"
+LOCAL_STATE_DIR="${state}" PORT=0 LOCAL_WORKER=off RUST_LOG=warn \
+    target/debug/local-stack >"${work}/stack.log" 2>&1 </dev/null &
+stack_pid=$!
+server_pids+=("${stack_pid}")
+wait_for_line "${work}/stack.log" 'ready' "${stack_pid}" "${READY_TIMEOUT}" "local-stack"
+[[ -s "${state}/stack.json" ]] || die "local-stack wrote no ${state}/stack.json"
+
+stack_field() {
+    python3 -c 'import json, sys; v = json.load(open(sys.argv[1])).get(sys.argv[2]); print(v or "")' \
+        "${state}/stack.json" "$1"
+}
+gateway_url="$(stack_field gatewayUrl)"
+dynamodb_url="$(stack_field dynamodbUrl)"
+sqs_url="$(stack_field sqsUrl)"
+table_name="$(stack_field tableName)"
+queue_url="$(stack_field queueUrl)"
+simulator_url="$(stack_field simulatorUrl)"
+[[ -n "${simulator_url}" ]] || die "stack.json has no simulatorUrl"
+
+enrichctl() { target/debug/enrichctl --state-dir "${state}" "$@"; }
+enrichctl credits grant --org "${ORG}" --amount "${CREDITS}" >/dev/null
+enrichctl people import --org "${ORG}" tools/local-stack/fixtures/people.csv >"${work}/people.txt"
+person_id="$(head -n1 "${work}/people.txt")"
+[[ "${person_id}" =~ ^[0-9a-f-]{36}$ ]] || die "people import printed no person id"
+token="$(enrichctl token --user "${USER_ID}" --org "${ORG}" --expires-in 3600)"
+
+for event in events/*.json; do
+    sed -e "s/{{PERSON_ID}}/${person_id}/g" -e "s/{{TOKEN}}/${token}/g" "${event}" \
+        >"${work}/events/$(basename "${event}")"
+done
+
+# ---------------------------------------------------------------- cargo lambda watch
+watch_port="$(free_port)"
+log "starting cargo lambda watch on 127.0.0.1:${watch_port}"
+(
+    unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL
+    export TABLE_NAME="${table_name}" QUEUE_URL="${queue_url}"
+    export AUTH_JWKS_URL="${gateway_url}/.well-known/jwks.json" AUTH_ISSUER="${gateway_url}"
+    export AWS_ENDPOINT_URL_DYNAMODB="${dynamodb_url}" AWS_ENDPOINT_URL_SQS="${sqs_url}"
+    export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+    export AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_EC2_METADATA_DISABLED=true
+    export EMAIL_PROVIDERS=hunter,pdl PHONE_PROVIDERS=pdl
+    export HUNTER_BASE_URL="${simulator_url}/hunter" HUNTER_API_KEY=local
+    export PDL_BASE_URL="${simulator_url}/pdl" PDL_API_KEY=local
+    export PROVIDER_TIMEOUT_SECONDS=5 RUST_LOG=info
+    exec "${CARGO}" lambda watch -A 127.0.0.1 -P "${watch_port}" --ignore-changes
+) >"${work}/watch.log" 2>&1 </dev/null &
+watch_pid=$!
+server_pids+=("${watch_pid}")
+wait_for_port "${watch_port}" "${watch_pid}" "${READY_TIMEOUT}" "cargo lambda watch"
+
+# ---------------------------------------------------------------- invoke and check
+# Prints what an answer says, as one comparable line: `STATUS CODE-OR-STATE` for an API
+# Gateway response, `failures=N` for an SQS batch response; the enrichment id (if any) on
+# a second line.
+summarize() {
+    python3 - "$1" <<'PY'
+import json, sys
+try:
+    answer = json.load(open(sys.argv[1]))
+except Exception as e:
+    print(f"unreadable answer: {e}")
+    print("")
+    sys.exit(0)
+if isinstance(answer, dict) and "statusCode" in answer:
+    try:
+        body = json.loads(answer.get("body") or "null")
+    except ValueError:
+        body = None
+    body = body if isinstance(body, dict) else {}
+    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    what = error.get("code") or body.get("status") or "-"
+    print(f"{answer['statusCode']} {what}")
+    print(body.get("id") or "")
+elif isinstance(answer, dict) and "batchItemFailures" in answer:
+    failures = [f.get("itemIdentifier") for f in answer["batchItemFailures"] or []]
+    print(f"failures={len(failures)}" + (f" {','.join(failures)}" if failures else ""))
+    print("")
+else:
+    print("unexpected answer: " + json.dumps(answer)[:120])
+    print("")
+PY
+}
+
+rows=()
+mismatches=0
+first_id=""
+
+# check EVENT FUNCTION EXPECTED [same-id]
+check() {
+    local event="$1" function="$2" expected="$3" same_id="${4:-}" out got id result started
+    out="${work}/out/${event}.json"
+    started=${SECONDS}
+    if timeout "${INVOKE_TIMEOUT}" "${CARGO}" lambda invoke "${function}" -A 127.0.0.1 \
+        -P "${watch_port}" --data-file "${work}/events/${event}.json" \
+        >"${out}" 2>"${work}/out/${event}.err"; then
+        { read -r got && read -r id; } < <(summarize "${out}") || true
+    else
+        got="invoke failed: $(tr '\n' ' ' <"${work}/out/${event}.err" | cut -c1-100)"
+        id=""
+    fi
+    result=ok
+    [[ "${got}" == "${expected}" ]] || result=MISMATCH
+    if [[ "${result}" == ok && -n "${same_id}" ]]; then
+        if [[ -z "${first_id}" || "${id}" != "${first_id}" ]]; then
+            result=MISMATCH
+            got="${got} (id ${id:-none}, expected ${first_id:-none})"
+        else
+            got="${got} (same id)"
+            expected="${expected} (same id)"
+        fi
+    fi
+    [[ "${event}" == trigger-post ]] && first_id="${id}"
+    [[ "${result}" == ok ]] || mismatches=$((mismatches + 1))
+    rows+=("$(printf '%-22s %-8s %-28s %-28s %4ss  %s' "${event}" "${function}" "${expected}" \
+        "${got}" "$((SECONDS - started))" "${result}")")
+}
+
+log "invoking the events"
+check trigger-post trigger "200 pending"
+check trigger-replay trigger "200 pending" same-id
+check trigger-bad-field trigger "400 VALIDATION_ERROR"
+check trigger-missing-token trigger "401 UNAUTHORIZED"
+check status-get status "200 pending" same-id
+check status-bad-field status "400 VALIDATION_ERROR"
+# Its enrichment ids exist in no table: both jobs are acknowledged, none is retried.
+check worker-sqs-batch worker "failures=0"
+
+# The replay cost nothing: one emails enrichment was charged.
+balance="$(enrichctl credits balance --org "${ORG}" | tr -d '[:space:]')"
+expected_balance=$((CREDITS - EMAIL_COST))
+result=ok
+[[ "${balance}" == "${expected_balance}" ]] || {
+    result=MISMATCH
+    mismatches=$((mismatches + 1))
+}
+rows+=("$(printf '%-22s %-8s %-28s %-28s %4s   %s' "(credits balance)" "-" "${expected_balance}" \
+    "${balance}" "" "${result}")")
+
+printf '%-22s %-8s %-28s %-28s %5s  %s\n' event function expected got time result
+printf '%s\n' "${rows[@]}"
+if ((mismatches == 0)); then
+    log "all ${#rows[@]} checks match"
+else
+    log "${mismatches} of ${#rows[@]} checks do not match"
+    exit 1
+fi

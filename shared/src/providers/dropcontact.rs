@@ -1,0 +1,764 @@
+//! Dropcontact's enrichment API (v1), as documented at <https://developer.dropcontact.com/>
+//! (quickstart, input and output records), <https://developer.dropcontact.com/en/errors/>
+//! (errors) and <https://developer.dropcontact.com/en/credits/> (credits). Dropcontact
+//! enriches in batches: send the record, keep the `request_id`, fetch the result later. (The
+//! older `https://api.dropcontact.io/batch` endpoint has the same two steps and shapes; this
+//! adapter speaks the current one.)
+//!
+//! Send: `POST {base}/v1/enrich/all` with headers `X-Access-Token: KEY` and
+//! `Content-Type: application/json`:
+//! ```json
+//! { "data": [ { "first_name": "Denis", "last_name": "Cohen", "company": "Dropcontact",
+//!               "website": "dropcontact.com", "linkedin": "https://www.linkedin.com/in/..." } ],
+//!   "siren": false, "language": "en" }
+//! ```
+//! Dropcontact finds an email from a first and last name with a company (name or website), or
+//! from a LinkedIn URL. Answer (200):
+//! `{ "credits_left": 15277, "request_id": "qzmxkpvlrtdnhwa", "error": false, "success": true }`.
+//!
+//! Fetch: `GET {base}/v1/enrich/all/{request_id}`, same header. While the batch is processing
+//! (and also for an unknown `request_id`, or a temporary problem on Dropcontact's side) the
+//! answer is 200 `{ "error": false, "success": false, "reason": "Request not ready yet, try again in 30 seconds" }`.
+//! When done:
+//! ```json
+//! { "data": [ { "civility": "M", "first_name": "Denis", "last_name": "Cohen",
+//!               "email": [ { "email": "denis@dropcontact.com", "qualification": "nominative@pro" } ],
+//!               "phone": "01 23 45 67 89", "company": "Dropcontact", "website": "https://dropcontact.com",
+//!               "linkedin": "...", "job": "...", ... } ],
+//!   "error": false, "success": true, "credits_left": 15276 }
+//! ```
+//! An email's `qualification` is `local@domain`: local part `nominative`, `catch_all`,
+//! `generic` (`contact@...`), `random` or `invalid`; domain `pro`, `perso` or `invalid`. Generic
+//! and invalid addresses are not the person's and are dropped. A record without an email
+//! (Dropcontact gives the credit back) is the no match.
+//!
+//! **Emails only**: Dropcontact's `phone` is the *company's* phone number, not the person's, so
+//! this adapter does not search phones.
+//!
+//! Errors: `{ "error": true, "reason": "...", "success": false }` (or `{ "detail": "..." }` for
+//! 404, 422, 500), mapped as:
+//!
+//! | status | meaning | result |
+//! |---|---|---|
+//! | 401 | missing or wrong access token | `Unauthorized` |
+//! | 403 | not enough credits for the records of the request; a `reason` without "credit" | `QuotaExhausted`; `Unauthorized` |
+//! | 402 | (not documented) payment required | `QuotaExhausted` |
+//! | 429 | (not documented) rate limited | `RateLimited` (with `Retry-After` if sent) |
+//! | 400, 404, 422, 5xx | | `Status(code)` |
+//!
+//! All polling happens inside one [`Provider::find`] call, every poll interval, until the
+//! result is ready: the cascade's per-provider timeout (and the Lambda deadline behind it) is
+//! what stops a request that never completes, as a [`ProviderError::Timeout`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::domain::Field;
+use crate::providers::{
+    PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain, non_blank,
+    request_error, retry_after,
+};
+
+/// The provider name used in configuration (`EMAIL_PROVIDERS`) and on stored contacts.
+pub const NAME: &str = "dropcontact";
+
+/// The pause between two result fetches when none is configured.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Dropcontact's batch enrichment for one record: sends it, then fetches the result until it is
+/// ready. Finds the person's professional email address. Emails only.
+pub struct DropcontactProvider {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: String,
+    poll_interval: Duration,
+}
+
+impl DropcontactProvider {
+    /// A provider calling `{base_url}/v1/enrich/all` with `api_key` in `X-Access-Token`,
+    /// fetching the result every [`DEFAULT_POLL_INTERVAL`].
+    ///
+    /// `base_url` is the API origin without the version (`https://api.dropcontact.com`, or the
+    /// local simulator's `http://127.0.0.1:PORT/dropcontact`); a trailing `/` is ignored.
+    pub fn new(
+        http: reqwest::Client,
+        base_url: impl Into<String>,
+        api_key: impl Into<String>,
+    ) -> Self {
+        let base_url = base_url.into().trim_end_matches('/').to_string();
+        Self {
+            http,
+            base_url,
+            api_key: api_key.into(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+
+    /// The same provider, waiting `interval` before each result fetch.
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// The pause before each result fetch.
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    fn enrich_url(&self) -> String {
+        format!("{}/v1/enrich/all", self.base_url)
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct SendRequest {
+    data: Vec<Record>,
+    siren: bool,
+    language: &'static str,
+}
+
+/// Dropcontact's input record, with the fields the person has.
+#[derive(Debug, Serialize)]
+struct Record {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    company: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    website: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    linkedin: Option<String>,
+}
+
+/// The input record for `person`, or `None` when Dropcontact cannot find an email for it: it
+/// needs a LinkedIn URL, or a first and last name with a company name or website.
+fn record(person: &PersonQuery) -> Option<Record> {
+    let record = Record {
+        first_name: non_blank(&person.first_name).map(str::to_string),
+        last_name: non_blank(&person.last_name).map(str::to_string),
+        company: non_blank(&person.company_name).map(str::to_string),
+        website: non_blank(&person.company_domain).and_then(bare_domain),
+        linkedin: non_blank(&person.linkedin_url).map(str::to_string),
+    };
+    let by_name = record.first_name.is_some()
+        && record.last_name.is_some()
+        && (record.company.is_some() || record.website.is_some());
+    (record.linkedin.is_some() || by_name).then_some(record)
+}
+
+/// The envelope of every Dropcontact answer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Envelope {
+    success: bool,
+    error: bool,
+    reason: Option<String>,
+    detail: Option<Value>,
+    request_id: Option<String>,
+    data: Option<Vec<OutputRecord>>,
+}
+
+impl Envelope {
+    /// The error message, from `reason` or `detail`.
+    fn message(&self) -> String {
+        match (&self.reason, &self.detail) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(Value::String(detail))) => detail.clone(),
+            (None, Some(detail)) => detail.to_string(),
+            (None, None) => String::new(),
+        }
+    }
+
+    fn is_about_credits(&self) -> bool {
+        self.message().to_lowercase().contains("credit")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct OutputRecord {
+    #[serde(default)]
+    email: Option<Value>,
+}
+
+/// The error of a non-200 answer.
+fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+    let envelope: Envelope = serde_json::from_slice(body).unwrap_or_default();
+    match status {
+        StatusCode::UNAUTHORIZED => ProviderError::Unauthorized,
+        StatusCode::FORBIDDEN if envelope.is_about_credits() => ProviderError::QuotaExhausted,
+        StatusCode::FORBIDDEN => ProviderError::Unauthorized,
+        StatusCode::PAYMENT_REQUIRED => ProviderError::QuotaExhausted,
+        StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited {
+            retry_after: retry_after(headers),
+        },
+        other => ProviderError::Status(other.as_u16()),
+    }
+}
+
+/// The person's emails in an output record's `email`: `[{"email", "qualification"}]` (or
+/// `null`), without generic and invalid addresses. `kind` is `work` for a `pro` domain,
+/// `personal` for a `perso` one; `status` is the qualification.
+fn emails(email: Option<&Value>) -> Result<Vec<RawContact>, String> {
+    let items = match email {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => return Err(format!("`email` is {other}, not a list")),
+    };
+    let mut contacts = Vec::new();
+    for item in items {
+        let address = item
+            .get("email")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        let Some(address) = address else {
+            if item.is_object() {
+                continue;
+            }
+            return Err(format!("`email` holds {item}, not an object"));
+        };
+        let qualification = item
+            .get("qualification")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|q| !q.is_empty());
+        let (local, domain) = qualification
+            .and_then(|q| q.split_once('@'))
+            .unwrap_or_default();
+        if matches!(local, "generic" | "invalid") || domain == "invalid" {
+            continue;
+        }
+        let kind = match domain {
+            "pro" => Some("work".to_string()),
+            "perso" => Some("personal".to_string()),
+            _ => None,
+        };
+        contacts.push(RawContact {
+            value: address.to_string(),
+            kind,
+            status: qualification.map(str::to_string),
+        });
+    }
+    Ok(contacts)
+}
+
+/// What one result fetch says.
+enum Fetch {
+    Pending,
+    Done(Vec<RawContact>),
+}
+
+impl DropcontactProvider {
+    async fn send(&self, record: Record) -> Result<String, ProviderError> {
+        let body = SendRequest {
+            data: vec![record],
+            siren: false,
+            language: "en",
+        };
+        let response = self
+            .http
+            .post(self.enrich_url())
+            .header("X-Access-Token", &self.api_key)
+            .json(&body)
+            .send()
+            .await
+            .map_err(request_error)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(request_error)?;
+        if status != StatusCode::OK {
+            return Err(status_error(status, &headers, &body));
+        }
+        let envelope: Envelope = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Malformed(format!("enrich/all body: {e}")))?;
+        if !envelope.success || envelope.error {
+            if envelope.is_about_credits() {
+                return Err(ProviderError::QuotaExhausted);
+            }
+            return Err(ProviderError::Malformed(format!(
+                "enrich/all refused the record: {:?}",
+                envelope.message()
+            )));
+        }
+        envelope
+            .request_id
+            .filter(|id| !id.trim().is_empty())
+            .ok_or_else(|| ProviderError::Malformed("enrich/all answer has no `request_id`".into()))
+    }
+
+    async fn fetch(&self, request_id: &str) -> Result<Fetch, ProviderError> {
+        let response = self
+            .http
+            .get(format!("{}/{request_id}", self.enrich_url()))
+            .header("X-Access-Token", &self.api_key)
+            .send()
+            .await
+            .map_err(request_error)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(request_error)?;
+        if status != StatusCode::OK {
+            return Err(status_error(status, &headers, &body));
+        }
+        let envelope: Envelope = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Malformed(format!("enrich/all result body: {e}")))?;
+        if !envelope.success {
+            if envelope.is_about_credits() {
+                return Err(ProviderError::QuotaExhausted);
+            }
+            if envelope.error {
+                return Err(ProviderError::Malformed(format!(
+                    "enrich/all result failed: {:?}",
+                    envelope.message()
+                )));
+            }
+            return Ok(Fetch::Pending);
+        }
+        let data = envelope
+            .data
+            .ok_or_else(|| ProviderError::Malformed("enrich/all result has no `data`".into()))?;
+        let mut contacts = Vec::new();
+        for record in &data {
+            contacts.extend(emails(record.email.as_ref()).map_err(ProviderError::Malformed)?);
+        }
+        Ok(Fetch::Done(contacts))
+    }
+}
+
+#[async_trait]
+impl Provider for DropcontactProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// True for [`Field::Emails`] when the person has a LinkedIn URL, or a first and last name
+    /// with a company name or domain; never for phones (see the module docs).
+    fn can_search(&self, field: Field, person: &PersonQuery) -> bool {
+        field == Field::Emails && record(person).is_some()
+    }
+
+    /// Sends the person's record, then fetches the result every poll interval until it is
+    /// ready; never returns while it is processing (the caller's timeout cuts it). A person it
+    /// cannot search is a [`ProviderAnswer::NoMatch`] without a call. Emails come back with
+    /// `kind` `work` (or `personal`) and Dropcontact's qualification as `status`.
+    ///
+    /// Errors: see the module docs; an unreadable 200 body is [`ProviderError::Malformed`].
+    async fn find(
+        &self,
+        field: Field,
+        person: &PersonQuery,
+    ) -> Result<ProviderAnswer, ProviderError> {
+        let Some(record) = record(person).filter(|_| field == Field::Emails) else {
+            return Ok(ProviderAnswer::NoMatch);
+        };
+        let request_id = self.send(record).await?;
+        tracing::debug!(provider = NAME, request_id = %request_id, "batch sent");
+        let mut fetches = 0u32;
+        loop {
+            tokio::time::sleep(self.poll_interval).await;
+            fetches += 1;
+            match self.fetch(&request_id).await? {
+                Fetch::Pending => continue,
+                Fetch::Done(contacts) => {
+                    tracing::debug!(provider = NAME, request_id = %request_id, fetches, found = contacts.len(), "batch done");
+                    return Ok(if contacts.is_empty() {
+                        ProviderAnswer::NoMatch
+                    } else {
+                        ProviderAnswer::Found(contacts)
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use wiremock::matchers::{body_json, header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+
+    const KEY: &str = "dropcontact-test-key";
+    const REQUEST_ID: &str = "qzmxkpvlrtdnhwa";
+    const FAST: Duration = Duration::from_millis(5);
+
+    fn by_name() -> PersonQuery {
+        PersonQuery {
+            first_name: Some("Ada".into()),
+            last_name: Some("Quill".into()),
+            company_name: Some("Northwind Labs ".into()),
+            company_domain: Some("https://northwind.example/team".into()),
+            linkedin_url: None,
+        }
+    }
+
+    fn sent() -> ResponseTemplate {
+        ResponseTemplate::new(200).set_body_json(json!({
+            "credits_left": 1000, "request_id": REQUEST_ID, "error": false, "success": true
+        }))
+    }
+
+    fn not_ready() -> ResponseTemplate {
+        ResponseTemplate::new(200).set_body_json(json!({
+            "error": false, "success": false,
+            "reason": "Request not ready yet, try again in 30 seconds"
+        }))
+    }
+
+    fn done(email: serde_json::Value) -> ResponseTemplate {
+        ResponseTemplate::new(200).set_body_json(json!({
+            "data": [ {
+                "civility": "Mme", "first_name": "Ada", "last_name": "Quill", "full_name": "Ada Quill",
+                "email": email, "phone": "+1 415 555 0100",
+                "company": "Northwind Labs", "website": "https://northwind.example",
+                "linkedin": "https://www.linkedin.com/in/ada-quill-nw", "job": "CTO"
+            } ],
+            "error": false, "success": true, "credits_left": 999
+        }))
+    }
+
+    fn contact(value: &str, kind: Option<&str>, qualification: &str) -> RawContact {
+        RawContact {
+            value: value.into(),
+            kind: kind.map(str::to_string),
+            status: Some(qualification.into()),
+        }
+    }
+
+    fn provider(server: &MockServer) -> DropcontactProvider {
+        DropcontactProvider::new(reqwest::Client::new(), server.uri(), KEY).with_poll_interval(FAST)
+    }
+
+    async fn mount_send(server: &MockServer, response: ResponseTemplate) {
+        Mock::given(method("POST"))
+            .and(path("/v1/enrich/all"))
+            .respond_with(response)
+            .mount(server)
+            .await;
+    }
+
+    async fn mount_fetch(server: &MockServer, response: ResponseTemplate) {
+        Mock::given(method("GET"))
+            .and(path(format!("/v1/enrich/all/{REQUEST_ID}")))
+            .respond_with(response)
+            .mount(server)
+            .await;
+    }
+
+    async fn server_with_result(result: ResponseTemplate) -> MockServer {
+        let server = MockServer::start().await;
+        mount_send(&server, sent()).await;
+        mount_fetch(&server, result).await;
+        server
+    }
+
+    fn requests_to(requests: &[wiremock::Request], verb: &str) -> usize {
+        requests
+            .iter()
+            .filter(|r| r.method.as_str() == verb)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn not_ready_then_done_fetches_until_success_and_keeps_the_persons_emails() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/enrich/all"))
+            .and(header("X-Access-Token", KEY))
+            .and(body_json(json!({
+                "data": [ { "first_name": "Ada", "last_name": "Quill", "company": "Northwind Labs",
+                            "website": "northwind.example" } ],
+                "siren": false, "language": "en"
+            })))
+            .respond_with(sent())
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path(format!("/v1/enrich/all/{REQUEST_ID}")))
+            .respond_with(not_ready())
+            .up_to_n_times(2)
+            .expect(2)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path(format!("/v1/enrich/all/{REQUEST_ID}")))
+            .and(header("X-Access-Token", KEY))
+            .respond_with(done(json!([
+                { "email": "ada.quill@northwind.example", "qualification": "nominative@pro" },
+                { "email": "contact@northwind.example", "qualification": "generic@pro" },
+                { "email": "ada@northwind.example", "qualification": "catch_all@pro" },
+                { "email": "aq@northwind.example", "qualification": "invalid@pro" },
+                { "email": "ada.quill@mailbox.example", "qualification": "nominative@perso" }
+            ])))
+            .expect(1)
+            .mount(&server)
+            .await;
+
+        let answer = provider(&server)
+            .find(Field::Emails, &by_name())
+            .await
+            .unwrap();
+
+        assert_eq!(
+            answer,
+            ProviderAnswer::Found(vec![
+                contact(
+                    "ada.quill@northwind.example",
+                    Some("work"),
+                    "nominative@pro"
+                ),
+                contact("ada@northwind.example", Some("work"), "catch_all@pro"),
+                contact(
+                    "ada.quill@mailbox.example",
+                    Some("personal"),
+                    "nominative@perso"
+                ),
+            ])
+        );
+        let requests = server.received_requests().await.unwrap();
+        assert_eq!(
+            (
+                requests_to(&requests, "POST"),
+                requests_to(&requests, "GET")
+            ),
+            (1, 3)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_without_an_email_is_a_miss() {
+        for email in [json!(null), json!([])] {
+            let server = server_with_result(done(email)).await;
+            assert_eq!(
+                provider(&server).find(Field::Emails, &by_name()).await,
+                Ok(ProviderAnswer::NoMatch)
+            );
+        }
+        let generic_only =
+            json!([{ "email": "contact@northwind.example", "qualification": "generic@pro" }]);
+        let server = server_with_result(done(generic_only)).await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+        // A record where Dropcontact wrote no `email` key at all.
+        let server = server_with_result(ResponseTemplate::new(200).set_body_json(json!({
+            "data": [ { "first_name": "Ada", "last_name": "Quill" } ], "error": false, "success": true
+        })))
+        .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn status_401_is_unauthorized() {
+        let server = MockServer::start().await;
+        mount_send(
+            &server,
+            ResponseTemplate::new(401)
+                .set_body_json(json!({"error": true, "reason": "Invalid token", "success": false})),
+        )
+        .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Unauthorized)
+        );
+        let server = MockServer::start().await;
+        mount_send(
+            &server,
+            ResponseTemplate::new(403).set_body_json(json!({"detail": "Forbidden"})),
+        )
+        .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Unauthorized)
+        );
+    }
+
+    #[tokio::test]
+    async fn not_enough_credits_is_quota_exhausted() {
+        let server = MockServer::start().await;
+        mount_send(
+            &server,
+            ResponseTemplate::new(403).set_body_json(json!({
+                "error": true, "reason": "You don't have enough credits for this request", "success": false
+            })),
+        )
+        .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::QuotaExhausted)
+        );
+        let server = MockServer::start().await;
+        mount_send(&server, ResponseTemplate::new(402)).await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::QuotaExhausted)
+        );
+    }
+
+    #[tokio::test]
+    async fn status_429_carries_retry_after_when_sent() {
+        let server = MockServer::start().await;
+        mount_send(
+            &server,
+            ResponseTemplate::new(429).insert_header("Retry-After", "5"),
+        )
+        .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(5))
+            })
+        );
+        let server = server_with_result(ResponseTemplate::new(429)).await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::RateLimited { retry_after: None })
+        );
+    }
+
+    #[tokio::test]
+    async fn server_and_request_errors_keep_their_status() {
+        let server = MockServer::start().await;
+        mount_send(
+            &server,
+            ResponseTemplate::new(500).set_body_json(json!({"detail": "Internal Server Error"})),
+        )
+        .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Status(500))
+        );
+        let server = server_with_result(ResponseTemplate::new(502)).await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Status(502))
+        );
+        let server = MockServer::start().await;
+        mount_send(
+            &server,
+            ResponseTemplate::new(400).set_body_json(
+                json!({"error": true, "reason": "Missing data in JSON", "success": false}),
+            ),
+        )
+        .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Status(400))
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_malformed() {
+        let server = MockServer::start().await;
+        mount_send(
+            &server,
+            ResponseTemplate::new(200).set_body_string("{\"request_id\": "),
+        )
+        .await;
+        assert!(matches!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Malformed(_))
+        ));
+        let server = MockServer::start().await;
+        mount_send(
+            &server,
+            ResponseTemplate::new(200).set_body_json(json!({"success": true, "error": false})),
+        )
+        .await;
+        assert!(matches!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Malformed(_))
+        ));
+        let server =
+            server_with_result(ResponseTemplate::new(200).set_body_string("{\"data\": [")).await;
+        assert!(matches!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Malformed(_))
+        ));
+        let server = server_with_result(done(json!("ada@northwind.example"))).await;
+        assert!(matches!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_never_completes_is_cut_by_the_callers_timeout() {
+        let server = server_with_result(not_ready()).await;
+        let provider = provider(&server);
+
+        let cut = tokio::time::timeout(
+            Duration::from_millis(200),
+            provider.find(Field::Emails, &by_name()),
+        )
+        .await;
+
+        assert!(cut.is_err(), "still fetching when cut: {cut:?}");
+        let requests = server.received_requests().await.unwrap();
+        assert_eq!(requests_to(&requests, "POST"), 1);
+        assert!(requests_to(&requests, "GET") >= 3, "fetched every few ms");
+    }
+
+    #[tokio::test]
+    async fn the_default_poll_interval_is_two_seconds() {
+        let provider =
+            DropcontactProvider::new(reqwest::Client::new(), "https://api.dropcontact.com/", KEY);
+        assert_eq!(provider.poll_interval(), DEFAULT_POLL_INTERVAL);
+        assert_eq!(
+            provider.enrich_url(),
+            "https://api.dropcontact.com/v1/enrich/all"
+        );
+        assert_eq!(provider.with_poll_interval(FAST).poll_interval(), FAST);
+    }
+
+    #[tokio::test]
+    async fn searches_emails_only_with_linkedin_or_name_and_company() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(500))
+            .expect(0)
+            .mount(&server)
+            .await;
+        let provider = provider(&server);
+        assert!(provider.can_search(Field::Emails, &by_name()));
+        assert!(!provider.can_search(Field::Phones, &by_name()));
+        let by_profile = PersonQuery {
+            linkedin_url: Some("https://www.linkedin.com/in/ada-quill-nw/".into()),
+            ..PersonQuery::default()
+        };
+        assert!(provider.can_search(Field::Emails, &by_profile));
+        let website_only = PersonQuery {
+            company_name: None,
+            ..by_name()
+        };
+        assert!(provider.can_search(Field::Emails, &website_only));
+        let no_company = PersonQuery {
+            company_name: None,
+            company_domain: None,
+            ..by_name()
+        };
+        assert!(!provider.can_search(Field::Emails, &no_company));
+        assert_eq!(
+            provider.find(Field::Phones, &by_name()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+        assert_eq!(
+            provider.find(Field::Emails, &no_company).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+    }
+}
