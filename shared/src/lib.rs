@@ -9,5 +9,6 @@ pub mod error;
 pub mod http;
 pub mod providers;
 pub mod queue;
+pub mod secrets;
 pub mod store;
 pub mod worker;

@@ -81,3 +81,73 @@ impl JobQueue for SqsJobQueue {
         Ok(())
     }
 }
+
+/// The optional Step Functions orchestrator: each job starts one execution of the cascade state
+/// machine, named after the enrichment id (AWS docs, `StartExecution`: a name is unique per state
+/// machine for 90 days), so a retried trigger cannot start the same enrichment twice.
+#[derive(Debug, Clone)]
+pub struct StepFunctionsJobQueue {
+    client: aws_sdk_sfn::Client,
+    state_machine_arn: String,
+}
+
+impl StepFunctionsJobQueue {
+    /// Executions of `state_machine_arn` (`STATE_MACHINE_ARN`).
+    pub fn new(client: aws_sdk_sfn::Client, state_machine_arn: impl Into<String>) -> Self {
+        Self {
+            client,
+            state_machine_arn: state_machine_arn.into(),
+        }
+    }
+
+    /// Executions of `state_machine_arn` with a client of the process's SDK configuration.
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, state_machine_arn: impl Into<String>) -> Self {
+        Self::new(aws_sdk_sfn::Client::new(sdk), state_machine_arn)
+    }
+}
+
+#[async_trait]
+impl JobQueue for StepFunctionsJobQueue {
+    /// Starts the execution `{enrichmentId}` with the job as input; one that already exists
+    /// (a retry) counts as started.
+    async fn enqueue(&self, job: &Job) -> Result<(), QueueError> {
+        let input = serde_json::to_string(job).map_err(|e| QueueError(e.to_string()))?;
+        let result = self
+            .client
+            .start_execution()
+            .state_machine_arn(&self.state_machine_arn)
+            .name(job.enrichment_id.to_string())
+            .input(input)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_execution_already_exists()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(QueueError(
+                aws_sdk_sfn::error::DisplayErrorContext(&e).to_string(),
+            )),
+        }
+    }
+}
+
+/// The job queue the configuration chooses: Step Functions when `STATE_MACHINE_ARN` is set,
+/// else SQS at `QUEUE_URL`.
+///
+/// Errors: neither is set.
+pub fn from_env(sdk: &aws_config::SdkConfig) -> Result<Box<dyn JobQueue>, QueueError> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if let Some(arn) = var("STATE_MACHINE_ARN") {
+        Ok(Box::new(StepFunctionsJobQueue::from_sdk(sdk, arn)))
+    } else if let Some(url) = var("QUEUE_URL") {
+        Ok(Box::new(SqsJobQueue::from_sdk(sdk, url)))
+    } else {
+        Err(QueueError(
+            "set QUEUE_URL (SQS worker) or STATE_MACHINE_ARN (Step Functions)".into(),
+        ))
+    }
+}

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsMessage};
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -40,6 +41,17 @@ pub enum JobOutcome {
     Dropped,
     /// The outcome was written; the enrichment as the client will now see it.
     Completed(Box<Enrichment>),
+}
+
+/// What the worker function is invoked with: an SQS batch from the event source mapping (the
+/// default), or one job from the Step Functions orchestrator's Task state (the execution input).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum WorkerEvent {
+    /// `{"Records": [...]}`.
+    Sqs(SqsEvent),
+    /// `{"enrichmentId", "orgId", "personId", "field"}`.
+    Job(Job),
 }
 
 /// Why a job must be retried (the message is reported as a batch item failure).
@@ -366,6 +378,29 @@ impl Worker {
         Ok(JobOutcome::Completed(Box::new(done)))
     }
 
+    /// Handles one invocation: an SQS batch answers with its batch item failures; a Step
+    /// Functions job answers `{"enrichmentId", "outcome"}` or fails, so that the state machine's
+    /// retry policy runs it again.
+    pub async fn handle(
+        &self,
+        event: WorkerEvent,
+        deadline: Instant,
+    ) -> Result<serde_json::Value, JobError> {
+        match event {
+            WorkerEvent::Sqs(event) => {
+                let response = self.run_batch(&event.records, deadline).await;
+                serde_json::to_value(response).map_err(|e| JobError::BadMessage(e.to_string()))
+            }
+            WorkerEvent::Job(job) => {
+                let outcome = match self.run(&job, deadline).await? {
+                    JobOutcome::Dropped => "dropped".to_string(),
+                    JobOutcome::Completed(e) => e.status.as_str().to_string(),
+                };
+                Ok(serde_json::json!({"enrichmentId": job.enrichment_id, "outcome": outcome}))
+            }
+        }
+    }
+
     /// Runs an SQS batch one record at a time and reports the records to retry as batch item
     /// failures (by `messageId`); the others are deleted by the event source mapping.
     pub async fn run_batch(&self, records: &[SqsMessage], deadline: Instant) -> SqsBatchResponse {
@@ -424,5 +459,25 @@ mod tests {
         );
         assert_eq!(fingerprint(&person("Ada", "", "analytical.test", "")), None);
         assert_eq!(fingerprint(&person("Ada", "Lovelace", "", "")), None);
+    }
+
+    #[test]
+    fn the_worker_takes_an_sqs_batch_or_a_step_functions_job() {
+        let batch: WorkerEvent =
+            serde_json::from_str(include_str!("../../events/worker-sqs-batch.json")).unwrap();
+        let WorkerEvent::Sqs(batch) = batch else {
+            panic!("an SQS batch was read as a job")
+        };
+        assert_eq!(batch.records.len(), 2);
+        let job: WorkerEvent = serde_json::from_str(
+            r#"{"enrichmentId": "a1b2c3d4-e5f6-7890-abcd-ef1234567890", "orgId": "org_1",
+                "personId": "550e8400-e29b-41d4-a716-446655440000", "field": "phones"}"#,
+        )
+        .unwrap();
+        let WorkerEvent::Job(job) = job else {
+            panic!("a job was read as an SQS batch")
+        };
+        assert_eq!(job.field, crate::domain::Field::Phones);
+        assert!(serde_json::from_str::<WorkerEvent>(r#"{"field": "phones"}"#).is_err());
     }
 }

@@ -4,7 +4,7 @@
 use enrichment::auth::Authenticator;
 use enrichment::config::{Config, aws_sdk_config, http_client, init_tracing};
 use enrichment::enrichment::Enrichments;
-use enrichment::queue::SqsJobQueue;
+use enrichment::queue;
 use enrichment::store::Store;
 use lambda_http::{Error, Request, run, service_fn};
 
@@ -12,12 +12,11 @@ use lambda_http::{Error, Request, run, service_fn};
 async fn main() -> Result<(), Error> {
     init_tracing();
     let config = Config::from_env()?;
-    let queue_url = std::env::var("QUEUE_URL").map_err(|_| "QUEUE_URL is not set")?;
     let sdk = aws_sdk_config().await;
     let auth = Authenticator::from_env(http_client())?;
-    let queue = SqsJobQueue::from_sdk(&sdk, queue_url);
+    let queue = queue::from_env(&sdk)?;
     let enrichments = Enrichments::new(Store::from_sdk(&sdk, &config.table_name), config);
-    let (auth, enrichments, queue) = (&auth, &enrichments, &queue);
+    let (auth, enrichments, queue) = (&auth, &enrichments, queue.as_ref());
     run(service_fn(move |req: Request| async move {
         Ok::<_, Error>(enrichment::http::handle_post(req, auth, enrichments, queue).await)
     }))

@@ -1,12 +1,13 @@
-//! The worker Lambda: SQS event source with `ReportBatchItemFailures`; runs each job's provider
-//! cascade within the invocation's deadline. Clients and configuration are built once per
+//! The worker Lambda: SQS event source with `ReportBatchItemFailures` (or, with the optional
+//! orchestrator, one job per Step Functions Task); runs each job's provider cascade within the
+//! invocation's deadline. Clients and configuration are built once per
 //! process, outside the handler.
 
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use enrichment::config::{Config, aws_sdk_config, http_client, init_tracing};
 use enrichment::providers::cascade::Cascade;
+use enrichment::secrets::{SecretsClient, resolve_api_keys};
 use enrichment::store::Store;
-use enrichment::worker::{Worker, deadline_from_epoch_millis};
+use enrichment::worker::{Worker, WorkerEvent, deadline_from_epoch_millis};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main]
@@ -14,12 +15,18 @@ async fn main() -> Result<(), Error> {
     init_tracing();
     let config = Config::from_env()?;
     let sdk = aws_sdk_config().await;
-    let cascade = Cascade::from_env(http_client())?;
+    let secrets = SecretsClient::new(&sdk);
+    let keys = resolve_api_keys(&secrets, std::env::vars()).await?;
+    let cascade = Cascade::from_vars(http_client(), |name| {
+        keys.get(name).cloned().or_else(|| std::env::var(name).ok())
+    })?;
     let worker = Worker::new(Store::from_sdk(&sdk, &config.table_name), cascade, config);
     let worker = &worker;
-    run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        let deadline = deadline_from_epoch_millis(event.context.deadline);
-        Ok::<SqsBatchResponse, Error>(worker.run_batch(&event.payload.records, deadline).await)
-    }))
+    run(service_fn(
+        move |event: LambdaEvent<WorkerEvent>| async move {
+            let deadline = deadline_from_epoch_millis(event.context.deadline);
+            Ok::<_, Error>(worker.handle(event.payload, deadline).await?)
+        },
+    ))
     .await
 }

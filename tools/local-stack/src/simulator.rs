@@ -1,9 +1,10 @@
-//! The provider simulator: Hunter.io's Email Finder and People Data Labs' Person Enrichment on
-//! loopback, speaking their wire formats (see `enrichment::providers::hunter` and
-//! `enrichment::providers::pdl` for the documented shapes), answering from a fixture of known
-//! people.
+//! The provider simulator: Hunter.io's Email Finder, People Data Labs' Person Enrichment,
+//! Prospeo's Enrich Person, FullEnrich's bulk contact enrichment and Dropcontact's batch
+//! enrichment on loopback, speaking their wire formats (see the adapters in
+//! `enrichment::providers` for the documented shapes), answering from a fixture of known people.
 //!
-//! Routes, so that the base URLs are `http://127.0.0.1:PORT/hunter` and `.../pdl`:
+//! Routes, so that the base URLs are `http://127.0.0.1:PORT/hunter`, `.../pdl`, `.../prospeo`,
+//! `.../fullenrich` and `.../dropcontact`:
 //!
 //! - `GET /hunter/v2/email-finder?domain=&first_name=&last_name=&api_key=` (also `full_name`,
 //!   `company`, `linkedin_handle`). Found: 200 with `data.email`; anyone else: 200 with
@@ -12,26 +13,61 @@
 //!   `first_name` + `last_name` + `company` (name or domain), and `required`. Found: 200 with
 //!   `status`, `likelihood`, `data`; anyone else (or a record without the `required` fields):
 //!   404 `not_found`.
+//! - `POST /prospeo/enrich-person` with `X-KEY` and `{"data": {...}, "enrich_mobile": ...}`.
+//!   Found: 200 with `person.email` / `person.mobile` (the mobile revealed only when
+//!   `enrich_mobile` or `only_verified_mobile` is set, masked otherwise); anyone else, or a
+//!   person without the verified value `only_verified_*` asks for: 400 `NO_MATCH`.
+//! - `POST /fullenrich/api/v2/contact/enrich/bulk` with `Authorization: Bearer KEY` answers an
+//!   `enrichment_id`; `GET /fullenrich/api/v2/contact/enrich/bulk/{id}` answers 400
+//!   `error.enrichment.in_progress` the first time, then 200 `FINISHED` with each contact's
+//!   `contact_info` (empty for people FullEnrich does not know).
+//! - `POST /dropcontact/v1/enrich/all` with `X-Access-Token` answers a `request_id`;
+//!   `GET /dropcontact/v1/enrich/all/{request_id}` answers `success: false` ("not ready") the
+//!   first time, then `success: true` with the records (without `email` for unknown people).
+//!
+//! The asynchronous providers' jobs live in the router's state, in memory.
 //!
 //! A person matches by LinkedIn URL (scheme, `www.`, query, trailing slash and case ignored), or
-//! by full name (case-insensitive) and company domain (or, for PDL, company name). Any API key is
+//! by full name (case-insensitive) and company domain (or company name). Any API key is
 //! accepted except an empty one, which gets the provider's 401. A provider record can also slow
 //! the answer (`simulate.delay_ms`) or fail it (`simulate.fail_status`, with
-//! `simulate.retry_after_seconds` for 403/429),
-//! to show latency, errors and rate limiting.
+//! `simulate.retry_after_seconds` for 403/429), to show latency, errors and rate limiting for
+//! one person.
+//!
+//! Simulator-wide, a [`SimulatorConfig`] gives each provider a latency and rates of misses,
+//! server errors and rate limiting ([`ProviderBehavior`]), drawn deterministically from a hash
+//! of the seed, the provider and the person a request asks about: the same person always gets
+//! the same draw, so runs are reproducible. See [`router_with`].
+
+mod dropcontact;
+mod fullenrich;
+mod prospeo;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use enrichment::providers::{
+    dropcontact as dropcontact_api, fullenrich as fullenrich_api, hunter as hunter_api,
+    pdl as pdl_api, prospeo as prospeo_api,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+/// The providers the simulator speaks, by their configuration names.
+pub const PROVIDERS: [&str; 5] = [
+    hunter_api::NAME,
+    pdl_api::NAME,
+    prospeo_api::NAME,
+    fullenrich_api::NAME,
+    dropcontact_api::NAME,
+];
 
 /// One person the simulated providers know, and what each of them knows about that person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +92,26 @@ pub struct KnownPerson {
     /// What PDL's Person Enrichment answers for this person; `None`: PDL finds nothing.
     #[serde(default)]
     pub pdl: Option<PdlRecord>,
+    /// What Prospeo's Enrich Person answers for this person; `None`: Prospeo finds nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prospeo: Option<ProspeoRecord>,
+    /// What FullEnrich's enrichment finds for this person; `None`: nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fullenrich: Option<FullEnrichRecord>,
+    /// What Dropcontact's enrichment finds for this person; `None`: no email.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropcontact: Option<DropcontactRecord>,
+}
+
+impl KnownPerson {
+    /// Whether some provider knows this person.
+    pub fn has_provider_record(&self) -> bool {
+        self.hunter.is_some()
+            || self.pdl.is_some()
+            || self.prospeo.is_some()
+            || self.fullenrich.is_some()
+            || self.dropcontact.is_some()
+    }
 }
 
 /// Hunter's Email Finder result for a known person.
@@ -102,6 +158,74 @@ pub struct PdlRecord {
     pub simulate: Behavior,
 }
 
+/// Prospeo's Enrich Person record for a known person (`person.email`, `person.mobile`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProspeoRecord {
+    /// The verified work email; `None`: `email.status` is `UNAVAILABLE`.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The verified mobile in E.164; `None`: `mobile.status` is `UNAVAILABLE`.
+    #[serde(default)]
+    pub mobile: Option<String>,
+    /// `current_job_title`.
+    #[serde(default)]
+    pub job_title: Option<String>,
+    /// Latency and failures of this provider for this person. `fail_status` 402 is answered
+    /// the way Prospeo signals it, a 400 `INSUFFICIENT_CREDITS`.
+    #[serde(default, skip_serializing_if = "Behavior::is_plain")]
+    pub simulate: Behavior,
+}
+
+/// What FullEnrich's waterfall finds for a known person (`contact_info`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FullEnrichRecord {
+    /// `work_emails`, the first also as `most_probable_work_email`.
+    #[serde(default)]
+    pub work_emails: Vec<String>,
+    /// The grade of the work emails: `DELIVERABLE`, `HIGH_PROBABILITY`, `CATCH_ALL`...
+    #[serde(default = "default_deliverable")]
+    pub email_status: String,
+    /// `personal_emails` (sent only when `contact.personal_emails` is asked for).
+    #[serde(default)]
+    pub personal_emails: Vec<String>,
+    /// `phones`, as FullEnrich writes them, the first also as `most_probable_phone`.
+    #[serde(default)]
+    pub phones: Vec<String>,
+    /// Latency and failures of this provider for this person. `fail_status` 402 ends the
+    /// enrichment as `CREDITS_INSUFFICIENT` (its result answers 402); other statuses fail the
+    /// start request.
+    #[serde(default, skip_serializing_if = "Behavior::is_plain")]
+    pub simulate: Behavior,
+}
+
+/// What Dropcontact finds for a known person.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropcontactRecord {
+    /// The output record's `email` list.
+    #[serde(default)]
+    pub emails: Vec<DropcontactEmail>,
+    /// The output record's `phone`: the company's number.
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// Latency and failures of this provider for this person (403: not enough credits).
+    #[serde(default, skip_serializing_if = "Behavior::is_plain")]
+    pub simulate: Behavior,
+}
+
+/// One entry of a Dropcontact output record's `email`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropcontactEmail {
+    /// The address.
+    pub email: String,
+    /// `local@domain` qualification: `nominative@pro`, `catch_all@pro`, `generic@pro`...
+    #[serde(default = "default_qualification")]
+    pub qualification: String,
+}
+
 /// Latency and failures a simulated provider shows for one person (fixture key `simulate`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +256,14 @@ fn default_likelihood() -> u8 {
     9
 }
 
+fn default_deliverable() -> String {
+    "DELIVERABLE".into()
+}
+
+fn default_qualification() -> String {
+    "nominative@pro".into()
+}
+
 fn is_zero(value: &u64) -> bool {
     *value == 0
 }
@@ -155,9 +287,9 @@ pub fn load_fixture(path: impl AsRef<Path>) -> Result<Vec<KnownPerson>, String> 
                 path.display()
             ));
         }
-        if person.hunter.is_none() && person.pdl.is_none() {
+        if !person.has_provider_record() {
             return Err(format!(
-                "fixture {}: {} {} has neither a hunter nor a pdl record",
+                "fixture {}: {} {} has no provider record (hunter, pdl, prospeo, fullenrich or dropcontact)",
                 path.display(),
                 person.first_name,
                 person.last_name
@@ -167,15 +299,306 @@ pub fn load_fixture(path: impl AsRef<Path>) -> Result<Vec<KnownPerson>, String> 
     Ok(people)
 }
 
-/// The simulator's routes (see the module docs) over `people`.
+// ---------------------------------------------------------------------------------------------
+// Simulator-wide behaviour
+
+/// Simulator-wide behaviour of the providers, read from JSON:
+///
+/// ```json
+/// { "seed": 7,
+///   "providers": {
+///     "hunter":     { "latency_ms": 120, "miss_rate": 0.2, "error_rate": 0.05 },
+///     "fullenrich": { "rate_limit_rate": 0.1, "retry_after_seconds": 30 } } }
+/// ```
+///
+/// A provider without an entry behaves as its fixture records say. For one with an entry, each
+/// request first waits `latency_ms`, then draws a number in `[0, 1)` from a hash of `seed`, the
+/// provider's name and the person the request asks about (its LinkedIn profile, or its name
+/// and company): below `rate_limit_rate` the provider answers its rate-limit error, then (up to
+/// `rate_limit_rate + error_rate`) a 500, then (up to `... + miss_rate`) its no match, and
+/// otherwise from the fixture. The same person always draws the same number for a provider and
+/// seed, so a run is reproducible; over many people the shares approach the rates. For the
+/// asynchronous providers the draw is made when the job is submitted (a miss is a job that
+/// finishes without data); the latency applies to every request, polls included.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorConfig {
+    /// The seed mixed into every draw.
+    #[serde(default)]
+    pub seed: u64,
+    /// Behaviour per provider name (`hunter`, `pdl`, `prospeo`, `fullenrich`, `dropcontact`).
+    #[serde(default)]
+    pub providers: HashMap<String, ProviderBehavior>,
+}
+
+/// How one simulated provider behaves for every request (see [`SimulatorConfig`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderBehavior {
+    /// Milliseconds to wait before each answer.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Share of requests answered with the provider's no match, in `[0, 1]`.
+    #[serde(default)]
+    pub miss_rate: f64,
+    /// Share of requests answered with a 500, in `[0, 1]`.
+    #[serde(default)]
+    pub error_rate: f64,
+    /// Share of requests answered with the provider's rate-limit error, in `[0, 1]`.
+    #[serde(default)]
+    pub rate_limit_rate: f64,
+    /// `Retry-After` (seconds) sent with the rate-limit error; none when unset.
+    #[serde(default)]
+    pub retry_after_seconds: Option<u64>,
+}
+
+impl SimulatorConfig {
+    /// Reads and checks a configuration (see [`SimulatorConfig::validate`]).
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let config: SimulatorConfig = serde_json::from_str(text)
+            .map_err(|e| format!("not a simulator configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Errors (as text): a provider the simulator does not speak, a rate outside `[0, 1]`, or
+    /// rates of one provider adding up to more than 1.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, behavior) in &self.providers {
+            if !PROVIDERS.contains(&name.as_str()) {
+                return Err(format!(
+                    "unknown provider {name:?} (known: {})",
+                    PROVIDERS.join(", ")
+                ));
+            }
+            let rates = [
+                ("miss_rate", behavior.miss_rate),
+                ("error_rate", behavior.error_rate),
+                ("rate_limit_rate", behavior.rate_limit_rate),
+            ];
+            for (field, rate) in rates {
+                if !(0.0..=1.0).contains(&rate) {
+                    return Err(format!("{name}.{field}: {rate} is not within [0, 1]"));
+                }
+            }
+            let total: f64 = rates.iter().map(|(_, rate)| rate).sum();
+            if total > 1.0 + 1e-9 {
+                return Err(format!(
+                    "{name}: miss_rate + error_rate + rate_limit_rate is {total}, more than 1"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What `provider` does with a request about `person_key`, without the latency.
+    fn draw(&self, provider: &str, person_key: &str) -> Plan {
+        let Some(behavior) = self.providers.get(provider) else {
+            return Plan::Answer;
+        };
+        let roll = unit_hash(self.seed, provider, person_key);
+        let mut bound = behavior.rate_limit_rate;
+        if roll < bound {
+            return Plan::RateLimit {
+                retry_after_seconds: behavior.retry_after_seconds,
+            };
+        }
+        bound += behavior.error_rate;
+        if roll < bound {
+            return Plan::Fail;
+        }
+        bound += behavior.miss_rate;
+        if roll < bound {
+            return Plan::Miss;
+        }
+        Plan::Answer
+    }
+}
+
+/// Reads a [`SimulatorConfig`] from a JSON file. Errors (as text naming the file): unreadable,
+/// not a configuration, or invalid.
+pub fn load_config(path: impl AsRef<Path>) -> Result<SimulatorConfig, String> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read simulator configuration {}: {e}",
+            path.display()
+        )
+    })?;
+    SimulatorConfig::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// What the configuration makes a provider do with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Answer from the fixture.
+    Answer,
+    /// Answer the provider's no match.
+    Miss,
+    /// Answer a 500.
+    Fail,
+    /// Answer the provider's rate-limit error.
+    RateLimit { retry_after_seconds: Option<u64> },
+}
+
+/// A number in `[0, 1)` from FNV-1a over the seed, provider and key, mixed by SplitMix64's
+/// finalizer: stable across runs, platforms and Rust versions.
+fn unit_hash(seed: u64, provider: &str, key: &str) -> f64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = seed
+        .to_le_bytes()
+        .into_iter()
+        .chain(provider.bytes())
+        .chain([0xff])
+        .chain(key.bytes());
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^= hash >> 31;
+    (hash >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The person a request asks about, as the key of the configured draws: the LinkedIn profile
+/// when given, else the lower-cased name and company.
+fn person_key(
+    profile: Option<&str>,
+    names: Option<&(String, String)>,
+    company: Option<&str>,
+) -> String {
+    if let Some(key) = profile.and_then(linkedin_key) {
+        return key;
+    }
+    let (first, last) = names.cloned().unwrap_or_default();
+    let company = company
+        .map(|c| domain_key(c).unwrap_or_else(|| text_key(c)))
+        .unwrap_or_default();
+    format!("{first} {last} @ {company}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Router and state
+
+/// The router's state: the fixture, the configuration and the asynchronous providers' jobs.
+struct Sim {
+    people: Vec<KnownPerson>,
+    config: SimulatorConfig,
+    jobs: Mutex<HashMap<String, Job>>,
+}
+
+/// A submitted FullEnrich enrichment or Dropcontact request.
+struct Job {
+    provider: &'static str,
+    polls: u32,
+    status: StatusCode,
+    body: Value,
+}
+
+/// What a poll of a job finds.
+enum JobState {
+    /// No such job for this provider.
+    Unknown,
+    /// Still in progress (the first poll).
+    Pending,
+    /// Done: the answer's status and body.
+    Done(StatusCode, Value),
+}
+
+type Shared = Arc<Sim>;
+
+impl Sim {
+    /// Waits the provider's configured latency.
+    async fn wait(&self, provider: &str) {
+        let latency = self
+            .config
+            .providers
+            .get(provider)
+            .map_or(0, |b| b.latency_ms);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+    }
+
+    /// Waits the provider's latency, then draws what it does for `person_key`.
+    async fn plan(&self, provider: &str, person_key: &str) -> Plan {
+        self.wait(provider).await;
+        let plan = self.config.draw(provider, person_key);
+        if plan != Plan::Answer {
+            tracing::debug!(provider, person_key, ?plan, "simulated behaviour");
+        }
+        plan
+    }
+
+    /// Stores a job that will answer `status` and `body` once done.
+    fn add_job(&self, provider: &'static str, id: &str, status: StatusCode, body: Value) {
+        let job = Job {
+            provider,
+            polls: 0,
+            status,
+            body,
+        };
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id.to_string(), job);
+    }
+
+    /// Polls a job: the first poll finds it in progress, the next ones done.
+    fn poll_job(&self, provider: &str, id: &str) -> JobState {
+        let mut jobs = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(job) = jobs.get_mut(id).filter(|job| job.provider == provider) else {
+            return JobState::Unknown;
+        };
+        job.polls += 1;
+        if job.polls == 1 {
+            JobState::Pending
+        } else {
+            JobState::Done(job.status, job.body.clone())
+        }
+    }
+}
+
+/// The simulator's routes (see the module docs) over `people`, each provider answering from the
+/// fixture only (no simulator-wide behaviour).
 pub fn router(people: Vec<KnownPerson>) -> Router {
+    router_with(people, SimulatorConfig::default())
+}
+
+/// The simulator's routes over `people`, with the simulator-wide behaviour of `config` (see
+/// [`SimulatorConfig`]). Each router keeps its own asynchronous jobs.
+pub fn router_with(people: Vec<KnownPerson>, config: SimulatorConfig) -> Router {
+    let sim = Sim {
+        people,
+        config,
+        jobs: Mutex::new(HashMap::new()),
+    };
     Router::new()
         .route("/hunter/v2/email-finder", get(hunter_email_finder))
         .route("/pdl/v5/person/enrich", get(pdl_person_enrich))
-        .with_state(Arc::new(people))
+        .route("/prospeo/enrich-person", post(prospeo::enrich_person))
+        .route(
+            "/fullenrich/api/v2/contact/enrich/bulk",
+            post(fullenrich::start),
+        )
+        .route(
+            "/fullenrich/api/v2/contact/enrich/bulk/{enrichment_id}",
+            get(fullenrich::result),
+        )
+        .route("/dropcontact/v1/enrich/all", post(dropcontact::send))
+        .route(
+            "/dropcontact/v1/enrich/all/{request_id}",
+            get(dropcontact::fetch),
+        )
+        .with_state(Arc::new(sim))
 }
 
-type People = Arc<Vec<KnownPerson>>;
 type Params = HashMap<String, String>;
 
 /// `linkedin.com/in/handle` from any usual writing of a profile URL; `None` when blank.
@@ -219,10 +642,26 @@ fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
 /// The first and last name of a request: `first_name` and `last_name`, or `full_name` split at
 /// its first space.
 fn names(params: &Params) -> Option<(String, String)> {
-    match (param(params, "first_name"), param(params, "last_name")) {
+    names_of(
+        param(params, "first_name"),
+        param(params, "last_name"),
+        param(params, "full_name").or(param(params, "name")),
+    )
+}
+
+/// The first and last name from separate names, or from a full name split at its first space.
+fn names_of(
+    first: Option<&str>,
+    last: Option<&str>,
+    full: Option<&str>,
+) -> Option<(String, String)> {
+    fn non_blank(value: Option<&str>) -> Option<&str> {
+        value.map(str::trim).filter(|v| !v.is_empty())
+    }
+    match (non_blank(first), non_blank(last)) {
         (Some(first), Some(last)) => Some((text_key(first), text_key(last))),
         _ => {
-            let full = text_key(param(params, "full_name").or(param(params, "name"))?);
+            let full = text_key(non_blank(full)?);
             let (first, last) = full.split_once(' ')?;
             Some((first.to_string(), last.to_string()))
         }
@@ -254,14 +693,83 @@ fn same_profile(person: &KnownPerson, url: &str) -> bool {
     wanted.is_some() && person.linkedin_url.as_deref().and_then(linkedin_key) == wanted
 }
 
+/// What a request identifies a person by.
+#[derive(Debug, Default)]
+struct Identity<'a> {
+    profile: Option<&'a str>,
+    names: Option<(String, String)>,
+    domain: Option<&'a str>,
+    company: Option<&'a str>,
+}
+
+impl Identity<'_> {
+    /// Whether it names someone: a profile, or a name with a company (domain or name).
+    fn is_searchable(&self) -> bool {
+        self.profile.is_some()
+            || (self.names.is_some() && (self.domain.is_some() || self.company.is_some()))
+    }
+
+    /// The key of the configured draws.
+    fn key(&self) -> String {
+        person_key(
+            self.profile,
+            self.names.as_ref(),
+            self.domain.or(self.company),
+        )
+    }
+
+    /// The first of `people` that `known` keeps and that this identity names: by profile
+    /// first, then by name with the company's domain or name.
+    fn find<'p>(
+        &self,
+        people: &'p [KnownPerson],
+        known: impl Fn(&KnownPerson) -> bool,
+    ) -> Option<&'p KnownPerson> {
+        let candidates = || people.iter().filter(|p| known(p));
+        let by_profile = self
+            .profile
+            .and_then(|url| candidates().find(|p| same_profile(p, url)));
+        by_profile.or_else(|| {
+            let names = self.names.as_ref()?;
+            candidates().find(|p| {
+                same_name(p, names)
+                    && (self.domain.is_some_and(|d| same_domain(p, d))
+                        || self.company.is_some_and(|c| same_company_name(p, c)))
+            })
+        })
+    }
+}
+
+/// A non-blank string field of a JSON object.
+fn json_str<'a>(object: &'a Value, name: &str) -> Option<&'a str> {
+    object
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// A non-blank header value.
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
 async fn apply_delay(behavior: &Behavior) {
     if behavior.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(behavior.delay_ms)).await;
     }
 }
 
-fn with_retry_after(mut response: Response, behavior: &Behavior) -> Response {
-    if let Some(seconds) = behavior.retry_after_seconds {
+fn with_retry_after(response: Response, behavior: &Behavior) -> Response {
+    with_retry_after_seconds(response, behavior.retry_after_seconds)
+}
+
+fn with_retry_after_seconds(mut response: Response, seconds: Option<u64>) -> Response {
+    if let Some(seconds) = seconds {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -281,10 +789,7 @@ fn hunter_error(status: StatusCode, id: &str, details: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn hunter_email_finder(
-    State(people): State<People>,
-    Query(params): Query<Params>,
-) -> Response {
+async fn hunter_email_finder(State(sim): State<Shared>, Query(params): Query<Params>) -> Response {
     if param(&params, "api_key").is_none() {
         return hunter_error(
             StatusCode::UNAUTHORIZED,
@@ -310,19 +815,50 @@ async fn hunter_email_finder(
             "You are missing the first_name or last_name parameter",
         );
     }
-    let found = people.iter().find(|person| {
-        let by_handle = handle.is_some_and(|h| {
-            person
-                .linkedin_url
-                .as_deref()
-                .and_then(linkedin_key)
-                .is_some_and(|key| key == format!("linkedin.com/in/{}", h.to_lowercase()))
+    let profile = handle.map(|h| format!("linkedin.com/in/{h}"));
+    let key = person_key(profile.as_deref(), names.as_ref(), domain.or(company));
+    let plan = sim.plan(hunter_api::NAME, &key).await;
+    match plan {
+        // Hunter's rate limit is its 403 (its 429 is the usage limit).
+        Plan::RateLimit {
+            retry_after_seconds,
+        } => {
+            return with_retry_after_seconds(
+                hunter_error(
+                    StatusCode::FORBIDDEN,
+                    "rate_limit",
+                    "You have reached the rate limit",
+                ),
+                retry_after_seconds,
+            );
+        }
+        Plan::Fail => {
+            return hunter_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "Something went wrong on Hunter's end",
+            );
+        }
+        Plan::Miss | Plan::Answer => {}
+    }
+    let found = sim
+        .people
+        .iter()
+        .filter(|_| plan == Plan::Answer)
+        .find(|person| {
+            let by_handle = handle.is_some_and(|h| {
+                person
+                    .linkedin_url
+                    .as_deref()
+                    .and_then(linkedin_key)
+                    .is_some_and(|key| key == format!("linkedin.com/in/{}", h.to_lowercase()))
+            });
+            let by_name = names.as_ref().is_some_and(|n| same_name(person, n))
+                && (domain.is_some_and(|d| same_domain(person, d))
+                    || company.is_some_and(|c| same_company_name(person, c)));
+            person.hunter.is_some() && (by_handle || by_name)
         });
-        let by_name = names.as_ref().is_some_and(|n| same_name(person, n))
-            && (domain.is_some_and(|d| same_domain(person, d))
-                || company.is_some_and(|c| same_company_name(person, c)));
-        person.hunter.is_some() && (by_handle || by_name)
-    });
+
     let meta = json!({ "params": {
         "first_name": param(&params, "first_name"), "last_name": param(&params, "last_name"),
         "full_name": param(&params, "full_name"), "domain": domain, "company": company,
@@ -443,7 +979,7 @@ fn meets_required(data: &Value, required: Option<&str>) -> bool {
 }
 
 async fn pdl_person_enrich(
-    State(people): State<People>,
+    State(sim): State<Shared>,
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
@@ -475,7 +1011,33 @@ async fn pdl_person_enrich(
         names.as_ref().is_some_and(|n| same_name(p, n))
             && company.is_some_and(|c| same_domain(p, c) || same_company_name(p, c))
     };
-    let known = people.iter().filter(|p| p.pdl.is_some());
+    let plan = sim
+        .plan(pdl_api::NAME, &person_key(profile, names.as_ref(), company))
+        .await;
+    match plan {
+        Plan::RateLimit {
+            retry_after_seconds,
+        } => {
+            return with_retry_after_seconds(
+                pdl_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "An error occurred due to requests hitting the API too quick",
+                ),
+                retry_after_seconds,
+            );
+        }
+        Plan::Fail => {
+            return pdl_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "The server encountered an unexpected condition",
+            );
+        }
+        Plan::Miss => return pdl_not_found(),
+        Plan::Answer => {}
+    }
+    let known = sim.people.iter().filter(|p| p.pdl.is_some());
     let found = known
         .clone()
         .find(by_profile)
@@ -518,6 +1080,55 @@ async fn pdl_person_enrich(
     }
     let body = json!({ "status": 200, "likelihood": record.likelihood, "data": data });
     (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod test_support {
+    use std::net::SocketAddr;
+
+    use enrichment::providers::{PersonQuery, ProviderAnswer};
+
+    use super::{SimulatorConfig, load_fixture, router_with};
+
+    pub(super) const FIXTURE: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/known-people.json");
+
+    /// A simulator over the fixture, without simulator-wide behaviour, on a loopback port.
+    pub(super) async fn start() -> SocketAddr {
+        start_with(SimulatorConfig::default()).await
+    }
+
+    /// A simulator over the fixture with `config`, on a loopback port.
+    pub(super) async fn start_with(config: SimulatorConfig) -> SocketAddr {
+        let people = load_fixture(FIXTURE).expect("fixture loads");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router_with(people, config)).await });
+        address
+    }
+
+    pub(super) fn query(
+        first: &str,
+        last: &str,
+        company: Option<&str>,
+        domain: Option<&str>,
+        linkedin: Option<&str>,
+    ) -> PersonQuery {
+        PersonQuery {
+            first_name: Some(first.into()),
+            last_name: Some(last.into()),
+            company_name: company.map(str::to_string),
+            company_domain: domain.map(str::to_string),
+            linkedin_url: linkedin.map(str::to_string),
+        }
+    }
+
+    pub(super) fn values(answer: &ProviderAnswer) -> Vec<&str> {
+        match answer {
+            ProviderAnswer::Found(found) => found.iter().map(|c| c.value.as_str()).collect(),
+            ProviderAnswer::NoMatch => Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -849,6 +1460,18 @@ mod tests {
                 emails.extend(record.work_email.iter().chain(&record.personal_emails));
                 phones.extend(record.mobile_phone.iter().chain(&record.phone_numbers));
             }
+            if let Some(record) = &person.prospeo {
+                emails.extend(&record.email);
+                phones.extend(&record.mobile);
+            }
+            if let Some(record) = &person.fullenrich {
+                emails.extend(record.work_emails.iter().chain(&record.personal_emails));
+                phones.extend(&record.phones);
+            }
+            if let Some(record) = &person.dropcontact {
+                emails.extend(record.emails.iter().map(|e| &e.email));
+                phones.extend(&record.phone);
+            }
             for email in emails {
                 assert!(normalize_email(email).is_some(), "{name}: {email:?}");
             }
@@ -920,10 +1543,13 @@ mod tests {
         let path = std::env::temp_dir().join(format!("known-people-{}.json", std::process::id()));
         std::fs::write(&path, r#"[{"first_name": "Solo", "last_name": "Nobody"}]"#).unwrap();
         let empty = load_fixture(&path).unwrap_err();
-        assert!(
-            empty.contains("neither a hunter nor a pdl record"),
-            "{empty}"
-        );
+        assert!(empty.contains("has no provider record"), "{empty}");
+        std::fs::write(
+            &path,
+            r#"[{"first_name": "Solo", "last_name": "Prospect", "prospeo": {"email": "solo@prospect.example"}}]"#,
+        )
+        .unwrap();
+        assert_eq!(load_fixture(&path).unwrap().len(), 1);
         std::fs::write(&path, r#"{"people": []}"#).unwrap();
         assert!(load_fixture(&path).unwrap_err().contains("not a list"));
         let _ = std::fs::remove_file(&path);
@@ -954,5 +1580,301 @@ mod tests {
         ));
         assert!(meets_required(&data, Some("mobile_phone OR emails")));
         assert!(!meets_required(&data, Some("emails AND mobile_phone")));
+    }
+
+    #[test]
+    fn the_new_providers_each_know_some_fixture_people() {
+        let people = load_fixture(FIXTURE).unwrap();
+        let count = |known: fn(&KnownPerson) -> bool| people.iter().filter(|p| known(p)).count();
+        assert!(count(|p| p.prospeo.is_some()) >= 3);
+        assert!(count(|p| p.fullenrich.is_some()) >= 3);
+        assert!(count(|p| p.dropcontact.is_some()) >= 3);
+        // Otis stays unknown to everyone: the walkthrough's no-match example.
+        assert!(!people.iter().any(|p| p.last_name == "Brandvold"));
+    }
+
+    fn config(json: &str) -> SimulatorConfig {
+        SimulatorConfig::from_json(json).expect("valid configuration")
+    }
+
+    fn all_providers(behavior: &str) -> SimulatorConfig {
+        let entries: Vec<String> = PROVIDERS
+            .iter()
+            .map(|name| format!("\"{name}\": {behavior}"))
+            .collect();
+        config(&format!("{{\"providers\": {{{}}}}}", entries.join(", ")))
+    }
+
+    /// Every adapter against a simulator configured with `config`, asking for Ada Quill.
+    async fn ask_every_provider(
+        config: SimulatorConfig,
+    ) -> Vec<(&'static str, Result<ProviderAnswer, ProviderError>)> {
+        use enrichment::providers::dropcontact::DropcontactProvider;
+        use enrichment::providers::fullenrich::FullEnrichProvider;
+        use enrichment::providers::prospeo::ProspeoProvider;
+
+        let address = super::test_support::start_with(config).await;
+        let fast = Duration::from_millis(5);
+        let base = |name: &str| format!("http://{address}/{name}");
+        let http = reqwest::Client::new();
+        let providers: Vec<Box<dyn Provider>> = vec![
+            Box::new(HunterProvider::new(http.clone(), base("hunter"), "k")),
+            Box::new(PdlProvider::new(http.clone(), base("pdl"), "k")),
+            Box::new(ProspeoProvider::new(http.clone(), base("prospeo"), "k")),
+            Box::new(
+                FullEnrichProvider::new(http.clone(), base("fullenrich"), "k")
+                    .with_poll_interval(fast),
+            ),
+            Box::new(
+                DropcontactProvider::new(http.clone(), base("dropcontact"), "k")
+                    .with_poll_interval(fast),
+            ),
+        ];
+        let ada = query(
+            "Ada",
+            "Quill",
+            Some("Northwind Labs"),
+            Some("northwind.example"),
+            None,
+        );
+        let mut answers = Vec::new();
+        for provider in providers {
+            answers.push((provider.name(), provider.find(Field::Emails, &ada).await));
+        }
+        answers
+    }
+
+    #[tokio::test]
+    async fn every_provider_finds_ada_without_configuration() {
+        for (name, answer) in ask_every_provider(SimulatorConfig::default()).await {
+            assert!(
+                matches!(&answer, Ok(ProviderAnswer::Found(found)) if found[0].value == "ada.quill@northwind.example"),
+                "{name}: {answer:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn error_rate_one_makes_every_call_a_server_error() {
+        for (name, answer) in ask_every_provider(all_providers(r#"{"error_rate": 1.0}"#)).await {
+            assert_eq!(answer, Err(ProviderError::Status(500)), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn miss_rate_one_makes_every_call_the_providers_no_match() {
+        for (name, answer) in ask_every_provider(all_providers(r#"{"miss_rate": 1.0}"#)).await {
+            assert_eq!(answer, Ok(ProviderAnswer::NoMatch), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn rate_limit_rate_one_uses_each_providers_rate_limit_signal() {
+        let answers = ask_every_provider(all_providers(
+            r#"{"rate_limit_rate": 1.0, "retry_after_seconds": 17}"#,
+        ))
+        .await;
+        for (name, answer) in answers {
+            assert_eq!(
+                answer,
+                Err(ProviderError::RateLimited {
+                    retry_after: Some(Duration::from_secs(17))
+                }),
+                "{name}"
+            );
+        }
+    }
+
+    /// Hunter's answers to 100 distinct people under `config`: the indexes of the 5xx ones.
+    async fn hunter_failures_over_100_people(config: SimulatorConfig) -> Vec<usize> {
+        let address = super::test_support::start_with(config).await;
+        let provider = hunter(address, "k");
+        let mut failed = Vec::new();
+        for index in 0..100 {
+            let person = query(
+                "Person",
+                &format!("Number{index}"),
+                None,
+                Some("crowd.example"),
+                None,
+            );
+            match provider.find(Field::Emails, &person).await {
+                Err(ProviderError::Status(500)) => failed.push(index),
+                Ok(ProviderAnswer::NoMatch) => {}
+                other => panic!("#{index}: {other:?}"),
+            }
+        }
+        failed
+    }
+
+    #[tokio::test]
+    async fn half_an_error_rate_fails_about_half_of_100_people_reproducibly() {
+        let half = || config(r#"{"seed": 1, "providers": {"hunter": {"error_rate": 0.5}}}"#);
+        let failed = hunter_failures_over_100_people(half()).await;
+        assert!(
+            (35..=65).contains(&failed.len()),
+            "{} of 100 failed",
+            failed.len()
+        );
+        // The same seed fails the same people; another seed, others.
+        assert_eq!(hunter_failures_over_100_people(half()).await, failed);
+        let other_seed = config(r#"{"seed": 2, "providers": {"hunter": {"error_rate": 0.5}}}"#);
+        assert_ne!(hunter_failures_over_100_people(other_seed).await, failed);
+    }
+
+    #[tokio::test]
+    async fn rates_partition_the_draw() {
+        let mixed = config(
+            r#"{"seed": 9, "providers": {"pdl": {"rate_limit_rate": 0.2, "error_rate": 0.3, "miss_rate": 0.5}}}"#,
+        );
+        let (mut limited, mut failed, mut missed) = (0, 0, 0);
+        for index in 0..400 {
+            match mixed.draw("pdl", &format!("person {index} @ crowd.example")) {
+                Plan::RateLimit { .. } => limited += 1,
+                Plan::Fail => failed += 1,
+                Plan::Miss => missed += 1,
+                Plan::Answer => panic!("the rates add up to 1"),
+            }
+        }
+        assert!((50..=110).contains(&limited), "{limited}");
+        assert!((90..=150).contains(&failed), "{failed}");
+        assert!((160..=240).contains(&missed), "{missed}");
+        // Providers without an entry always answer from the fixture.
+        assert_eq!(mixed.draw("hunter", "anyone"), Plan::Answer);
+    }
+
+    #[tokio::test]
+    async fn latency_delays_every_answer() {
+        let slow = config(r#"{"providers": {"pdl": {"latency_ms": 150}}}"#);
+        let address = super::test_support::start_with(slow).await;
+        let started = std::time::Instant::now();
+        let greta = query("Greta", "Solberg", None, Some("fjordline.example"), None);
+        assert!(matches!(
+            pdl(address, "k").find(Field::Phones, &greta).await,
+            Ok(ProviderAnswer::Found(_))
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[test]
+    fn unit_hash_is_stable_and_spread() {
+        let a = unit_hash(1, "hunter", "ada quill @ northwind.example");
+        assert_eq!(a, unit_hash(1, "hunter", "ada quill @ northwind.example"));
+        assert_ne!(a, unit_hash(2, "hunter", "ada quill @ northwind.example"));
+        assert_ne!(a, unit_hash(1, "pdl", "ada quill @ northwind.example"));
+        let draws: Vec<f64> = (0..10_000)
+            .map(|i| unit_hash(0, "hunter", &format!("person {i}")))
+            .collect();
+        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
+        let below_half = draws.iter().filter(|d| **d < 0.5).count();
+        assert!((4_800..=5_200).contains(&below_half), "{below_half}");
+    }
+
+    #[test]
+    fn person_keys_ignore_writing_and_prefer_the_profile() {
+        let names = ("ada".to_string(), "quill".to_string());
+        assert_eq!(
+            person_key(None, Some(&names), Some("https://www.Northwind.example/")),
+            "ada quill @ northwind.example"
+        );
+        assert_eq!(
+            person_key(
+                Some("https://www.linkedin.com/in/ada-quill-nw/"),
+                Some(&names),
+                None
+            ),
+            "linkedin.com/in/ada-quill-nw"
+        );
+    }
+
+    #[test]
+    fn configurations_are_checked() {
+        let parsed = config(
+            r#"{"seed": 3, "providers": {"prospeo": {"latency_ms": 20, "miss_rate": 0.25, "retry_after_seconds": 5}}}"#,
+        );
+        assert_eq!(parsed.seed, 3);
+        assert_eq!(
+            parsed.providers["prospeo"],
+            ProviderBehavior {
+                latency_ms: 20,
+                miss_rate: 0.25,
+                retry_after_seconds: Some(5),
+                ..ProviderBehavior::default()
+            }
+        );
+        let error = |json: &str| SimulatorConfig::from_json(json).unwrap_err();
+        assert!(error(r#"{"providers": {"clearbit": {}}}"#).contains("unknown provider"));
+        assert!(error(r#"{"providers": {"pdl": {"error_rate": 1.5}}}"#).contains("error_rate"));
+        assert!(error(r#"{"providers": {"pdl": {"miss_rate": -0.1}}}"#).contains("miss_rate"));
+        assert!(
+            error(r#"{"providers": {"pdl": {"miss_rate": 0.6, "error_rate": 0.6}}}"#)
+                .contains("more than 1")
+        );
+        assert!(error(r#"{"providers": {"pdl": {"eror_rate": 0.1}}}"#).contains("eror_rate"));
+
+        let path = std::env::temp_dir().join(format!("simulator-{}.json", std::process::id()));
+        std::fs::write(&path, r#"{"providers": {"hunter": {"error_rate": 0.1}}}"#).unwrap();
+        assert_eq!(
+            load_config(&path).unwrap().providers["hunter"].error_rate,
+            0.1
+        );
+        std::fs::write(&path, r#"{"providers": {"hunter": {"error_rate": 2}}}"#).unwrap();
+        let invalid = load_config(&path).unwrap_err();
+        assert!(invalid.contains(&path.display().to_string()), "{invalid}");
+        let _ = std::fs::remove_file(&path);
+        assert!(load_config("/nonexistent/simulator.json").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_cascade_runs_the_new_providers_against_the_simulator() {
+        use enrichment::providers::cascade::{Cascade, CascadeOutcome};
+
+        let address = start().await;
+        let vars: HashMap<&str, String> = HashMap::from([
+            ("EMAIL_PROVIDERS", "prospeo,dropcontact,hunter".to_string()),
+            ("PHONE_PROVIDERS", "prospeo,fullenrich".to_string()),
+            ("HUNTER_API_KEY", "local".to_string()),
+            ("PROSPEO_API_KEY", "local".to_string()),
+            ("FULLENRICH_API_KEY", "local".to_string()),
+            ("DROPCONTACT_API_KEY", "local".to_string()),
+            ("HUNTER_BASE_URL", format!("http://{address}/hunter")),
+            ("PROSPEO_BASE_URL", format!("http://{address}/prospeo")),
+            (
+                "FULLENRICH_BASE_URL",
+                format!("http://{address}/fullenrich"),
+            ),
+            (
+                "DROPCONTACT_BASE_URL",
+                format!("http://{address}/dropcontact"),
+            ),
+            ("PROVIDER_TIMEOUT_SECONDS", "10".to_string()),
+        ]);
+        let cascade =
+            Cascade::from_vars(reqwest::Client::new(), |name| vars.get(name).cloned()).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+
+        // Prospeo knows Ada: the first provider answers.
+        let ada = query("Ada", "Quill", None, Some("northwind.example"), None);
+        match cascade.run(Field::Emails, &ada, deadline).await {
+            CascadeOutcome::Found { provider, contacts } => {
+                assert_eq!(provider, "prospeo");
+                assert_eq!(contacts[0].value, "ada.quill@northwind.example");
+            }
+            other => panic!("expected Found, got {other:?}"),
+        }
+
+        // Prospeo has no mobile for Bruno; FullEnrich's enrichment finds his UK mobile.
+        let bruno = PersonQuery {
+            linkedin_url: Some("https://www.linkedin.com/in/bruno-okafor-demo".into()),
+            ..PersonQuery::default()
+        };
+        match cascade.run(Field::Phones, &bruno, deadline).await {
+            CascadeOutcome::Found { provider, contacts } => {
+                assert_eq!(provider, "fullenrich");
+                let values: Vec<&str> = contacts.iter().map(|c| c.value.as_str()).collect();
+                assert_eq!(values, vec!["+442079460321"]);
+            }
+            other => panic!("expected Found, got {other:?}"),
+        }
     }
 }

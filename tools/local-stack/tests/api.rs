@@ -755,3 +755,104 @@ async fn a_new_post_makes_one_dynamodb_and_one_sqs_call_a_replay_one_and_get_one
     assert_eq!(dynamodb_calls.take(), ["GetItem", "UpdateItem"]);
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn provider_keys_are_read_from_the_secrets_the_template_names() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+        .region(aws_sdk_secretsmanager::config::Region::new(
+            local_stack::LOCAL_REGION,
+        ))
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            "local", "local", None, None, "test",
+        ))
+        .endpoint_url(&stack.info.sqs_url)
+        .build();
+    let client = aws_sdk_secretsmanager::Client::from_conf(config);
+    let arn = client
+        .create_secret()
+        .name("enrichment/hunter")
+        .secret_string(" hunter-key-123\n")
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    let vars = [
+        ("HUNTER_API_KEY_SECRET_ARN".to_string(), arn.clone()),
+        ("PDL_API_KEY_SECRET_ARN".to_string(), String::new()),
+        ("TABLE_NAME".to_string(), "t".to_string()),
+    ];
+    let keys = enrichment::secrets::resolve_api_keys(&client, vars)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys["HUNTER_API_KEY"], "hunter-key-123");
+
+    let missing = [("PDL_API_KEY_SECRET_ARN".to_string(), format!("{arn}-gone"))];
+    let error = enrichment::secrets::resolve_api_keys(&client, missing)
+        .await
+        .unwrap_err();
+    assert_eq!(error.variable, "PDL_API_KEY_SECRET_ARN");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_step_functions_orchestrator_starts_one_execution_per_enrichment() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    add_person(&stack, ORG, &person).await;
+    stack.store.grant_credits(ORG, 10).await.unwrap();
+    let config = aws_sdk_sfn::Config::builder()
+        .behavior_version(aws_sdk_sfn::config::BehaviorVersion::latest())
+        .region(aws_sdk_sfn::config::Region::new(local_stack::LOCAL_REGION))
+        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
+            "local", "local", None, None, "test",
+        ))
+        .endpoint_url(&stack.info.sqs_url)
+        .build();
+    let sfn = aws_sdk_sfn::Client::from_conf(config);
+    let definition =
+        json!({"StartAt": "Enrich", "States": {"Enrich": {"Type": "Pass", "End": true}}});
+    let arn = sfn
+        .create_state_machine()
+        .name("enrichment-cascade-local")
+        .definition(definition.to_string())
+        .role_arn("arn:aws:iam::123456789012:role/enrichment-cascade")
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn;
+    let queue = enrichment::queue::StepFunctionsJobQueue::new(sfn.clone(), arn.clone());
+    let enrichments = Enrichments::new(stack.store.clone(), stack.config.clone());
+
+    let created = enrichments
+        .trigger(&queue, &principal(ORG), person.id, Field::Emails)
+        .await
+        .unwrap();
+    // A retry of the same job (as after a lost response) does not start a second execution.
+    queue.enqueue(&Job::from(&created)).await.unwrap();
+    let executions = sfn
+        .list_executions()
+        .state_machine_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<_> = executions
+        .executions()
+        .iter()
+        .map(|e| e.name().to_string())
+        .collect();
+    assert_eq!(names, [created.id.to_string()]);
+    let execution = sfn
+        .describe_execution()
+        .execution_arn(executions.executions()[0].execution_arn())
+        .send()
+        .await
+        .unwrap();
+    let input: Job = serde_json::from_str(execution.input().unwrap()).unwrap();
+    assert_eq!(input, Job::from(&created));
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 5);
+    stack.shutdown().await;
+}
