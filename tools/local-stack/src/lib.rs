@@ -27,8 +27,6 @@ use enrichment::auth::Authenticator;
 use enrichment::config::{Config, http_client};
 use enrichment::enrichment::Enrichments;
 use enrichment::providers::cascade::Cascade;
-use enrichment::providers::hunter::HunterProvider;
-use enrichment::providers::pdl::PdlProvider;
 use enrichment::queue::SqsJobQueue;
 use enrichment::store::Store;
 use enrichment::worker::Worker;
@@ -93,6 +91,9 @@ pub struct Options {
     pub moto_server: PathBuf,
     /// The known-people fixture the provider simulator answers from.
     pub fixture: PathBuf,
+    /// The simulator's per-provider latency, misses, errors and rate limits (JSON, see
+    /// [`simulator::SimulatorConfig`]); none: every provider answers from the fixture at once.
+    pub simulator_config: Option<PathBuf>,
 }
 
 impl Options {
@@ -108,6 +109,7 @@ impl Options {
             visibility_timeout: Duration::from_secs(60),
             moto_server: root.join(".local/venv/bin/moto_server"),
             fixture: root.join("tools/local-stack/fixtures/known-people.json"),
+            simulator_config: None,
         }
     }
 }
@@ -306,25 +308,21 @@ pub async fn create_queues(
     Ok((queue_url, dlq_url))
 }
 
-/// The provider cascade of the local stack: Hunter then PDL for emails, PDL for phones, all
-/// pointed at the simulator.
-pub fn simulator_cascade(simulator_url: &str) -> Cascade {
-    let http = http_client();
-    let hunter = Arc::new(HunterProvider::new(
-        http.clone(),
-        format!("{simulator_url}/hunter"),
-        "local",
-    ));
-    let pdl = Arc::new(PdlProvider::new(
-        http,
-        format!("{simulator_url}/pdl"),
-        "local",
-    ));
-    Cascade::new(
-        vec![hunter, pdl.clone()],
-        vec![pdl],
-        Duration::from_secs(20),
-    )
+/// The worker's cascade in the local stack, configured from the environment exactly as in AWS
+/// (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`, `PROVIDER_TIMEOUT_SECONDS`...; see
+/// [`Cascade::from_vars`]), except that every provider's base URL is the simulator's
+/// (`{simulator}/hunter`, `{simulator}/pdl`...) and its API key a dummy.
+pub fn simulator_cascade(simulator_url: &str) -> Result<Cascade, String> {
+    Cascade::from_vars(http_client(), |name| {
+        if let Some(provider) = name.strip_suffix("_BASE_URL") {
+            return Some(format!("{simulator_url}/{}", provider.to_lowercase()));
+        }
+        if name.ends_with("_API_KEY") {
+            return Some("local".into());
+        }
+        std::env::var(name).ok()
+    })
+    .map_err(|e| e.to_string())
 }
 
 impl Stack {
@@ -365,11 +363,15 @@ impl Stack {
 
         // Provider simulator.
         let people = simulator::load_fixture(&options.fixture)?;
+        let simulator_config = match &options.simulator_config {
+            Some(path) => simulator::load_config(path)?,
+            None => simulator::SimulatorConfig::default(),
+        };
         let (listener, addr) = loopback_listener(0).await?;
         let simulator_url = format!("http://{addr}");
         let signal = stopped(shutdown_rx.clone());
         tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(listener, simulator::router(people))
+            let _ = axum::serve(listener, simulator::router_with(people, simulator_config))
                 .with_graceful_shutdown(signal)
                 .await;
         }));
@@ -410,7 +412,7 @@ impl Stack {
         if options.local_worker {
             let worker = Worker::new(
                 store.clone(),
-                simulator_cascade(&simulator_url),
+                simulator_cascade(&simulator_url)?,
                 config.clone(),
             );
             let poller = poller::Poller {

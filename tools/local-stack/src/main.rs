@@ -1,6 +1,8 @@
 //! `local-stack`: starts the whole backend on loopback (see the crate docs) and stops it on
 //! Ctrl-C. Environment: `PORT` (3000), `ENRICHMENT_MAX_AGE_SECONDS` (800), `LOCAL_WORKER`
-//! (`off` leaves jobs queued), `LOCAL_STATE_DIR` (`.local`).
+//! (`off` leaves jobs queued), `LOCAL_STATE_DIR` (`.local`), `SIMULATOR_CONFIG` (a JSON file of
+//! per-provider latency and failure rates), and the worker's cascade settings
+//! (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`, `PROVIDER_TIMEOUT_SECONDS`...).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +29,11 @@ async fn run() -> Result<(), String> {
         std::env::var("LOCAL_WORKER").as_deref(),
         Ok("off" | "0" | "false")
     );
+    if let Ok(path) = std::env::var("SIMULATOR_CONFIG")
+        && !path.trim().is_empty()
+    {
+        options.simulator_config = Some(PathBuf::from(path));
+    }
     if let Ok(dir) = std::env::var("LOCAL_STATE_DIR") {
         options.state_dir = PathBuf::from(dir);
     }
