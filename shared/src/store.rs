@@ -17,8 +17,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConditionCheck, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
     TransactWriteItem, Update,
@@ -55,6 +57,23 @@ where
     move |e| StoreError::Dynamo {
         operation,
         message: DisplayErrorContext(&e).to_string(),
+    }
+}
+
+/// Sorts a conditional `UpdateItem`'s result: `Ok(Ok(output))` when it was applied, `Ok(Err(item))`
+/// when its condition failed, with the item as it is when the call asked for it
+/// (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), and `Err` for any other failure.
+fn conditional_update(
+    result: Result<UpdateItemOutput, SdkError<UpdateItemError, HttpResponse>>,
+) -> Result<Result<UpdateItemOutput, Option<Item>>, StoreError> {
+    match result {
+        Ok(output) => Ok(Ok(output)),
+        Err(e) => match e.as_service_error() {
+            Some(UpdateItemError::ConditionalCheckFailedException(failed)) => {
+                Ok(Err(failed.item().cloned()))
+            }
+            _ => Err(dynamo_error("UpdateItem")(e)),
+        },
     }
 }
 
@@ -515,17 +534,10 @@ impl Store {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match result {
+        match conditional_update(result)? {
             Ok(output) => enrichment_from_item(output.attributes.unwrap_or_default()),
-            Err(e) => match e.as_service_error() {
-                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
-                    failed,
-                )) => match failed.item() {
-                    Some(item) => enrichment_from_item(item.clone()),
-                    None => Err(StoreError::Shape("the enrichment disappeared".into())),
-                },
-                _ => Err(dynamo_error("UpdateItem")(e)),
-            },
+            Err(Some(current)) => enrichment_from_item(current),
+            Err(None) => Err(StoreError::Shape("the enrichment disappeared".into())),
         }
     }
 
@@ -563,7 +575,7 @@ impl Store {
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        match result {
+        match conditional_update(result)? {
             Ok(output) => {
                 let item: EnrichmentItem =
                     serde_dynamo::from_item(output.attributes.unwrap_or_default())
@@ -573,8 +585,7 @@ impl Store {
                     providers_answered: item.providers_answered,
                 }))
             }
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(None),
-            Err(e) => Err(dynamo_error("UpdateItem")(e)),
+            Err(_) => Ok(None),
         }
     }
 
@@ -599,11 +610,9 @@ impl Store {
             .expression_attribute_values(":token", s(token))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
-            Err(e) => Err(dynamo_error("UpdateItem")(e)),
-        }
+        // A claim or lease already taken over by another owner is theirs to keep.
+        let _not_ours = conditional_update(result)?;
+        Ok(())
     }
 
     /// Records on a claimed enrichment that `provider` answered "no match", so that a redelivery
@@ -632,11 +641,7 @@ impl Store {
             .expression_attribute_values(":token", s(token))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
-            Err(e) => Err(dynamo_error("UpdateItem")(e)),
-        }
+        Ok(conditional_update(result)?.is_ok())
     }
 
     /// Single flight across orgs: takes the lease on the global cache item of (fingerprint,
@@ -670,19 +675,14 @@ impl Store {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match result {
+        match conditional_update(result)? {
             Ok(_) => Ok(CacheLease::Acquired),
-            Err(e) => match e.as_service_error() {
-                Some(
-                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
-                        failed,
-                    ),
-                ) => match failed.item().cloned().map(|item| cache_entry(item, now_unix)) {
-                    Some(Ok(Some(entry))) => Ok(CacheLease::Cached(Box::new(entry))),
-                    Some(Err(e)) => Err(e),
-                    _ => Ok(CacheLease::Busy),
-                },
-                _ => Err(dynamo_error("UpdateItem")(e)),
+            Err(current) => match current
+                .map(|item| cache_entry(item, now_unix))
+                .transpose()?
+            {
+                Some(Some(entry)) => Ok(CacheLease::Cached(Box::new(entry))),
+                _ => Ok(CacheLease::Busy),
             },
         }
     }
@@ -707,11 +707,9 @@ impl Store {
             .expression_attribute_values(":owner", s(owner))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
-            Err(e) => Err(dynamo_error("UpdateItem")(e)),
-        }
+        // A claim or lease already taken over by another owner is theirs to keep.
+        let _not_ours = conditional_update(result)?;
+        Ok(())
     }
 
     /// Writes a worker's outcome in one `TransactWriteItems`: the enrichment (on condition it is
