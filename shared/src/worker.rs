@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::domain::{Enrichment, Person, Status, timestamp};
 use crate::providers::PersonQuery;
 use crate::providers::cascade::{Cascade, CascadeJournal, CascadeOutcome};
-use crate::queue::Job;
+use crate::queue::{Job, RetryBackoff};
 use crate::store::{CacheEntry, CacheLease, Claimed, Completion, Store, StoreError};
 
 /// Time kept back from the Lambda deadline for writing the outcome after the cascade.
@@ -159,6 +159,7 @@ pub struct Worker {
     store: Store,
     cascade: Cascade,
     config: Config,
+    backoff: Option<RetryBackoff>,
 }
 
 impl Worker {
@@ -168,7 +169,15 @@ impl Worker {
             store,
             cascade,
             config,
+            backoff: None,
         }
+    }
+
+    /// The same worker, bringing failed SQS records back after a growing delay instead of the
+    /// queue's visibility timeout.
+    pub fn with_retry_backoff(mut self, backoff: RetryBackoff) -> Self {
+        self.backoff = Some(backoff);
+        self
     }
 
     /// Runs one job before `deadline` (the Lambda's): claims it, serves it from the global cache
@@ -415,6 +424,14 @@ impl Worker {
             };
             if let Err(e) = result {
                 tracing::error!(message_id = %message_id, error = %e, "job failed; it will be retried");
+                if let (Some(backoff), Some(receipt)) = (&self.backoff, &record.receipt_handle) {
+                    let receives = record
+                        .attributes
+                        .get("ApproximateReceiveCount")
+                        .and_then(|count| count.parse().ok())
+                        .unwrap_or(1);
+                    backoff.defer(receipt, receives).await;
+                }
                 response.add_failure(message_id);
             }
         }

@@ -5,6 +5,7 @@
 
 use enrichment::config::{Config, aws_sdk_config, http_client, init_tracing};
 use enrichment::providers::cascade::Cascade;
+use enrichment::queue::RetryBackoff;
 use enrichment::secrets::{SecretsClient, resolve_api_keys};
 use enrichment::store::Store;
 use enrichment::worker::{Worker, WorkerEvent, deadline_from_epoch_millis};
@@ -20,7 +21,10 @@ async fn main() -> Result<(), Error> {
     let cascade = Cascade::from_vars(http_client(), |name| {
         keys.get(name).cloned().or_else(|| std::env::var(name).ok())
     })?;
-    let worker = Worker::new(Store::from_sdk(&sdk, &config.table_name), cascade, config);
+    let mut worker = Worker::new(Store::from_sdk(&sdk, &config.table_name), cascade, config);
+    if let Ok(queue_url) = std::env::var("QUEUE_URL") {
+        worker = worker.with_retry_backoff(RetryBackoff::from_sdk(&sdk, queue_url));
+    }
     let worker = &worker;
     run(service_fn(
         move |event: LambdaEvent<WorkerEvent>| async move {

@@ -27,7 +27,7 @@ use enrichment::auth::Authenticator;
 use enrichment::config::{Config, http_client};
 use enrichment::enrichment::Enrichments;
 use enrichment::providers::cascade::Cascade;
-use enrichment::queue::SqsJobQueue;
+use enrichment::queue::{RetryBackoff, SqsJobQueue};
 use enrichment::store::Store;
 use enrichment::worker::Worker;
 use serde::{Deserialize, Serialize};
@@ -414,7 +414,12 @@ impl Stack {
                 store.clone(),
                 simulator_cascade(&simulator_url)?,
                 config.clone(),
-            );
+            )
+            .with_retry_backoff(RetryBackoff::new(
+                sqs.clone(),
+                queue_url.clone(),
+                Duration::from_secs(2),
+            ));
             let poller = poller::Poller {
                 sqs: sqs.clone(),
                 queue_url: queue_url.clone(),

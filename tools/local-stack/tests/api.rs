@@ -856,3 +856,68 @@ async fn the_step_functions_orchestrator_starts_one_execution_per_enrichment() {
     assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 5);
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failed_record_comes_back_after_the_backoff_not_the_visibility_timeout() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let queue = &stack.info.queue_url;
+    stack
+        .sqs
+        .send_message()
+        .queue_url(queue)
+        .message_body("not a job")
+        .send()
+        .await
+        .unwrap();
+    let receive = || async {
+        stack
+            .sqs
+            .receive_message()
+            .queue_url(queue)
+            .visibility_timeout(60)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount,
+            )
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default()
+    };
+    let received = receive().await;
+    assert_eq!(received.len(), 1);
+    let mut record = aws_lambda_events::sqs::SqsMessage::default();
+    record.message_id = received[0].message_id.clone();
+    record.receipt_handle = received[0].receipt_handle.clone();
+    record.body = received[0].body.clone();
+    record
+        .attributes
+        .insert("ApproximateReceiveCount".into(), "1".into());
+
+    let backoff = enrichment::queue::RetryBackoff::new(
+        stack.sqs.clone(),
+        queue.clone(),
+        Duration::from_secs(1),
+    );
+    let worker = worker_with(&stack, vec![], stack.config.clone()).with_retry_backoff(backoff);
+    let response = worker.run_batch(&[record], soon()).await;
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(
+        response.batch_item_failures[0].item_identifier,
+        received[0].message_id.clone().unwrap()
+    );
+
+    assert!(
+        receive().await.is_empty(),
+        "visible again before the backoff"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let again = receive().await;
+    assert_eq!(
+        again.len(),
+        1,
+        "not back after the 1 s backoff (the visibility timeout was 60 s)"
+    );
+    assert_eq!(again[0].message_id, received[0].message_id);
+    stack.shutdown().await;
+}
