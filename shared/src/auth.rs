@@ -149,9 +149,11 @@ impl Authenticator {
         validation.leeway = leeway;
         validation.validate_nbf = true;
         validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
         if let Some(issuer) = issuer {
             validation.set_issuer(&[issuer]);
+            validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        } else {
+            validation.set_required_spec_claims(&["exp", "sub"]);
         }
         Self {
             keys,
@@ -176,10 +178,11 @@ impl Authenticator {
     /// active organization.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
         let header = authorization.ok_or_else(|| unauthorized("Missing Authorization header"))?;
+        // The scheme is case-insensitive (RFC 9110, section 11.1).
         let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| unauthorized("Authorization header must be 'Bearer <token>'"))?;
         let jwt_header =
@@ -195,6 +198,9 @@ impl Authenticator {
                 ErrorKind::InvalidIssuer => "Token issuer is not allowed",
                 ErrorKind::InvalidSignature => "Token signature is invalid",
                 ErrorKind::MissingRequiredClaim(claim) if claim == "sub" => "Token has no subject",
+                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
+                    "Token issuer is not allowed"
+                }
                 ErrorKind::InvalidAlgorithm => "Unsupported token algorithm",
                 _ => "Malformed token",
             })
@@ -214,6 +220,14 @@ impl Authenticator {
             .or_else(|| claims.o.and_then(|o| o.id))
             .filter(|o| !o.is_empty())
             .ok_or_else(|| unauthorized("Token has no active organization"))?;
+        if !is_clerk_id(&user_id) {
+            return Err(unauthorized("Token subject is not a valid user id"));
+        }
+        if !is_clerk_id(&org_id) {
+            return Err(unauthorized(
+                "Token organization is not a valid organization id",
+            ));
+        }
         Ok(Principal { user_id, org_id })
     }
 
@@ -251,6 +265,15 @@ impl Authenticator {
             .cloned()
             .ok_or_else(|| unauthorized("Token signing key is unknown"))
     }
+}
+
+/// Whether `id` has the shape of a Clerk id (`user_2abc...`, `org_2abc...`): 1 to 128 ASCII
+/// letters, digits, `_` or `-`. Ids end up in DynamoDB keys, which must stay short.
+pub fn is_clerk_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Fetches a JWKS document and keeps its RSA signing keys by `kid`.
@@ -474,6 +497,38 @@ mod tests {
                 Some(bearer(sign(0, "a", &with(claims(), "org_id", Value::Null)))),
                 "Token has no active organization",
             ),
+            (
+                "no issuer",
+                Some(bearer(sign(0, "a", &with(claims(), "iss", Value::Null)))),
+                "Token issuer is not allowed",
+            ),
+            (
+                "oversized organization",
+                Some(bearer(sign(
+                    0,
+                    "a",
+                    &with(claims(), "org_id", json!("o".repeat(20_000))),
+                ))),
+                "not a valid organization id",
+            ),
+            (
+                "organization with a key separator",
+                Some(bearer(sign(
+                    0,
+                    "a",
+                    &with(claims(), "org_id", json!("org_1#PERSON")),
+                ))),
+                "not a valid organization id",
+            ),
+            (
+                "odd subject",
+                Some(bearer(sign(
+                    0,
+                    "a",
+                    &with(claims(), "sub", json!("user 1")),
+                ))),
+                "not a valid user id",
+            ),
         ];
         for (case, header, expected) in cases {
             let error = message(&auth, header.as_deref()).await.expect_err(case);
@@ -510,6 +565,10 @@ mod tests {
         );
         let no_azp = sign(0, "a", &with(claims(), "azp", Value::Null));
         let just_expired = sign(0, "a", &with(claims(), "exp", json!(now() - 2)));
+        for scheme in ["bearer", "BEARER"] {
+            let header = format!("{scheme} {v1}");
+            assert_eq!(auth.authenticate(Some(&header)).await, Ok(expected.clone()));
+        }
         for token in [v1, v2, no_azp, just_expired] {
             assert_eq!(
                 auth.authenticate(Some(&format!("Bearer {token}"))).await,

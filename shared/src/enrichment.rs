@@ -85,12 +85,17 @@ impl Enrichments {
             credit_transaction_id: Some(Uuid::new_v4()),
         };
         let cost = self.config.cost(field);
-        let outcome = self
-            .store
-            .create_enrichment(&enrichment, cost, &stale_before(now, self.config.max_age))
-            .await?;
+        let mut outcome = self.store.create_enrichment(&enrichment, cost).await?;
+        if let CreateOutcome::Existing(existing) = &outcome
+            && self.is_stale(&existing.enrichment, now)
+        {
+            // A stale pending enrichment counts as timed out on POST as on GET: time it out
+            // (refunding it) through the one rule, then create the new one.
+            self.store.mark_timeout(existing, &timestamp(now)).await?;
+            outcome = self.store.create_enrichment(&enrichment, cost).await?;
+        }
         match outcome {
-            CreateOutcome::Existing(existing) => Ok(*existing),
+            CreateOutcome::Existing(existing) => Ok(existing.enrichment),
             CreateOutcome::PersonNotFound => Err(ApiError::NotFound("Person not found".into())),
             CreateOutcome::InsufficientCredits => Err(ApiError::InsufficientCredits {
                 operation_type: field.operation_type(),
@@ -141,7 +146,8 @@ impl Enrichments {
     /// GET: the current enrichment of (org, person, field), read consistently. A `pending` one
     /// older than the maximum age is marked `timeout` first (spec, "Timeout Handling").
     ///
-    /// DynamoDB calls: one `GetItem`; one more `UpdateItem` when it marks a timeout.
+    /// DynamoDB calls: one `GetItem`; one more `TransactWriteItems` (timeout and refund) when it
+    /// marks a timeout.
     ///
     /// Errors: 404 `Enrichment not found` (also for another org's enrichment), 500 on store
     /// failure.
@@ -151,20 +157,22 @@ impl Enrichments {
         person_id: Uuid,
         field: Field,
     ) -> Result<Enrichment, ApiError> {
-        let enrichment = self
+        let record = self
             .store
             .get_enrichment(&principal.org_id, person_id, field)
             .await?
             .ok_or_else(|| ApiError::NotFound("Enrichment not found".into()))?;
         let now = Utc::now();
-        if enrichment.status == Status::Pending
-            && enrichment.created_at < stale_before(now, self.config.max_age)
-        {
-            return Ok(self
-                .store
-                .mark_timeout(&enrichment, &timestamp(now))
-                .await?);
+        if self.is_stale(&record.enrichment, now) {
+            return Ok(self.store.mark_timeout(&record, &timestamp(now)).await?);
         }
-        Ok(enrichment)
+        Ok(record.enrichment)
+    }
+
+    /// Whether `enrichment` is `pending` and older than the maximum age (spec, "Timeout
+    /// Handling").
+    fn is_stale(&self, enrichment: &Enrichment, now: DateTime<Utc>) -> bool {
+        enrichment.status == Status::Pending
+            && enrichment.created_at < stale_before(now, self.config.max_age)
     }
 }

@@ -13,22 +13,32 @@ use crate::enrichment::Enrichments;
 use crate::error::{ApiError, FIELD_MESSAGE};
 use crate::queue::JobQueue;
 
+/// The message of a missing or invalid `personId`.
+pub const PERSON_ID_MESSAGE: &str = "personId path parameter is required and must be a UUID";
+
 /// The route both functions serve: `/api/v1/operations/enrichment/{personId}`.
 pub const ROUTE: &str = "/api/v1/operations/enrichment/{personId}";
 
 /// The validated inputs of a request: the `personId` path parameter and `field` query
 /// parameter (spec, "Path Parameters" and "Query Parameters").
 fn parse(req: &Request) -> Result<(Uuid, Field), ApiError> {
+    // Only the canonical hyphenated form (`550e8400-e29b-41d4-a716-446655440000`, either case)
+    // is a personId: the braced, URN and simple forms `Uuid::parse_str` also takes are not.
     let person_id = req
         .path_parameters_ref()
         .and_then(|p| p.first("personId"))
-        .and_then(|id| Uuid::parse_str(id).ok())
-        .ok_or_else(|| ApiError::Validation("personId path parameter must be a UUID".into()))?;
-    let field = req
+        .filter(|id| id.len() == 36)
+        .and_then(|id| Uuid::try_parse(id).ok())
+        .ok_or_else(|| ApiError::Validation(PERSON_ID_MESSAGE.into()))?;
+    // Exactly one `field`: a repeated one is ambiguous.
+    let field = match req
         .query_string_parameters_ref()
-        .and_then(|q| q.first("field"))
-        .and_then(|f| f.parse::<Field>().ok())
-        .ok_or_else(|| ApiError::Validation(FIELD_MESSAGE.into()))?;
+        .and_then(|q| q.all("field"))
+    {
+        Some(values) if values.len() == 1 => values[0].parse::<Field>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| ApiError::Validation(FIELD_MESSAGE.into()))?;
     Ok((person_id, field))
 }
 
@@ -110,20 +120,36 @@ async fn accept(
 /// Builds the lambda_http request an API Gateway HTTP API would hand the function for
 /// `method` on `/api/v1/operations/enrichment/{person_id}?{query}`: the local gateway and the
 /// tests use it, so that they go through exactly the same parsing as the deployed functions.
+///
+/// `person_id` is the decoded path segment, whatever it holds (a space, `<`, a newline, NUL...):
+/// it is percent-encoded into the URI and passed as is in the `personId` path parameter, so the
+/// handler authenticates the request and then rejects a bad id with its 400.
+///
+/// Errors: the request cannot be built (an `authorization` value that is no header value), as
+/// the error the client gets.
 pub fn api_request(
     method: Method,
     person_id: &str,
     query: &[(String, String)],
     authorization: Option<&str>,
-) -> Request {
-    let uri = format!("/api/v1/operations/enrichment/{person_id}");
+) -> Result<Request, ApiError> {
+    let mut url = url::Url::parse("http://localhost/api/v1/operations/enrichment")
+        .map_err(|e| ApiError::Internal(format!("route URL: {e}")))?;
+    url.path_segments_mut()
+        .map_err(|()| ApiError::Internal("the route URL has no path".into()))?
+        .push(person_id);
     let mut builder = lambda_http::http::Request::builder()
         .method(method)
-        .uri(uri);
+        .uri(url.path());
     if let Some(value) = authorization {
+        let value = header::HeaderValue::from_str(value).map_err(|_| {
+            ApiError::Unauthorized("Authorization header must be 'Bearer <token>'".into())
+        })?;
         builder = builder.header(header::AUTHORIZATION, value);
     }
-    let request: Request = builder.body(Body::Empty).unwrap_or_default();
+    let request: Request = builder
+        .body(Body::Empty)
+        .map_err(|e| ApiError::Internal(format!("cannot build the API request: {e}")))?;
     let mut query_map: HashMap<String, Vec<String>> = HashMap::new();
     for (key, value) in query {
         query_map
@@ -131,10 +157,10 @@ pub fn api_request(
             .or_default()
             .push(value.clone());
     }
-    request
+    Ok(request
         .with_path_parameters(HashMap::from([(
             "personId".to_string(),
             person_id.to_string(),
         )]))
-        .with_query_string_parameters(query_map)
+        .with_query_string_parameters(query_map))
 }

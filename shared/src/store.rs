@@ -125,6 +125,8 @@ struct EnrichmentItem {
     claimed_at: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     providers_answered: Vec<String>,
+    #[serde(default)]
+    credits_charged: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -183,20 +185,23 @@ fn cache_key(fingerprint: &str, field: Field) -> (String, String) {
 pub enum CreateOutcome {
     /// The enrichment, the debit and the credit transaction were written.
     Created,
-    /// A `pending` (not stale) or `finished` enrichment exists: nothing was written.
-    Existing(Box<Enrichment>),
+    /// A `pending` or `finished` enrichment exists (returned as it is; a stale `pending` one is
+    /// for the caller to time out): nothing was written.
+    Existing(Box<EnrichmentRecord>),
     /// The person does not exist in the org: nothing was written.
     PersonNotFound,
     /// The balance does not cover the cost: nothing was written.
     InsufficientCredits,
 }
 
-/// A job claimed by one worker.
+/// An enrichment as stored: the API object and what the API does not show.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Claimed {
-    /// The enrichment, `pending`.
+pub struct EnrichmentRecord {
+    /// The API object.
     pub enrichment: Enrichment,
-    /// Providers that answered "no match" in earlier attempts of this job.
+    /// Credits its creation took; given back if it ends `failed` or `timeout`.
+    pub credits_charged: i64,
+    /// Providers that answered "no match" in earlier attempts of its job.
     pub providers_answered: Vec<String>,
 }
 
@@ -262,8 +267,8 @@ impl Store {
     }
 
     /// Creates `enrichment` (status `pending`) and charges `cost` credits in ONE
-    /// `TransactWriteItems`: (0) put the enrichment unless a `pending` one created at or after
-    /// `stale_before` or a `finished` one exists, returning the old item on conflict (`ALL_OLD`),
+    /// `TransactWriteItems`: (0) put the enrichment unless a `pending` or `finished` one exists,
+    /// returning the old item on conflict (`ALL_OLD`),
     /// (1) check the person exists, (2) decrement the org's balance on condition it covers `cost`,
     /// (3) write the credit transaction `enrichment.credit_transaction_id`.
     ///
@@ -272,7 +277,6 @@ impl Store {
         &self,
         enrichment: &Enrichment,
         cost: i64,
-        stale_before: &str,
     ) -> Result<CreateOutcome, StoreError> {
         let pk = org_pk(&enrichment.org_id);
         let tx_id = enrichment.credit_transaction_id.ok_or_else(|| {
@@ -285,21 +289,19 @@ impl Store {
             claim_token: None,
             claimed_at: None,
             providers_answered: Vec::new(),
+            credits_charged: cost,
         })
         .map_err(shape_error)?;
         let put_enrichment = Put::builder()
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression(
-                "attribute_not_exists(pk) OR #status IN (:failed, :timeout, :cancelled) \
-                 OR (#status = :pending AND createdAt < :staleBefore)",
+                "attribute_not_exists(pk) OR #status IN (:failed, :timeout, :cancelled)",
             )
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":failed", s(Status::Failed.as_str()))
             .expression_attribute_values(":timeout", s(Status::Timeout.as_str()))
             .expression_attribute_values(":cancelled", s(Status::Cancelled.as_str()))
-            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
-            .expression_attribute_values(":staleBefore", s(stale_before))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .map_err(build_error)?;
@@ -342,18 +344,13 @@ impl Store {
                     let old = reasons[0].item.clone().ok_or_else(|| {
                         StoreError::Shape("conflict without the old enrichment".into())
                     })?;
-                    Ok(CreateOutcome::Existing(Box::new(enrichment_from_item(
-                        old,
-                    )?)))
+                    Ok(CreateOutcome::Existing(Box::new(record_from_item(old)?)))
                 } else if failed(1) {
                     Ok(CreateOutcome::PersonNotFound)
                 } else if failed(2) {
                     Ok(CreateOutcome::InsufficientCredits)
                 } else {
-                    Err(StoreError::Dynamo {
-                        operation: "TransactWriteItems",
-                        message: format!("cancelled for another reason: {reasons:?}"),
-                    })
+                    Err(cancelled("enrichment creation", &reasons))
                 }
             }
         }
@@ -396,7 +393,6 @@ impl Store {
         error: &str,
         now: &str,
     ) -> Result<Enrichment, StoreError> {
-        let pk = org_pk(&enrichment.org_id);
         let fail = Update::builder()
             .table_name(&self.table)
             .set_key(Some(Self::enrichment_key(
@@ -415,26 +411,10 @@ impl Store {
             .expression_attribute_values(":id", s(enrichment.id.to_string()))
             .build()
             .map_err(build_error)?;
-        let refund = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .key("sk", s(CREDITS_SK))
-            .update_expression("SET balance = balance + :cost")
-            .expression_attribute_values(":cost", n(cost))
-            .build()
-            .map_err(build_error)?;
-        let transaction =
-            self.credit_transaction(Uuid::new_v4(), OperationType::Refund, cost, enrichment, now)?;
-        let items = vec![
-            TransactWriteItem::builder().update(fail).build(),
-            TransactWriteItem::builder().update(refund).build(),
-            TransactWriteItem::builder().put(transaction).build(),
-        ];
+        let mut items = vec![TransactWriteItem::builder().update(fail).build()];
+        items.extend(self.refund_items(enrichment, cost, now)?);
         if let Some(reasons) = self.transact(items).await? {
-            return Err(StoreError::Dynamo {
-                operation: "TransactWriteItems",
-                message: format!("refund cancelled: {reasons:?}"),
-            });
+            return Err(cancelled("refund", &reasons));
         }
         Ok(Enrichment {
             status: Status::Failed,
@@ -442,6 +422,38 @@ impl Store {
             updated_at: now.to_string(),
             ..enrichment.clone()
         })
+    }
+
+    /// The two items that give `amount` credits of `enrichment` back: the balance increment and
+    /// its `refund` credit transaction. None when nothing was charged.
+    fn refund_items(
+        &self,
+        enrichment: &Enrichment,
+        amount: i64,
+        now: &str,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        if amount <= 0 {
+            return Ok(Vec::new());
+        }
+        let refund = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(&enrichment.org_id)))
+            .key("sk", s(CREDITS_SK))
+            .update_expression("SET balance = balance + :amount")
+            .expression_attribute_values(":amount", n(amount))
+            .build()
+            .map_err(build_error)?;
+        let transaction = self.credit_transaction(
+            Uuid::new_v4(),
+            OperationType::Refund,
+            amount,
+            enrichment,
+            now,
+        )?;
+        Ok(vec![
+            TransactWriteItem::builder().update(refund).build(),
+            TransactWriteItem::builder().put(transaction).build(),
+        ])
     }
 
     /// Runs a transaction, trying again while it is cancelled only by `TransactionConflict`.
@@ -470,6 +482,10 @@ impl Store {
                     .map(|r| Reason {
                         failed: r.code() == Some("ConditionalCheckFailed"),
                         conflict: r.code() == Some("TransactionConflict"),
+                        detail: r
+                            .code()
+                            .filter(|code| *code != "None")
+                            .map(|code| format!("{code}: {}", r.message().unwrap_or_default())),
                         item: r.item().cloned(),
                     })
                     .collect::<Vec<_>>(),
@@ -491,7 +507,7 @@ impl Store {
         org_id: &str,
         person_id: Uuid,
         field: Field,
-    ) -> Result<Option<Enrichment>, StoreError> {
+    ) -> Result<Option<EnrichmentRecord>, StoreError> {
         let output = self
             .client
             .get_item()
@@ -501,27 +517,30 @@ impl Store {
             .send()
             .await
             .map_err(dynamo_error("GetItem"))?;
-        output.item.map(enrichment_from_item).transpose()
+        output.item.map(record_from_item).transpose()
     }
 
-    /// Marks a `pending` enrichment `timeout` (spec, "Timeout Handling") with one conditional
-    /// `UpdateItem`. If it is no longer pending (a worker just finished it), returns it as it now
-    /// is, from the same call (`ReturnValuesOnConditionCheckFailure = ALL_OLD`).
+    /// Marks a `pending` enrichment `timeout` (spec, "Timeout Handling") and gives its credits
+    /// back (a `refund` credit transaction), in one `TransactWriteItems`. If it is no longer
+    /// pending (a worker just finished it), nothing is written and it comes back as it now is,
+    /// from the same call (`ReturnValuesOnConditionCheckFailure = ALL_OLD`).
     pub async fn mark_timeout(
         &self,
-        enrichment: &Enrichment,
+        record: &EnrichmentRecord,
         now: &str,
     ) -> Result<Enrichment, StoreError> {
-        let result = self
-            .client
-            .update_item()
+        let enrichment = &record.enrichment;
+        let timeout = Update::builder()
             .table_name(&self.table)
             .set_key(Some(Self::enrichment_key(
                 &enrichment.org_id,
                 enrichment.entity_id,
                 enrichment.field,
             )))
-            .update_expression("SET #status = :timeout, #error = :error, updatedAt = :now")
+            .update_expression(
+                "SET #status = :timeout, #error = :error, updatedAt = :now \
+                 REMOVE claimToken, claimedAt, providersAnswered",
+            )
             .condition_expression("id = :id AND #status = :pending")
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#error", "error")
@@ -530,14 +549,25 @@ impl Store {
             .expression_attribute_values(":error", s(TIMEOUT_MESSAGE))
             .expression_attribute_values(":now", s(now))
             .expression_attribute_values(":id", s(enrichment.id.to_string()))
-            .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match conditional_update(result)? {
-            Ok(output) => enrichment_from_item(output.attributes.unwrap_or_default()),
-            Err(Some(current)) => enrichment_from_item(current),
-            Err(None) => Err(StoreError::Shape("the enrichment disappeared".into())),
+            .build()
+            .map_err(build_error)?;
+        let mut items = vec![TransactWriteItem::builder().update(timeout).build()];
+        items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
+        match self.transact(items).await? {
+            None => Ok(Enrichment {
+                status: Status::Timeout,
+                error: Some(TIMEOUT_MESSAGE.into()),
+                updated_at: now.to_string(),
+                ..enrichment.clone()
+            }),
+            Some(mut reasons) if reasons.first().is_some_and(|r| r.failed) => {
+                match reasons.swap_remove(0).item {
+                    Some(current) => enrichment_from_item(current),
+                    None => Err(StoreError::Shape("the enrichment disappeared".into())),
+                }
+            }
+            Some(reasons) => Err(cancelled("timeout", &reasons)),
         }
     }
 
@@ -551,7 +581,7 @@ impl Store {
         token: &str,
         now: &str,
         lease_cutoff: &str,
-    ) -> Result<Option<Claimed>, StoreError> {
+    ) -> Result<Option<EnrichmentRecord>, StoreError> {
         let result = self
             .client
             .update_item()
@@ -576,15 +606,9 @@ impl Store {
             .send()
             .await;
         match conditional_update(result)? {
-            Ok(output) => {
-                let item: EnrichmentItem =
-                    serde_dynamo::from_item(output.attributes.unwrap_or_default())
-                        .map_err(shape_error)?;
-                Ok(Some(Claimed {
-                    enrichment: item.enrichment,
-                    providers_answered: item.providers_answered,
-                }))
-            }
+            Ok(output) => Ok(Some(record_from_item(
+                output.attributes.unwrap_or_default(),
+            )?)),
             Err(_) => Ok(None),
         }
     }
@@ -714,15 +738,17 @@ impl Store {
 
     /// Writes a worker's outcome in one `TransactWriteItems`: the enrichment (on condition it is
     /// still `pending` and claimed by `token`), the person's merged contacts and the new global
-    /// cache entry. Returns `false` when the claim was lost (the enrichment timed out or was
-    /// replaced meanwhile): nothing is written then.
+    /// cache entry; an enrichment that ends `failed` gives its credits back in the same
+    /// transaction (a `refund` credit transaction). Returns `false` when the claim was lost (the
+    /// enrichment timed out or was replaced meanwhile): nothing is written then.
     pub async fn complete(
         &self,
-        enrichment: &Enrichment,
+        record: &EnrichmentRecord,
         token: &str,
         completion: &Completion,
         now: &str,
     ) -> Result<bool, StoreError> {
+        let enrichment = &record.enrichment;
         let mut update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(Self::enrichment_key(
@@ -798,13 +824,13 @@ impl Store {
                 .map_err(build_error)?;
             items.push(TransactWriteItem::builder().put(put).build());
         }
+        if completion.status == Status::Failed {
+            items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
+        }
         match self.transact(items).await? {
             None => Ok(true),
             Some(reasons) if reasons.first().is_some_and(|r| r.failed) => Ok(false),
-            Some(reasons) => Err(StoreError::Dynamo {
-                operation: "TransactWriteItems",
-                message: format!("completion cancelled: {reasons:?}"),
-            }),
+            Some(reasons) => Err(cancelled("completion", &reasons)),
         }
     }
 
@@ -855,10 +881,7 @@ impl Store {
                 items.push(TransactWriteItem::builder().put(put).build());
             }
             if let Some(reasons) = self.transact(items).await? {
-                return Err(StoreError::Dynamo {
-                    operation: "TransactWriteItems",
-                    message: format!("people import cancelled: {reasons:?}"),
-                });
+                return Err(cancelled("people import", &reasons));
             }
         }
         Ok(())
@@ -946,6 +969,30 @@ fn cache_entry(item: Item, now_unix: i64) -> Result<Option<CacheEntry>, StoreErr
     Ok((entry.expires_at > now_unix).then_some(entry))
 }
 
+fn record_from_item(item: Item) -> Result<EnrichmentRecord, StoreError> {
+    let item: EnrichmentItem = serde_dynamo::from_item(item).map_err(shape_error)?;
+    Ok(EnrichmentRecord {
+        enrichment: item.enrichment,
+        credits_charged: item.credits_charged,
+        providers_answered: item.providers_answered,
+    })
+}
+
+/// The error of a transaction cancelled for a reason the caller did not expect.
+fn cancelled(what: &str, reasons: &[Reason]) -> StoreError {
+    StoreError::Dynamo {
+        operation: "TransactWriteItems",
+        message: format!(
+            "{what} cancelled: [{}]",
+            reasons
+                .iter()
+                .map(|r| r.detail.as_deref().unwrap_or("None"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 fn enrichment_from_item(item: Item) -> Result<Enrichment, StoreError> {
     serde_dynamo::from_item::<_, EnrichmentItem>(item)
         .map(|i| i.enrichment)
@@ -957,5 +1004,7 @@ fn enrichment_from_item(item: Item) -> Result<Enrichment, StoreError> {
 struct Reason {
     failed: bool,
     conflict: bool,
+    /// `code: message` as DynamoDB gave them, for the logs.
+    detail: Option<String>,
     item: Option<Item>,
 }

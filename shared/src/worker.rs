@@ -15,7 +15,7 @@ use crate::domain::{Enrichment, Person, Status, timestamp};
 use crate::providers::PersonQuery;
 use crate::providers::cascade::{Cascade, CascadeJournal, CascadeOutcome};
 use crate::queue::{Job, RetryBackoff};
-use crate::store::{CacheEntry, CacheLease, Claimed, Completion, Store, StoreError};
+use crate::store::{CacheEntry, CacheLease, Completion, EnrichmentRecord, Store, StoreError};
 
 /// Time kept back from the Lambda deadline for writing the outcome after the cascade.
 pub const WRITE_MARGIN: Duration = Duration::from_secs(5);
@@ -213,7 +213,7 @@ impl Worker {
 
     async fn run_claimed(
         &self,
-        claimed: &Claimed,
+        claimed: &EnrichmentRecord,
         token: &str,
         deadline: Instant,
     ) -> Result<JobOutcome, StoreError> {
@@ -232,7 +232,7 @@ impl Worker {
                 person_contacts: None,
                 cache: None,
             };
-            return self.complete(enrichment, token, completion).await;
+            return self.complete(claimed, token, completion).await;
         };
         let cascade_deadline = deadline.checked_sub(WRITE_MARGIN).unwrap_or(deadline);
         let fingerprint = fingerprint(&person);
@@ -253,7 +253,7 @@ impl Worker {
                         person_contacts: Some(person.merged_contacts(field, &entry.contacts)),
                         cache: None,
                     };
-                    return self.complete(enrichment, token, completion).await;
+                    return self.complete(claimed, token, completion).await;
                 }
                 SingleFlight::Leased => leased = true,
                 SingleFlight::Unleased => {}
@@ -310,7 +310,7 @@ impl Worker {
             },
         };
         let caches = completion.cache.is_some();
-        let result = self.complete(enrichment, token, completion).await;
+        let result = self.complete(claimed, token, completion).await;
         // The lease goes with the cache entry written in the same transaction; otherwise it is
         // given up at once so that workers waiting on it do not wait for it to expire.
         let cached = caches && matches!(result, Ok(JobOutcome::Completed(_)));
@@ -362,14 +362,15 @@ impl Worker {
 
     async fn complete(
         &self,
-        enrichment: &Enrichment,
+        record: &EnrichmentRecord,
         token: &str,
         completion: Completion,
     ) -> Result<JobOutcome, StoreError> {
+        let enrichment = &record.enrichment;
         let now = timestamp(Utc::now());
         if !self
             .store
-            .complete(enrichment, token, &completion, &now)
+            .complete(record, token, &completion, &now)
             .await?
         {
             tracing::warn!(enrichment_id = %enrichment.id, "claim lost before the outcome was written");

@@ -1,14 +1,32 @@
 //! `enrichctl`: admin CLI for the local stack started by `make run`. It finds the stack through
-//! `<state>/stack.json` (state folder `.local`, or `--state-dir` / `LOCAL_STATE_DIR`).
+//! `<state>/stack.json` (state folder `.local`, or `--state-dir` / `LOCAL_STATE_DIR`), and says
+//! the stack is not running when nothing answers at the gateway that file names.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 use clap::{Parser, Subcommand};
 use enrichment::domain::Person;
-use enrichment::store::Store;
-use local_stack::{StackInfo, devkey, dynamodb_config};
+use enrichment::store::{Store, org_pk};
+use local_stack::{StackInfo, devkey, dynamodb_config, gateway_answers};
+use url::Url;
 use uuid::Uuid;
+
+/// The most credits one `credits grant` adds.
+const MAX_GRANT: i64 = 1_000_000_000;
+/// The highest balance `credits grant` leaves an organization with.
+const MAX_BALANCE: i64 = 1_000_000_000_000_000;
+/// The most characters a CSV cell may hold.
+const MAX_CELL_CHARS: usize = 1024;
+/// The most bytes the cells of one CSV row may hold together.
+const MAX_ROW_BYTES: usize = 16 * 1024;
+/// People written per transaction by the import (the `TransactWriteItems` item limit).
+const IMPORT_GROUP: usize = 100;
+/// Deletes per `BatchWriteItem` (its request limit).
+const DELETE_GROUP: usize = 25;
 
 #[derive(Parser)]
 #[command(name = "enrichctl", about = "Admin CLI for the local enrichment stack")]
@@ -22,16 +40,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print a session token the local stack accepts (RS256, signed with its dev key).
+    /// Print a session token the local stack accepts (RS256, signed with its dev key). Its
+    /// issuer is the gateway's URL: a stack restarted on another PORT refuses it.
     Token {
-        /// User id (`sub`, the enrichment's `createdBy`).
-        #[arg(long)]
+        /// User id (`sub`, the enrichment's `createdBy`): 1 to 128 of A-Z a-z 0-9 _ -.
+        #[arg(long, value_parser = identifier)]
         user: String,
-        /// Organization id (`o.id`).
-        #[arg(long)]
+        /// Organization id (`o.id`): 1 to 128 of A-Z a-z 0-9 _ -.
+        #[arg(long, value_parser = identifier)]
         org: String,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
+        /// Lifetime in seconds, 1 to 31536000 (a year).
+        #[arg(long, default_value_t = 3600,
+              value_parser = clap::value_parser!(u64).range(1..=devkey::MAX_TOKEN_LIFETIME.as_secs()))]
         expires_in: u64,
     },
     /// Grant or read an organization's credits.
@@ -48,16 +68,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Credits {
-    /// Add credits to an organization's balance; prints the new balance.
+    /// Add credits to an organization's balance; prints the new balance. A grant that would
+    /// take the balance above 1000000000000000 is refused.
     Grant {
-        #[arg(long)]
+        /// Organization id: 1 to 128 of A-Z a-z 0-9 _ -.
+        #[arg(long, value_parser = identifier)]
         org: String,
-        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        /// Credits to add, 1 to 1000000000.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=MAX_GRANT))]
         amount: i64,
     },
     /// Print an organization's balance.
     Balance {
-        #[arg(long)]
+        /// Organization id: 1 to 128 of A-Z a-z 0-9 _ -.
+        #[arg(long, value_parser = identifier)]
         org: String,
     },
 }
@@ -66,18 +90,34 @@ enum Credits {
 enum People {
     /// Import people from a CSV file with the header
     /// `first_name,last_name,company_name,company_domain,linkedin_url`; prints one person id per
-    /// data row, in order. Nothing is written unless every row is valid.
+    /// data row, in order. Nothing is written unless every row is valid, and a failed write
+    /// leaves nothing of the file behind.
     Import {
-        #[arg(long)]
+        /// Organization id: 1 to 128 of A-Z a-z 0-9 _ -.
+        #[arg(long, value_parser = identifier)]
         org: String,
         file: PathBuf,
     },
     /// Print a person, with its emails and phones, as JSON.
     Show {
-        #[arg(long)]
+        /// Organization id: 1 to 128 of A-Z a-z 0-9 _ -.
+        #[arg(long, value_parser = identifier)]
         org: String,
         person_id: String,
     },
+}
+
+/// An organization or user id: 1 to 128 characters of `A-Z a-z 0-9 _ -`.
+fn identifier(value: &str) -> Result<String, String> {
+    let valid = (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(value.to_string())
+    } else {
+        Err("must be 1 to 128 characters among A-Z, a-z, 0-9, '_' and '-'".into())
+    }
 }
 
 const COLUMNS: [&str; 5] = [
@@ -88,7 +128,9 @@ const COLUMNS: [&str; 5] = [
     "linkedin_url",
 ];
 
-fn stack_info(state_dir: &Path) -> Result<StackInfo, String> {
+/// The running stack of `<state_dir>/stack.json`. Errors: no such file, or a file left over by
+/// a stack that stopped (nothing answers at its gateway).
+async fn stack_info(state_dir: &Path) -> Result<StackInfo, String> {
     let path = state_dir.join("stack.json");
     let text = std::fs::read_to_string(&path).map_err(|_| {
         format!(
@@ -96,18 +138,46 @@ fn stack_info(state_dir: &Path) -> Result<StackInfo, String> {
             path.display()
         )
     })?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not a stack description: {e}", path.display()))
+    let info: StackInfo = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a stack description: {e}", path.display()))?;
+    if !gateway_answers(&info.gateway_url).await {
+        return Err(format!(
+            "the local stack is not running (nothing answers at {}; {} is left over from a stack \
+             that stopped): start it with `make run`",
+            info.gateway_url,
+            path.display()
+        ));
+    }
+    Ok(info)
+}
+
+fn dynamodb(info: &StackInfo) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::from_conf(dynamodb_config(&info.dynamodb_url).build())
 }
 
 fn store(info: &StackInfo) -> Store {
-    let client = aws_sdk_dynamodb::Client::from_conf(dynamodb_config(&info.dynamodb_url).build());
-    Store::new(client, &info.table_name)
+    Store::new(dynamodb(info), &info.table_name)
+}
+
+/// Whether `url` is a LinkedIn profile: http(s), host `linkedin.com` or `*.linkedin.com`, path
+/// `/in/<handle>`.
+fn is_linkedin_profile(url: &str) -> bool {
+    let Ok(url) = Url::parse(url) else {
+        return false;
+    };
+    let host = url.host_str().unwrap_or_default();
+    matches!(url.scheme(), "http" | "https")
+        && (host == "linkedin.com" || host.ends_with(".linkedin.com"))
+        && url
+            .path()
+            .strip_prefix("/in/")
+            .is_some_and(|handle| !handle.trim_matches('/').is_empty())
 }
 
 /// Reads and validates the CSV: every row must name a person (a LinkedIn profile URL, or a
 /// first and last name); a LinkedIn URL must be a linkedin.com profile and a company domain a
-/// bare domain. The first bad row is reported by its line number.
+/// bare domain; a cell holds at most 1024 characters and a row 16 KiB. The header names each
+/// column once. The first bad row is reported by its line in the file.
 fn read_people(file: &Path) -> Result<Vec<Person>, String> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -117,6 +187,13 @@ fn read_people(file: &Path) -> Result<Vec<Person>, String> {
         .headers()
         .map_err(|e| format!("{}: {e}", file.display()))?
         .clone();
+    let mut seen = HashSet::new();
+    if let Some(twice) = headers.iter().find(|h| !seen.insert(*h)) {
+        return Err(format!(
+            "{}: the header has the column {twice:?} twice",
+            file.display()
+        ));
+    }
     let index: Vec<usize> = COLUMNS
         .iter()
         .map(|column| {
@@ -127,9 +204,30 @@ fn read_people(file: &Path) -> Result<Vec<Person>, String> {
         })
         .collect::<Result<_, _>>()?;
     let mut people = Vec::new();
-    for (row, record) in reader.records().enumerate() {
-        let line = row + 2;
-        let record = record.map_err(|e| format!("{} line {line}: {e}", file.display()))?;
+    for record in reader.records() {
+        let record = record.map_err(|e| match e.position() {
+            Some(position) => format!("{} line {}: {e}", file.display(), position.line()),
+            None => format!("{}: {e}", file.display()),
+        })?;
+        let line = record.position().map_or(0, csv::Position::line);
+        let bad = |why: &str| format!("{} line {line}: {why}", file.display());
+        for (i, cell) in record.iter().enumerate() {
+            let chars = cell.chars().count();
+            if chars > MAX_CELL_CHARS {
+                return Err(bad(&format!(
+                    "{} has {chars} characters, more than {MAX_CELL_CHARS}",
+                    headers
+                        .get(i)
+                        .map_or_else(|| format!("cell {}", i + 1), |h| format!("{h:?}"))
+                )));
+            }
+        }
+        let bytes: usize = record.iter().map(str::len).sum();
+        if bytes > MAX_ROW_BYTES {
+            return Err(bad(&format!(
+                "the row holds {bytes} bytes, more than {MAX_ROW_BYTES}"
+            )));
+        }
         let value = |i: usize| {
             record
                 .get(index[i])
@@ -145,7 +243,6 @@ fn read_people(file: &Path) -> Result<Vec<Person>, String> {
             linkedin_url: value(4),
             ..Person::default()
         };
-        let bad = |why: &str| format!("{} line {line}: {why}", file.display());
         if person.linkedin_url.is_none()
             && (person.first_name.is_none() || person.last_name.is_none())
         {
@@ -154,10 +251,11 @@ fn read_people(file: &Path) -> Result<Vec<Person>, String> {
             ));
         }
         if let Some(url) = &person.linkedin_url
-            && !url.to_lowercase().contains("linkedin.com/in/")
+            && !is_linkedin_profile(url)
         {
             return Err(bad(&format!(
-                "linkedin_url {url:?} is not a linkedin.com/in/ profile URL"
+                "linkedin_url {url:?} is not a LinkedIn profile URL \
+                 (https://www.linkedin.com/in/<handle>)"
             )));
         }
         if let Some(domain) = &person.company_domain
@@ -175,81 +273,175 @@ fn read_people(file: &Path) -> Result<Vec<Person>, String> {
     Ok(people)
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+/// Writes `people` into the org, all or nothing: groups of 100 are written one transaction
+/// each, and when a group fails the groups already written are deleted before the error is
+/// reported.
+async fn import_people(info: &StackInfo, org: &str, people: &[Person]) -> Result<(), String> {
+    let client = dynamodb(info);
+    let store = Store::new(client.clone(), &info.table_name);
+    let mut written = 0;
+    for group in people.chunks(IMPORT_GROUP) {
+        if let Err(e) = store.put_people(org, group).await {
+            if written == 0 {
+                return Err(format!("nothing was imported: {e}"));
+            }
+            return Err(
+                match delete_people(&client, &info.table_name, org, &people[..written]).await {
+                    Ok(()) => format!(
+                        "nothing was imported (the {written} people written before the failure \
+                         were deleted): {e}"
+                    ),
+                    Err(undo) => format!(
+                        "the import failed after {written} people were written, and deleting \
+                         them failed ({undo}); the file's first {written} rows may be in org \
+                         {org}: {e}"
+                    ),
+                },
+            );
+        }
+        written += group.len();
+    }
+    Ok(())
+}
+
+/// Deletes the people `people` of the org (`BatchWriteItem`, unprocessed deletes tried again).
+async fn delete_people(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    org: &str,
+    people: &[Person],
+) -> Result<(), String> {
+    for group in people.chunks(DELETE_GROUP) {
+        let mut requests = group
+            .iter()
+            .map(|person| {
+                DeleteRequest::builder()
+                    .key("pk", AttributeValue::S(org_pk(org)))
+                    .key("sk", AttributeValue::S(format!("PERSON#{}", person.id)))
+                    .build()
+                    .map(|delete| WriteRequest::builder().delete_request(delete).build())
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for attempt in 0..8u32 {
+            let output = client
+                .batch_write_item()
+                .request_items(table, requests)
+                .send()
+                .await
+                .map_err(|e| format!("BatchWriteItem: {}", DisplayErrorContext(&e)))?;
+            requests = output
+                .unprocessed_items
+                .and_then(|mut unprocessed| unprocessed.remove(table))
+                .unwrap_or_default();
+            if requests.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+        }
+        if !requests.is_empty() {
+            return Err(format!("{} deletes left unprocessed", requests.len()));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a command; returns what it prints.
+async fn execute(cli: Cli) -> Result<String, String> {
     match cli.command {
         Command::Token {
             user,
             org,
             expires_in,
         } => {
-            let info = stack_info(&cli.state_dir)?;
-            let token = devkey::sign(
+            let info = stack_info(&cli.state_dir).await?;
+            devkey::sign(
                 &info.dev_key_path,
                 &info.gateway_url,
                 &user,
                 &org,
                 Duration::from_secs(expires_in),
-            )?;
-            println!("{token}");
+            )
         }
         Command::Credits { command } => {
-            let info = stack_info(&cli.state_dir)?;
+            let info = stack_info(&cli.state_dir).await?;
+            let store = store(&info);
             let balance = match command {
-                Credits::Grant { org, amount } => store(&info).grant_credits(&org, amount).await,
-                Credits::Balance { org } => store(&info).credit_balance(&org).await,
+                Credits::Grant { org, amount } => {
+                    let balance = store
+                        .credit_balance(&org)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if balance
+                        .checked_add(amount)
+                        .is_none_or(|total| total > MAX_BALANCE)
+                    {
+                        return Err(format!(
+                            "org {org} has {balance} credits: {amount} more would exceed the \
+                             maximum balance of {MAX_BALANCE}; nothing was granted"
+                        ));
+                    }
+                    store.grant_credits(&org, amount).await
+                }
+                Credits::Balance { org } => store.credit_balance(&org).await,
             }
             .map_err(|e| e.to_string())?;
-            println!("{balance}");
+            Ok(balance.to_string())
         }
         Command::People {
             command: People::Import { org, file },
         } => {
             let people = read_people(&file)?;
-            let info = stack_info(&cli.state_dir)?;
-            store(&info)
-                .put_people(&org, &people)
-                .await
-                .map_err(|e| e.to_string())?;
-            for person in people {
-                println!("{}", person.id);
-            }
+            let info = stack_info(&cli.state_dir).await?;
+            import_people(&info, &org, &people).await?;
+            Ok(people
+                .iter()
+                .map(|person| person.id.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"))
         }
         Command::People {
             command: People::Show { org, person_id },
         } => {
             let id = Uuid::parse_str(&person_id)
                 .map_err(|_| format!("{person_id:?} is not a person id (UUID)"))?;
-            let info = stack_info(&cli.state_dir)?;
+            let info = stack_info(&cli.state_dir).await?;
             let person = store(&info)
                 .get_person(&org, id)
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no person {id} in org {org}"))?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&person).map_err(|e| e.to_string())?
-            );
+            serde_json::to_string_pretty(&person).map_err(|e| e.to_string())
         }
     }
-    Ok(())
 }
 
 #[tokio::main]
 async fn main() {
-    if let Err(e) = run(Cli::parse()).await {
-        eprintln!("enrichctl: {e}");
-        std::process::exit(1);
+    match execute(Cli::parse()).await {
+        Ok(output) => println!("{output}"),
+        Err(e) => {
+            eprintln!("enrichctl: {e}");
+            std::process::exit(1);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use local_stack::{Options, Stack};
 
     fn csv_file(text: &str) -> PathBuf {
         let path = std::env::temp_dir().join(format!("people-{}.csv", Uuid::new_v4()));
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    const HEADER: &str = "first_name,last_name,company_name,company_domain,linkedin_url\n";
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("enrichctl").chain(args.iter().copied()))
     }
 
     #[test]
@@ -283,8 +475,304 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_row_is_named_by_its_line_in_the_file_after_multiline_cells_and_blank_lines() {
+        let file = csv_file(&format!(
+            "{HEADER}Ada,Lovelace,\"Analytical\nEngines\",analytical.test,\n\nBob,,,,\n"
+        ));
+        let error = read_people(&file).unwrap_err();
+        assert!(error.contains("line 5:"), "{error}");
+        let file = csv_file(&format!(
+            "{HEADER}Ada,Lovelace,\"Analytical\nEngines\",analytical.test,\nBob,Marley,x\n"
+        ));
+        let error = read_people(&file).unwrap_err();
+        assert!(error.contains("line 4:"), "{error}");
+    }
+
+    #[test]
     fn a_missing_column_is_reported() {
         let file = csv_file("first_name,last_name\nAda,Lovelace\n");
         assert!(read_people(&file).unwrap_err().contains("company_name"));
+    }
+
+    #[test]
+    fn a_duplicated_header_column_is_rejected() {
+        let file = csv_file(
+            "first_name,last_name,company_name,company_domain,linkedin_url,last_name\n\
+             Ada,Lovelace,Analytical,analytical.test,,Byron\n",
+        );
+        let error = read_people(&file).unwrap_err();
+        assert!(error.contains("\"last_name\" twice"), "{error}");
+    }
+
+    #[test]
+    fn cells_and_rows_are_bounded() {
+        let long = "x".repeat(MAX_CELL_CHARS + 1);
+        let file = csv_file(&format!(
+            "{HEADER}Ada,Lovelace,,,\nAda,{long},Analytical,analytical.test,\n"
+        ));
+        let error = read_people(&file).unwrap_err();
+        assert!(error.contains("line 3:"), "{error}");
+        assert!(
+            error.contains("\"last_name\" has 1025 characters"),
+            "{error}"
+        );
+        // 1024 characters of 4 bytes each is a cell within bounds.
+        let wide = "😀".repeat(MAX_CELL_CHARS);
+        let file = csv_file(&format!("{HEADER}Ada,{wide},,,\n"));
+        assert_eq!(read_people(&file).unwrap()[0].last_name, Some(wide.clone()));
+        // Four of them are not a row within bounds.
+        let file = csv_file(&format!("{HEADER}{wide},{wide},{wide},{wide},\n"));
+        let error = read_people(&file).unwrap_err();
+        assert!(error.contains("line 2: the row holds"), "{error}");
+        // Extra columns count too.
+        let file = csv_file(&format!(
+            "first_name,last_name,company_name,company_domain,linkedin_url,notes\n\
+             Ada,Lovelace,,,,{long}\n"
+        ));
+        assert!(
+            read_people(&file)
+                .unwrap_err()
+                .contains("\"notes\" has 1025")
+        );
+    }
+
+    #[test]
+    fn linkedin_urls_must_be_linkedin_profiles() {
+        for good in [
+            "https://www.linkedin.com/in/ada-l",
+            "https://linkedin.com/in/ada-l/",
+            "http://uk.linkedin.com/in/ada-l?trk=x",
+            "https://WWW.LinkedIn.com/in/ada-l",
+        ] {
+            assert!(is_linkedin_profile(good), "{good}");
+            let file = csv_file(&format!("{HEADER},,,,{good}\n"));
+            assert!(read_people(&file).is_ok(), "{good}");
+        }
+        for bad in [
+            "https://evil.example/linkedin.com/in/ada",
+            "https://linkedin.com.evil.example/in/ada",
+            "https://notlinkedin.com/in/ada",
+            "https://www.linkedin.com/company/acme",
+            "https://www.linkedin.com/in/",
+            "https://www.linkedin.com/inbox/ada",
+            "www.linkedin.com/in/ada",
+            "ftp://www.linkedin.com/in/ada",
+            "https://linkedin.com@evil.example/in/ada",
+            "https://www.linkedin.com:8443@evil.example/in/ada",
+        ] {
+            assert!(!is_linkedin_profile(bad), "{bad}");
+            let file = csv_file(&format!("{HEADER}Ada,Lovelace,,,\nAda,Lovelace,,,{bad}\n"));
+            let error = read_people(&file).unwrap_err();
+            assert!(error.contains("line 3: linkedin_url"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn token_lifetimes_are_bounded() {
+        let token = |expires_in: &str| {
+            parse(&[
+                "token",
+                "--user",
+                "u",
+                "--org",
+                "o",
+                "--expires-in",
+                expires_in,
+            ])
+        };
+        for bad in [
+            "0",
+            "31536001",
+            "9223372036854775807",
+            "18446744073709551615",
+            "-1",
+        ] {
+            assert!(token(bad).is_err(), "{bad}");
+        }
+        for good in ["1", "3600", "31536000"] {
+            assert!(token(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn credit_grants_are_bounded() {
+        let grant = |amount: &str| parse(&["credits", "grant", "--org", "o", "--amount", amount]);
+        for bad in ["0", "-5", "1000000001", "9223372036854775807"] {
+            assert!(grant(bad).is_err(), "{bad}");
+        }
+        assert!(grant("1").is_ok());
+        assert!(grant("1000000000").is_ok());
+    }
+
+    #[test]
+    fn org_and_user_ids_must_be_identifiers() {
+        let max = "a".repeat(128);
+        let over = "a".repeat(129);
+        for bad in ["", "org demo", "org/demo", "org#1", "órg", over.as_str()] {
+            for args in [
+                vec!["token", "--user", "u", "--org", bad],
+                vec!["token", "--user", bad, "--org", "o"],
+                vec!["credits", "grant", "--org", bad, "--amount", "1"],
+                vec!["credits", "balance", "--org", bad],
+                vec!["people", "import", "--org", bad, "people.csv"],
+                vec!["people", "show", "--org", bad, "id"],
+            ] {
+                assert!(parse(&args).is_err(), "{args:?}");
+            }
+        }
+        for good in ["org_demo", "org-2", "ORG_2x", max.as_str()] {
+            assert!(parse(&["token", "--user", good, "--org", good]).is_ok());
+            assert!(parse(&["credits", "balance", "--org", good]).is_ok());
+        }
+    }
+
+    fn repo_root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    /// A private stack (worker off), with its `stack.json` written in its state folder as
+    /// `local-stack` does.
+    async fn start() -> (Stack, PathBuf) {
+        let mut options = Options::for_repo(&repo_root());
+        options.state_dir = std::env::temp_dir().join(format!("enrichctl-test-{}", Uuid::new_v4()));
+        options.persist = false;
+        options.port = 0;
+        options.local_worker = false;
+        let state_dir = options.state_dir.clone();
+        let stack = Stack::start(options).await.expect("local stack starts");
+        std::fs::write(
+            state_dir.join("stack.json"),
+            serde_json::to_string(&stack.info).unwrap(),
+        )
+        .unwrap();
+        (stack, state_dir)
+    }
+
+    async fn enrichctl(state_dir: &Path, args: &[&str]) -> Result<String, String> {
+        let state = state_dir.to_str().unwrap();
+        let mut all = vec!["--state-dir", state];
+        all.extend_from_slice(args);
+        execute(parse(&all).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn a_grant_never_takes_the_balance_past_the_maximum() {
+        let (stack, state) = start().await;
+        stack
+            .store
+            .grant_credits("org_rich", MAX_BALANCE - 10)
+            .await
+            .unwrap();
+        let error = enrichctl(
+            &state,
+            &["credits", "grant", "--org", "org_rich", "--amount", "11"],
+        )
+        .await
+        .unwrap_err();
+        assert!(error.contains("nothing was granted"), "{error}");
+        let balance = enrichctl(&state, &["credits", "balance", "--org", "org_rich"]).await;
+        assert_eq!(balance.unwrap(), (MAX_BALANCE - 10).to_string());
+        let granted = enrichctl(
+            &state,
+            &["credits", "grant", "--org", "org_rich", "--amount", "10"],
+        )
+        .await;
+        assert_eq!(granted.unwrap(), MAX_BALANCE.to_string());
+        let granted = enrichctl(
+            &state,
+            &[
+                "credits",
+                "grant",
+                "--org",
+                "org_new",
+                "--amount",
+                "1000000000",
+            ],
+        )
+        .await;
+        assert_eq!(granted.unwrap(), "1000000000");
+        stack.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_import_past_the_first_group_leaves_nothing_behind() {
+        let (stack, state) = start().await;
+        let people: Vec<Person> = (0..250)
+            .map(|i| Person {
+                id: Uuid::new_v4(),
+                first_name: Some(format!("First{i}")),
+                last_name: Some(format!("Last{i}")),
+                ..Person::default()
+            })
+            .collect();
+        // Person 150 exists already: the second group's transaction is cancelled.
+        let existing = people[150].clone();
+        stack
+            .store
+            .put_people("org_a", std::slice::from_ref(&existing))
+            .await
+            .unwrap();
+        let error = import_people(&stack.info, "org_a", &people)
+            .await
+            .unwrap_err();
+        assert!(error.contains("100 people written"), "{error}");
+        for (i, person) in people.iter().enumerate() {
+            let stored = stack.store.get_person("org_a", person.id).await.unwrap();
+            assert_eq!(stored.is_some(), i == 150, "person {i}");
+        }
+
+        // The same through the command: every row valid, every id printed, all written.
+        let rows: String = (0..230).map(|i| format!("First{i},Last{i},,,\n")).collect();
+        let file = csv_file(&format!("{HEADER}{rows}"));
+        let output = enrichctl(
+            &state,
+            &["people", "import", "--org", "org_b", file.to_str().unwrap()],
+        )
+        .await
+        .unwrap();
+        let ids: Vec<Uuid> = output
+            .lines()
+            .map(|l| Uuid::parse_str(l).unwrap())
+            .collect();
+        assert_eq!(ids.len(), 230);
+        for id in &ids {
+            assert!(
+                stack
+                    .store
+                    .get_person("org_b", *id)
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        stack.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_stack_json_left_by_a_stopped_stack_says_not_running() {
+        let (stack, state) = start().await;
+        assert!(
+            enrichctl(&state, &["credits", "balance", "--org", "o"])
+                .await
+                .is_ok()
+        );
+        stack.shutdown().await;
+        for args in [
+            vec!["token", "--user", "u", "--org", "o"],
+            vec!["credits", "balance", "--org", "o"],
+            vec!["credits", "grant", "--org", "o", "--amount", "1"],
+            vec!["people", "show", "--org", "o", &Uuid::nil().to_string()],
+        ] {
+            let error = enrichctl(&state, &args).await.unwrap_err();
+            assert!(
+                error.contains("the local stack is not running") && error.contains("left over"),
+                "{args:?}: {error}"
+            );
+        }
+        let empty = std::env::temp_dir().join(format!("enrichctl-none-{}", Uuid::new_v4()));
+        let error = enrichctl(&empty, &["credits", "balance", "--org", "o"])
+            .await
+            .unwrap_err();
+        assert!(error.contains("not running (no "), "{error}");
     }
 }

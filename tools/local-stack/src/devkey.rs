@@ -12,6 +12,9 @@ use serde_json::json;
 
 use crate::DEV_KID;
 
+/// The longest lifetime [`sign`] gives a token: one year (365 days).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(31_536_000);
+
 /// Returns the path of `<state>/dev-key.pem`, creating a 2048-bit RSA key there if absent.
 ///
 /// Errors: `openssl` missing or failing.
@@ -55,6 +58,8 @@ pub fn jwks(path: &Path) -> Result<String, String> {
 
 /// A Clerk-shaped session token (v2 claims: `sub`, `o.id`, `v: 2`) signed RS256 with the dev
 /// key, issued by `issuer`, valid from now for `expires_in`.
+///
+/// Errors: `expires_in` is zero or longer than [`MAX_TOKEN_LIFETIME`]; the key cannot be read.
 pub fn sign(
     path: &Path,
     issuer: &str,
@@ -62,18 +67,73 @@ pub fn sign(
     org_id: &str,
     expires_in: Duration,
 ) -> Result<String, String> {
+    let lifetime = expires_in.as_secs();
+    if lifetime == 0 || lifetime > MAX_TOKEN_LIFETIME.as_secs() {
+        return Err(format!(
+            "a token's lifetime must be 1 to {} seconds, got {lifetime}",
+            MAX_TOKEN_LIFETIME.as_secs()
+        ));
+    }
     let now = chrono::Utc::now().timestamp();
+    let expires_at = i64::try_from(lifetime)
+        .ok()
+        .and_then(|lifetime| now.checked_add(lifetime))
+        .ok_or_else(|| format!("a lifetime of {lifetime} seconds is out of range"))?;
     let claims = json!({
         "iss": issuer,
         "sub": user_id,
         "sid": format!("sess_local_{now}"),
         "iat": now,
         "nbf": now,
-        "exp": now + expires_in.as_secs() as i64,
+        "exp": expires_at,
         "v": 2,
         "o": {"id": org_id, "rol": "admin"},
     });
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(DEV_KID.into());
     jsonwebtoken::encode(&header, &claims, &encoding_key(path)?).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("devkey-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        ensure(&dir).unwrap()
+    }
+
+    #[test]
+    fn lifetimes_out_of_range_are_refused_without_overflow() {
+        let key = key();
+        let sign_for = |seconds: u64| {
+            sign(
+                &key,
+                "http://127.0.0.1:3000",
+                "user_a",
+                "org_a",
+                Duration::from_secs(seconds),
+            )
+        };
+        for seconds in [
+            0,
+            31_536_001,
+            i64::MAX as u64,
+            i64::MAX as u64 + 1,
+            u64::MAX,
+        ] {
+            let error = sign_for(seconds).unwrap_err();
+            assert!(
+                error.contains("1 to 31536000 seconds"),
+                "{seconds}: {error}"
+            );
+        }
+        let token = sign_for(31_536_000).unwrap();
+        let claims = jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(&token)
+            .unwrap()
+            .claims;
+        let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+        assert_eq!(lifetime, 31_536_000);
+    }
 }

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod poller;
 pub mod simulator;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,21 +20,23 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TimeToLiveSpecification,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use enrichment::auth::Authenticator;
 use enrichment::config::{Config, http_client};
+use enrichment::domain::{Field, Status};
 use enrichment::enrichment::Enrichments;
 use enrichment::providers::cascade::Cascade;
-use enrichment::queue::{RetryBackoff, SqsJobQueue};
+use enrichment::queue::{Job, JobQueue, RetryBackoff, SqsJobQueue};
 use enrichment::store::Store;
 use enrichment::worker::Worker;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
+use uuid::Uuid;
 
 /// The region and credentials the emulators are reached with.
 pub const LOCAL_REGION: &str = "us-east-1";
@@ -115,6 +118,9 @@ impl Options {
 }
 
 /// A running stack. Dropping it kills moto; call [`Stack::shutdown`] to stop the rest cleanly.
+///
+/// If moto exits on its own, the stack stops (every server and the poller) and
+/// [`Stack::failure`] tells why.
 pub struct Stack {
     /// Endpoints and names.
     pub info: StackInfo,
@@ -126,9 +132,12 @@ pub struct Stack {
     pub simulator_url: String,
     /// The configuration the API and the worker run with.
     pub config: Config,
+    /// How many `pending` enrichments found in the table at start-up were queued again (the SQS
+    /// emulator keeps its messages in memory: a restart loses them).
+    pub requeued: usize,
     shutdown: watch::Sender<bool>,
+    failure: watch::Receiver<Option<String>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _moto: Child,
 }
 
 /// A DynamoDB client config for a local endpoint, with dummy credentials.
@@ -325,17 +334,140 @@ pub fn simulator_cascade(simulator_url: &str) -> Result<Cascade, String> {
     .map_err(|e| e.to_string())
 }
 
+/// Waits for moto to exit. On its own, it is a failure: reported on `failure`, which stops the
+/// stack. On `stop`, moto is killed.
+async fn watch_moto(
+    mut moto: Child,
+    failure: watch::Sender<Option<String>>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::select! {
+        status = moto.wait() => {
+            let reason = match status {
+                Ok(status) => format!("the SQS emulator (moto) exited unexpectedly ({status})"),
+                Err(e) => format!("lost the SQS emulator (moto): {e}"),
+            };
+            tracing::error!(reason = %reason, "stopping the local stack");
+            let _ = failure.send(Some(reason));
+        }
+        _ = stop => {
+            let _ = moto.kill().await;
+        }
+    }
+}
+
+/// The Scan page size of [`requeue_pending`] at start-up.
+const REQUEUE_PAGE_SIZE: i32 = 500;
+
+/// Sends a job for every `pending` enrichment of `table` (a paginated Scan of the `ENRICHMENT#`
+/// items, `page_size` items read per page) and returns how many were sent. A job whose
+/// enrichment is already running or queued is harmless: the worker's claim drops duplicates.
+/// An item without the job's attributes is skipped with a warning.
+///
+/// Local stack only: in AWS the queue is durable, and nothing is lost on a restart.
+pub async fn requeue_pending(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    queue: &dyn JobQueue,
+    page_size: i32,
+) -> Result<usize, String> {
+    let mut sent = 0;
+    let mut start_key = None;
+    loop {
+        let page = dynamodb
+            .scan()
+            .table_name(table)
+            .filter_expression("begins_with(sk, :prefix) AND #status = :pending")
+            .projection_expression("id, orgId, entityId, #field")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#field", "field")
+            .expression_attribute_values(":prefix", AttributeValue::S("ENRICHMENT#".into()))
+            .expression_attribute_values(
+                ":pending",
+                AttributeValue::S(Status::Pending.as_str().into()),
+            )
+            .consistent_read(true)
+            .limit(page_size)
+            .set_exclusive_start_key(start_key)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "Scan of the pending enrichments: {}",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                )
+            })?;
+        for item in page.items() {
+            let Some(job) = pending_job(item) else {
+                tracing::warn!(item = ?item, "a pending enrichment without its job's attributes");
+                continue;
+            };
+            queue
+                .enqueue(&job)
+                .await
+                .map_err(|e| format!("re-queueing enrichment {}: {e}", job.enrichment_id))?;
+            sent += 1;
+        }
+        start_key = page.last_evaluated_key;
+        if start_key.as_ref().is_none_or(|key| key.is_empty()) {
+            return Ok(sent);
+        }
+    }
+}
+
+/// The job of an enrichment item (`id`, `orgId`, `entityId`, `field`).
+fn pending_job(item: &HashMap<String, AttributeValue>) -> Option<Job> {
+    let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok());
+    Some(Job {
+        enrichment_id: Uuid::parse_str(text("id")?).ok()?,
+        org_id: text("orgId")?.clone(),
+        person_id: Uuid::parse_str(text("entityId")?).ok()?,
+        field: text("field")?.parse::<Field>().ok()?,
+    })
+}
+
+/// The stack described by `<state_dir>/stack.json`, if that file exists and its gateway
+/// answers (a stack that stopped without removing the file does not).
+pub async fn running_stack(state_dir: &Path) -> Option<StackInfo> {
+    let text = std::fs::read_to_string(state_dir.join("stack.json")).ok()?;
+    let info: StackInfo = serde_json::from_str(&text).ok()?;
+    gateway_answers(&info.gateway_url).await.then_some(info)
+}
+
+/// Whether a local stack's gateway answers at `gateway_url` (its JWKS, within 2 s).
+pub async fn gateway_answers(gateway_url: &str) -> bool {
+    let probe = http_client()
+        .get(format!("{gateway_url}{}", gateway::JWKS_PATH))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    probe.is_ok_and(|response| response.status().is_success())
+}
+
 impl Stack {
     /// Starts everything on loopback and returns once the gateway accepts requests.
     pub async fn start(options: Options) -> Result<Stack, String> {
         std::fs::create_dir_all(&options.state_dir)
             .map_err(|e| format!("cannot create {}: {e}", options.state_dir.display()))?;
         let dev_key = devkey::ensure(&options.state_dir)?;
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        // `shutdown` is Stack::shutdown's (or dropping the stack); `failure` is moto's watcher's.
+        // Either turns `shutdown_rx`, which every server and the poller watch, to true.
+        let (shutdown, shutdown_requested) = watch::channel(false);
+        let (failure_tx, failure) = watch::channel(None::<String>);
+        let (halt, shutdown_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let mut tasks = Vec::new();
+        let mut requested = shutdown_requested;
+        let mut failed = failure.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = requested.wait_for(|stop| *stop) => {}
+                _ = failed.wait_for(|reason| reason.is_some()) => {}
+            }
+            let _ = halt.send(true);
+        }));
 
         // DynamoDB: dynoxide, embedded.
         let db = if options.persist {
@@ -358,8 +490,22 @@ impl Stack {
 
         // SQS: moto.
         let (moto, sqs_url) = start_moto(&options.moto_server).await?;
+        tasks.push(tokio::spawn(watch_moto(
+            moto,
+            failure_tx,
+            stopped(shutdown_rx.clone()),
+        )));
         let sqs = aws_sdk_sqs::Client::from_conf(sqs_config(&sqs_url).build());
         let (queue_url, dlq_url) = create_queues(&sqs, options.visibility_timeout).await?;
+
+        // moto's queues live in memory: queue again what a previous run left pending.
+        let requeued = requeue_pending(
+            &dynamodb,
+            TABLE_NAME,
+            &SqsJobQueue::new(sqs.clone(), queue_url.clone()),
+            REQUEUE_PAGE_SIZE,
+        )
+        .await?;
 
         // Provider simulator.
         let people = simulator::load_fixture(&options.fixture)?;
@@ -445,10 +591,21 @@ impl Stack {
             sqs,
             simulator_url,
             config,
+            requeued,
             shutdown,
+            failure,
             tasks,
-            _moto: moto,
         })
+    }
+
+    /// Waits until a part of the stack dies on its own (today: moto exits) and returns why;
+    /// the rest of the stack is stopping by then. Never returns while the stack is healthy.
+    pub async fn failure(&self) -> String {
+        let mut failure = self.failure.clone();
+        match failure.wait_for(|reason| reason.is_some()).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Signs a dev token for `user_id` in `org_id`, valid for `expires_in`.

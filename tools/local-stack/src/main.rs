@@ -3,11 +3,15 @@
 //! (`off` leaves jobs queued), `LOCAL_STATE_DIR` (`.local`), `SIMULATOR_CONFIG` (a JSON file of
 //! per-provider latency and failure rates), and the worker's cascade settings
 //! (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`, `PROVIDER_TIMEOUT_SECONDS`...).
+//!
+//! One stack per state folder: it refuses to start while the stack of `<state>/stack.json`
+//! answers (a file left by a stack that died is replaced). It exits with status 1 when a part
+//! of the stack dies (moto).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use local_stack::{Options, Stack};
+use local_stack::{Options, Stack, running_stack};
 
 fn env_number(name: &str, default: u64) -> Result<u64, String> {
     match std::env::var(name) {
@@ -43,25 +47,46 @@ async fn run() -> Result<(), String> {
     } else {
         "off (jobs stay queued)"
     };
+    if let Some(running) = running_stack(&state_dir).await {
+        return Err(format!(
+            "a local stack is already running at {} (state folder {}); stop it or use another \
+             LOCAL_STATE_DIR",
+            running.gateway_url,
+            state_dir.display()
+        ));
+    }
     let stack = Stack::start(options).await?;
     let info_path = state_dir.join("stack.json");
     let info = serde_json::to_string_pretty(&stack.info).map_err(|e| e.to_string())?;
     std::fs::write(&info_path, info)
         .map_err(|e| format!("cannot write {}: {e}", info_path.display()))?;
     println!(
-        "ready: API on {} (DynamoDB {}, SQS {}, providers {}, worker {})",
+        "ready: API on {} (DynamoDB {}, SQS {}, providers {}, worker {}, {} pending \
+         enrichment(s) re-queued)",
         stack.info.gateway_url,
         stack.info.dynamodb_url,
         stack.info.sqs_url,
         stack.simulator_url,
-        worker
+        worker,
+        stack.requeued
     );
-    tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+    let failure = tokio::select! {
+        signal = tokio::signal::ctrl_c() => {
+            signal.map_err(|e| e.to_string())?;
+            None
+        }
+        reason = stack.failure() => Some(reason),
+    };
     println!("stopping");
     stack.shutdown().await;
     let _ = std::fs::remove_file(&info_path);
     println!("stopped");
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(reason) => Err(format!(
+            "{reason}; the local stack stopped (start it again with `make run`)"
+        )),
+    }
 }
 
 #[tokio::main]

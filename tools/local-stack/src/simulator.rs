@@ -27,6 +27,10 @@
 //!
 //! The asynchronous providers' jobs live in the router's state, in memory.
 //!
+//! The simulator counts the requests each provider receives (see [`RequestStats`]):
+//! `GET /stats` answers them as JSON, `POST /stats/reset` answers them and starts again from
+//! zero.
+//!
 //! A person matches by LinkedIn URL (scheme, `www.`, query, trailing slash and case ignored), or
 //! by full name (case-insensitive) and company domain (or company name). Any API key is
 //! accepted except an empty one, which gets the provider's 401. A provider record can also slow
@@ -43,14 +47,15 @@ mod dropcontact;
 mod fullenrich;
 mod prospeo;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use enrichment::providers::{
@@ -481,6 +486,111 @@ fn person_key(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Request counters
+
+/// The requests the simulator received, per provider name (all of [`PROVIDERS`], zero when
+/// never asked), as `GET /stats` answers them:
+///
+/// ```json
+/// { "hunter":     { "requests": 12, "statuses": { "200": 11, "500": 1 } },
+///   "fullenrich": { "requests": 9, "submits": 3, "polls": 6, "statuses": { "200": 6, "400": 3 } },
+///   ... }
+/// ```
+pub type RequestStats = BTreeMap<String, ProviderStats>;
+
+/// The requests one simulated provider received.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderStats {
+    /// Every HTTP request under the provider's path, counted on arrival (refused ones too).
+    pub requests: u64,
+    /// Jobs submitted (`POST`), for the asynchronous providers (FullEnrich, Dropcontact) only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submits: Option<u64>,
+    /// Results fetched (`GET` of a job), for the asynchronous providers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polls: Option<u64>,
+    /// Answered requests by HTTP status (`"200"`, `"429"`...), counted when answered.
+    #[serde(default)]
+    pub statuses: BTreeMap<String, u64>,
+}
+
+/// Whether the provider answers through jobs that are submitted, then polled.
+fn is_asynchronous(provider: &str) -> bool {
+    provider == fullenrich_api::NAME || provider == dropcontact_api::NAME
+}
+
+/// Every provider at zero.
+fn empty_stats() -> RequestStats {
+    PROVIDERS
+        .iter()
+        .map(|&name| {
+            let asynchronous = is_asynchronous(name).then_some(0);
+            let stats = ProviderStats {
+                submits: asynchronous,
+                polls: asynchronous,
+                ..ProviderStats::default()
+            };
+            (name.to_string(), stats)
+        })
+        .collect()
+}
+
+/// The provider a request path is for (`/hunter/...`: `hunter`).
+fn provider_of(path: &str) -> Option<&'static str> {
+    let first = path.trim_start_matches('/').split('/').next()?;
+    PROVIDERS.iter().copied().find(|name| *name == first)
+}
+
+impl Sim {
+    fn lock_stats(&self) -> std::sync::MutexGuard<'_, RequestStats> {
+        self.stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Counts each request to a provider on arrival, and its status once answered.
+async fn count_requests(State(sim): State<Shared>, request: Request, next: Next) -> Response {
+    let Some(provider) = provider_of(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let method = request.method().clone();
+    {
+        let mut all = sim.lock_stats();
+        let stats = all.entry(provider.to_string()).or_default();
+        stats.requests += 1;
+        if is_asynchronous(provider) {
+            let counter = if method == Method::POST {
+                &mut stats.submits
+            } else {
+                &mut stats.polls
+            };
+            *counter.get_or_insert(0) += 1;
+        }
+    }
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    *sim.lock_stats()
+        .entry(provider.to_string())
+        .or_default()
+        .statuses
+        .entry(status)
+        .or_default() += 1;
+    response
+}
+
+/// `GET /stats`: the requests received so far.
+async fn get_stats(State(sim): State<Shared>) -> Response {
+    axum::Json(sim.lock_stats().clone()).into_response()
+}
+
+/// `POST /stats/reset`: the requests received so far; the counters start again from zero.
+async fn reset_stats(State(sim): State<Shared>) -> Response {
+    let before = std::mem::replace(&mut *sim.lock_stats(), empty_stats());
+    axum::Json(before).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Router and state
 
 /// The router's state: the fixture, the configuration and the asynchronous providers' jobs.
@@ -488,6 +598,7 @@ struct Sim {
     people: Vec<KnownPerson>,
     config: SimulatorConfig,
     jobs: Mutex<HashMap<String, Job>>,
+    stats: Mutex<RequestStats>,
 }
 
 /// A submitted FullEnrich enrichment or Dropcontact request.
@@ -572,13 +683,14 @@ pub fn router(people: Vec<KnownPerson>) -> Router {
 }
 
 /// The simulator's routes over `people`, with the simulator-wide behaviour of `config` (see
-/// [`SimulatorConfig`]). Each router keeps its own asynchronous jobs.
+/// [`SimulatorConfig`]). Each router keeps its own asynchronous jobs and request counters.
 pub fn router_with(people: Vec<KnownPerson>, config: SimulatorConfig) -> Router {
-    let sim = Sim {
+    let sim = Arc::new(Sim {
         people,
         config,
         jobs: Mutex::new(HashMap::new()),
-    };
+        stats: Mutex::new(empty_stats()),
+    });
     Router::new()
         .route("/hunter/v2/email-finder", get(hunter_email_finder))
         .route("/pdl/v5/person/enrich", get(pdl_person_enrich))
@@ -596,7 +708,10 @@ pub fn router_with(people: Vec<KnownPerson>, config: SimulatorConfig) -> Router 
             "/dropcontact/v1/enrich/all/{request_id}",
             get(dropcontact::fetch),
         )
-        .with_state(Arc::new(sim))
+        .route("/stats", get(get_stats))
+        .route("/stats/reset", post(reset_stats))
+        .layer(middleware::from_fn_with_state(sim.clone(), count_requests))
+        .with_state(sim)
 }
 
 type Params = HashMap<String, String>;
@@ -1754,6 +1869,146 @@ mod tests {
             Ok(ProviderAnswer::Found(_))
         ));
         assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    async fn stats_of(http: &reqwest::Client, address: SocketAddr) -> RequestStats {
+        let response = http
+            .get(format!("http://{address}/stats"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    fn answered(statuses: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        statuses
+            .iter()
+            .map(|(status, count)| (status.to_string(), *count))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_per_provider_until_reset() {
+        use enrichment::providers::dropcontact::DropcontactProvider;
+        use enrichment::providers::fullenrich::FullEnrichProvider;
+
+        let limited =
+            config(r#"{"providers": {"pdl": {"rate_limit_rate": 1.0, "retry_after_seconds": 3}}}"#);
+        let address = super::test_support::start_with(limited).await;
+        let http = reqwest::Client::new();
+        let zero = stats_of(&http, address).await;
+        assert_eq!(zero, empty_stats());
+        assert_eq!(zero["hunter"].submits, None, "synchronous: no submits");
+        assert_eq!(zero["fullenrich"].polls, Some(0));
+
+        let ada = query(
+            "Ada",
+            "Quill",
+            Some("Northwind Labs"),
+            Some("northwind.example"),
+            None,
+        );
+        let fast = Duration::from_millis(5);
+        let base = |name: &str| format!("http://{address}/{name}");
+        assert!(matches!(
+            hunter(address, "k").find(Field::Emails, &ada).await,
+            Ok(ProviderAnswer::Found(_))
+        ));
+        assert_eq!(
+            hunter(address, "").find(Field::Emails, &ada).await,
+            Err(ProviderError::Unauthorized)
+        );
+        assert!(matches!(
+            pdl(address, "k").find(Field::Emails, &ada).await,
+            Err(ProviderError::RateLimited { .. })
+        ));
+        let fullenrich =
+            FullEnrichProvider::new(http.clone(), base("fullenrich"), "k").with_poll_interval(fast);
+        assert!(matches!(
+            fullenrich.find(Field::Emails, &ada).await,
+            Ok(ProviderAnswer::Found(_))
+        ));
+        let dropcontact = DropcontactProvider::new(http.clone(), base("dropcontact"), "k")
+            .with_poll_interval(fast);
+        assert!(matches!(
+            dropcontact.find(Field::Emails, &ada).await,
+            Ok(ProviderAnswer::Found(_))
+        ));
+        // Not a provider: not counted.
+        let _ = http.get(format!("http://{address}/nowhere")).send().await;
+
+        let counted = stats_of(&http, address).await;
+        let expected = RequestStats::from([
+            (
+                "hunter".to_string(),
+                ProviderStats {
+                    requests: 2,
+                    statuses: answered(&[("200", 1), ("401", 1)]),
+                    ..ProviderStats::default()
+                },
+            ),
+            (
+                "pdl".to_string(),
+                ProviderStats {
+                    requests: 1,
+                    statuses: answered(&[("429", 1)]),
+                    ..ProviderStats::default()
+                },
+            ),
+            ("prospeo".to_string(), ProviderStats::default()),
+            // Submitted, polled while in progress (FullEnrich's 400), polled when finished.
+            (
+                "fullenrich".to_string(),
+                ProviderStats {
+                    requests: 3,
+                    submits: Some(1),
+                    polls: Some(2),
+                    statuses: answered(&[("200", 2), ("400", 1)]),
+                },
+            ),
+            (
+                "dropcontact".to_string(),
+                ProviderStats {
+                    requests: 3,
+                    submits: Some(1),
+                    polls: Some(2),
+                    statuses: answered(&[("200", 3)]),
+                },
+            ),
+        ]);
+        assert_eq!(counted, expected);
+        let wire: Value = http
+            .get(format!("http://{address}/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(wire["pdl"], json!({"requests": 1, "statuses": {"429": 1}}));
+        assert_eq!(wire["dropcontact"]["polls"], 2);
+
+        let reset = http
+            .post(format!("http://{address}/stats/reset"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reset.status(), 200);
+        assert_eq!(reset.json::<RequestStats>().await.unwrap(), expected);
+        assert_eq!(stats_of(&http, address).await, empty_stats());
+    }
+
+    #[test]
+    fn requests_are_attributed_by_their_first_path_segment() {
+        assert_eq!(provider_of("/hunter/v2/email-finder"), Some("hunter"));
+        assert_eq!(
+            provider_of("/fullenrich/api/v2/contact/enrich/bulk/abc"),
+            Some("fullenrich")
+        );
+        assert_eq!(provider_of("/stats"), None);
+        assert_eq!(provider_of("/hunterx/v2"), None);
+        assert_eq!(provider_of("/"), None);
     }
 
     #[test]

@@ -244,15 +244,38 @@ async fn bad_requests_get_the_spec_envelope() {
         "code": "VALIDATION_ERROR",
         "message": "Field query parameter is required and must be \"phones\" or \"emails\""
     }});
-    for query in ["", "?field=", "?field=fax", "?field=EMAILS"] {
+    for query in [
+        "",
+        "?field=",
+        "?field=fax",
+        "?field=EMAILS",
+        "?field=emails&field=phones",
+    ] {
         let (status, body) = api.call(reqwest::Method::POST, &person, query).await;
         assert_eq!((status, &body), (400, &field_error), "query {query:?}");
     }
-    let (status, body) = api
-        .call(reqwest::Method::GET, "not-a-uuid", "?field=emails")
+    let id = Uuid::new_v4();
+    for bad in [
+        "not-a-uuid".to_string(),
+        format!("{{{id}}}"),
+        format!("urn:uuid:{id}"),
+        id.simple().to_string(),
+    ] {
+        let (status, body) = api.call(reqwest::Method::GET, &bad, "?field=emails").await;
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(
+            body,
+            json!({"error": {"code": "VALIDATION_ERROR", "message": "personId path parameter is required and must be a UUID"}})
+        );
+    }
+    let (status, _) = api
+        .call(
+            reqwest::Method::GET,
+            &id.to_string().to_uppercase(),
+            "?field=emails",
+        )
         .await;
-    assert_eq!(status, 400);
-    assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
+    assert_eq!(status, 404, "an uppercase UUID is a UUID");
 
     let url = format!(
         "{}/api/v1/operations/enrichment/{person}?field=emails",
@@ -308,7 +331,7 @@ async fn concurrent_posts_create_one_enrichment_one_debit_one_job() {
 }
 
 #[tokio::test]
-async fn stale_pending_times_out_on_get_and_post_replaces_it_with_a_charge() {
+async fn stale_pending_times_out_with_a_refund_on_get_and_on_post() {
     let stack = start(Duration::from_secs(1), false).await;
     let person = known_person();
     add_person(&stack, ORG, &person).await;
@@ -325,18 +348,28 @@ async fn stale_pending_times_out_on_get_and_post_replaces_it_with_a_charge() {
     assert_eq!(timed_out["status"], "timeout");
     assert_eq!(timed_out["error"], TIMEOUT_MESSAGE);
     assert_eq!(api.get(person.id, "emails").await.1["status"], "timeout");
+    assert_eq!(
+        stack.store.credit_balance(ORG).await.unwrap(),
+        100,
+        "a timeout gives the credits back"
+    );
 
     let (status, second) = api.post(person.id, "emails").await;
     assert_eq!(status, 200);
     assert_eq!(second["status"], "pending");
     assert_ne!(second["id"], first["id"]);
-    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 90);
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 95);
 
     // A stale pending enrichment is replaced by POST directly too, without a GET first.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (_, third) = api.post(person.id, "emails").await;
     assert_ne!(third["id"], second["id"]);
-    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 85);
+    assert_eq!(third["status"], "pending");
+    assert_eq!(
+        stack.store.credit_balance(ORG).await.unwrap(),
+        95,
+        "refunded the stale one, charged the new one"
+    );
     stack.shutdown().await;
 }
 
@@ -368,7 +401,8 @@ async fn failed_enqueue_marks_failed_and_refunds_then_a_new_post_is_charged_agai
         .get_enrichment(ORG, person.id, Field::Emails)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .enrichment;
     assert_eq!(failed.status, Status::Failed);
     assert_eq!(failed.error.as_deref(), Some(ENQUEUE_FAILED_MESSAGE));
 
@@ -385,6 +419,7 @@ async fn failed_enqueue_marks_failed_and_refunds_then_a_new_post_is_charged_agai
 /// `None`) after `delay`.
 struct FakeProvider {
     name: &'static str,
+    /// Found (`Some`), no match (`None`), or `Some("503")`: the provider fails with HTTP 503.
     email: Option<&'static str>,
     delay: Duration,
     calls: AtomicUsize,
@@ -417,6 +452,7 @@ impl Provider for FakeProvider {
         self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
         Ok(match self.email {
+            Some("503") => return Err(ProviderError::Status(503)),
             Some(email) => ProviderAnswer::Found(vec![RawContact {
                 value: email.into(),
                 kind: Some("work".into()),
@@ -619,7 +655,8 @@ async fn duplicate_delivery_runs_the_providers_once() {
         .get_enrichment(ORG, person.id, Field::Emails)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .enrichment;
     assert_eq!(done.status, Status::Finished);
     assert_eq!(done.data_found, Some(true));
     let stored = stack
@@ -752,7 +789,7 @@ async fn a_new_post_makes_one_dynamodb_and_one_sqs_call_a_replay_one_and_get_one
         .await
         .unwrap();
     assert_eq!(timed_out.status, Status::Timeout);
-    assert_eq!(dynamodb_calls.take(), ["GetItem", "UpdateItem"]);
+    assert_eq!(dynamodb_calls.take(), ["GetItem", "TransactWriteItems"]);
     stack.shutdown().await;
 }
 
@@ -919,5 +956,32 @@ async fn a_failed_record_comes_back_after_the_backoff_not_the_visibility_timeout
         "not back after the 1 s backoff (the visibility timeout was 60 s)"
     );
     assert_eq!(again[0].message_id, received[0].message_id);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_enrichment_that_fails_gives_its_credits_back() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    let job = pending_job(&stack, ORG, &person).await;
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 0);
+    let down = FakeProvider::new("down", Some("503"), Duration::ZERO);
+    let mut config = stack.config.clone();
+    config.claim_lease = Duration::from_secs(900);
+    let failed = completed(
+        worker_with(&stack, vec![down.clone()], config)
+            .run(&job, soon())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("All providers failed: down: HTTP 503")
+    );
+    assert_eq!(down.calls(), 2, "one call and one retry after the 5xx");
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 5);
+    let (_, body) = Api::new(&stack, ORG).get(person.id, "emails").await;
+    assert_eq!(body["status"], "failed");
     stack.shutdown().await;
 }
