@@ -136,10 +136,15 @@ lambda_bin="$(bash "${script_dir}/install-lambda-tools.sh" | tail -n1)"
 export PATH="${lambda_bin}:${PATH}"
 
 log "building local-stack, enrichctl and the functions (debug)"
-# `cargo lambda watch` starts each function with `cargo run --bin NAME` at the workspace root:
-# building the binaries the same way (whole-workspace feature set, target/debug) lets its first
-# invoke find them built, and builds the shared dependencies once for all five.
-"${CARGO}" build -q --bin local-stack --bin enrichctl --bin trigger --bin status --bin worker
+# As `make run` builds them.
+"${CARGO}" build -q -p local-stack -p enrichctl
+# `cargo lambda watch` starts each function with `cargo run --bin NAME` at the workspace root,
+# which resolves features for that one package: built the same way (one at a time, into
+# target/debug), its first invoke finds the function built instead of compiling it under the
+# invoke's timeout.
+for bin in trigger status worker; do
+    "${CARGO}" build -q --bin "${bin}"
+done
 
 # ---------------------------------------------------------------- local stack
 log "starting the local stack (state in ${state})"

@@ -44,6 +44,12 @@ pub enum StoreError {
         /// `DisplayErrorContext` of the SDK error.
         message: String,
     },
+    /// A grant would take a balance past [`MAX_BALANCE`] (or was not positive): nothing was
+    /// granted.
+    #[error(
+        "a grant must be positive and leave the balance at most {MAX_BALANCE} credits; nothing was granted"
+    )]
+    BalanceLimit,
     /// An item could not be converted to or from its domain type.
     #[error("item shape: {0}")]
     Shape(String),
@@ -107,6 +113,10 @@ fn person_sk(person_id: Uuid) -> String {
 }
 
 const CREDITS_SK: &str = "CREDITS";
+
+/// The highest credit balance an org can hold; far below `i64::MAX`, so balance arithmetic never
+/// overflows.
+pub const MAX_BALANCE: i64 = 1_000_000_000_000_000;
 
 /// How many times a transaction cancelled only by `TransactionConflict` (another transaction on
 /// the same items in flight) is tried again before giving up.
@@ -910,22 +920,32 @@ impl Store {
             .map_or(Ok(None), |item| cache_entry(item, now_unix))
     }
 
-    /// Adds `amount` credits to the org's balance (creating it at `amount`); returns the new
-    /// balance.
+    /// Adds `amount` credits (positive) to the org's balance (creating it at `amount`) unless the
+    /// balance would pass [`MAX_BALANCE`]; returns the new balance.
+    ///
+    /// Errors: [`StoreError::BalanceLimit`] (nothing granted), DynamoDB failures.
     pub async fn grant_credits(&self, org_id: &str, amount: i64) -> Result<i64, StoreError> {
-        let output = self
+        let ceiling = MAX_BALANCE
+            .checked_sub(amount)
+            .filter(|_| amount > 0)
+            .ok_or(StoreError::BalanceLimit)?;
+        let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(org_pk(org_id)))
             .key("sk", s(CREDITS_SK))
             .update_expression("ADD balance :amount")
+            .condition_expression("attribute_not_exists(balance) OR balance <= :ceiling")
             .expression_attribute_values(":amount", n(amount))
+            .expression_attribute_values(":ceiling", n(ceiling))
             .return_values(ReturnValue::UpdatedNew)
             .send()
-            .await
-            .map_err(dynamo_error("UpdateItem"))?;
-        balance_of(output.attributes.as_ref())
+            .await;
+        match conditional_update(result)? {
+            Ok(output) => balance_of(output.attributes.as_ref()),
+            Err(_) => Err(StoreError::BalanceLimit),
+        }
     }
 
     /// The org's credit balance; 0 when it never had credits.

@@ -17,8 +17,6 @@ use uuid::Uuid;
 
 /// The most credits one `credits grant` adds.
 const MAX_GRANT: i64 = 1_000_000_000;
-/// The highest balance `credits grant` leaves an organization with.
-const MAX_BALANCE: i64 = 1_000_000_000_000_000;
 /// The most characters a CSV cell may hold.
 const MAX_CELL_CHARS: usize = 1024;
 /// The most bytes the cells of one CSV row may hold together.
@@ -174,15 +172,29 @@ fn is_linkedin_profile(url: &str) -> bool {
             .is_some_and(|handle| !handle.trim_matches('/').is_empty())
 }
 
+/// The line (from 1) where the record at `position` starts in `bytes`. Counted here: the csv
+/// crate's own line number is off after a blank line and in a CRLF file, and its byte offset
+/// points at the line ends before the record.
+fn line_of(bytes: &[u8], position: &csv::Position) -> usize {
+    let offset = usize::try_from(position.byte())
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let start = bytes[offset..]
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .map_or(bytes.len(), |skipped| offset + skipped);
+    1 + bytes[..start].iter().filter(|b| **b == b'\n').count()
+}
+
 /// Reads and validates the CSV: every row must name a person (a LinkedIn profile URL, or a
 /// first and last name); a LinkedIn URL must be a linkedin.com profile and a company domain a
 /// bare domain; a cell holds at most 1024 characters and a row 16 KiB. The header names each
 /// column once. The first bad row is reported by its line in the file.
 fn read_people(file: &Path) -> Result<Vec<Person>, String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_path(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        .from_reader(bytes.as_slice());
     let headers = reader
         .headers()
         .map_err(|e| format!("{}: {e}", file.display()))?
@@ -206,10 +218,10 @@ fn read_people(file: &Path) -> Result<Vec<Person>, String> {
     let mut people = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| match e.position() {
-            Some(position) => format!("{} line {}: {e}", file.display(), position.line()),
+            Some(position) => format!("{} line {}: {e}", file.display(), line_of(&bytes, position)),
             None => format!("{}: {e}", file.display()),
         })?;
-        let line = record.position().map_or(0, csv::Position::line);
+        let line = record.position().map_or(0, |p| line_of(&bytes, p));
         let bad = |why: &str| format!("{} line {line}: {why}", file.display());
         for (i, cell) in record.iter().enumerate() {
             let chars = cell.chars().count();
@@ -367,22 +379,7 @@ async fn execute(cli: Cli) -> Result<String, String> {
             let info = stack_info(&cli.state_dir).await?;
             let store = store(&info);
             let balance = match command {
-                Credits::Grant { org, amount } => {
-                    let balance = store
-                        .credit_balance(&org)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if balance
-                        .checked_add(amount)
-                        .is_none_or(|total| total > MAX_BALANCE)
-                    {
-                        return Err(format!(
-                            "org {org} has {balance} credits: {amount} more would exceed the \
-                             maximum balance of {MAX_BALANCE}; nothing was granted"
-                        ));
-                    }
-                    store.grant_credits(&org, amount).await
-                }
+                Credits::Grant { org, amount } => store.grant_credits(&org, amount).await,
                 Credits::Balance { org } => store.credit_balance(&org).await,
             }
             .map_err(|e| e.to_string())?;
@@ -486,6 +483,12 @@ mod tests {
         ));
         let error = read_people(&file).unwrap_err();
         assert!(error.contains("line 4:"), "{error}");
+        let file = csv_file(
+            "first_name,last_name,company_name,company_domain,linkedin_url\r\n\
+             Ada,Lovelace,,,\r\n\r\n\r\nBob,,,,\r\n",
+        );
+        let error = read_people(&file).unwrap_err();
+        assert!(error.contains("line 5:"), "{error}");
     }
 
     #[test]
@@ -520,8 +523,8 @@ mod tests {
         let wide = "😀".repeat(MAX_CELL_CHARS);
         let file = csv_file(&format!("{HEADER}Ada,{wide},,,\n"));
         assert_eq!(read_people(&file).unwrap()[0].last_name, Some(wide.clone()));
-        // Four of them are not a row within bounds.
-        let file = csv_file(&format!("{HEADER}{wide},{wide},{wide},{wide},\n"));
+        // Five of them are not a row within bounds.
+        let file = csv_file(&format!("{HEADER}{wide},{wide},{wide},{wide},{wide}\n"));
         let error = read_people(&file).unwrap_err();
         assert!(error.contains("line 2: the row holds"), "{error}");
         // Extra columns count too.
@@ -660,7 +663,7 @@ mod tests {
         let (stack, state) = start().await;
         stack
             .store
-            .grant_credits("org_rich", MAX_BALANCE - 10)
+            .grant_credits("org_rich", enrichment::store::MAX_BALANCE - 10)
             .await
             .unwrap();
         let error = enrichctl(
@@ -671,13 +674,16 @@ mod tests {
         .unwrap_err();
         assert!(error.contains("nothing was granted"), "{error}");
         let balance = enrichctl(&state, &["credits", "balance", "--org", "org_rich"]).await;
-        assert_eq!(balance.unwrap(), (MAX_BALANCE - 10).to_string());
+        assert_eq!(
+            balance.unwrap(),
+            (enrichment::store::MAX_BALANCE - 10).to_string()
+        );
         let granted = enrichctl(
             &state,
             &["credits", "grant", "--org", "org_rich", "--amount", "10"],
         )
         .await;
-        assert_eq!(granted.unwrap(), MAX_BALANCE.to_string());
+        assert_eq!(granted.unwrap(), enrichment::store::MAX_BALANCE.to_string());
         let granted = enrichctl(
             &state,
             &[
