@@ -7,10 +7,8 @@
 //!     [--workers 5] [--concurrency 20] [--max-wait-seconds 900]
 //! ```
 //!
-//! The local stack feeds the worker from one SQS poller, one batch and one job at a time; the
-//! Lambda event source mapping starts with five concurrent batches and scales out. `--workers`
-//! adds pollers (with their own worker) on the same queue, so that `--workers 5` runs five
-//! batches at a time; `--workers 1` is the local stack as `make run` starts it.
+//! `--workers` sets how many jobs the local stack runs at once (`LOCAL_WORKER_CONCURRENCY`; 5 as
+//! `make run` starts it, the template's default maximum concurrency of the SQS event source).
 //!
 //! Needs moto's server in `.local/venv` (`make setup`). Everything listens on 127.0.0.1; the
 //! state (dev key, fixture, simulator configuration) lives in a temporary directory removed at
@@ -26,14 +24,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use enrichment::domain::{Enrichment, Person, Status};
 use enrichment::providers::normalize::{normalize_email, normalize_phone};
-use enrichment::worker::Worker;
-use local_stack::poller::Poller;
 use local_stack::simulator::{
     DropcontactEmail, DropcontactRecord, FullEnrichRecord, HunterRecord, KnownPerson, PdlRecord,
     ProspeoRecord, ProviderBehavior, RequestStats, SimulatorConfig,
 };
-use local_stack::{Options, Stack, simulator_cascade};
-use tokio::sync::{Semaphore, watch};
+use local_stack::{Options, Stack};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -1009,29 +1005,9 @@ async fn run_in(
     options.fixture = fixture;
     options.simulator_config = Some(config_path);
     options.visibility_timeout = VISIBILITY_TIMEOUT;
+    options.worker_concurrency = args.workers;
     let stack = Stack::start(options).await?;
-    let (stop, stopped) = watch::channel(false);
-    let mut pollers = Vec::new();
-    for _ in 1..args.workers {
-        let extra = simulator_cascade(&stack.simulator_url).map(|cascade| Poller {
-            sqs: stack.sqs.clone(),
-            queue_url: stack.info.queue_url.clone(),
-            visibility_timeout: VISIBILITY_TIMEOUT,
-            worker: Worker::new(stack.store.clone(), cascade, stack.config.clone()),
-        });
-        match extra {
-            Ok(poller) => pollers.push(tokio::spawn(poller.run(stopped.clone()))),
-            Err(e) => {
-                stack.shutdown().await;
-                return Err(e);
-            }
-        }
-    }
     let result = run_orgs(args, &stack, &people).await;
-    let _ = stop.send(true);
-    for poller in pollers {
-        let _ = tokio::time::timeout(Duration::from_secs(30), poller).await;
-    }
     stack.shutdown().await;
     result
 }

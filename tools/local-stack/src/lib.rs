@@ -86,8 +86,12 @@ pub struct Options {
     pub port: u16,
     /// `ENRICHMENT_MAX_AGE_SECONDS` of the API.
     pub max_age: Duration,
-    /// Run the SQS poller (`LOCAL_WORKER=off` leaves jobs queued).
+    /// Run the SQS pollers (`LOCAL_WORKER=off` leaves jobs queued).
     pub local_worker: bool,
+    /// How many jobs run at once (`LOCAL_WORKER_CONCURRENCY`): pollers receiving one message at a
+    /// time, as the event source mapping runs batches of 1 up to the worker's maximum concurrency
+    /// in `template.yaml` (default 5).
+    pub worker_concurrency: usize,
     /// The SQS visibility timeout the poller receives with.
     pub visibility_timeout: Duration,
     /// The moto server executable (`.local/venv/bin/moto_server`).
@@ -109,6 +113,7 @@ impl Options {
             port: 3000,
             max_age: Duration::from_secs(800),
             local_worker: true,
+            worker_concurrency: 5,
             visibility_timeout: Duration::from_secs(60),
             moto_server: root.join(".local/venv/bin/moto_server"),
             fixture: root.join("tools/local-stack/fixtures/known-people.json"),
@@ -570,9 +575,11 @@ impl Stack {
                 sqs: sqs.clone(),
                 queue_url: queue_url.clone(),
                 visibility_timeout: options.visibility_timeout,
-                worker,
+                worker: Arc::new(worker),
             };
-            tasks.push(tokio::spawn(poller.run(shutdown_rx.clone())));
+            for _ in 0..options.worker_concurrency.max(1) {
+                tasks.push(tokio::spawn(poller.clone().run(shutdown_rx.clone())));
+            }
         }
 
         let info = StackInfo {

@@ -33,6 +33,8 @@ async fn run() -> Result<(), String> {
         std::env::var("LOCAL_WORKER").as_deref(),
         Ok("off" | "0" | "false")
     );
+    options.worker_concurrency = usize::try_from(env_number("LOCAL_WORKER_CONCURRENCY", 5)?)
+        .map_err(|_| "LOCAL_WORKER_CONCURRENCY is too large".to_string())?;
     if let Ok(path) = std::env::var("SIMULATOR_CONFIG")
         && !path.trim().is_empty()
     {

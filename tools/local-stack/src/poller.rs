@@ -4,6 +4,7 @@
 //! visibility timeout (and to the DLQ after the queue's maximum receive count).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsMessage;
@@ -16,7 +17,9 @@ use tokio::time::Instant;
 /// The worker's time budget per batch, as the function's timeout in `template.yaml`.
 pub const WORKER_TIMEOUT: Duration = Duration::from_secs(840);
 
-/// One event source: a queue and the worker it feeds.
+/// One event source poller: a queue and the worker it feeds, one message at a time (the
+/// template's `BatchSize: 1`). Run several clones for concurrency.
+#[derive(Clone)]
 pub struct Poller {
     /// SQS client of the emulator.
     pub sqs: aws_sdk_sqs::Client,
@@ -24,8 +27,8 @@ pub struct Poller {
     pub queue_url: String,
     /// The visibility timeout messages are received with.
     pub visibility_timeout: Duration,
-    /// The handler's use case.
-    pub worker: Worker,
+    /// The handler's use case, shared by the pollers.
+    pub worker: Arc<Worker>,
 }
 
 impl Poller {
@@ -46,7 +49,7 @@ impl Poller {
             .sqs
             .receive_message()
             .queue_url(&self.queue_url)
-            .max_number_of_messages(10)
+            .max_number_of_messages(1)
             .wait_time_seconds(1)
             .visibility_timeout(self.visibility_timeout.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::All)
