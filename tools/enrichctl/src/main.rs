@@ -416,7 +416,11 @@ async fn execute(cli: Cli) -> Result<String, String> {
 #[tokio::main]
 async fn main() {
     match execute(Cli::parse()).await {
-        Ok(output) => println!("{output}"),
+        Ok(output) => {
+            // A reader that stops early (`| head -1`) closes the pipe: that is not an error.
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{output}");
+        }
         Err(e) => {
             eprintln!("enrichctl: {e}");
             std::process::exit(1);
