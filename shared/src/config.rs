@@ -21,6 +21,9 @@ pub struct Config {
     pub cost_phone: i64,
     /// `GLOBAL_CACHE_TTL_DAYS` (default 90): how long found data is served from the global cache.
     pub cache_ttl: Duration,
+    /// `GLOBAL_CACHE_MISS_TTL_DAYS` (default 7; 0: never): how long "no provider knows this
+    /// person" is served from the global cache. Kept only when every provider asked answered.
+    pub cache_miss_ttl: Duration,
     /// `WORKER_CLAIM_LEASE_SECONDS` (default 900): how long a worker's claim on a job keeps
     /// redeliveries away; longer than the worker's timeout.
     pub claim_lease: Duration,
@@ -61,6 +64,9 @@ impl Config {
             cost_email: number("CREDIT_COST_EMAIL", 5)?,
             cost_phone: number("CREDIT_COST_PHONE", 20)?,
             cache_ttl: Duration::from_secs(number("GLOBAL_CACHE_TTL_DAYS", 90)? as u64 * 86_400),
+            cache_miss_ttl: Duration::from_secs(
+                number("GLOBAL_CACHE_MISS_TTL_DAYS", 7)? as u64 * 86_400,
+            ),
             claim_lease: Duration::from_secs(number("WORKER_CLAIM_LEASE_SECONDS", 900)? as u64),
         })
     }

@@ -167,9 +167,9 @@ struct CreditTransactionItem<'a> {
 pub struct CacheEntry {
     /// The `globalEnrichmentId` of enrichments served from it.
     pub id: Uuid,
-    /// The normalized values found.
+    /// The normalized values found; empty for "no provider knows this person".
     pub contacts: Vec<ContactPoint>,
-    /// The provider that found them.
+    /// The provider that found them; empty for a miss.
     pub provider: String,
     /// When they were found (ISO 8601).
     pub found_at: String,

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::domain::{Enrichment, Person, Status, timestamp};
+use crate::domain::{ContactPoint, Enrichment, Person, Status, timestamp};
 use crate::providers::PersonQuery;
 use crate::providers::cascade::{Cascade, CascadeJournal, CascadeOutcome};
 use crate::queue::{Job, RetryBackoff};
@@ -135,6 +135,8 @@ struct Journal<'a> {
     enrichment: &'a Enrichment,
     token: &'a str,
     answered: &'a [String],
+    /// Whether a provider could not answer in this attempt: then a miss is not cached.
+    errored: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -151,6 +153,11 @@ impl CascadeJournal for Journal<'_> {
         {
             tracing::warn!(provider, error = %e, "could not record the provider's no match");
         }
+    }
+
+    async fn record_error(&self, _provider: &str) {
+        self.errored
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -244,13 +251,15 @@ impl Worker {
                 .await?
             {
                 SingleFlight::Cached(entry) => {
-                    tracing::info!(enrichment_id = %enrichment.id, global_enrichment_id = %entry.id, "global cache hit");
+                    tracing::info!(enrichment_id = %enrichment.id, global_enrichment_id = %entry.id, data_found = !entry.contacts.is_empty(), "global cache hit");
+                    let found = !entry.contacts.is_empty();
                     let completion = Completion {
                         status: Status::Finished,
-                        data_found: Some(true),
+                        data_found: Some(found),
                         error: None,
                         global_enrichment_id: Some(entry.id),
-                        person_contacts: Some(person.merged_contacts(field, &entry.contacts)),
+                        person_contacts: found
+                            .then(|| person.merged_contacts(field, &entry.contacts)),
                         cache: None,
                     };
                     return self.complete(claimed, token, completion).await;
@@ -264,25 +273,29 @@ impl Worker {
             enrichment,
             token,
             answered: &claimed.providers_answered,
+            errored: std::sync::atomic::AtomicBool::new(false),
         };
         let outcome = self
             .cascade
             .run_with(field, &query_of(&person), cascade_deadline, &journal)
             .await;
+        let now = Utc::now();
+        let cache_entry = |contacts: Vec<ContactPoint>, provider: String, ttl: Duration| {
+            fingerprint.clone().map(|fp| {
+                let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+                let entry = CacheEntry {
+                    id: Uuid::new_v4(),
+                    contacts,
+                    provider,
+                    found_at: timestamp(now),
+                    expires_at: now.timestamp().saturating_add(ttl),
+                };
+                (fp, entry)
+            })
+        };
         let completion = match outcome {
             CascadeOutcome::Found { provider, contacts } => {
-                let now = Utc::now();
-                let cache = fingerprint.clone().map(|fp| {
-                    let ttl = i64::try_from(self.config.cache_ttl.as_secs()).unwrap_or(i64::MAX);
-                    let entry = CacheEntry {
-                        id: Uuid::new_v4(),
-                        contacts: contacts.clone(),
-                        provider,
-                        found_at: timestamp(now),
-                        expires_at: now.timestamp().saturating_add(ttl),
-                    };
-                    (fp, entry)
-                });
+                let cache = cache_entry(contacts.clone(), provider, self.config.cache_ttl);
                 Completion {
                     status: Status::Finished,
                     data_found: Some(true),
@@ -292,14 +305,22 @@ impl Worker {
                     cache,
                 }
             }
-            CascadeOutcome::NoMatch => Completion {
-                status: Status::Finished,
-                data_found: Some(false),
-                error: None,
-                global_enrichment_id: None,
-                person_contacts: None,
-                cache: None,
-            },
+            CascadeOutcome::NoMatch => {
+                // "Nobody knows this person" is worth keeping only when every provider asked
+                // answered; a miss next to an error may be the erroring provider's hit.
+                let clean = !journal.errored.load(std::sync::atomic::Ordering::Relaxed);
+                let cache = (clean && !self.config.cache_miss_ttl.is_zero())
+                    .then(|| cache_entry(Vec::new(), String::new(), self.config.cache_miss_ttl))
+                    .flatten();
+                Completion {
+                    status: Status::Finished,
+                    data_found: Some(false),
+                    error: None,
+                    global_enrichment_id: cache.as_ref().map(|(_, entry)| entry.id),
+                    person_contacts: None,
+                    cache,
+                }
+            }
             failed @ CascadeOutcome::Failed { .. } => Completion {
                 status: Status::Failed,
                 data_found: None,

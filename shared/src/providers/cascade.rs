@@ -154,6 +154,9 @@ pub trait CascadeJournal: Send + Sync {
     /// Records that `provider` answered "no match". A failure to record is the journal's to log:
     /// the cascade goes on either way.
     async fn record_no_match(&self, provider: &str);
+    /// Notes that `provider` could not answer (an error, or no time left to ask it). Nothing to
+    /// keep by default: a redelivery asks it again.
+    async fn record_error(&self, _provider: &str) {}
 }
 
 /// The journal of a job run once: nothing answered before, nothing kept.
@@ -380,6 +383,7 @@ impl Cascade {
             if deadline.saturating_duration_since(started) < self.provider_timeout {
                 tracing::warn!(provider = name, field = %field, outcome = "skipped_no_time", latency_ms = 0u64, "provider not started: too close to the deadline");
                 errors.push((name.to_string(), NO_TIME_LEFT.to_string()));
+                journal.record_error(name).await;
                 continue;
             }
             let answer = self.ask(provider.as_ref(), field, person, deadline).await;
@@ -407,6 +411,7 @@ impl Cascade {
                 Err(error) => {
                     tracing::warn!(provider = name, field = %field, outcome = "error", latency_ms, error = %error, "provider failed");
                     errors.push((name.to_string(), error.to_string()));
+                    journal.record_error(name).await;
                 }
             }
         }

@@ -536,6 +536,7 @@ impl Stack {
             cost_email: 5,
             cost_phone: 20,
             cache_ttl: Duration::from_secs(90 * 86_400),
+            cache_miss_ttl: Duration::from_secs(7 * 86_400),
             claim_lease: Duration::from_secs(900),
         };
         let store = Store::new(dynamodb, TABLE_NAME);

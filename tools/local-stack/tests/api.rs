@@ -985,3 +985,63 @@ async fn an_enrichment_that_fails_gives_its_credits_back() {
     assert_eq!(body["status"], "failed");
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn nobody_knowing_a_person_is_cached_for_other_orgs_unless_a_provider_failed() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    let miss = FakeProvider::new("miss", None, Duration::ZERO);
+    let worker = worker_with(&stack, vec![miss.clone()], stack.config.clone());
+    let a = completed(
+        worker
+            .run(&pending_job(&stack, ORG, &person).await, soon())
+            .await
+            .unwrap(),
+    );
+    let b = completed(
+        worker
+            .run(&pending_job(&stack, "org_other", &person).await, soon())
+            .await
+            .unwrap(),
+    );
+    assert_eq!((a.data_found, b.data_found), (Some(false), Some(false)));
+    assert_eq!(
+        miss.calls(),
+        1,
+        "the second org's enrichment came from the cached miss"
+    );
+    assert!(a.global_enrichment_id.is_some());
+    assert_eq!(b.global_enrichment_id, a.global_enrichment_id);
+
+    // A miss next to a provider that failed is not kept: the failed one may know the person.
+    let other = Person {
+        id: Uuid::new_v4(),
+        first_name: Some("Grace".into()),
+        last_name: Some("Hopper".into()),
+        company_domain: Some("navy.test".into()),
+        ..Person::default()
+    };
+    let miss = FakeProvider::new("miss", None, Duration::ZERO);
+    let down = FakeProvider::new("down", Some("503"), Duration::ZERO);
+    let worker = worker_with(
+        &stack,
+        vec![miss.clone(), down.clone()],
+        stack.config.clone(),
+    );
+    let a = completed(
+        worker
+            .run(&pending_job(&stack, ORG, &other).await, soon())
+            .await
+            .unwrap(),
+    );
+    let b = completed(
+        worker
+            .run(&pending_job(&stack, "org_other", &other).await, soon())
+            .await
+            .unwrap(),
+    );
+    assert_eq!((a.data_found, b.data_found), (Some(false), Some(false)));
+    assert_eq!(a.global_enrichment_id, None);
+    assert_eq!(miss.calls(), 2);
+    stack.shutdown().await;
+}
