@@ -60,8 +60,8 @@ use serde_json::Value;
 
 use crate::domain::Field;
 use crate::providers::{
-    PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain, non_blank,
-    request_error, retry_after,
+    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain,
+    non_blank, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`) and on stored contacts.
@@ -73,9 +73,7 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// Dropcontact's batch enrichment for one record: sends it, then fetches the result until it is
 /// ready. Finds the person's professional email address. Emails only.
 pub struct DropcontactProvider {
-    http: reqwest::Client,
-    base_url: String,
-    api_key: String,
+    endpoint: Endpoint,
     poll_interval: Duration,
 }
 
@@ -90,11 +88,8 @@ impl DropcontactProvider {
         base_url: impl Into<String>,
         api_key: impl Into<String>,
     ) -> Self {
-        let base_url = base_url.into().trim_end_matches('/').to_string();
         Self {
-            http,
-            base_url,
-            api_key: api_key.into(),
+            endpoint: Endpoint::new(http, base_url, api_key),
             poll_interval: DEFAULT_POLL_INTERVAL,
         }
     }
@@ -111,7 +106,7 @@ impl DropcontactProvider {
     }
 
     fn enrich_url(&self) -> String {
-        format!("{}/v1/enrich/all", self.base_url)
+        format!("{}/v1/enrich/all", self.endpoint.base_url)
     }
 }
 
@@ -263,9 +258,10 @@ impl DropcontactProvider {
             language: "en",
         };
         let response = self
+            .endpoint
             .http
             .post(self.enrich_url())
-            .header("X-Access-Token", &self.api_key)
+            .header("X-Access-Token", &self.endpoint.api_key)
             .json(&body)
             .send()
             .await
@@ -295,9 +291,10 @@ impl DropcontactProvider {
 
     async fn fetch(&self, request_id: &str) -> Result<Fetch, ProviderError> {
         let response = self
+            .endpoint
             .http
             .get(format!("{}/{request_id}", self.enrich_url()))
-            .header("X-Access-Token", &self.api_key)
+            .header("X-Access-Token", &self.endpoint.api_key)
             .send()
             .await
             .map_err(request_error)?;

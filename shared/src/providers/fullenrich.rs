@@ -61,8 +61,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::Field;
 use crate::providers::{
-    PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain, non_blank,
-    request_error, retry_after,
+    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain,
+    non_blank, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
@@ -75,9 +75,7 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// FullEnrich's bulk contact enrichment for one contact: starts an enrichment, then polls its
 /// result until it is finished. Finds work emails and mobile phones.
 pub struct FullEnrichProvider {
-    http: reqwest::Client,
-    base_url: String,
-    api_key: String,
+    endpoint: Endpoint,
     poll_interval: Duration,
 }
 
@@ -92,11 +90,8 @@ impl FullEnrichProvider {
         base_url: impl Into<String>,
         api_key: impl Into<String>,
     ) -> Self {
-        let base_url = base_url.into().trim_end_matches('/').to_string();
         Self {
-            http,
-            base_url,
-            api_key: api_key.into(),
+            endpoint: Endpoint::new(http, base_url, api_key),
             poll_interval: DEFAULT_POLL_INTERVAL,
         }
     }
@@ -113,7 +108,7 @@ impl FullEnrichProvider {
     }
 
     fn bulk_url(&self) -> String {
-        format!("{}/api/v2/contact/enrich/bulk", self.base_url)
+        format!("{}/api/v2/contact/enrich/bulk", self.endpoint.base_url)
     }
 }
 
@@ -302,9 +297,10 @@ impl FullEnrichProvider {
             data: vec![contact],
         };
         let response = self
+            .endpoint
             .http
             .post(self.bulk_url())
-            .bearer_auth(&self.api_key)
+            .bearer_auth(&self.endpoint.api_key)
             .json(&body)
             .send()
             .await
@@ -326,9 +322,10 @@ impl FullEnrichProvider {
 
     async fn poll(&self, field: Field, id: &str) -> Result<Poll, ProviderError> {
         let response = self
+            .endpoint
             .http
             .get(format!("{}/{id}", self.bulk_url()))
-            .bearer_auth(&self.api_key)
+            .bearer_auth(&self.endpoint.api_key)
             .send()
             .await
             .map_err(request_error)?;

@@ -34,8 +34,8 @@ use serde::Deserialize;
 
 use crate::domain::Field;
 use crate::providers::{
-    PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain, non_blank,
-    request_error, retry_after,
+    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain,
+    non_blank, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`) and on stored contacts.
@@ -44,9 +44,7 @@ pub const NAME: &str = "hunter";
 /// Hunter.io's Email Finder: finds a person's professional email address from their first and
 /// last name and their company's domain. Emails only.
 pub struct HunterProvider {
-    http: reqwest::Client,
-    base_url: String,
-    api_key: String,
+    endpoint: Endpoint,
 }
 
 impl HunterProvider {
@@ -60,11 +58,8 @@ impl HunterProvider {
         base_url: impl Into<String>,
         api_key: impl Into<String>,
     ) -> Self {
-        let base_url = base_url.into().trim_end_matches('/').to_string();
         Self {
-            http,
-            base_url,
-            api_key: api_key.into(),
+            endpoint: Endpoint::new(http, base_url, api_key),
         }
     }
 }
@@ -127,13 +122,14 @@ impl Provider for HunterProvider {
             return Ok(ProviderAnswer::NoMatch);
         };
         let response = self
+            .endpoint
             .http
-            .get(format!("{}/v2/email-finder", self.base_url))
+            .get(format!("{}/v2/email-finder", self.endpoint.base_url))
             .query(&[
                 ("domain", inputs.domain.as_str()),
                 ("first_name", inputs.first_name.as_str()),
                 ("last_name", inputs.last_name.as_str()),
-                ("api_key", self.api_key.as_str()),
+                ("api_key", self.endpoint.api_key.as_str()),
             ])
             .send()
             .await

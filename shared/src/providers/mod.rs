@@ -104,6 +104,28 @@ pub trait Provider: Send + Sync {
     ) -> Result<ProviderAnswer, ProviderError>;
 }
 
+/// Where and how an adapter reaches its provider: the HTTP client (TLS and connection settings;
+/// the cascade bounds each call), the API origin without a trailing `/`, and the API key.
+pub(crate) struct Endpoint {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base_url: String,
+    pub(crate) api_key: String,
+}
+
+impl Endpoint {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        base_url: impl Into<String>,
+        api_key: impl Into<String>,
+    ) -> Self {
+        Self {
+            http,
+            base_url: base_url.into().trim_end_matches('/').to_string(),
+            api_key: api_key.into(),
+        }
+    }
+}
+
 /// `Some(trimmed)` when `value` holds more than whitespace.
 pub(crate) fn non_blank(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())

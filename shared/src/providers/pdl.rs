@@ -39,8 +39,8 @@ use serde_json::Value;
 
 use crate::domain::Field;
 use crate::providers::{
-    PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain, non_blank,
-    request_error, retry_after,
+    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain,
+    non_blank, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
@@ -50,9 +50,7 @@ pub const NAME: &str = "pdl";
 /// People Data Labs' Person Enrichment: one-to-one match of a person from a LinkedIn URL, or
 /// from a name and an employer. Finds emails and phones.
 pub struct PdlProvider {
-    http: reqwest::Client,
-    base_url: String,
-    api_key: String,
+    endpoint: Endpoint,
 }
 
 impl PdlProvider {
@@ -65,11 +63,8 @@ impl PdlProvider {
         base_url: impl Into<String>,
         api_key: impl Into<String>,
     ) -> Self {
-        let base_url = base_url.into().trim_end_matches('/').to_string();
         Self {
-            http,
-            base_url,
-            api_key: api_key.into(),
+            endpoint: Endpoint::new(http, base_url, api_key),
         }
     }
 }
@@ -249,9 +244,10 @@ impl Provider for PdlProvider {
             return Ok(ProviderAnswer::NoMatch);
         };
         let response = self
+            .endpoint
             .http
-            .get(format!("{}/v5/person/enrich", self.base_url))
-            .header("X-Api-Key", &self.api_key)
+            .get(format!("{}/v5/person/enrich", self.endpoint.base_url))
+            .header("X-Api-Key", &self.endpoint.api_key)
             .query(&params)
             .send()
             .await

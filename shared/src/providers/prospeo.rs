@@ -52,8 +52,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::Field;
 use crate::providers::{
-    PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain, non_blank,
-    request_error, retry_after,
+    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain,
+    non_blank, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
@@ -63,9 +63,7 @@ pub const NAME: &str = "prospeo";
 /// Prospeo's Enrich Person: one synchronous call matching a person from a LinkedIn URL, or from
 /// a name and a company. Finds emails and mobile phones.
 pub struct ProspeoProvider {
-    http: reqwest::Client,
-    base_url: String,
-    api_key: String,
+    endpoint: Endpoint,
 }
 
 impl ProspeoProvider {
@@ -78,11 +76,8 @@ impl ProspeoProvider {
         base_url: impl Into<String>,
         api_key: impl Into<String>,
     ) -> Self {
-        let base_url = base_url.into().trim_end_matches('/').to_string();
         Self {
-            http,
-            base_url,
-            api_key: api_key.into(),
+            endpoint: Endpoint::new(http, base_url, api_key),
         }
     }
 }
@@ -262,9 +257,10 @@ impl Provider for ProspeoProvider {
             return Ok(ProviderAnswer::NoMatch);
         };
         let response = self
+            .endpoint
             .http
-            .post(format!("{}/enrich-person", self.base_url))
-            .header("X-KEY", &self.api_key)
+            .post(format!("{}/enrich-person", self.endpoint.base_url))
+            .header("X-KEY", &self.endpoint.api_key)
             .json(&request(field, data))
             .send()
             .await
