@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, TimeToLiveSpecification,
@@ -145,24 +145,28 @@ pub struct Stack {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// A DynamoDB client config for a local endpoint, with dummy credentials.
-pub fn dynamodb_config(endpoint: &str) -> aws_sdk_dynamodb::config::Builder {
-    aws_sdk_dynamodb::Config::builder()
+/// The AWS SDK configuration of a local emulator: its endpoint, [`LOCAL_REGION`] and dummy
+/// credentials. Every service client of the local stack and its tests derives from it.
+pub fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(LOCAL_REGION))
-        .credentials_provider(Credentials::new("local", "local", None, None, "local"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "local", "local", None, None, "local",
+        )))
         .endpoint_url(endpoint)
+        .build()
 }
 
-/// An SQS client config for a local endpoint, with dummy credentials.
+/// A DynamoDB client config for a local endpoint (see [`sdk_config`]), open to more settings
+/// such as interceptors.
+pub fn dynamodb_config(endpoint: &str) -> aws_sdk_dynamodb::config::Builder {
+    aws_sdk_dynamodb::config::Builder::from(&sdk_config(endpoint))
+}
+
+/// An SQS client config for a local endpoint (see [`sdk_config`]).
 pub fn sqs_config(endpoint: &str) -> aws_sdk_sqs::config::Builder {
-    aws_sdk_sqs::Config::builder()
-        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-        .region(aws_sdk_sqs::config::Region::new(LOCAL_REGION))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "local", "local", None, None, "local",
-        ))
-        .endpoint_url(endpoint)
+    aws_sdk_sqs::config::Builder::from(&sdk_config(endpoint))
 }
 
 async fn loopback_listener(port: u16) -> Result<(TcpListener, SocketAddr), String> {

@@ -796,17 +796,7 @@ async fn a_new_post_makes_one_dynamodb_and_one_sqs_call_a_replay_one_and_get_one
 #[tokio::test]
 async fn provider_keys_are_read_from_the_secrets_the_template_names() {
     let stack = start(Duration::from_secs(800), false).await;
-    let config = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-        .region(aws_sdk_secretsmanager::config::Region::new(
-            local_stack::LOCAL_REGION,
-        ))
-        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-            "local", "local", None, None, "test",
-        ))
-        .endpoint_url(&stack.info.sqs_url)
-        .build();
-    let client = aws_sdk_secretsmanager::Client::from_conf(config);
+    let client = aws_sdk_secretsmanager::Client::new(&local_stack::sdk_config(&stack.info.sqs_url));
     let arn = client
         .create_secret()
         .name("enrichment/hunter")
@@ -841,15 +831,7 @@ async fn the_step_functions_orchestrator_starts_one_execution_per_enrichment() {
     let person = known_person();
     add_person(&stack, ORG, &person).await;
     stack.store.grant_credits(ORG, 10).await.unwrap();
-    let config = aws_sdk_sfn::Config::builder()
-        .behavior_version(aws_sdk_sfn::config::BehaviorVersion::latest())
-        .region(aws_sdk_sfn::config::Region::new(local_stack::LOCAL_REGION))
-        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
-            "local", "local", None, None, "test",
-        ))
-        .endpoint_url(&stack.info.sqs_url)
-        .build();
-    let sfn = aws_sdk_sfn::Client::from_conf(config);
+    let sfn = aws_sdk_sfn::Client::new(&local_stack::sdk_config(&stack.info.sqs_url));
     let definition =
         json!({"StartAt": "Enrich", "States": {"Enrich": {"Type": "Pass", "End": true}}});
     let arn = sfn
