@@ -131,7 +131,17 @@ pub struct Cascade {
     phones: Vec<Arc<dyn Provider>>,
     provider_timeout: Duration,
     retries: u32,
+    budgets: std::collections::HashMap<String, Budget>,
     default_region: Id,
+}
+
+/// One provider's time and retry budget, overriding the cascade's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// The bound on each call, and the least time left before the deadline to start one.
+    pub timeout: Duration,
+    /// How many times the provider is asked again after a short `Retry-After` or a 5xx.
+    pub retries: u32,
 }
 
 /// The longest `Retry-After` the cascade waits out before asking a rate-limited provider again;
@@ -185,8 +195,23 @@ impl Cascade {
             phones,
             provider_timeout,
             retries: DEFAULT_RETRIES,
+            budgets: std::collections::HashMap::new(),
             default_region: DEFAULT_PHONE_REGION,
         }
+    }
+
+    /// The same cascade, with `provider`'s own time and retry budget.
+    pub fn with_budget(mut self, provider: &str, budget: Budget) -> Self {
+        self.budgets.insert(provider.to_string(), budget);
+        self
+    }
+
+    /// The budget of `provider`: its own, or the cascade's defaults.
+    pub fn budget(&self, provider: &str) -> Budget {
+        self.budgets.get(provider).copied().unwrap_or(Budget {
+            timeout: self.provider_timeout,
+            retries: self.retries,
+        })
     }
 
     /// The same cascade, asking a provider again up to `retries` times after a 429 whose
@@ -230,6 +255,8 @@ impl Cascade {
     /// | `FULLENRICH_BASE_URL` | `https://app.fullenrich.com` | FullEnrich's API origin, without `/api/v2` |
     /// | `DROPCONTACT_BASE_URL` | `https://api.dropcontact.com` | Dropcontact's API origin, without `/v1` |
     /// | `PROVIDER_TIMEOUT_SECONDS` | `20` | bound on each provider call, seconds (decimals allowed, > 0) |
+    /// | `PROVIDER_RETRIES` | `1` | times a provider is asked again after a short `Retry-After` or a 5xx (0 to 5) |
+    /// | `<NAME>_TIMEOUT_SECONDS`, `<NAME>_RETRIES` | the two above | one provider's own budget (`PDL_TIMEOUT_SECONDS`...) |
     /// | `PHONE_DEFAULT_REGION` | `US` | ISO 3166 region of national phone numbers |
     ///
     /// Names are case-insensitive; an empty value counts as unset, except for the two provider
@@ -302,20 +329,64 @@ impl Cascade {
         };
 
         let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-        let provider_timeout = match set("PROVIDER_TIMEOUT_SECONDS") {
-            None => DEFAULT_PROVIDER_TIMEOUT,
-            Some(value) => value
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|s| *s > 0.0)
-                .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .ok_or(CascadeConfigError::Invalid {
-                    var: "PROVIDER_TIMEOUT_SECONDS",
-                    value,
-                    reason: "expected a positive number of seconds",
-                })?,
+        let seconds = |name: &'static str| -> Result<Option<Duration>, CascadeConfigError> {
+            set(name)
+                .map(|value| {
+                    value
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| *s > 0.0)
+                        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                        .ok_or(CascadeConfigError::Invalid {
+                            var: name,
+                            value,
+                            reason: "expected a positive number of seconds",
+                        })
+                })
+                .transpose()
         };
+        let count = |name: &'static str| -> Result<Option<u32>, CascadeConfigError> {
+            set(name)
+                .map(|value| {
+                    value.trim().parse::<u32>().ok().filter(|n| *n <= 5).ok_or(
+                        CascadeConfigError::Invalid {
+                            var: name,
+                            value,
+                            reason: "expected a number of retries from 0 to 5",
+                        },
+                    )
+                })
+                .transpose()
+        };
+        let provider_timeout =
+            seconds("PROVIDER_TIMEOUT_SECONDS")?.unwrap_or(DEFAULT_PROVIDER_TIMEOUT);
+        let retries = count("PROVIDER_RETRIES")?.unwrap_or(DEFAULT_RETRIES);
+        let mut budgets = Vec::new();
+        for (name, timeout_var, retries_var) in [
+            (hunter::NAME, "HUNTER_TIMEOUT_SECONDS", "HUNTER_RETRIES"),
+            (pdl::NAME, "PDL_TIMEOUT_SECONDS", "PDL_RETRIES"),
+            (prospeo::NAME, "PROSPEO_TIMEOUT_SECONDS", "PROSPEO_RETRIES"),
+            (
+                fullenrich::NAME,
+                "FULLENRICH_TIMEOUT_SECONDS",
+                "FULLENRICH_RETRIES",
+            ),
+            (
+                dropcontact::NAME,
+                "DROPCONTACT_TIMEOUT_SECONDS",
+                "DROPCONTACT_RETRIES",
+            ),
+        ] {
+            let (timeout, own_retries) = (seconds(timeout_var)?, count(retries_var)?);
+            if timeout.is_some() || own_retries.is_some() {
+                let budget = Budget {
+                    timeout: timeout.unwrap_or(provider_timeout),
+                    retries: own_retries.unwrap_or(retries),
+                };
+                budgets.push((name, budget));
+            }
+        }
         let default_region = match set("PHONE_DEFAULT_REGION") {
             None => DEFAULT_PHONE_REGION,
             Some(value) => Id::from_str(&value.trim().to_uppercase()).map_err(|_| {
@@ -327,10 +398,14 @@ impl Cascade {
             })?,
         };
 
-        Ok(
-            Cascade::new(pick(&email_names), pick(&phone_names), provider_timeout)
-                .with_default_region(default_region),
-        )
+        let cascade = Cascade::new(pick(&email_names), pick(&phone_names), provider_timeout)
+            .with_retries(retries)
+            .with_default_region(default_region);
+        Ok(budgets
+            .into_iter()
+            .fold(cascade, |cascade, (name, budget)| {
+                cascade.with_budget(name, budget)
+            }))
     }
 
     /// Asks the providers of `field` in order for `person`'s values, stopping at the first that
@@ -380,13 +455,16 @@ impl Cascade {
                 continue;
             }
             let started = Instant::now();
-            if deadline.saturating_duration_since(started) < self.provider_timeout {
+            let budget = self.budget(name);
+            if deadline.saturating_duration_since(started) < budget.timeout {
                 tracing::warn!(provider = name, field = %field, outcome = "skipped_no_time", latency_ms = 0u64, "provider not started: too close to the deadline");
                 errors.push((name.to_string(), NO_TIME_LEFT.to_string()));
                 journal.record_error(name).await;
                 continue;
             }
-            let answer = self.ask(provider.as_ref(), field, person, deadline).await;
+            let answer = self
+                .ask(provider.as_ref(), budget, field, person, deadline)
+                .await;
             let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             match answer {
                 Ok(ProviderAnswer::Found(raw)) => {
@@ -427,13 +505,14 @@ impl Cascade {
     async fn ask(
         &self,
         provider: &dyn Provider,
+        budget: Budget,
         field: Field,
         person: &PersonQuery,
         deadline: Instant,
     ) -> Result<ProviderAnswer, ProviderError> {
         let mut attempt = 0;
         loop {
-            let answer = tokio::time::timeout(self.provider_timeout, provider.find(field, person))
+            let answer = tokio::time::timeout(budget.timeout, provider.find(field, person))
                 .await
                 .unwrap_or(Err(ProviderError::Timeout));
             let wait = match &answer {
@@ -443,9 +522,8 @@ impl Cascade {
                 Err(ProviderError::Status(status)) if *status >= 500 => SERVER_ERROR_RETRY_WAIT,
                 _ => return answer,
             };
-            let fits =
-                deadline.saturating_duration_since(Instant::now()) >= wait + self.provider_timeout;
-            if attempt >= self.retries || wait > MAX_RETRY_WAIT || !fits {
+            let fits = deadline.saturating_duration_since(Instant::now()) >= wait + budget.timeout;
+            if attempt >= budget.retries || wait > MAX_RETRY_WAIT || !fits {
                 return answer;
             }
             attempt += 1;
@@ -1142,5 +1220,65 @@ mod tests {
             "{outcome:?}"
         );
         assert_eq!(provider.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn from_vars_reads_per_provider_budgets() {
+        let cascade = Cascade::from_vars(
+            reqwest::Client::new(),
+            vars(&[
+                ("HUNTER_API_KEY", "h"),
+                ("PDL_API_KEY", "p"),
+                ("PROVIDER_TIMEOUT_SECONDS", "10"),
+                ("PROVIDER_RETRIES", "2"),
+                ("PDL_TIMEOUT_SECONDS", "3.5"),
+                ("HUNTER_RETRIES", "0"),
+            ]),
+        )
+        .unwrap();
+        let budget = |timeout: f64, retries| Budget {
+            timeout: Duration::from_secs_f64(timeout),
+            retries,
+        };
+        assert_eq!(cascade.budget("pdl"), budget(3.5, 2));
+        assert_eq!(cascade.budget("hunter"), budget(10.0, 0));
+        assert_eq!(cascade.budget("prospeo"), budget(10.0, 2));
+        let error = Cascade::from_vars(
+            reqwest::Client::new(),
+            vars(&[
+                ("HUNTER_API_KEY", "h"),
+                ("PDL_API_KEY", "p"),
+                ("PDL_RETRIES", "many"),
+            ]),
+        );
+        assert!(matches!(
+            error,
+            Err(CascadeConfigError::Invalid {
+                var: "PDL_RETRIES",
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_provider_is_cut_off_by_its_own_timeout() {
+        let slow = Fake::hanging("slow");
+        let next = Fake::found("next", &["next@example.com"]);
+        let cascade = Cascade::new(vec![slow.clone(), next.clone()], vec![], TIMEOUT).with_budget(
+            "slow",
+            Budget {
+                timeout: Duration::from_secs(2),
+                retries: 0,
+            },
+        );
+        let started = Instant::now();
+        let outcome = cascade.run(Field::Emails, &person(), far_deadline()).await;
+        assert_eq!(values(&outcome), ["next@example.com"]);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!((slow.calls(), next.calls()), (1, 1));
     }
 }
