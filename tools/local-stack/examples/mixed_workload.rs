@@ -972,7 +972,7 @@ async fn run_in(
     let phones = people.iter().filter(|p| p.wants_phones).count();
     println!(
         "mixed workload: {} people (seed {}), emails for all, phones for {phones}; \
-         {} requests in flight; {} SQS poller(s), batches of 10",
+         {} requests in flight; {} SQS poller(s) of one message each",
         people.len(),
         args.seed,
         args.concurrency,
