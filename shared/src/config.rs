@@ -27,6 +27,10 @@ pub struct Config {
     /// `WORKER_CLAIM_LEASE_SECONDS` (default 900): how long a worker's claim on a job keeps
     /// redeliveries away; longer than the worker's timeout.
     pub claim_lease: Duration,
+    /// `WORKER_MAX_RECEIVES` (default 5, the jobs queue's `maxReceiveCount` in `template.yaml`):
+    /// on a job's last receive, a worker that still fails marks the enrichment `failed` and
+    /// refunds it before the message goes to the DLQ.
+    pub max_receives: u32,
 }
 
 /// A missing or unparsable setting.
@@ -68,6 +72,8 @@ impl Config {
                 number("GLOBAL_CACHE_MISS_TTL_DAYS", 7)? as u64 * 86_400,
             ),
             claim_lease: Duration::from_secs(number("WORKER_CLAIM_LEASE_SECONDS", 900)? as u64),
+            max_receives: u32::try_from(number("WORKER_MAX_RECEIVES", 5)?)
+                .map_err(|_| ConfigError("WORKER_MAX_RECEIVES is too large".into()))?,
         })
     }
 

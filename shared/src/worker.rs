@@ -23,6 +23,10 @@ pub const WRITE_MARGIN: Duration = Duration::from_secs(5);
 /// How often a worker waiting for another worker's run of the same person looks at the cache.
 pub const LEASE_POLL: Duration = Duration::from_millis(500);
 
+/// The `error` of an enrichment whose job failed on every delivery (its credits are refunded).
+pub const GAVE_UP_MESSAGE: &str =
+    "The enrichment could not be processed; its credits were refunded";
+
 /// The `error` of an enrichment whose person was deleted before the job ran.
 pub const PERSON_GONE_MESSAGE: &str = "Person not found";
 
@@ -432,6 +436,44 @@ impl Worker {
         }
     }
 
+    /// The last receive of a job failed too: its message goes to the DLQ (and raises the alarm),
+    /// so the enrichment, if still pending, ends `failed` with its credits refunded rather than
+    /// waiting for the lazy timeout. Best effort: a store that still fails leaves that to the
+    /// timeout.
+    async fn give_up(&self, job: &Job) {
+        let result = async {
+            let Some(record) = self
+                .store
+                .get_enrichment(&job.org_id, job.person_id, job.field)
+                .await?
+            else {
+                return Ok(());
+            };
+            if record.enrichment.id != job.enrichment_id
+                || record.enrichment.status != Status::Pending
+            {
+                return Ok(());
+            }
+            self.store
+                .fail_and_refund(
+                    &record.enrichment,
+                    record.credits_charged,
+                    GAVE_UP_MESSAGE,
+                    &timestamp(Utc::now()),
+                )
+                .await
+                .map(|_| ())
+        };
+        match result.await {
+            Ok(()) => {
+                tracing::warn!(enrichment_id = %job.enrichment_id, "gave the job up; it goes to the DLQ")
+            }
+            Err(e) => {
+                tracing::error!(enrichment_id = %job.enrichment_id, error = %e, "could not give the job up")
+            }
+        }
+    }
+
     /// Runs an SQS batch one record at a time and reports the records to retry as batch item
     /// failures (by `messageId`); the others are deleted by the event source mapping.
     pub async fn run_batch(&self, records: &[SqsMessage], deadline: Instant) -> SqsBatchResponse {
@@ -440,18 +482,25 @@ impl Worker {
             let message_id = record.message_id.clone().unwrap_or_default();
             let result = serde_json::from_str::<Job>(record.body.as_deref().unwrap_or_default())
                 .map_err(|e| JobError::BadMessage(e.to_string()));
-            let result = match result {
-                Ok(job) => self.run(&job, deadline).await,
-                Err(e) => Err(e),
+            let (job, result) = match result {
+                Ok(job) => {
+                    let result = self.run(&job, deadline).await;
+                    (Some(job), result)
+                }
+                Err(e) => (None, Err(e)),
             };
             if let Err(e) = result {
-                tracing::error!(message_id = %message_id, error = %e, "job failed; it will be retried");
-                if let (Some(backoff), Some(receipt)) = (&self.backoff, &record.receipt_handle) {
-                    let receives = record
-                        .attributes
-                        .get("ApproximateReceiveCount")
-                        .and_then(|count| count.parse().ok())
-                        .unwrap_or(1);
+                let receives: u32 = record
+                    .attributes
+                    .get("ApproximateReceiveCount")
+                    .and_then(|count| count.parse().ok())
+                    .unwrap_or(1);
+                tracing::error!(message_id = %message_id, receives, error = %e, "job failed");
+                if let Some(job) = job.filter(|_| receives >= self.config.max_receives) {
+                    self.give_up(&job).await;
+                } else if let (Some(backoff), Some(receipt)) =
+                    (&self.backoff, &record.receipt_handle)
+                {
                     backoff.defer(receipt, receives).await;
                 }
                 response.add_failure(message_id);

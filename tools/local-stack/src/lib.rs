@@ -542,6 +542,7 @@ impl Stack {
             cache_ttl: Duration::from_secs(90 * 86_400),
             cache_miss_ttl: Duration::from_secs(7 * 86_400),
             claim_lease: Duration::from_secs(900),
+            max_receives: MAX_RECEIVE_COUNT,
         };
         let store = Store::new(dynamodb, TABLE_NAME);
         let auth = Authenticator::with_jwks(

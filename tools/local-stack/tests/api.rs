@@ -1027,3 +1027,134 @@ async fn nobody_knowing_a_person_is_cached_for_other_orgs_unless_a_provider_fail
     assert_eq!(miss.calls(), 2);
     stack.shutdown().await;
 }
+
+/// Fails the first `TransactWriteItems` request a client sends (as a DynamoDB outage would).
+#[derive(Clone, Debug, Default)]
+struct FailFirstTransaction(Arc<AtomicUsize>);
+
+impl Intercept for FailFirstTransaction {
+    fn name(&self) -> &'static str {
+        "FailFirstTransaction"
+    }
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let target = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or_default();
+        if target.ends_with(".TransactWriteItems") && self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err("injected DynamoDB failure".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_job_failing_on_its_last_receive_ends_failed_and_refunded() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    let job = pending_job(&stack, ORG, &person).await;
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 0);
+    let failing = aws_sdk_dynamodb::Client::from_conf(
+        dynamodb_config(&stack.info.dynamodb_url)
+            .interceptor(FailFirstTransaction::default())
+            .build(),
+    );
+    let provider = FakeProvider::new("fake", Some("ada@analytical-engines.test"), Duration::ZERO);
+    let cascade = Cascade::new(
+        vec![provider as Arc<dyn Provider>],
+        vec![],
+        Duration::from_secs(5),
+    );
+    let worker = Worker::new(
+        Store::new(failing, stack.store.table()),
+        cascade,
+        stack.config.clone(),
+    );
+    let record = |receives: &str| {
+        let mut record = aws_lambda_events::sqs::SqsMessage::default();
+        record.message_id = Some("m-1".into());
+        record.body = Some(serde_json::to_string(&job).unwrap());
+        record
+            .attributes
+            .insert("ApproximateReceiveCount".into(), receives.into());
+        record
+    };
+
+    let response = worker.run_batch(&[record("5")], soon()).await;
+    assert_eq!(
+        response.batch_item_failures.len(),
+        1,
+        "the message still goes to the DLQ"
+    );
+    let (_, body) = Api::new(&stack, ORG).get(person.id, "emails").await;
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["error"], enrichment::worker::GAVE_UP_MESSAGE);
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 5);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_job_failing_before_its_last_receive_stays_pending_for_the_retry() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    let job = pending_job(&stack, ORG, &person).await;
+    let failing = aws_sdk_dynamodb::Client::from_conf(
+        dynamodb_config(&stack.info.dynamodb_url)
+            .interceptor(FailFirstTransaction::default())
+            .build(),
+    );
+    let provider = FakeProvider::new("fake", Some("ada@analytical-engines.test"), Duration::ZERO);
+    let cascade = Cascade::new(
+        vec![provider.clone() as Arc<dyn Provider>],
+        vec![],
+        Duration::from_secs(5),
+    );
+    let worker = Worker::new(
+        Store::new(failing, stack.store.table()),
+        cascade,
+        stack.config.clone(),
+    );
+    let mut record = aws_lambda_events::sqs::SqsMessage::default();
+    record.message_id = Some("m-1".into());
+    record.body = Some(serde_json::to_string(&job).unwrap());
+    record
+        .attributes
+        .insert("ApproximateReceiveCount".into(), "1".into());
+
+    assert_eq!(
+        worker
+            .run_batch(std::slice::from_ref(&record), soon())
+            .await
+            .batch_item_failures
+            .len(),
+        1
+    );
+    assert_eq!(
+        Api::new(&stack, ORG).get(person.id, "emails").await.1["status"],
+        "pending"
+    );
+    // The retry runs at once: the failed attempt gave its claim up.
+    assert!(
+        worker
+            .run_batch(&[record], soon())
+            .await
+            .batch_item_failures
+            .is_empty()
+    );
+    assert_eq!(
+        Api::new(&stack, ORG).get(person.id, "emails").await.1["status"],
+        "finished"
+    );
+    assert_eq!(
+        provider.calls(),
+        2,
+        "the failed attempt wrote nothing, so the retry asks again"
+    );
+    stack.shutdown().await;
+}
