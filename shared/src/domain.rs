@@ -231,6 +231,16 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// [`timestamp`] of `now` minus `age`: the cut-off for "older than `age`" comparisons on stored
+/// timestamps (the earliest representable time when `age` reaches past it).
+pub fn timestamp_before(now: DateTime<Utc>, age: std::time::Duration) -> String {
+    let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    timestamp(
+        now.checked_sub_signed(age)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

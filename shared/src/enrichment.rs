@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::config::Config;
-use crate::domain::{Enrichment, Field, Status, timestamp};
+use crate::domain::{Enrichment, Field, Status, timestamp, timestamp_before};
 use crate::error::ApiError;
 use crate::queue::{Job, JobQueue};
 use crate::store::{CreateOutcome, Store, StoreError};
@@ -34,15 +34,6 @@ impl From<StoreError> for ApiError {
 pub struct Enrichments {
     store: Store,
     config: Config,
-}
-
-/// The time before which a `pending` enrichment counts as timed out.
-fn stale_before(now: DateTime<Utc>, max_age: Duration) -> String {
-    let max_age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
-    timestamp(
-        now.checked_sub_signed(max_age)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC),
-    )
 }
 
 impl Enrichments {
@@ -173,6 +164,6 @@ impl Enrichments {
     /// Handling").
     fn is_stale(&self, enrichment: &Enrichment, now: DateTime<Utc>) -> bool {
         enrichment.status == Status::Pending
-            && enrichment.created_at < stale_before(now, self.config.max_age)
+            && enrichment.created_at < timestamp_before(now, self.config.max_age)
     }
 }

@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Deserialize;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::domain::{ContactPoint, Enrichment, Person, Status, timestamp};
+use crate::domain::{ContactPoint, Enrichment, Person, Status, timestamp, timestamp_before};
 use crate::providers::PersonQuery;
 use crate::providers::cascade::{Cascade, CascadeJournal, CascadeOutcome};
 use crate::queue::{Job, RetryBackoff};
@@ -197,12 +197,7 @@ impl Worker {
     pub async fn run(&self, job: &Job, deadline: Instant) -> Result<JobOutcome, JobError> {
         let token = Uuid::new_v4().to_string();
         let now = Utc::now();
-        let lease =
-            chrono::Duration::from_std(self.config.claim_lease).unwrap_or(chrono::Duration::MAX);
-        let cutoff = timestamp(
-            now.checked_sub_signed(lease)
-                .unwrap_or(DateTime::<Utc>::MIN_UTC),
-        );
+        let cutoff = timestamp_before(now, self.config.claim_lease);
         let Some(claimed) = self
             .store
             .claim(job, &token, &timestamp(now), &cutoff)
