@@ -279,51 +279,20 @@ impl Cascade {
         )?;
         let wanted = |name: &str| email_names.contains(&name) || phone_names.contains(&name);
 
-        let hunter: Option<Arc<dyn Provider>> = if wanted(hunter::NAME) {
-            let key = api_key(&var, hunter::NAME, "HUNTER_API_KEY")?;
-            let base = base_url(&var, "HUNTER_BASE_URL", DEFAULT_HUNTER_BASE_URL)?;
-            Some(Arc::new(HunterProvider::new(http.clone(), base, key)))
-        } else {
-            None
-        };
-        let pdl: Option<Arc<dyn Provider>> = if wanted(pdl::NAME) {
-            let key = api_key(&var, pdl::NAME, "PDL_API_KEY")?;
-            let base = base_url(&var, "PDL_BASE_URL", DEFAULT_PDL_BASE_URL)?;
-            Some(Arc::new(PdlProvider::new(http.clone(), base, key)))
-        } else {
-            None
-        };
-        let prospeo: Option<Arc<dyn Provider>> = if wanted(prospeo::NAME) {
-            let key = api_key(&var, prospeo::NAME, "PROSPEO_API_KEY")?;
-            let base = base_url(&var, "PROSPEO_BASE_URL", DEFAULT_PROSPEO_BASE_URL)?;
-            Some(Arc::new(ProspeoProvider::new(http.clone(), base, key)))
-        } else {
-            None
-        };
-        let fullenrich: Option<Arc<dyn Provider>> = if wanted(fullenrich::NAME) {
-            let key = api_key(&var, fullenrich::NAME, "FULLENRICH_API_KEY")?;
-            let base = base_url(&var, "FULLENRICH_BASE_URL", DEFAULT_FULLENRICH_BASE_URL)?;
-            Some(Arc::new(FullEnrichProvider::new(http.clone(), base, key)))
-        } else {
-            None
-        };
-        let dropcontact: Option<Arc<dyn Provider>> = if wanted(dropcontact::NAME) {
-            let key = api_key(&var, dropcontact::NAME, "DROPCONTACT_API_KEY")?;
-            let base = base_url(&var, "DROPCONTACT_BASE_URL", DEFAULT_DROPCONTACT_BASE_URL)?;
-            Some(Arc::new(DropcontactProvider::new(http, base, key)))
-        } else {
-            None
-        };
+        let mut built: Vec<(&'static str, Arc<dyn Provider>)> = Vec::new();
+        for entry in REGISTRY.iter().filter(|entry| wanted(entry.name)) {
+            let key = api_key(&var, entry.name, entry.key_var)?;
+            let base = base_url(&var, entry.base_url_var, entry.default_base_url)?;
+            built.push((entry.name, (entry.build)(http.clone(), base, key)));
+        }
         let pick = |names: &[&'static str]| -> Vec<Arc<dyn Provider>> {
             names
                 .iter()
-                .filter_map(|name| match *name {
-                    hunter::NAME => hunter.clone(),
-                    pdl::NAME => pdl.clone(),
-                    prospeo::NAME => prospeo.clone(),
-                    fullenrich::NAME => fullenrich.clone(),
-                    dropcontact::NAME => dropcontact.clone(),
-                    _ => None,
+                .filter_map(|name| {
+                    built
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, p)| p.clone())
                 })
                 .collect()
         };
@@ -363,21 +332,9 @@ impl Cascade {
             seconds("PROVIDER_TIMEOUT_SECONDS")?.unwrap_or(DEFAULT_PROVIDER_TIMEOUT);
         let retries = count("PROVIDER_RETRIES")?.unwrap_or(DEFAULT_RETRIES);
         let mut budgets = Vec::new();
-        for (name, timeout_var, retries_var) in [
-            (hunter::NAME, "HUNTER_TIMEOUT_SECONDS", "HUNTER_RETRIES"),
-            (pdl::NAME, "PDL_TIMEOUT_SECONDS", "PDL_RETRIES"),
-            (prospeo::NAME, "PROSPEO_TIMEOUT_SECONDS", "PROSPEO_RETRIES"),
-            (
-                fullenrich::NAME,
-                "FULLENRICH_TIMEOUT_SECONDS",
-                "FULLENRICH_RETRIES",
-            ),
-            (
-                dropcontact::NAME,
-                "DROPCONTACT_TIMEOUT_SECONDS",
-                "DROPCONTACT_RETRIES",
-            ),
-        ] {
+        for entry in &REGISTRY {
+            let (name, timeout_var, retries_var) =
+                (entry.name, entry.timeout_var, entry.retries_var);
             let (timeout, own_retries) = (seconds(timeout_var)?, count(retries_var)?);
             if timeout.is_some() || own_retries.is_some() {
                 let budget = Budget {
@@ -537,19 +494,15 @@ impl Cascade {
 fn provider_names(var: &'static str, list: &str) -> Result<Vec<&'static str>, CascadeConfigError> {
     let mut names: Vec<&'static str> = Vec::new();
     for raw in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let name = match raw.to_lowercase().as_str() {
-            hunter::NAME => hunter::NAME,
-            pdl::NAME => pdl::NAME,
-            prospeo::NAME => prospeo::NAME,
-            fullenrich::NAME => fullenrich::NAME,
-            dropcontact::NAME => dropcontact::NAME,
-            _ => {
-                return Err(CascadeConfigError::UnknownProvider {
-                    var,
-                    name: raw.to_string(),
-                });
-            }
-        };
+        let lower = raw.to_lowercase();
+        let name = REGISTRY
+            .iter()
+            .map(|entry| entry.name)
+            .find(|name| *name == lower)
+            .ok_or_else(|| CascadeConfigError::UnknownProvider {
+                var,
+                name: raw.to_string(),
+            })?;
         if names.contains(&name) {
             return Err(CascadeConfigError::DuplicateProvider {
                 var,
@@ -560,6 +513,67 @@ fn provider_names(var: &'static str, list: &str) -> Result<Vec<&'static str>, Ca
     }
     Ok(names)
 }
+
+/// A provider this build knows: its name, how to build its adapter, and the variables that
+/// configure it.
+struct Registered {
+    name: &'static str,
+    key_var: &'static str,
+    base_url_var: &'static str,
+    default_base_url: &'static str,
+    timeout_var: &'static str,
+    retries_var: &'static str,
+    build: fn(reqwest::Client, String, String) -> Arc<dyn Provider>,
+}
+
+/// Every provider adapter, in the order their docs list them.
+const REGISTRY: [Registered; 5] = [
+    Registered {
+        name: hunter::NAME,
+        key_var: "HUNTER_API_KEY",
+        base_url_var: "HUNTER_BASE_URL",
+        default_base_url: DEFAULT_HUNTER_BASE_URL,
+        timeout_var: "HUNTER_TIMEOUT_SECONDS",
+        retries_var: "HUNTER_RETRIES",
+        build: |http, base, key| Arc::new(HunterProvider::new(http, base, key)),
+    },
+    Registered {
+        name: pdl::NAME,
+        key_var: "PDL_API_KEY",
+        base_url_var: "PDL_BASE_URL",
+        default_base_url: DEFAULT_PDL_BASE_URL,
+        timeout_var: "PDL_TIMEOUT_SECONDS",
+        retries_var: "PDL_RETRIES",
+        build: |http, base, key| Arc::new(PdlProvider::new(http, base, key)),
+    },
+    Registered {
+        name: prospeo::NAME,
+        key_var: "PROSPEO_API_KEY",
+        base_url_var: "PROSPEO_BASE_URL",
+        default_base_url: DEFAULT_PROSPEO_BASE_URL,
+        timeout_var: "PROSPEO_TIMEOUT_SECONDS",
+        retries_var: "PROSPEO_RETRIES",
+        build: |http, base, key| Arc::new(ProspeoProvider::new(http, base, key)),
+    },
+    Registered {
+        name: fullenrich::NAME,
+        key_var: "FULLENRICH_API_KEY",
+        base_url_var: "FULLENRICH_BASE_URL",
+        default_base_url: DEFAULT_FULLENRICH_BASE_URL,
+        timeout_var: "FULLENRICH_TIMEOUT_SECONDS",
+        retries_var: "FULLENRICH_RETRIES",
+        build: |http, base, key| Arc::new(FullEnrichProvider::new(http, base, key)),
+    },
+    Registered {
+        name: dropcontact::NAME,
+        key_var: "DROPCONTACT_API_KEY",
+        base_url_var: "DROPCONTACT_BASE_URL",
+        default_base_url: DEFAULT_DROPCONTACT_BASE_URL,
+        timeout_var: "DROPCONTACT_TIMEOUT_SECONDS",
+        retries_var: "DROPCONTACT_RETRIES",
+        build: |http, base, key| Arc::new(DropcontactProvider::new(http, base, key)),
+    },
+];
 
 fn api_key(
     var: &impl Fn(&str) -> Option<String>,
