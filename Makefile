@@ -17,7 +17,7 @@ setup:
 
 run: setup
 	$(CARGO) build -q -p local-stack -p enrichctl
-	exec target/debug/local-stack
+	exec "$${CARGO_TARGET_DIR:-target}/debug/local-stack"
 
 test: setup
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

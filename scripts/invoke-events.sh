@@ -149,7 +149,7 @@ done
 # ---------------------------------------------------------------- local stack
 log "starting the local stack (state in ${state})"
 LOCAL_STATE_DIR="${state}" PORT=0 LOCAL_WORKER=off RUST_LOG=warn \
-    target/debug/local-stack >"${work}/stack.log" 2>&1 </dev/null &
+    "${CARGO_TARGET_DIR:-target}/debug/local-stack" >"${work}/stack.log" 2>&1 </dev/null &
 stack_pid=$!
 server_pids+=("${stack_pid}")
 wait_for_line "${work}/stack.log" '^ready:' "${stack_pid}" "${READY_TIMEOUT}" "local-stack"
@@ -167,7 +167,7 @@ queue_url="$(stack_field queueUrl)"
 simulator_url="$(stack_field simulatorUrl)"
 [[ -n "${simulator_url}" ]] || die "stack.json has no simulatorUrl"
 
-enrichctl() { target/debug/enrichctl --state-dir "${state}" "$@"; }
+enrichctl() { "${CARGO_TARGET_DIR:-target}/debug/enrichctl" --state-dir "${state}" "$@"; }
 enrichctl credits grant --org "${ORG}" --amount "${CREDITS}" >/dev/null
 enrichctl people import --org "${ORG}" tools/local-stack/fixtures/people.csv >"${work}/people.txt"
 person_id="$(head -n1 "${work}/people.txt")"

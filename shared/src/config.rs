@@ -22,7 +22,7 @@ pub struct Config {
     /// `GLOBAL_CACHE_TTL_DAYS` (default 90): how long found data is served from the global cache.
     pub cache_ttl: Duration,
     /// `GLOBAL_CACHE_MISS_TTL_DAYS` (default 7; 0: never): how long "no provider knows this
-    /// person" is served from the global cache. Kept only when every provider asked answered.
+    /// person" is served from the global cache (an answer from every provider asked).
     pub cache_miss_ttl: Duration,
     /// `WORKER_CLAIM_LEASE_SECONDS` (default 900): how long a worker's claim on a job keeps
     /// redeliveries away; longer than the worker's timeout.

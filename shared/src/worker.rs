@@ -139,8 +139,6 @@ struct Journal<'a> {
     enrichment: &'a Enrichment,
     token: &'a str,
     answered: &'a [String],
-    /// Whether a provider could not answer in this attempt: then a miss is not cached.
-    errored: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -157,11 +155,6 @@ impl CascadeJournal for Journal<'_> {
         {
             tracing::warn!(provider, error = %e, "could not record the provider's no match");
         }
-    }
-
-    async fn record_error(&self, _provider: &str) {
-        self.errored
-            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -272,7 +265,6 @@ impl Worker {
             enrichment,
             token,
             answered: &claimed.providers_answered,
-            errored: std::sync::atomic::AtomicBool::new(false),
         };
         let outcome = self
             .cascade
@@ -305,10 +297,8 @@ impl Worker {
                 }
             }
             CascadeOutcome::NoMatch => {
-                // "Nobody knows this person" is worth keeping only when every provider asked
-                // answered; a miss next to an error may be the erroring provider's hit.
-                let clean = !journal.errored.load(std::sync::atomic::Ordering::Relaxed);
-                let cache = (clean && !self.config.cache_miss_ttl.is_zero())
+                // Every provider asked answered: "nobody knows this person" is worth keeping.
+                let cache = (!self.config.cache_miss_ttl.is_zero())
                     .then(|| cache_entry(Vec::new(), String::new(), self.config.cache_miss_ttl))
                     .flatten();
                 Completion {

@@ -5,11 +5,12 @@
 //!
 //! - **Found**: the first provider whose answer is non-empty *after normalization* wins, and no
 //!   later provider is asked. A provider whose values all fail normalization counts as a no match.
-//! - **NoMatch**: no provider found anything, and either at least one provider answered "no
-//!   match", or no provider had the inputs to search at all. A provider's "no match" is an
-//!   answer, not an error: errors from the others do not turn it into a failure.
-//! - **Failed**: at least one provider could search, and none of them answered: each errored,
-//!   timed out, or was not started because the deadline was too near.
+//! - **NoMatch**: every provider that could search answered "no match" (or none had the inputs
+//!   to search at all): a complete answer, which the global cache may keep.
+//! - **Failed**: no provider found anything and at least one could not answer (it errored,
+//!   timed out, or was not started because the deadline was too near). The search is
+//!   incomplete: the enrichment ends `failed` (refunded, and a new POST may try again) with an
+//!   `error` naming the failures, rather than a `dataFound: false` that would hide them.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -103,7 +104,7 @@ pub enum CascadeOutcome {
     },
     /// Every provider that was asked answered no match (or none could search).
     NoMatch,
-    /// At least one provider could search and none answered (all errored / out of time).
+    /// No provider found anything and at least one could not answer (errored / out of time).
     Failed {
         /// `(provider, error text)` per provider that could search, in cascade order.
         errors: Vec<(String, String)>,
@@ -164,9 +165,6 @@ pub trait CascadeJournal: Send + Sync {
     /// Records that `provider` answered "no match". A failure to record is the journal's to log:
     /// the cascade goes on either way.
     async fn record_no_match(&self, provider: &str);
-    /// Notes that `provider` could not answer (an error, or no time left to ask it). Nothing to
-    /// keep by default: a redelivery asks it again.
-    async fn record_error(&self, _provider: &str) {}
 }
 
 /// The journal of a job run once: nothing answered before, nothing kept.
@@ -399,12 +397,10 @@ impl Cascade {
             Field::Phones => &self.phones,
         };
         let mut errors: Vec<(String, String)> = Vec::new();
-        let mut answered = false;
         for provider in providers {
             let name = provider.name();
             if journal.answered().iter().any(|answered| answered == name) {
                 tracing::info!(provider = name, field = %field, outcome = "answered_before", latency_ms = 0u64, "provider not asked again: it answered no match in an earlier attempt");
-                answered = true;
                 continue;
             }
             if !provider.can_search(field, person) {
@@ -416,7 +412,6 @@ impl Cascade {
             if deadline.saturating_duration_since(started) < budget.timeout {
                 tracing::warn!(provider = name, field = %field, outcome = "skipped_no_time", latency_ms = 0u64, "provider not started: too close to the deadline");
                 errors.push((name.to_string(), NO_TIME_LEFT.to_string()));
-                journal.record_error(name).await;
                 continue;
             }
             let answer = self
@@ -429,7 +424,6 @@ impl Cascade {
                     let contacts = normalize(field, name, &raw, &found_at, self.default_region);
                     if contacts.is_empty() {
                         tracing::info!(provider = name, field = %field, outcome = "unusable", latency_ms, raw_count = raw.len(), "provider found only values that do not normalize");
-                        answered = true;
                         continue;
                     }
                     tracing::info!(provider = name, field = %field, outcome = "found", latency_ms, count = contacts.len(), "provider found data");
@@ -440,17 +434,15 @@ impl Cascade {
                 }
                 Ok(ProviderAnswer::NoMatch) => {
                     tracing::info!(provider = name, field = %field, outcome = "no_match", latency_ms, "provider has no match");
-                    answered = true;
                     journal.record_no_match(name).await;
                 }
                 Err(error) => {
                     tracing::warn!(provider = name, field = %field, outcome = "error", latency_ms, error = %error, "provider failed");
                     errors.push((name.to_string(), error.to_string()));
-                    journal.record_error(name).await;
                 }
             }
         }
-        if answered || errors.is_empty() {
+        if errors.is_empty() {
             CascadeOutcome::NoMatch
         } else {
             CascadeOutcome::Failed { errors }
@@ -816,14 +808,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_miss_among_errors_is_no_match() {
+    async fn a_miss_among_errors_is_an_incomplete_search() {
         let a = Fake::failing("a", ProviderError::Unauthorized);
         let b = Fake::miss("b");
         let c = Fake::failing("c", ProviderError::QuotaExhausted);
         let outcome = email_cascade(&[a, b, c.clone()])
             .run(Field::Emails, &person(), far_deadline())
             .await;
-        assert_eq!(outcome, CascadeOutcome::NoMatch);
+        assert_eq!(
+            outcome.error_message().as_deref(),
+            Some("All providers failed: a: unauthorized (bad API key); c: quota exhausted")
+        );
         assert_eq!(c.calls(), 1);
     }
 

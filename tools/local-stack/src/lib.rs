@@ -478,6 +478,14 @@ impl Stack {
             let _ = halt.send(true);
         }));
 
+        // What can fail on the user's input fails first, before any server or child process.
+        let people = simulator::load_fixture(&options.fixture)?;
+        let simulator_config = match &options.simulator_config {
+            Some(path) => simulator::load_config(path)?,
+            None => simulator::SimulatorConfig::default(),
+        };
+        let (gateway_listener, gateway_addr) = loopback_listener(options.port).await?;
+
         // DynamoDB: dynoxide, embedded.
         let db = if options.persist {
             let path = options.state_dir.join("dynamodb.sqlite");
@@ -517,11 +525,6 @@ impl Stack {
         .await?;
 
         // Provider simulator.
-        let people = simulator::load_fixture(&options.fixture)?;
-        let simulator_config = match &options.simulator_config {
-            Some(path) => simulator::load_config(path)?,
-            None => simulator::SimulatorConfig::default(),
-        };
         let (listener, addr) = loopback_listener(0).await?;
         let simulator_url = format!("http://{addr}");
         let signal = stopped(shutdown_rx.clone());
@@ -532,7 +535,7 @@ impl Stack {
         }));
 
         // API gateway.
-        let (listener, addr) = loopback_listener(options.port).await?;
+        let (listener, addr) = (gateway_listener, gateway_addr);
         let gateway_url = format!("http://{addr}");
         let config = Config {
             table_name: TABLE_NAME.into(),

@@ -92,10 +92,15 @@ async fn run() -> Result<(), String> {
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> std::process::ExitCode {
     enrichment::config::init_tracing();
-    if let Err(e) = run().await {
-        eprintln!("local-stack: {e}");
-        std::process::exit(1);
+    // Returning (rather than `process::exit`) drops the runtime and its tasks, so a start that
+    // failed half-way still kills the moto server it had started.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("local-stack: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

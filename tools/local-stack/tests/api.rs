@@ -969,7 +969,7 @@ async fn an_enrichment_that_fails_gives_its_credits_back() {
 }
 
 #[tokio::test]
-async fn nobody_knowing_a_person_is_cached_for_other_orgs_unless_a_provider_failed() {
+async fn nobody_knowing_a_person_is_cached_but_a_miss_next_to_a_failure_is_failed() {
     let stack = start(Duration::from_secs(800), false).await;
     let person = known_person();
     let miss = FakeProvider::new("miss", None, Duration::ZERO);
@@ -995,7 +995,8 @@ async fn nobody_knowing_a_person_is_cached_for_other_orgs_unless_a_provider_fail
     assert!(a.global_enrichment_id.is_some());
     assert_eq!(b.global_enrichment_id, a.global_enrichment_id);
 
-    // A miss next to a provider that failed is not kept: the failed one may know the person.
+    // A miss next to a provider that failed is an incomplete search: failed, refunded, not
+    // kept, so the next org (or a new POST) asks again.
     let other = Person {
         id: Uuid::new_v4(),
         first_name: Some("Grace".into()),
@@ -1010,6 +1011,7 @@ async fn nobody_knowing_a_person_is_cached_for_other_orgs_unless_a_provider_fail
         vec![miss.clone(), down.clone()],
         stack.config.clone(),
     );
+    let balance = stack.store.credit_balance(ORG).await.unwrap();
     let a = completed(
         worker
             .run(&pending_job(&stack, ORG, &other).await, soon())
@@ -1022,9 +1024,18 @@ async fn nobody_knowing_a_person_is_cached_for_other_orgs_unless_a_provider_fail
             .await
             .unwrap(),
     );
-    assert_eq!((a.data_found, b.data_found), (Some(false), Some(false)));
+    assert_eq!((a.status, b.status), (Status::Failed, Status::Failed));
+    assert_eq!(
+        a.error.as_deref(),
+        Some("All providers failed: down: HTTP 503")
+    );
     assert_eq!(a.global_enrichment_id, None);
     assert_eq!(miss.calls(), 2);
+    assert_eq!(
+        stack.store.credit_balance(ORG).await.unwrap(),
+        balance + 5,
+        "granted 5, charged 5, refunded 5"
+    );
     stack.shutdown().await;
 }
 
