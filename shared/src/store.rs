@@ -395,7 +395,8 @@ impl Store {
 
     /// Marks a `pending` enrichment `failed` with `error` and gives `cost` credits back with a
     /// `refund` credit transaction, in one `TransactWriteItems`. Used when the job could not be
-    /// queued after the enrichment was created. Returns the enrichment as stored.
+    /// queued after the enrichment was created, and when a job is given up on its last receive.
+    /// Returns the enrichment as stored; an error if it was no longer pending.
     pub async fn fail_and_refund(
         &self,
         enrichment: &Enrichment,
@@ -403,35 +404,65 @@ impl Store {
         error: &str,
         now: &str,
     ) -> Result<Enrichment, StoreError> {
-        let fail = Update::builder()
+        self.end_pending(enrichment, cost, Status::Failed, error, now)
+            .await?
+            .map_err(|_| StoreError::Dynamo {
+                operation: "TransactWriteItems",
+                message: "refund cancelled: the enrichment is no longer pending".into(),
+            })
+    }
+
+    /// Ends a `pending` enrichment as `status` with `error` and gives its `charged` credits back
+    /// (a `refund` credit transaction), in one `TransactWriteItems`. Returns the ended
+    /// enrichment, or `Err(current)` when it was no longer pending (nothing written; the
+    /// current item comes back from the same call, `ALL_OLD`).
+    async fn end_pending(
+        &self,
+        enrichment: &Enrichment,
+        charged: i64,
+        status: Status,
+        error: &str,
+        now: &str,
+    ) -> Result<Result<Enrichment, Enrichment>, StoreError> {
+        let end = Update::builder()
             .table_name(&self.table)
             .set_key(Some(Self::enrichment_key(
                 &enrichment.org_id,
                 enrichment.entity_id,
                 enrichment.field,
             )))
-            .update_expression("SET #status = :failed, #error = :error, updatedAt = :now")
+            .update_expression(
+                "SET #status = :status, #error = :error, updatedAt = :now \
+                 REMOVE claimToken, claimedAt, providersAnswered",
+            )
             .condition_expression("id = :id AND #status = :pending")
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#error", "error")
-            .expression_attribute_values(":failed", s(Status::Failed.as_str()))
+            .expression_attribute_values(":status", s(status.as_str()))
             .expression_attribute_values(":pending", s(Status::Pending.as_str()))
             .expression_attribute_values(":error", s(error))
             .expression_attribute_values(":now", s(now))
             .expression_attribute_values(":id", s(enrichment.id.to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .map_err(build_error)?;
-        let mut items = vec![TransactWriteItem::builder().update(fail).build()];
-        items.extend(self.refund_items(enrichment, cost, now)?);
-        if let Some(reasons) = self.transact(items).await? {
-            return Err(cancelled("refund", &reasons));
+        let mut items = vec![TransactWriteItem::builder().update(end).build()];
+        items.extend(self.refund_items(enrichment, charged, now)?);
+        match self.transact(items).await? {
+            None => Ok(Ok(Enrichment {
+                status,
+                error: Some(error.to_string()),
+                updated_at: now.to_string(),
+                ..enrichment.clone()
+            })),
+            Some(mut reasons) if reasons.first().is_some_and(|r| r.failed) => {
+                match reasons.swap_remove(0).item {
+                    Some(current) => Ok(Err(enrichment_from_item(current)?)),
+                    None => Err(StoreError::Shape("the enrichment disappeared".into())),
+                }
+            }
+            Some(reasons) => Err(cancelled(status.as_str(), &reasons)),
         }
-        Ok(Enrichment {
-            status: Status::Failed,
-            error: Some(error.to_string()),
-            updated_at: now.to_string(),
-            ..enrichment.clone()
-        })
     }
 
     /// The two items that give `amount` credits of `enrichment` back: the balance increment and
@@ -539,46 +570,16 @@ impl Store {
         record: &EnrichmentRecord,
         now: &str,
     ) -> Result<Enrichment, StoreError> {
-        let enrichment = &record.enrichment;
-        let timeout = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(Self::enrichment_key(
-                &enrichment.org_id,
-                enrichment.entity_id,
-                enrichment.field,
-            )))
-            .update_expression(
-                "SET #status = :timeout, #error = :error, updatedAt = :now \
-                 REMOVE claimToken, claimedAt, providersAnswered",
+        let ended = self
+            .end_pending(
+                &record.enrichment,
+                record.credits_charged,
+                Status::Timeout,
+                TIMEOUT_MESSAGE,
+                now,
             )
-            .condition_expression("id = :id AND #status = :pending")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#error", "error")
-            .expression_attribute_values(":timeout", s(Status::Timeout.as_str()))
-            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
-            .expression_attribute_values(":error", s(TIMEOUT_MESSAGE))
-            .expression_attribute_values(":now", s(now))
-            .expression_attribute_values(":id", s(enrichment.id.to_string()))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .build()
-            .map_err(build_error)?;
-        let mut items = vec![TransactWriteItem::builder().update(timeout).build()];
-        items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
-        match self.transact(items).await? {
-            None => Ok(Enrichment {
-                status: Status::Timeout,
-                error: Some(TIMEOUT_MESSAGE.into()),
-                updated_at: now.to_string(),
-                ..enrichment.clone()
-            }),
-            Some(mut reasons) if reasons.first().is_some_and(|r| r.failed) => {
-                match reasons.swap_remove(0).item {
-                    Some(current) => enrichment_from_item(current),
-                    None => Err(StoreError::Shape("the enrichment disappeared".into())),
-                }
-            }
-            Some(reasons) => Err(cancelled("timeout", &reasons)),
-        }
+            .await?;
+        Ok(ended.unwrap_or_else(|current| current))
     }
 
     /// Claims a job for one worker: sets `claimToken` on the job's enrichment if it is still
