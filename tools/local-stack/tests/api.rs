@@ -468,15 +468,41 @@ fn worker_with(
     providers: Vec<Arc<FakeProvider>>,
     config: enrichment::config::Config,
 ) -> Worker {
+    worker_on(stack.store.clone(), providers, config)
+}
+
+/// A worker over `store` (e.g. a store whose client fails on purpose) with `providers` for emails.
+fn worker_on(
+    store: Store,
+    providers: Vec<Arc<FakeProvider>>,
+    config: enrichment::config::Config,
+) -> Worker {
     let providers = providers
         .into_iter()
         .map(|p| p as Arc<dyn Provider>)
         .collect();
     Worker::new(
-        stack.store.clone(),
+        store,
         Cascade::new(providers, vec![], Duration::from_secs(5)),
         config,
     )
+}
+
+/// An SQS record as the event source mapping hands it to the worker.
+fn sqs_record(
+    message_id: &str,
+    receipt_handle: Option<String>,
+    body: &str,
+    receives: u32,
+) -> aws_lambda_events::sqs::SqsMessage {
+    let mut record = aws_lambda_events::sqs::SqsMessage::default();
+    record.message_id = Some(message_id.into());
+    record.receipt_handle = receipt_handle;
+    record.body = Some(body.into());
+    record
+        .attributes
+        .insert("ApproximateReceiveCount".into(), receives.to_string());
+    record
 }
 
 async fn pending_job(stack: &Stack, org: &str, person: &Person) -> Job {
@@ -706,6 +732,17 @@ async fn full_run_finishes_with_data_and_updates_the_person() {
     stack.shutdown().await;
 }
 
+/// The operation of an SDK request: the `X-Amz-Target` header of the DynamoDB and SQS JSON
+/// protocols without its service prefix (`DynamoDB_20120810.GetItem` -> `GetItem`).
+fn operation<'a>(context: &'a BeforeTransmitInterceptorContextRef<'_>) -> &'a str {
+    let target = context
+        .request()
+        .headers()
+        .get("x-amz-target")
+        .unwrap_or("unknown");
+    target.rsplit('.').next().unwrap_or(target)
+}
+
 /// Counts the requests an SDK client sends, by operation (the `X-Amz-Target` header of the
 /// DynamoDB and SQS JSON protocols, `DynamoDB_20120810.GetItem` -> `GetItem`), retries included.
 #[derive(Clone, Debug, Default)]
@@ -721,13 +758,7 @@ impl Intercept for CallCounter {
         _: &RuntimeComponents,
         _: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let target = context
-            .request()
-            .headers()
-            .get("x-amz-target")
-            .unwrap_or("unknown");
-        let operation = target.rsplit('.').next().unwrap_or(target).to_string();
-        self.0.lock().unwrap().push(operation);
+        self.0.lock().unwrap().push(operation(context).to_string());
         Ok(())
     }
 }
@@ -905,13 +936,12 @@ async fn a_failed_record_comes_back_after_the_backoff_not_the_visibility_timeout
     };
     let received = receive().await;
     assert_eq!(received.len(), 1);
-    let mut record = aws_lambda_events::sqs::SqsMessage::default();
-    record.message_id = received[0].message_id.clone();
-    record.receipt_handle = received[0].receipt_handle.clone();
-    record.body = received[0].body.clone();
-    record
-        .attributes
-        .insert("ApproximateReceiveCount".into(), "1".into());
+    let record = sqs_record(
+        received[0].message_id().unwrap(),
+        received[0].receipt_handle.clone(),
+        received[0].body().unwrap(),
+        1,
+    );
 
     let backoff = enrichment::queue::RetryBackoff::new(
         stack.sqs.clone(),
@@ -1039,6 +1069,21 @@ async fn nobody_knowing_a_person_is_cached_but_a_miss_next_to_a_failure_is_faile
     stack.shutdown().await;
 }
 
+/// A worker whose DynamoDB client fails its first `TransactWriteItems`, finding emails with
+/// `provider`.
+fn worker_failing_first_transaction(stack: &Stack, provider: Arc<FakeProvider>) -> Worker {
+    let failing = aws_sdk_dynamodb::Client::from_conf(
+        dynamodb_config(&stack.info.dynamodb_url)
+            .interceptor(FailFirstTransaction::default())
+            .build(),
+    );
+    worker_on(
+        Store::new(failing, stack.store.table()),
+        vec![provider],
+        stack.config.clone(),
+    )
+}
+
 /// Fails the first `TransactWriteItems` request a client sends (as a DynamoDB outage would).
 #[derive(Clone, Debug, Default)]
 struct FailFirstTransaction(Arc<AtomicUsize>);
@@ -1053,12 +1098,8 @@ impl Intercept for FailFirstTransaction {
         _: &RuntimeComponents,
         _: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let target = context
-            .request()
-            .headers()
-            .get("x-amz-target")
-            .unwrap_or_default();
-        if target.ends_with(".TransactWriteItems") && self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+        if operation(context) == "TransactWriteItems" && self.0.fetch_add(1, Ordering::SeqCst) == 0
+        {
             return Err("injected DynamoDB failure".into());
         }
         Ok(())
@@ -1071,33 +1112,12 @@ async fn a_job_failing_on_its_last_receive_ends_failed_and_refunded() {
     let person = known_person();
     let job = pending_job(&stack, ORG, &person).await;
     assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 0);
-    let failing = aws_sdk_dynamodb::Client::from_conf(
-        dynamodb_config(&stack.info.dynamodb_url)
-            .interceptor(FailFirstTransaction::default())
-            .build(),
-    );
     let provider = FakeProvider::new("fake", Some("ada@analytical-engines.test"), Duration::ZERO);
-    let cascade = Cascade::new(
-        vec![provider as Arc<dyn Provider>],
-        vec![],
-        Duration::from_secs(5),
-    );
-    let worker = Worker::new(
-        Store::new(failing, stack.store.table()),
-        cascade,
-        stack.config.clone(),
-    );
-    let record = |receives: &str| {
-        let mut record = aws_lambda_events::sqs::SqsMessage::default();
-        record.message_id = Some("m-1".into());
-        record.body = Some(serde_json::to_string(&job).unwrap());
-        record
-            .attributes
-            .insert("ApproximateReceiveCount".into(), receives.into());
-        record
-    };
-
-    let response = worker.run_batch(&[record("5")], soon()).await;
+    let worker = worker_failing_first_transaction(&stack, provider.clone());
+    let body = serde_json::to_string(&job).unwrap();
+    let response = worker
+        .run_batch(&[sqs_record("m-1", None, &body, 5)], soon())
+        .await;
     assert_eq!(
         response.batch_item_failures.len(),
         1,
@@ -1115,28 +1135,9 @@ async fn a_job_failing_before_its_last_receive_stays_pending_for_the_retry() {
     let stack = start(Duration::from_secs(800), false).await;
     let person = known_person();
     let job = pending_job(&stack, ORG, &person).await;
-    let failing = aws_sdk_dynamodb::Client::from_conf(
-        dynamodb_config(&stack.info.dynamodb_url)
-            .interceptor(FailFirstTransaction::default())
-            .build(),
-    );
     let provider = FakeProvider::new("fake", Some("ada@analytical-engines.test"), Duration::ZERO);
-    let cascade = Cascade::new(
-        vec![provider.clone() as Arc<dyn Provider>],
-        vec![],
-        Duration::from_secs(5),
-    );
-    let worker = Worker::new(
-        Store::new(failing, stack.store.table()),
-        cascade,
-        stack.config.clone(),
-    );
-    let mut record = aws_lambda_events::sqs::SqsMessage::default();
-    record.message_id = Some("m-1".into());
-    record.body = Some(serde_json::to_string(&job).unwrap());
-    record
-        .attributes
-        .insert("ApproximateReceiveCount".into(), "1".into());
+    let worker = worker_failing_first_transaction(&stack, provider.clone());
+    let record = sqs_record("m-1", None, &serde_json::to_string(&job).unwrap(), 1);
 
     assert_eq!(
         worker
