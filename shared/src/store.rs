@@ -898,29 +898,6 @@ impl Store {
         Ok(())
     }
 
-    /// The global cache entry for a fingerprint and field, if present and not expired at
-    /// `now_unix` (seconds).
-    pub async fn get_cache(
-        &self,
-        fingerprint: &str,
-        field: Field,
-        now_unix: i64,
-    ) -> Result<Option<CacheEntry>, StoreError> {
-        let (pk, sk) = cache_key(fingerprint, field);
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .key("sk", s(sk))
-            .send()
-            .await
-            .map_err(dynamo_error("GetItem"))?;
-        output
-            .item
-            .map_or(Ok(None), |item| cache_entry(item, now_unix))
-    }
-
     /// Adds `amount` credits (positive) to the org's balance (creating it at `amount`) unless the
     /// balance would pass [`MAX_BALANCE`]; returns the new balance.
     ///
