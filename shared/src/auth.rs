@@ -15,8 +15,13 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::error::ApiError;
 
-/// The shortest time between two JWKS fetches caused by unknown `kid`s.
+/// The shortest time between two JWKS fetches caused by unknown `kid`s, after a fetch that
+/// succeeded.
 pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The shortest time between two JWKS fetches after a fetch that failed: an identity-provider
+/// outage is retried soon, and the requests in between get `503 UNAVAILABLE`, not `401`.
+pub const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// The authenticated caller: Clerk user id and active organization id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +41,15 @@ enum Keys {
         url: String,
         http: reqwest::Client,
         keys: RwLock<HashMap<String, DecodingKey>>,
-        last_fetch: Mutex<Option<Instant>>,
+        last_fetch: Mutex<Option<Fetch>>,
     },
+}
+
+/// When the JWKS was last fetched, and whether that fetch succeeded.
+#[derive(Debug, Clone, Copy)]
+struct Fetch {
+    at: Instant,
+    ok: bool,
 }
 
 /// Verifies bearer tokens. Build once per process; `authenticate` is cheap when the key is cached.
@@ -64,6 +76,7 @@ pub enum AuthConfigError {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: Option<String>,
+    sid: Option<String>,
     azp: Option<String>,
     org_id: Option<String>,
     o: Option<OrgClaim>,
@@ -174,8 +187,10 @@ impl Authenticator {
     ///
     /// Errors: [`ApiError::Unauthorized`] (401) for a missing header, another scheme, a malformed
     /// token, any algorithm but RS256 (`none`, HS256...), a bad signature, an unknown `kid`,
-    /// `exp`/`nbf` outside the leeway, a wrong issuer, a disallowed `azp`, no `sub`, or no
-    /// active organization.
+    /// `exp`/`nbf` outside the leeway, a wrong issuer, a disallowed `azp`, no `sub`, no `sid`
+    /// (not a Clerk session token), or no active organization. [`ApiError::Unavailable`] (503)
+    /// when the token names a key this instance does not hold and the JWKS cannot be fetched
+    /// (an identity-provider outage is not the client's fault); keys already fetched stay usable.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
         let header = authorization.ok_or_else(|| unauthorized("Missing Authorization header"))?;
         // The scheme is case-insensitive (RFC 9110, section 11.1).
@@ -211,6 +226,10 @@ impl Authenticator {
         {
             return Err(unauthorized("Token authorized party is not allowed"));
         }
+        // Clerk session tokens carry the session id; other Clerk JWTs (templates, M2M) do not.
+        if claims.sid.as_deref().is_none_or(str::is_empty) {
+            return Err(unauthorized("Token is not a session token"));
+        }
         let user_id = claims
             .sub
             .filter(|s| !s.is_empty())
@@ -245,25 +264,40 @@ impl Authenticator {
         if let Some(key) = keys.read().await.get(kid) {
             return Ok(key.clone());
         }
-        {
+        let fetch_failed = {
             let mut last = last_fetch.lock().await;
             // Another request may have refreshed the keys while this one waited for the lock.
             if let Some(key) = keys.read().await.get(kid) {
                 return Ok(key.clone());
             }
-            if last.is_none_or(|at| at.elapsed() >= self.refetch_interval) {
-                *last = Some(Instant::now());
-                match fetch_jwks(http, url).await {
+            let due = last.is_none_or(|fetch| {
+                let wait = if fetch.ok {
+                    self.refetch_interval
+                } else {
+                    JWKS_RETRY_AFTER_FAILURE
+                };
+                fetch.at.elapsed() >= wait
+            });
+            if due {
+                let result = fetch_jwks(http, url).await;
+                *last = Some(Fetch {
+                    at: Instant::now(),
+                    ok: result.is_ok(),
+                });
+                match result {
                     Ok(fresh) => *keys.write().await = fresh,
                     Err(e) => tracing::error!(error = %e, "JWKS fetch failed"),
                 }
             }
+            last.is_some_and(|fetch| !fetch.ok)
+        };
+        match keys.read().await.get(kid) {
+            Some(key) => Ok(key.clone()),
+            None if fetch_failed => Err(ApiError::Unavailable(
+                "the JWKS could not be fetched and the token's key is not cached".into(),
+            )),
+            None => Err(unauthorized("Token signing key is unknown")),
         }
-        keys.read()
-            .await
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| unauthorized("Token signing key is unknown"))
     }
 }
 
@@ -360,7 +394,7 @@ mod tests {
     }
 
     fn claims() -> Value {
-        json!({"iss": ISSUER, "sub": "user_1", "azp": PARTY, "org_id": "org_1",
+        json!({"iss": ISSUER, "sub": "user_1", "sid": "sess_1", "azp": PARTY, "org_id": "org_1",
                "iat": now(), "nbf": now() - 1, "exp": now() + 60})
     }
 
@@ -491,6 +525,11 @@ mod tests {
                 "no sub",
                 Some(bearer(sign(0, "a", &with(claims(), "sub", Value::Null)))),
                 "Token has no subject",
+            ),
+            (
+                "not a session token (no sid)",
+                Some(bearer(sign(0, "a", &with(claims(), "sid", Value::Null)))),
+                "Token is not a session token",
             ),
             (
                 "no organization",
@@ -636,5 +675,64 @@ mod tests {
             assert!(auth.authenticate(Some(token)).await.is_err());
         }
         assert_eq!(fetches().await, 3);
+    }
+
+    #[tokio::test]
+    async fn a_jwks_outage_is_503_and_keys_already_fetched_stay_usable() {
+        let server = MockServer::start().await;
+        // First fetch fails (identity-provider outage), the next serves key "a", then the
+        // endpoint fails again for good.
+        Mock::given(method("GET"))
+            .and(path("/jwks"))
+            .respond_with(ResponseTemplate::new(503))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/jwks"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk(0, "a")]})))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/jwks"))
+            .respond_with(ResponseTemplate::new(500))
+            .mount(&server)
+            .await;
+        let auth = Authenticator::with_jwks(
+            format!("{}/jwks", server.uri()),
+            reqwest::Client::new(),
+            Some(ISSUER.into()),
+            vec![],
+            5,
+        );
+        let token = format!("Bearer {}", sign(0, "a", &claims()));
+        let fetches = || async { server.received_requests().await.unwrap().len() };
+
+        let outage = auth.authenticate(Some(&token)).await.unwrap_err();
+        assert_eq!((outage.status_code(), outage.code()), (503, "UNAVAILABLE"));
+        // Within the retry delay: still 503, and no second fetch.
+        let again = auth.authenticate(Some(&token)).await.unwrap_err();
+        assert_eq!(again.status_code(), 503);
+        assert_eq!(fetches().await, 1);
+
+        tokio::time::sleep(JWKS_RETRY_AFTER_FAILURE).await;
+        assert!(auth.authenticate(Some(&token)).await.is_ok());
+        assert_eq!(fetches().await, 2);
+
+        // The endpoint fails from now on: the cached key keeps working without a fetch, and a
+        // token naming a key this instance never had is 503 (it may be valid), not 401.
+        tokio::time::sleep(JWKS_RETRY_AFTER_FAILURE).await;
+        assert!(auth.authenticate(Some(&token)).await.is_ok());
+        assert_eq!(fetches().await, 2);
+        let rotated = format!("Bearer {}", sign(1, "b", &claims()));
+        // A successful fetch was less than the refetch interval ago: an unknown kid is 401.
+        assert_eq!(
+            auth.authenticate(Some(&rotated))
+                .await
+                .unwrap_err()
+                .status_code(),
+            401
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 
+use crate::budget;
 use crate::domain::Field;
 
 /// Settings shared by the three functions. Every value has a default except the table name.
@@ -24,9 +25,10 @@ pub struct Config {
     /// `GLOBAL_CACHE_MISS_TTL_DAYS` (default 7; 0: never): how long "no provider knows this
     /// person" is served from the global cache (an answer from every provider asked).
     pub cache_miss_ttl: Duration,
-    /// `WORKER_CLAIM_LEASE_SECONDS` (default 900): how long a worker's claim on a job keeps
-    /// redeliveries away; longer than the worker's timeout.
-    pub claim_lease: Duration,
+    /// Added to a provider call's budget when the worker renews its claim and global cache lease
+    /// before the call ([`crate::budget::LEASE_MARGIN`]; not read from the environment): a dead
+    /// worker's job is resumed that long after its provider call's budget ran out.
+    pub lease_margin: Duration,
     /// `WORKER_MAX_RECEIVES` (default 5, the jobs queue's `maxReceiveCount` in `template.yaml`):
     /// on a job's last receive, a worker that still fails marks the enrichment `failed` and
     /// refunds it before the message goes to the DLQ.
@@ -64,14 +66,17 @@ impl Config {
         Ok(Self {
             table_name: var("TABLE_NAME")
                 .ok_or_else(|| ConfigError("TABLE_NAME is not set".into()))?,
-            max_age: Duration::from_secs(number("ENRICHMENT_MAX_AGE_SECONDS", 800)? as u64),
+            max_age: Duration::from_secs(number(
+                "ENRICHMENT_MAX_AGE_SECONDS",
+                budget::DEFAULT_MAX_AGE.as_secs() as i64,
+            )? as u64),
             cost_email: number("CREDIT_COST_EMAIL", 5)?,
             cost_phone: number("CREDIT_COST_PHONE", 20)?,
             cache_ttl: Duration::from_secs(number("GLOBAL_CACHE_TTL_DAYS", 90)? as u64 * 86_400),
             cache_miss_ttl: Duration::from_secs(
                 number("GLOBAL_CACHE_MISS_TTL_DAYS", 7)? as u64 * 86_400,
             ),
-            claim_lease: Duration::from_secs(number("WORKER_CLAIM_LEASE_SECONDS", 900)? as u64),
+            lease_margin: budget::LEASE_MARGIN,
             max_receives: u32::try_from(number("WORKER_MAX_RECEIVES", 5)?)
                 .map_err(|_| ConfigError("WORKER_MAX_RECEIVES is too large".into()))?,
         })
@@ -87,19 +92,24 @@ impl Config {
 }
 
 /// Loads the AWS SDK configuration the standard way (region, credentials and
-/// `AWS_ENDPOINT_URL*` from the environment), with explicit timeouts: the SDK sets none by
-/// default, and a server that never answers would otherwise hold the call until the Lambda dies.
+/// `AWS_ENDPOINT_URL*` from the environment), with the timeouts of [`sdk_timeouts`]: the SDK
+/// sets none by default, and a server that never answers would otherwise hold the call until
+/// the Lambda dies.
 pub async fn aws_sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .operation_attempt_timeout(Duration::from_secs(5))
-                .operation_timeout(Duration::from_secs(15))
-                .build(),
-        )
+        .timeout_config(sdk_timeouts())
         .load()
         .await
+}
+
+/// The AWS SDK timeouts of every function: connect, attempt and operation timeouts from
+/// [`crate::budget`], so that any one AWS call ends well before the function's timeout.
+pub fn sdk_timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(budget::SDK_CONNECT_TIMEOUT)
+        .operation_attempt_timeout(budget::SDK_ATTEMPT_TIMEOUT)
+        .operation_timeout(budget::SDK_OPERATION_TIMEOUT)
+        .build()
 }
 
 /// The HTTP client for providers and JWKS: rustls, bounded connect time. Per-call timeouts are

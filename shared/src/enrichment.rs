@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::budget;
 use crate::config::Config;
 use crate::domain::{Enrichment, Field, Status, timestamp, timestamp_before};
 use crate::error::ApiError;
@@ -20,13 +22,15 @@ pub const ENQUEUE_FAILED_MESSAGE: &str =
     "The enrichment could not be queued; its credits were refunded";
 
 /// How many times the trigger sends a job, each after the SDK's own retries, before it gives the
-/// enrichment up and refunds it.
+/// enrichment up and refunds it; fewer when the invocation's deadline comes first.
 const ENQUEUE_ATTEMPTS: u32 = 3;
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store failure");
-        ApiError::Internal(e.to_string())
+        match e {
+            StoreError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
+            _ => ApiError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -48,15 +52,22 @@ impl Enrichments {
     /// DynamoDB calls: one `TransactWriteItems` for a new enrichment and for a replay; one SQS
     /// `SendMessage` for a new one.
     ///
+    /// The job is sent before `deadline` (the invocation's) with [`budget::REFUND_RESERVE`] and
+    /// [`budget::RESPONSE_MARGIN`] kept back: each attempt is bounded by the time left, and when
+    /// the queue cannot take the job in that time the enrichment is marked `failed` and
+    /// refunded in one transaction before the deadline.
+    ///
     /// Errors: 404 `Person not found` (nothing charged), 402 when the balance does not cover the
-    /// cost (nothing written), 500 when the store fails or the job cannot be queued (then the
-    /// enrichment is marked `failed` and refunded in one transaction).
+    /// cost (nothing written), 503 when DynamoDB does not answer in time or the job cannot be
+    /// queued (then the enrichment is `failed` and refunded; a new POST may try again), 500 on
+    /// any other store failure.
     pub async fn trigger(
         &self,
         queue: &dyn JobQueue,
         principal: &Principal,
         person_id: Uuid,
         field: Field,
+        deadline: Instant,
     ) -> Result<Enrichment, ApiError> {
         let now = Utc::now();
         let at = timestamp(now);
@@ -93,7 +104,7 @@ impl Enrichments {
                 required: cost,
             }),
             CreateOutcome::Created => {
-                self.enqueue(queue, &enrichment, cost).await?;
+                self.enqueue(queue, &enrichment, cost, deadline).await?;
                 Ok(enrichment)
             }
         }
@@ -104,19 +115,25 @@ impl Enrichments {
         queue: &dyn JobQueue,
         enrichment: &Enrichment,
         cost: i64,
+        deadline: Instant,
     ) -> Result<(), ApiError> {
         let job = Job::from(enrichment);
-        let mut last_error = None;
+        let reserve = budget::REFUND_RESERVE + budget::RESPONSE_MARGIN;
+        let mut last_error = String::from("no time left before the deadline");
         for attempt in 1..=ENQUEUE_ATTEMPTS {
-            match queue.enqueue(&job).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(enrichment_id = %enrichment.id, attempt, error = %e, "enqueue failed");
-                    last_error = Some(e);
-                    if attempt < ENQUEUE_ATTEMPTS {
-                        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-                    }
-                }
+            let left = budget::left_before(deadline, reserve);
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left, queue.enqueue(&job)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(_) => last_error = format!("no answer within {left:?}"),
+            }
+            tracing::warn!(enrichment_id = %enrichment.id, attempt, error = %last_error, "enqueue failed");
+            let pause = Duration::from_millis(100 * u64::from(attempt));
+            if attempt < ENQUEUE_ATTEMPTS && budget::left_before(deadline, reserve) > pause {
+                tokio::time::sleep(pause).await;
             }
         }
         tracing::error!(enrichment_id = %enrichment.id, "giving the enrichment up and refunding it");
@@ -128,9 +145,8 @@ impl Enrichments {
                 &timestamp(Utc::now()),
             )
             .await?;
-        Err(ApiError::Internal(format!(
-            "enqueue failed: {}",
-            last_error.map(|e| e.to_string()).unwrap_or_default()
+        Err(ApiError::Unavailable(format!(
+            "enqueue failed: {last_error}"
         )))
     }
 

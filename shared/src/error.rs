@@ -10,6 +10,12 @@ use crate::domain::OperationType;
 pub const FIELD_MESSAGE: &str =
     r#"Field query parameter is required and must be "phones" or "emails""#;
 
+/// The message of a `503 UNAVAILABLE`: the request can be sent again as it is.
+pub const UNAVAILABLE_MESSAGE: &str = "Service temporarily unavailable; retry the request";
+
+/// The `Retry-After` of a `503 UNAVAILABLE`, in seconds.
+pub const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 1;
+
 /// An error a client sees. Each variant maps to one status code and error code of the spec's
 /// "Error Codes" table.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -35,9 +41,20 @@ pub enum ApiError {
     /// 405 `METHOD_NOT_ALLOWED`: a method the route does not serve.
     #[error("Method not allowed")]
     MethodNotAllowed,
+    /// 429 `RATE_LIMITED`: the org sent more requests than its limit allows; the response
+    /// carries `Retry-After` with `retry_after_seconds` (spec operations-api, "Common rules").
+    #[error("Too many requests; retry after {retry_after_seconds} seconds")]
+    RateLimited {
+        /// Whole seconds until a new request can be accepted (at least 1).
+        retry_after_seconds: u64,
+    },
     /// 500 `INTERNAL_ERROR`; the detail goes to the logs, not to the client.
     #[error("{0}")]
     Internal(String),
+    /// 503 `UNAVAILABLE`: a service this one depends on (DynamoDB, SQS, the identity provider's
+    /// JWKS) did not answer in time; retryable. The detail goes to the logs, not to the client.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The body of an error response: `{"error": {...}}`.
@@ -63,7 +80,9 @@ impl ApiError {
             ApiError::InsufficientCredits { .. } => 402,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed => 405,
+            ApiError::RateLimited { .. } => 429,
             ApiError::Internal(_) => 500,
+            ApiError::Unavailable(_) => 503,
         }
     }
 
@@ -75,14 +94,29 @@ impl ApiError {
             ApiError::InsufficientCredits { .. } => "INSUFFICIENT_CREDITS",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Internal(_) => "INTERNAL_ERROR",
+            ApiError::Unavailable(_) => "UNAVAILABLE",
         }
     }
 
-    /// The JSON envelope. An internal error's detail is replaced by a generic message.
+    /// The `Retry-After` header value (seconds) the response carries, for 429 and 503.
+    pub fn retry_after_seconds(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited {
+                retry_after_seconds,
+            } => Some(*retry_after_seconds),
+            ApiError::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECONDS),
+            _ => None,
+        }
+    }
+
+    /// The JSON envelope. An internal error's or an unavailable dependency's detail is replaced
+    /// by a generic message.
     pub fn to_json(&self) -> String {
         let (message, details) = match self {
             ApiError::Internal(_) => ("Internal server error".to_string(), None),
+            ApiError::Unavailable(_) => (UNAVAILABLE_MESSAGE.to_string(), None),
             ApiError::InsufficientCredits {
                 operation_type,
                 required,
@@ -138,6 +172,26 @@ mod tests {
                 "message": "Field query parameter is required and must be \"phones\" or \"emails\""
             }})
         );
+    }
+
+    #[test]
+    fn unavailable_and_rate_limited_are_retryable_envelopes() {
+        let unavailable = ApiError::Unavailable("dynamodb: timed out".into());
+        let body: Value = serde_json::from_str(&unavailable.to_json()).unwrap();
+        assert_eq!(unavailable.status_code(), 503);
+        assert_eq!(
+            body,
+            json!({"error": {"code": "UNAVAILABLE", "message": UNAVAILABLE_MESSAGE}})
+        );
+        assert_eq!(unavailable.retry_after_seconds(), Some(1));
+        let limited = ApiError::RateLimited {
+            retry_after_seconds: 7,
+        };
+        let body: Value = serde_json::from_str(&limited.to_json()).unwrap();
+        assert_eq!(limited.status_code(), 429);
+        assert_eq!(body["error"]["code"], "RATE_LIMITED");
+        assert_eq!(limited.retry_after_seconds(), Some(7));
+        assert_eq!(ApiError::NotFound("x".into()).retry_after_seconds(), None);
     }
 
     #[test]

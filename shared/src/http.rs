@@ -5,9 +5,11 @@ use std::collections::HashMap;
 
 use lambda_http::http::{Method, StatusCode, header};
 use lambda_http::{Body, Request, RequestExt, Response};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::auth::{Authenticator, Principal};
+use crate::budget;
 use crate::domain::{Enrichment, Field};
 use crate::enrichment::Enrichments;
 use crate::error::{ApiError, FIELD_MESSAGE};
@@ -59,48 +61,96 @@ fn json(status: u16, body: String) -> Response<Body> {
     response
 }
 
+/// The spec's error envelope for `error`, with `Retry-After` on a 429 or 503. An internal or
+/// unavailable error's detail is logged here, once, and never sent.
+pub fn error_response(error: &ApiError) -> Response<Body> {
+    match error {
+        ApiError::Internal(detail) => tracing::error!(detail = %detail, "internal error"),
+        ApiError::Unavailable(detail) => {
+            tracing::error!(detail = %detail, "dependency unavailable")
+        }
+        _ => {}
+    }
+    let mut response = json(error.status_code(), error.to_json());
+    if let Some(seconds) = error.retry_after_seconds() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    }
+    response
+}
+
 fn respond(result: Result<Enrichment, ApiError>) -> Response<Body> {
     match result
         .and_then(|e| serde_json::to_string(&e).map_err(|e| ApiError::Internal(e.to_string())))
     {
         Ok(body) => json(200, body),
-        Err(error) => {
-            if let ApiError::Internal(detail) = &error {
-                tracing::error!(detail = %detail, "internal error");
-            }
-            json(error.status_code(), error.to_json())
-        }
+        Err(error) => error_response(&error),
     }
+}
+
+/// The invocation's deadline: the Lambda context's (`Lambda-Runtime-Deadline-Ms`), or
+/// [`budget::API_FUNCTION_TIMEOUT`] from now for a request built outside Lambda (the local
+/// gateway), as the template gives the API functions.
+pub fn deadline(req: &Request) -> Instant {
+    budget::deadline_from_epoch_millis(
+        req.lambda_context_ref()
+            .map_or(0, |context| context.deadline),
+        budget::API_FUNCTION_TIMEOUT,
+    )
+}
+
+/// Runs `work` until [`budget::RESPONSE_MARGIN`] before `deadline`; past that, the client gets
+/// `503 UNAVAILABLE` in the envelope rather than API Gateway's bare error when Lambda kills the
+/// function. The use cases bound their own calls well before (see [`crate::budget`]): this is
+/// the last line.
+async fn within<T>(
+    deadline: Instant,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let until = deadline
+        .checked_sub(budget::RESPONSE_MARGIN)
+        .unwrap_or(deadline);
+    tokio::time::timeout_at(until, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::Unavailable(
+                "the invocation's deadline came".into(),
+            ))
+        })
 }
 
 /// The trigger function: `POST` of [`ROUTE`] (spec, "Trigger Enrichment").
 /// Authentication comes first, then validation (401 before 400); another method is 405.
+/// Answers before the invocation's [`deadline`] (503 when a dependency did not answer in time).
 pub async fn handle_post(
     req: Request,
     auth: &Authenticator,
     enrichments: &Enrichments,
     queue: &dyn JobQueue,
 ) -> Response<Body> {
-    let result = async {
+    let deadline = deadline(&req);
+    let result = within(deadline, async {
         let (principal, person_id, field) = accept(&req, Method::POST, auth).await?;
         enrichments
-            .trigger(queue, &principal, person_id, field)
+            .trigger(queue, &principal, person_id, field, deadline)
             .await
-    };
+    });
     respond(result.await)
 }
 
 /// The status function: `GET` of [`ROUTE`] (spec, "Get Enrichment Status").
 /// Authentication comes first, then validation (401 before 400); another method is 405.
+/// Answers before the invocation's [`deadline`] (503 when a dependency did not answer in time).
 pub async fn handle_get(
     req: Request,
     auth: &Authenticator,
     enrichments: &Enrichments,
 ) -> Response<Body> {
-    let result = async {
+    let result = within(deadline(&req), async {
         let (principal, person_id, field) = accept(&req, Method::GET, auth).await?;
         enrichments.status(&principal, person_id, field).await
-    };
+    });
     respond(result.await)
 }
 

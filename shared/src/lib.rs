@@ -2,6 +2,7 @@
 //! adapters. The Lambda function crates are thin adapters over this crate.
 
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod domain;
 pub mod enrichment;

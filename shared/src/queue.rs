@@ -1,5 +1,7 @@
 //! The jobs queue: what the trigger sends and the worker receives.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use serde::{Deserialize, Serialize};
@@ -45,19 +47,27 @@ pub trait JobQueue: Send + Sync {
     async fn enqueue(&self, job: &Job) -> Result<(), QueueError>;
 }
 
-/// The SQS jobs queue (`SendMessage`, AWS docs "Amazon SQS API Reference").
+/// The SQS jobs queue: what the trigger sends jobs to (`SendMessage`), and what the worker uses
+/// to keep, defer and retry the messages it was handed (`ChangeMessageVisibility`,
+/// `SendMessage` with `DelaySeconds`; AWS docs, "Amazon SQS API Reference" and "Amazon SQS
+/// visibility timeout").
 #[derive(Debug, Clone)]
 pub struct SqsJobQueue {
     client: aws_sdk_sqs::Client,
     queue_url: String,
+    retry_base: Duration,
 }
 
 impl SqsJobQueue {
-    /// A queue at `queue_url` (`QUEUE_URL`).
+    /// The longest delay before a failed job's retry: 15 minutes.
+    pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(900);
+
+    /// A queue at `queue_url` (`QUEUE_URL`), retrying failed jobs after 30 s, 60 s, ...
     pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
         Self {
             client,
             queue_url: queue_url.into(),
+            retry_base: Duration::from_secs(30),
         }
     }
 
@@ -65,16 +75,73 @@ impl SqsJobQueue {
     pub fn from_sdk(sdk: &aws_config::SdkConfig, queue_url: impl Into<String>) -> Self {
         Self::new(aws_sdk_sqs::Client::new(sdk), queue_url)
     }
-}
 
-#[async_trait]
-impl JobQueue for SqsJobQueue {
-    async fn enqueue(&self, job: &Job) -> Result<(), QueueError> {
+    /// The same queue with another first retry delay (whole seconds; at least 1 s).
+    pub fn with_retry_base(mut self, base: Duration) -> Self {
+        self.retry_base = base;
+        self
+    }
+
+    /// The delay before the next delivery of a failed message received `receives` times:
+    /// `base × 2^(receives − 1)`, capped at [`SqsJobQueue::MAX_RETRY_DELAY`]. It brings a failed
+    /// job back sooner than the queue's visibility timeout (six times the worker's timeout,
+    /// 84 minutes); the DLQ still takes it after the queue's maximum receive count.
+    pub fn retry_delay(&self, receives: u32) -> Duration {
+        let factor = 2u32.saturating_pow(receives.saturating_sub(1).min(16));
+        self.retry_base
+            .max(Duration::from_secs(1))
+            .saturating_mul(factor)
+            .min(Self::MAX_RETRY_DELAY)
+    }
+
+    /// Makes the failed message with `receipt_handle` visible again after
+    /// [`SqsJobQueue::retry_delay`]. A failure is logged: the message then comes back after the
+    /// queue's visibility timeout.
+    pub async fn retry_later(&self, receipt_handle: &str, receives: u32) {
+        self.set_visibility(receipt_handle, self.retry_delay(receives))
+            .await;
+    }
+
+    /// Keeps the message with `receipt_handle` invisible for `duration` from now (whole seconds,
+    /// at most 12 hours): the worker's heartbeat, so that the message of a job whose worker died
+    /// comes back when the worker's claim lapses, not after the queue's 84-minute visibility
+    /// timeout. A failure is logged: the claim still protects the job.
+    pub async fn set_visibility(&self, receipt_handle: &str, duration: Duration) {
+        let seconds = i32::try_from(duration.as_secs().max(1))
+            .unwrap_or(43_200)
+            .min(43_200);
+        let result = self
+            .client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(seconds)
+            .send()
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %DisplayErrorContext(&e), "ChangeMessageVisibility failed");
+        }
+    }
+
+    /// Sends `job` again, to be delivered after `delay` (whole seconds, 1 to 900: SQS's
+    /// `DelaySeconds` range): a job deferred while another worker holds it or runs the same
+    /// person.
+    ///
+    /// Errors: the send failed (the caller reports the message as failed, so it comes back).
+    pub async fn send_later(&self, job: &Job, delay: Duration) -> Result<(), QueueError> {
+        let seconds = delay
+            .as_secs()
+            .clamp(1, crate::budget::MAX_SQS_DELAY.as_secs());
+        self.send(job, i32::try_from(seconds).unwrap_or(900)).await
+    }
+
+    async fn send(&self, job: &Job, delay_seconds: i32) -> Result<(), QueueError> {
         let body = serde_json::to_string(job).map_err(|e| QueueError(e.to_string()))?;
         self.client
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(body)
+            .delay_seconds(delay_seconds)
             .send()
             .await
             .map_err(|e| QueueError(DisplayErrorContext(&e).to_string()))?;
@@ -82,69 +149,10 @@ impl JobQueue for SqsJobQueue {
     }
 }
 
-/// Brings a failed job back sooner than the queue's visibility timeout (six times the worker's
-/// timeout, so 84 minutes in `template.yaml`): the worker sets the failed message's visibility to
-/// `base × 2^(receives − 1)`, capped at [`RetryBackoff::MAX`], with `ChangeMessageVisibility`
-/// (AWS docs, "Amazon SQS visibility timeout"). The DLQ still takes it after the queue's maximum
-/// receive count.
-#[derive(Debug, Clone)]
-pub struct RetryBackoff {
-    client: aws_sdk_sqs::Client,
-    queue_url: String,
-    base: std::time::Duration,
-}
-
-impl RetryBackoff {
-    /// The longest delay before a retry: 15 minutes.
-    pub const MAX: std::time::Duration = std::time::Duration::from_secs(900);
-
-    /// Backoff on the queue at `queue_url`, starting at `base` (whole seconds; at least 1 s).
-    pub fn new(
-        client: aws_sdk_sqs::Client,
-        queue_url: impl Into<String>,
-        base: std::time::Duration,
-    ) -> Self {
-        Self {
-            client,
-            queue_url: queue_url.into(),
-            base,
-        }
-    }
-
-    /// Backoff on the queue at `queue_url` with a client of the process's SDK configuration and a
-    /// 30 s base.
-    pub fn from_sdk(sdk: &aws_config::SdkConfig, queue_url: impl Into<String>) -> Self {
-        Self::new(
-            aws_sdk_sqs::Client::new(sdk),
-            queue_url,
-            std::time::Duration::from_secs(30),
-        )
-    }
-
-    /// The delay before the next delivery of a message received `receives` times.
-    pub fn delay(&self, receives: u32) -> std::time::Duration {
-        let factor = 2u32.saturating_pow(receives.saturating_sub(1).min(16));
-        self.base
-            .max(std::time::Duration::from_secs(1))
-            .saturating_mul(factor)
-            .min(Self::MAX)
-    }
-
-    /// Makes the message with `receipt_handle` visible again after [`RetryBackoff::delay`].
-    /// A failure is logged: the message then comes back after the queue's visibility timeout.
-    pub async fn defer(&self, receipt_handle: &str, receives: u32) {
-        let delay = self.delay(receives);
-        let result = self
-            .client
-            .change_message_visibility()
-            .queue_url(&self.queue_url)
-            .receipt_handle(receipt_handle)
-            .visibility_timeout(i32::try_from(delay.as_secs()).unwrap_or(i32::MAX))
-            .send()
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %DisplayErrorContext(&e), "ChangeMessageVisibility failed");
-        }
+#[async_trait]
+impl JobQueue for SqsJobQueue {
+    async fn enqueue(&self, job: &Job) -> Result<(), QueueError> {
+        self.send(job, 0).await
     }
 }
 
@@ -220,23 +228,17 @@ pub fn from_env(sdk: &aws_config::SdkConfig) -> Result<Box<dyn JobQueue>, QueueE
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
-    fn retry_backoff_doubles_per_receive_up_to_fifteen_minutes() {
+    fn retry_delay_doubles_per_receive_up_to_fifteen_minutes() {
         let config = aws_sdk_sqs::Config::builder()
             .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
             .build();
-        let backoff = RetryBackoff::new(
-            aws_sdk_sqs::Client::from_conf(config),
-            "q",
-            Duration::from_secs(30),
-        );
+        let queue = SqsJobQueue::new(aws_sdk_sqs::Client::from_conf(config), "q");
         let delays: Vec<u64> = [0, 1, 2, 3, 5, 6, 40]
             .iter()
-            .map(|n| backoff.delay(*n).as_secs())
+            .map(|n| queue.retry_delay(*n).as_secs())
             .collect();
         assert_eq!(delays, [30, 30, 60, 120, 480, 900, 900]);
     }

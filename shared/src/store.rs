@@ -44,6 +44,15 @@ pub enum StoreError {
         /// `DisplayErrorContext` of the SDK error.
         message: String,
     },
+    /// DynamoDB did not answer in time, or could not be reached (the SDK's timeout or dispatch
+    /// failure): retryable, answered `503 UNAVAILABLE` by the API.
+    #[error("DynamoDB {operation} unavailable: {message}")]
+    Unavailable {
+        /// The API operation.
+        operation: &'static str,
+        /// `DisplayErrorContext` of the SDK error.
+        message: String,
+    },
     /// A grant would take a balance past [`MAX_BALANCE`] (or was not positive): nothing was
     /// granted.
     #[error(
@@ -60,9 +69,14 @@ where
     E: std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    move |e| StoreError::Dynamo {
-        operation,
-        message: DisplayErrorContext(&e).to_string(),
+    move |e| {
+        let message = DisplayErrorContext(&e).to_string();
+        match e {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+                StoreError::Unavailable { operation, message }
+            }
+            _ => StoreError::Dynamo { operation, message },
+        }
     }
 }
 
@@ -131,8 +145,9 @@ struct EnrichmentItem {
     enrichment: Enrichment,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     claim_token: Option<String>,
+    /// When the worker's claim lapses (ISO 8601); a worker renews it before each provider call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    claimed_at: Option<String>,
+    claim_until: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     providers_answered: Vec<String>,
     #[serde(default)]
@@ -222,8 +237,27 @@ pub enum CacheLease {
     Acquired,
     /// A fresh entry exists: no provider call is needed.
     Cached(Box<CacheEntry>),
-    /// Another worker (maybe another org's job for the same person) is running the providers.
-    Busy,
+    /// Another worker (maybe another org's job for the same person) is running the providers;
+    /// its lease lapses at `until_unix` (seconds) unless it renews it.
+    Busy {
+        /// When the holder's lease lapses (Unix seconds).
+        until_unix: i64,
+    },
+}
+
+/// What a worker learns when it claims a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The job is this worker's until its claim lapses: the enrichment as stored.
+    Claimed(Box<EnrichmentRecord>),
+    /// A live worker holds the job until `until` (ISO 8601): a duplicate delivery, or a
+    /// redelivery that came before a dead worker's claim lapsed.
+    Busy {
+        /// When the holder's claim lapses unless it renews it.
+        until: String,
+    },
+    /// Nothing to run: the enrichment ended, was replaced or does not exist.
+    Gone,
 }
 
 /// The outcome a worker writes on a claimed enrichment.
@@ -297,7 +331,7 @@ impl Store {
             sk: enrichment_sk(enrichment.entity_id, enrichment.field),
             enrichment: enrichment.clone(),
             claim_token: None,
-            claimed_at: None,
+            claim_until: None,
             providers_answered: Vec::new(),
             credits_charged: cost,
         })
@@ -433,7 +467,7 @@ impl Store {
             )))
             .update_expression(
                 "SET #status = :status, #error = :error, updatedAt = :now \
-                 REMOVE claimToken, claimedAt, providersAnswered",
+                 REMOVE claimToken, claimUntil, providersAnswered",
             )
             .condition_expression("id = :id AND #status = :pending")
             .expression_attribute_names("#status", "status")
@@ -582,17 +616,19 @@ impl Store {
         Ok(ended.unwrap_or_else(|current| current))
     }
 
-    /// Claims a job for one worker: sets `claimToken` on the job's enrichment if it is still
-    /// `pending` and unclaimed, or its claim is older than `lease_cutoff` (a worker that died).
-    /// Returns the enrichment, or `None` when the job is not (or no longer) this worker's to run:
-    /// a duplicate delivery, a replaced or already finished enrichment.
+    /// Claims a job for one worker until `until` (ISO 8601): sets `claimToken` and `claimUntil`
+    /// on the job's enrichment if it is still `pending` and unclaimed, or its claim lapsed
+    /// before `now` (a worker that died). One conditional `UpdateItem`; on conflict the item
+    /// comes back in the same call (`ALL_OLD`) and tells whether a live worker holds the job
+    /// ([`Claim::Busy`]) or the job is no longer to run ([`Claim::Gone`]: a duplicate of a
+    /// finished job, a replaced or ended enrichment).
     pub async fn claim(
         &self,
         job: &Job,
         token: &str,
         now: &str,
-        lease_cutoff: &str,
-    ) -> Result<Option<EnrichmentRecord>, StoreError> {
+        until: &str,
+    ) -> Result<Claim, StoreError> {
         let result = self
             .client
             .update_item()
@@ -602,26 +638,67 @@ impl Store {
                 job.person_id,
                 job.field,
             )))
-            .update_expression("SET claimToken = :token, claimedAt = :now")
+            .update_expression("SET claimToken = :token, claimUntil = :until")
             .condition_expression(
                 "id = :id AND #status = :pending \
-                 AND (attribute_not_exists(claimToken) OR claimedAt < :cutoff)",
+                 AND (attribute_not_exists(claimToken) OR attribute_not_exists(claimUntil) \
+                      OR claimUntil < :now)",
             )
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":pending", s(Status::Pending.as_str()))
             .expression_attribute_values(":id", s(job.enrichment_id.to_string()))
             .expression_attribute_values(":token", s(token))
             .expression_attribute_values(":now", s(now))
-            .expression_attribute_values(":cutoff", s(lease_cutoff))
+            .expression_attribute_values(":until", s(until))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match conditional_update(result)? {
-            Ok(output) => Ok(Some(record_from_item(
+            Ok(output) => Ok(Claim::Claimed(Box::new(record_from_item(
                 output.attributes.unwrap_or_default(),
-            )?)),
-            Err(_) => Ok(None),
+            )?))),
+            Err(Some(current)) => {
+                let current: EnrichmentItem =
+                    serde_dynamo::from_item(current).map_err(shape_error)?;
+                let live = current.enrichment.id == job.enrichment_id
+                    && current.enrichment.status == Status::Pending;
+                match current.claim_until {
+                    Some(until) if live => Ok(Claim::Busy { until }),
+                    _ => Ok(Claim::Gone),
+                }
+            }
+            Err(None) => Ok(Claim::Gone),
         }
+    }
+
+    /// Extends a worker's claim to `until` (ISO 8601) before a provider call. Returns `false`
+    /// when the claim is no longer `token`'s or the enrichment is no longer `pending` (it timed
+    /// out, was replaced, or another worker took the job over): the worker must stop.
+    pub async fn renew_claim(
+        &self,
+        enrichment: &Enrichment,
+        token: &str,
+        until: &str,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(
+                &enrichment.org_id,
+                enrichment.entity_id,
+                enrichment.field,
+            )))
+            .update_expression("SET claimUntil = :until")
+            .condition_expression("claimToken = :token AND #status = :pending")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":until", s(until))
+            .send()
+            .await;
+        Ok(conditional_update(result)?.is_ok())
     }
 
     /// Gives a claim up so that a redelivery can run the job again at once. A claim that is no
@@ -640,7 +717,7 @@ impl Store {
                 enrichment.entity_id,
                 enrichment.field,
             )))
-            .update_expression("REMOVE claimToken, claimedAt")
+            .update_expression("REMOVE claimToken, claimUntil")
             .condition_expression("claimToken = :token")
             .expression_attribute_values(":token", s(token))
             .send()
@@ -712,14 +789,48 @@ impl Store {
             .await;
         match conditional_update(result)? {
             Ok(_) => Ok(CacheLease::Acquired),
-            Err(current) => match current
-                .map(|item| cache_entry(item, now_unix))
-                .transpose()?
-            {
-                Some(Some(entry)) => Ok(CacheLease::Cached(Box::new(entry))),
-                _ => Ok(CacheLease::Busy),
-            },
+            Err(current) => {
+                let until_unix = current
+                    .as_ref()
+                    .and_then(|item| item.get("leaseUntil"))
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(now_unix);
+                match current
+                    .map(|item| cache_entry(item, now_unix))
+                    .transpose()?
+                {
+                    Some(Some(entry)) => Ok(CacheLease::Cached(Box::new(entry))),
+                    _ => Ok(CacheLease::Busy { until_unix }),
+                }
+            }
         }
+    }
+
+    /// Extends `owner`'s lease on the global cache item of (fingerprint, field) to `until_unix`
+    /// (seconds) before a provider call. Returns `false` when the lease is no longer `owner`'s
+    /// (it lapsed and another worker took it): the caller goes on without it.
+    pub async fn renew_cache_lease(
+        &self,
+        fingerprint: &str,
+        field: Field,
+        owner: &str,
+        until_unix: i64,
+    ) -> Result<bool, StoreError> {
+        let (pk, sk) = cache_key(fingerprint, field);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .update_expression("SET leaseUntil = :until")
+            .condition_expression("leaseOwner = :owner")
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":until", n(until_unix))
+            .send()
+            .await;
+        Ok(conditional_update(result)?.is_ok())
     }
 
     /// Gives the cache lease up (the providers found nothing, or failed), so that a waiting
@@ -769,7 +880,7 @@ impl Store {
             )))
             .update_expression(
                 "SET #status = :status, dataFound = :dataFound, #error = :error, \
-                 globalEnrichmentId = :global, updatedAt = :now REMOVE claimToken, claimedAt, providersAnswered",
+                 globalEnrichmentId = :global, updatedAt = :now REMOVE claimToken, claimUntil, providersAnswered",
             )
             .condition_expression("id = :id AND #status = :pending AND claimToken = :token")
             .expression_attribute_names("#status", "status")

@@ -10,18 +10,15 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::budget;
 use crate::config::Config;
-use crate::domain::{ContactPoint, Enrichment, Person, Status, timestamp, timestamp_before};
+use crate::domain::{ContactPoint, Enrichment, Field, Person, Status, timestamp, timestamp_before};
 use crate::providers::PersonQuery;
 use crate::providers::cascade::{Cascade, CascadeJournal, CascadeOutcome};
-use crate::queue::{Job, RetryBackoff};
-use crate::store::{CacheEntry, CacheLease, Completion, EnrichmentRecord, Store, StoreError};
-
-/// Time kept back from the Lambda deadline for writing the outcome after the cascade.
-pub const WRITE_MARGIN: Duration = Duration::from_secs(5);
-
-/// How often a worker waiting for another worker's run of the same person looks at the cache.
-pub const LEASE_POLL: Duration = Duration::from_millis(500);
+use crate::queue::{Job, SqsJobQueue};
+use crate::store::{
+    CacheEntry, CacheLease, Claim, Completion, EnrichmentRecord, Store, StoreError,
+};
 
 /// The `error` of an enrichment whose job failed on every delivery (its credits are refunded).
 pub const GAVE_UP_MESSAGE: &str =
@@ -29,13 +26,6 @@ pub const GAVE_UP_MESSAGE: &str =
 
 /// The `error` of an enrichment whose person was deleted before the job ran.
 pub const PERSON_GONE_MESSAGE: &str = "Person not found";
-
-/// The Lambda deadline (`Context::deadline`, Unix milliseconds) as a monotonic instant; a
-/// deadline already past is now.
-pub fn deadline_from_epoch_millis(deadline_ms: u64) -> Instant {
-    let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
-    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
-}
 
 /// What became of one job.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +35,13 @@ pub enum JobOutcome {
     Dropped,
     /// The outcome was written; the enrichment as the client will now see it.
     Completed(Box<Enrichment>),
+    /// Another worker holds the job or is running the providers for the same person: the job
+    /// is to run again after `delay` (nothing was written and no provider asked).
+    Deferred {
+        /// When to look at the job again: when the other worker's lease lapses, at most
+        /// [`budget::MAX_DEFER`].
+        delay: Duration,
+    },
 }
 
 /// What the worker function is invoked with: an SQS batch from the event source mapping (the
@@ -67,6 +64,10 @@ pub enum JobError {
     /// DynamoDB failed; the claim was given up so that a redelivery can run the job.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A job handed over directly (Step Functions) must run again later: the state machine's
+    /// retry policy does it.
+    #[error("job deferred for {0:?}: another worker holds it or runs the same person")]
+    Deferred(Duration),
 }
 
 /// The key identifying one real person across orgs for the global cache: the normalized
@@ -129,33 +130,98 @@ enum SingleFlight {
     Cached(CacheEntry),
     /// This job runs the providers and holds the lease.
     Leased,
-    /// This job runs the providers without the lease (the holder did not finish in time).
-    Unleased,
+    /// Another worker runs the providers for this person; its lease lapses at `until_unix`.
+    Busy { until_unix: i64 },
 }
 
-/// The cascade journal of one claimed enrichment, kept on the enrichment item.
+/// The SQS message a job came in, when it came from the event source mapping: the worker keeps
+/// it invisible while it holds the job (a heartbeat), so that it comes back soon after a crash.
+struct Delivery<'a> {
+    queue: &'a SqsJobQueue,
+    receipt_handle: &'a str,
+}
+
+/// A claimed job's journal and heartbeat, kept on the enrichment item: which providers answered
+/// "no match", and before each provider call the renewal of the claim, of the global cache
+/// lease and of the message's visibility.
 struct Journal<'a> {
     store: &'a Store,
-    enrichment: &'a Enrichment,
+    record: &'a EnrichmentRecord,
     token: &'a str,
-    answered: &'a [String],
+    lease: Option<(&'a str, &'a str)>,
+    delivery: Option<&'a Delivery<'a>>,
+    lease_margin: Duration,
 }
 
 #[async_trait::async_trait]
 impl CascadeJournal for Journal<'_> {
     fn answered(&self) -> &[String] {
-        self.answered
+        &self.record.providers_answered
     }
 
     async fn record_no_match(&self, provider: &str) {
         if let Err(e) = self
             .store
-            .record_no_match(self.enrichment, self.token, provider)
+            .record_no_match(&self.record.enrichment, self.token, provider)
             .await
         {
             tracing::warn!(provider, error = %e, "could not record the provider's no match");
         }
     }
+
+    async fn before_call(&self, provider: &str, span: Duration) -> bool {
+        let lease = span + self.lease_margin;
+        let enrichment = &self.record.enrichment;
+        match self
+            .store
+            .renew_claim(enrichment, self.token, &timestamp_after(lease))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(enrichment_id = %enrichment.id, provider, "claim lost: the enrichment ended or another worker took the job");
+                return false;
+            }
+            Err(e) => {
+                // The claim is still ours for a while: go on rather than waste the work done.
+                tracing::warn!(enrichment_id = %enrichment.id, error = %e, "could not renew the claim");
+            }
+        }
+        if let Some((fingerprint, owner)) = self.lease {
+            let until = Utc::now().timestamp().saturating_add(secs(lease));
+            if let Err(e) = self
+                .store
+                .renew_cache_lease(fingerprint, enrichment.field, owner, until)
+                .await
+            {
+                tracing::warn!(error = %e, "could not renew the global cache lease");
+            }
+        }
+        if let Some(delivery) = self.delivery {
+            delivery
+                .queue
+                .set_visibility(delivery.receipt_handle, lease)
+                .await;
+        }
+        true
+    }
+}
+
+/// Whole seconds of `d`, saturated.
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The ISO 8601 time `d` from now.
+fn timestamp_after(d: Duration) -> String {
+    timestamp(Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
+}
+
+/// How long a deferred job waits: until the other worker's lease lapses, within 1 s and
+/// [`budget::MAX_DEFER`].
+fn defer_delay(until_unix: i64) -> Duration {
+    let left = until_unix.saturating_sub(Utc::now().timestamp()).max(1);
+    Duration::from_secs(left.unsigned_abs()).min(budget::MAX_DEFER)
 }
 
 /// Runs enrichment jobs. Build once per process.
@@ -163,7 +229,7 @@ pub struct Worker {
     store: Store,
     cascade: Cascade,
     config: Config,
-    backoff: Option<RetryBackoff>,
+    queue: Option<SqsJobQueue>,
 }
 
 impl Worker {
@@ -173,40 +239,94 @@ impl Worker {
             store,
             cascade,
             config,
-            backoff: None,
+            queue: None,
         }
     }
 
-    /// The same worker, bringing failed SQS records back after a growing delay instead of the
-    /// queue's visibility timeout.
-    pub fn with_retry_backoff(mut self, backoff: RetryBackoff) -> Self {
-        self.backoff = Some(backoff);
+    /// The same worker fed by the SQS jobs queue: it keeps the messages it works on invisible
+    /// while it holds them, sends deferred jobs back with a delay, and brings failed records
+    /// back after a growing delay instead of the queue's visibility timeout.
+    pub fn with_queue(mut self, queue: SqsJobQueue) -> Self {
+        self.queue = Some(queue);
         self
+    }
+
+    /// Runs one job handed over directly (Step Functions, tests) before `deadline`: see
+    /// [`Worker::run_delivered`].
+    pub async fn run(&self, job: &Job, deadline: Instant) -> Result<JobOutcome, JobError> {
+        self.run_delivered(job, deadline, None).await
     }
 
     /// Runs one job before `deadline` (the Lambda's): claims it, serves it from the global cache
     /// or runs the cascade, and writes the outcome, the person's merged contacts and the cache
-    /// entry in one transaction.
-    pub async fn run(&self, job: &Job, deadline: Instant) -> Result<JobOutcome, JobError> {
+    /// entry in one transaction. A `pending` enrichment past the maximum age is timed out and
+    /// refunded instead (the status function's rule). A job that a live worker holds, or whose
+    /// person another worker is enriching, is [`JobOutcome::Deferred`].
+    ///
+    /// The claim (and the global cache lease, and the message's visibility when the job came
+    /// from SQS) lasts [`budget::INITIAL_CLAIM_LEASE`], then is renewed before each provider call
+    /// for that call's budget: a worker that dies is replaced within about one provider budget,
+    /// and the replacement resumes after the providers that already answered.
+    async fn run_delivered(
+        &self,
+        job: &Job,
+        deadline: Instant,
+        delivery: Option<&Delivery<'_>>,
+    ) -> Result<JobOutcome, JobError> {
         let token = Uuid::new_v4().to_string();
         let now = Utc::now();
-        let cutoff = timestamp_before(now, self.config.claim_lease);
-        let Some(claimed) = self
+        let claimed = match self
             .store
-            .claim(job, &token, &timestamp(now), &cutoff)
+            .claim(
+                job,
+                &token,
+                &timestamp(now),
+                &timestamp_after(budget::INITIAL_CLAIM_LEASE),
+            )
             .await?
-        else {
-            tracing::info!(enrichment_id = %job.enrichment_id, "job dropped: not pending or claimed elsewhere");
-            return Ok(JobOutcome::Dropped);
+        {
+            Claim::Claimed(record) => record,
+            Claim::Busy { until } => {
+                let until_unix = chrono::DateTime::parse_from_rfc3339(&until)
+                    .map(|at| at.timestamp())
+                    .unwrap_or_else(|_| now.timestamp());
+                tracing::info!(enrichment_id = %job.enrichment_id, until = %until, "job held by a live worker; deferred");
+                return Ok(JobOutcome::Deferred {
+                    delay: defer_delay(until_unix),
+                });
+            }
+            Claim::Gone => {
+                tracing::info!(enrichment_id = %job.enrichment_id, "job dropped: not pending");
+                return Ok(JobOutcome::Dropped);
+            }
         };
-        match self.run_claimed(&claimed, &token, deadline).await {
-            Ok(outcome) => Ok(outcome),
+        if let Some(delivery) = delivery {
+            delivery
+                .queue
+                .set_visibility(delivery.receipt_handle, budget::INITIAL_CLAIM_LEASE)
+                .await;
+        }
+        if claimed.enrichment.created_at < timestamp_before(now, self.config.max_age) {
+            let ended = self.store.mark_timeout(&claimed, &timestamp(now)).await?;
+            tracing::warn!(enrichment_id = %ended.id, status = %ended.status.as_str(), "job ran past the maximum age");
+            return Ok(JobOutcome::Completed(Box::new(ended)));
+        }
+        match self.run_claimed(&claimed, &token, deadline, delivery).await {
+            Ok(JobOutcome::Completed(done)) => Ok(JobOutcome::Completed(done)),
+            Ok(other) => {
+                self.release_claim(&claimed, &token).await;
+                Ok(other)
+            }
             Err(e) => {
-                if let Err(release) = self.store.release_claim(&claimed.enrichment, &token).await {
-                    tracing::error!(error = %release, "could not release the claim");
-                }
+                self.release_claim(&claimed, &token).await;
                 Err(e.into())
             }
+        }
+    }
+
+    async fn release_claim(&self, claimed: &EnrichmentRecord, token: &str) {
+        if let Err(release) = self.store.release_claim(&claimed.enrichment, token).await {
+            tracing::error!(error = %release, "could not release the claim; it lapses by itself");
         }
     }
 
@@ -215,6 +335,7 @@ impl Worker {
         claimed: &EnrichmentRecord,
         token: &str,
         deadline: Instant,
+        delivery: Option<&Delivery<'_>>,
     ) -> Result<JobOutcome, StoreError> {
         let enrichment = &claimed.enrichment;
         let field = enrichment.field;
@@ -233,15 +354,14 @@ impl Worker {
             };
             return self.complete(claimed, token, completion).await;
         };
-        let cascade_deadline = deadline.checked_sub(WRITE_MARGIN).unwrap_or(deadline);
+        let cascade_deadline = deadline
+            .checked_sub(budget::WRITE_MARGIN)
+            .unwrap_or(deadline);
         let fingerprint = fingerprint(&person);
         let owner = enrichment.id.to_string();
         let mut leased = false;
         if let Some(fp) = &fingerprint {
-            match self
-                .single_flight(fp, field, &owner, cascade_deadline)
-                .await?
-            {
+            match self.single_flight(fp, field, &owner).await? {
                 SingleFlight::Cached(entry) => {
                     tracing::info!(enrichment_id = %enrichment.id, global_enrichment_id = %entry.id, data_found = !entry.contacts.is_empty(), "global cache hit");
                     let found = !entry.contacts.is_empty();
@@ -257,14 +377,24 @@ impl Worker {
                     return self.complete(claimed, token, completion).await;
                 }
                 SingleFlight::Leased => leased = true,
-                SingleFlight::Unleased => {}
+                SingleFlight::Busy { until_unix } => {
+                    tracing::info!(enrichment_id = %enrichment.id, fingerprint = %fp, "another job is enriching this person; deferred");
+                    return Ok(JobOutcome::Deferred {
+                        delay: defer_delay(until_unix),
+                    });
+                }
             }
         }
         let journal = Journal {
             store: &self.store,
-            enrichment,
+            record: claimed,
             token,
-            answered: &claimed.providers_answered,
+            lease: fingerprint
+                .as_deref()
+                .filter(|_| leased)
+                .map(|fp| (fp, owner.as_str())),
+            delivery,
+            lease_margin: self.config.lease_margin,
         };
         let outcome = self
             .cascade
@@ -318,6 +448,12 @@ impl Worker {
                 person_contacts: None,
                 cache: None,
             },
+            CascadeOutcome::Stopped => {
+                if leased && let Some(fp) = &fingerprint {
+                    self.release_cache_lease(fp, field, &owner).await;
+                }
+                return Ok(JobOutcome::Dropped);
+            }
         };
         let caches = completion.cache.is_some();
         let result = self.complete(claimed, token, completion).await;
@@ -327,47 +463,45 @@ impl Worker {
         if leased
             && !cached
             && let Some(fp) = &fingerprint
-            && let Err(e) = self.store.release_cache_lease(fp, field, &owner).await
         {
-            tracing::warn!(error = %e, "could not release the cache lease; it expires by itself");
+            self.release_cache_lease(fp, field, &owner).await;
         }
         result
     }
 
+    async fn release_cache_lease(&self, fingerprint: &str, field: Field, owner: &str) {
+        if let Err(e) = self
+            .store
+            .release_cache_lease(fingerprint, field, owner)
+            .await
+        {
+            tracing::warn!(error = %e, "could not release the cache lease; it lapses by itself");
+        }
+    }
+
     /// Single flight across orgs for one real person and field: the fresh global cache entry,
-    /// or the lease to run the providers. While another job holds the lease, waits for its entry
-    /// (looking every [`LEASE_POLL`]) as long as a provider call still fits before `deadline`
-    /// afterwards; then runs the providers without the lease rather than not at all.
+    /// the lease to run the providers (for [`budget::INITIAL_CLAIM_LEASE`], renewed before each
+    /// provider call), or, while another live job holds the lease, when it lapses. One
+    /// conditional `UpdateItem`: a waiting job is deferred, never held polling.
     async fn single_flight(
         &self,
         fingerprint: &str,
-        field: crate::domain::Field,
+        field: Field,
         owner: &str,
-        deadline: Instant,
     ) -> Result<SingleFlight, StoreError> {
-        loop {
-            let now = Utc::now().timestamp();
-            let left = deadline.saturating_duration_since(Instant::now());
-            let until = now
-                .saturating_add(i64::try_from(left.as_secs()).unwrap_or(i64::MAX))
-                .saturating_add(1);
+        let now = Utc::now().timestamp();
+        let until = now.saturating_add(secs(budget::INITIAL_CLAIM_LEASE));
+        Ok(
             match self
                 .store
                 .acquire_cache_lease(fingerprint, field, owner, now, until)
                 .await?
             {
-                CacheLease::Acquired => return Ok(SingleFlight::Leased),
-                CacheLease::Cached(entry) => return Ok(SingleFlight::Cached(*entry)),
-                CacheLease::Busy if left > LEASE_POLL + self.cascade.provider_timeout() => {
-                    tracing::info!(
-                        fingerprint,
-                        "another job is enriching this person; waiting for its result"
-                    );
-                    tokio::time::sleep(LEASE_POLL).await;
-                }
-                CacheLease::Busy => return Ok(SingleFlight::Unleased),
-            }
-        }
+                CacheLease::Acquired => SingleFlight::Leased,
+                CacheLease::Cached(entry) => SingleFlight::Cached(*entry),
+                CacheLease::Busy { until_unix } => SingleFlight::Busy { until_unix },
+            },
+        )
     }
 
     async fn complete(
@@ -415,6 +549,7 @@ impl Worker {
                 let outcome = match self.run(&job, deadline).await? {
                     JobOutcome::Dropped => "dropped".to_string(),
                     JobOutcome::Completed(e) => e.status.as_str().to_string(),
+                    JobOutcome::Deferred { delay } => return Err(JobError::Deferred(delay)),
                 };
                 Ok(serde_json::json!({"enrichmentId": job.enrichment_id, "outcome": outcome}))
             }
@@ -460,19 +595,42 @@ impl Worker {
     }
 
     /// Runs an SQS batch one record at a time and reports the records to retry as batch item
-    /// failures (by `messageId`); the others are deleted by the event source mapping.
+    /// failures (by `messageId`); the others are deleted by the event source mapping. A deferred
+    /// job is sent again with a delay (`SendMessage`, `DelaySeconds`) and its record deleted, so
+    /// that waiting never counts against the queue's maximum receive count; when that send
+    /// fails, the record is reported failed and comes back after the retry delay.
     pub async fn run_batch(&self, records: &[SqsMessage], deadline: Instant) -> SqsBatchResponse {
         let mut response = SqsBatchResponse::default();
         for record in records {
             let message_id = record.message_id.clone().unwrap_or_default();
+            let delivery = self
+                .queue
+                .as_ref()
+                .zip(record.receipt_handle.as_deref())
+                .map(|(queue, receipt_handle)| Delivery {
+                    queue,
+                    receipt_handle,
+                });
             let result = serde_json::from_str::<Job>(record.body.as_deref().unwrap_or_default())
                 .map_err(|e| JobError::BadMessage(e.to_string()));
             let (job, result) = match result {
                 Ok(job) => {
-                    let result = self.run(&job, deadline).await;
+                    let result = self.run_delivered(&job, deadline, delivery.as_ref()).await;
                     (Some(job), result)
                 }
                 Err(e) => (None, Err(e)),
+            };
+            let result = match (result, &job, &self.queue) {
+                (Ok(JobOutcome::Deferred { delay }), Some(job), Some(queue)) => queue
+                    .send_later(job, delay)
+                    .await
+                    .map(|()| JobOutcome::Deferred { delay })
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "could not defer the job");
+                        JobError::Deferred(delay)
+                    }),
+                (Ok(JobOutcome::Deferred { delay }), _, None) => Err(JobError::Deferred(delay)),
+                (result, _, _) => result,
             };
             if let Err(e) = result {
                 let receives: u32 = record
@@ -483,10 +641,11 @@ impl Worker {
                 tracing::error!(message_id = %message_id, receives, error = %e, "job failed");
                 if let Some(job) = job.filter(|_| receives >= self.config.max_receives) {
                     self.give_up(&job).await;
-                } else if let (Some(backoff), Some(receipt)) =
-                    (&self.backoff, &record.receipt_handle)
-                {
-                    backoff.defer(receipt, receives).await;
+                } else if let Some(delivery) = &delivery {
+                    delivery
+                        .queue
+                        .retry_later(delivery.receipt_handle, receives)
+                        .await;
                 }
                 response.add_failure(message_id);
             }

@@ -3,12 +3,13 @@
 //! invocation's deadline. Clients and configuration are built once per
 //! process, outside the handler.
 
+use enrichment::budget::{WORKER_FUNCTION_TIMEOUT, deadline_from_epoch_millis};
 use enrichment::config::{Config, aws_sdk_config, http_client, init_tracing};
 use enrichment::providers::cascade::Cascade;
-use enrichment::queue::RetryBackoff;
+use enrichment::queue::SqsJobQueue;
 use enrichment::secrets::{SecretsClient, resolve_api_keys};
 use enrichment::store::Store;
-use enrichment::worker::{Worker, WorkerEvent, deadline_from_epoch_millis};
+use enrichment::worker::{Worker, WorkerEvent};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main]
@@ -23,12 +24,13 @@ async fn main() -> Result<(), Error> {
     })?;
     let mut worker = Worker::new(Store::from_sdk(&sdk, &config.table_name), cascade, config);
     if let Ok(queue_url) = std::env::var("QUEUE_URL") {
-        worker = worker.with_retry_backoff(RetryBackoff::from_sdk(&sdk, queue_url));
+        worker = worker.with_queue(SqsJobQueue::from_sdk(&sdk, queue_url));
     }
     let worker = &worker;
     run(service_fn(
         move |event: LambdaEvent<WorkerEvent>| async move {
-            let deadline = deadline_from_epoch_millis(event.context.deadline);
+            let deadline =
+                deadline_from_epoch_millis(event.context.deadline, WORKER_FUNCTION_TIMEOUT);
             Ok::<_, Error>(worker.handle(event.payload, deadline).await?)
         },
     ))

@@ -109,6 +109,9 @@ pub enum CascadeOutcome {
         /// `(provider, error text)` per provider that could search, in cascade order.
         errors: Vec<(String, String)>,
     },
+    /// The journal said to stop before a provider call (the worker lost its claim on the job):
+    /// nothing is to be written.
+    Stopped,
 }
 
 impl CascadeOutcome {
@@ -145,6 +148,14 @@ pub struct Budget {
     pub retries: u32,
 }
 
+impl Budget {
+    /// The longest one provider call can take: every attempt and every wait between them
+    /// (at most [`MAX_RETRY_WAIT`] each).
+    pub fn span(&self) -> Duration {
+        self.timeout * (self.retries + 1) + MAX_RETRY_WAIT * self.retries
+    }
+}
+
 /// The longest `Retry-After` the cascade waits out before asking a rate-limited provider again;
 /// a longer one moves on to the next provider.
 pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
@@ -165,6 +176,10 @@ pub trait CascadeJournal: Send + Sync {
     /// Records that `provider` answered "no match". A failure to record is the journal's to log:
     /// the cascade goes on either way.
     async fn record_no_match(&self, provider: &str);
+    /// Called before `provider` is asked, with the longest the call can take
+    /// ([`Budget::span`]): the worker renews its claim and leases for that long. `false` stops
+    /// the cascade ([`CascadeOutcome::Stopped`]) without asking the provider.
+    async fn before_call(&self, provider: &str, span: Duration) -> bool;
 }
 
 /// The journal of a job run once: nothing answered before, nothing kept.
@@ -176,6 +191,9 @@ impl CascadeJournal for NoJournal {
         &[]
     }
     async fn record_no_match(&self, _provider: &str) {}
+    async fn before_call(&self, _provider: &str, _span: Duration) -> bool {
+        true
+    }
 }
 
 impl Cascade {
@@ -413,6 +431,10 @@ impl Cascade {
                 tracing::warn!(provider = name, field = %field, outcome = "skipped_no_time", latency_ms = 0u64, "provider not started: too close to the deadline");
                 errors.push((name.to_string(), NO_TIME_LEFT.to_string()));
                 continue;
+            }
+            if !journal.before_call(name, budget.span()).await {
+                tracing::warn!(provider = name, field = %field, "cascade stopped before the provider call");
+                return CascadeOutcome::Stopped;
             }
             let answer = self
                 .ask(provider.as_ref(), budget, field, person, deadline)

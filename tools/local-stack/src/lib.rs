@@ -29,7 +29,7 @@ use enrichment::config::{Config, http_client};
 use enrichment::domain::{Field, Status};
 use enrichment::enrichment::Enrichments;
 use enrichment::providers::cascade::Cascade;
-use enrichment::queue::{Job, JobQueue, RetryBackoff, SqsJobQueue};
+use enrichment::queue::{Job, JobQueue, SqsJobQueue};
 use enrichment::store::Store;
 use enrichment::worker::Worker;
 use serde::{Deserialize, Serialize};
@@ -145,11 +145,13 @@ pub struct Stack {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// The AWS SDK configuration of a local emulator: its endpoint, [`LOCAL_REGION`] and dummy
-/// credentials. Every service client of the local stack and its tests derives from it.
+/// The AWS SDK configuration of a local emulator: its endpoint, [`LOCAL_REGION`], dummy
+/// credentials and the functions' own SDK timeouts. Every service client of the local stack and
+/// its tests derives from it.
 pub fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
+        .timeout_config(enrichment::config::sdk_timeouts())
         .region(Region::new(LOCAL_REGION))
         .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
             "local", "local", None, None, "local",
@@ -544,7 +546,7 @@ impl Stack {
             cost_phone: 20,
             cache_ttl: Duration::from_secs(90 * 86_400),
             cache_miss_ttl: Duration::from_secs(7 * 86_400),
-            claim_lease: Duration::from_secs(900),
+            lease_margin: enrichment::budget::LEASE_MARGIN,
             max_receives: MAX_RECEIVE_COUNT,
         };
         let store = Store::new(dynamodb, TABLE_NAME);
@@ -575,11 +577,10 @@ impl Stack {
                 simulator_cascade(&simulator_url)?,
                 config.clone(),
             )
-            .with_retry_backoff(RetryBackoff::new(
-                sqs.clone(),
-                queue_url.clone(),
-                Duration::from_secs(2),
-            ));
+            .with_queue(
+                SqsJobQueue::new(sqs.clone(), queue_url.clone())
+                    .with_retry_base(Duration::from_secs(2)),
+            );
             let poller = poller::Poller {
                 sqs: sqs.clone(),
                 queue_url: queue_url.clone(),

@@ -14,9 +14,6 @@ use enrichment::worker::Worker;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// The worker's time budget per batch, as the function's timeout in `template.yaml`.
-pub const WORKER_TIMEOUT: Duration = Duration::from_secs(840);
-
 /// One event source poller: a queue and the worker it feeds, one message at a time (the
 /// template's `BatchSize: 1`). Run several clones for concurrency.
 #[derive(Clone)]
@@ -88,7 +85,10 @@ impl Poller {
             .collect();
         let response = self
             .worker
-            .run_batch(&records, Instant::now() + WORKER_TIMEOUT)
+            .run_batch(
+                &records,
+                Instant::now() + enrichment::budget::WORKER_FUNCTION_TIMEOUT,
+            )
             .await;
         let failed: Vec<&str> = response
             .batch_item_failures

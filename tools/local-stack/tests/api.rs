@@ -391,10 +391,16 @@ async fn failed_enqueue_marks_failed_and_refunds_then_a_new_post_is_charged_agai
     let enrichments = Enrichments::new(stack.store.clone(), stack.config.clone());
 
     let error = enrichments
-        .trigger(&BrokenQueue, &principal(ORG), person.id, Field::Emails)
+        .trigger(
+            &BrokenQueue,
+            &principal(ORG),
+            person.id,
+            Field::Emails,
+            api_deadline(),
+        )
         .await
         .unwrap_err();
-    assert_eq!(error.status_code(), 500);
+    assert_eq!((error.status_code(), error.code()), (503, "UNAVAILABLE"));
     assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 10);
     let failed = stack
         .store
@@ -526,6 +532,11 @@ async fn pending_job(stack: &Stack, org: &str, person: &Person) -> Job {
     }
 }
 
+/// An API function's deadline, as Lambda gives the trigger.
+fn api_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + enrichment::budget::API_FUNCTION_TIMEOUT
+}
+
 fn soon() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(60)
 }
@@ -533,7 +544,7 @@ fn soon() -> tokio::time::Instant {
 fn completed(outcome: JobOutcome) -> enrichment::domain::Enrichment {
     match outcome {
         JobOutcome::Completed(e) => *e,
-        JobOutcome::Dropped => panic!("the job was dropped"),
+        other => panic!("the job was not completed: {other:?}"),
     }
 }
 
@@ -602,8 +613,21 @@ async fn two_orgs_enriching_the_same_person_at_once_run_the_providers_once() {
     let job_a = pending_job(&stack, ORG, &person).await;
     let job_b = pending_job(&stack, "org_other", &person).await;
 
-    let (a, b) = tokio::join!(worker.run(&job_a, soon()), worker.run(&job_b, soon()));
-    let (a, b) = (completed(a.unwrap()), completed(b.unwrap()));
+    // B waits for A's run without holding a worker: deferred until A's lease would lapse.
+    let (a, b) = tokio::join!(worker.run(&job_a, soon()), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        worker.run(&job_b, soon()).await
+    });
+    let a = completed(a.unwrap());
+    let JobOutcome::Deferred { delay } = b.unwrap() else {
+        panic!("B was not deferred")
+    };
+    assert!(
+        delay >= Duration::from_secs(1) && delay <= enrichment::budget::MAX_DEFER,
+        "{delay:?}"
+    );
+    // B comes back (SQS delays its message) and is served A's result.
+    let b = completed(worker.run(&job_b, soon()).await.unwrap());
     assert_eq!(provider.calls(), 1);
     assert_eq!((a.data_found, b.data_found), (Some(true), Some(true)));
     assert_eq!(a.global_enrichment_id, b.global_enrichment_id);
@@ -622,10 +646,22 @@ async fn a_redelivered_job_does_not_ask_again_a_provider_that_answered() {
         Duration::from_secs(3600),
     );
     let mut config = stack.config.clone();
-    config.claim_lease = Duration::from_millis(1);
+    config.lease_margin = Duration::from_millis(1);
+    // A 1 s provider budget: the claim renewed before each call lapses 1 s after it.
+    let worker = |providers: Vec<Arc<FakeProvider>>| {
+        let providers = providers
+            .into_iter()
+            .map(|p| p as Arc<dyn Provider>)
+            .collect();
+        Worker::new(
+            stack.store.clone(),
+            Cascade::new(providers, vec![], Duration::from_secs(1)).with_retries(0),
+            config.clone(),
+        )
+    };
 
-    // The first attempt dies while the second provider hangs (as a Lambda that times out).
-    let first = worker_with(&stack, vec![miss.clone(), hang.clone()], config.clone());
+    // The first attempt dies while the second provider hangs (as a Lambda that is killed).
+    let first = worker(vec![miss.clone(), hang.clone()]);
     assert!(
         tokio::time::timeout(Duration::from_millis(500), first.run(&job, soon()))
             .await
@@ -633,10 +669,15 @@ async fn a_redelivered_job_does_not_ask_again_a_provider_that_answered() {
     );
     assert_eq!((miss.calls(), hang.calls()), (1, 1));
 
-    // The redelivery, once the dead worker's claim has lapsed, resumes after the answered one.
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    // A redelivery while the dead worker's claim still runs is deferred, not dropped...
     let found = FakeProvider::new("hang", Some("ada@analytical-engines.test"), Duration::ZERO);
-    let second = worker_with(&stack, vec![miss.clone(), found.clone()], config);
+    let second = worker(vec![miss.clone(), found.clone()]);
+    assert!(matches!(
+        second.run(&job, soon()).await.unwrap(),
+        JobOutcome::Deferred { .. }
+    ));
+    // ...and once it has lapsed, resumes after the provider that already answered.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let done = completed(second.run(&job, soon()).await.unwrap());
     assert_eq!(done.status, Status::Finished);
     assert_eq!(done.data_found, Some(true));
@@ -663,12 +704,14 @@ async fn duplicate_delivery_runs_the_providers_once() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let (a, b) = tokio::join!(worker.run(&job, deadline), worker.run(&job, deadline));
     let outcomes = [a.unwrap(), b.unwrap()];
+    // The second delivery finds the job held by a live worker: deferred, no provider call.
     assert_eq!(
         outcomes
             .iter()
-            .filter(|o| **o == JobOutcome::Dropped)
+            .filter(|o| matches!(o, JobOutcome::Deferred { .. }))
             .count(),
-        1
+        1,
+        "{outcomes:?}"
     );
     assert_eq!(
         worker.run(&job, deadline).await.unwrap(),
@@ -795,14 +838,14 @@ async fn a_new_post_makes_one_dynamodb_and_one_sqs_call_a_replay_one_and_get_one
     let caller = principal(ORG);
 
     enrichments
-        .trigger(&queue, &caller, person.id, Field::Emails)
+        .trigger(&queue, &caller, person.id, Field::Emails, api_deadline())
         .await
         .unwrap();
     assert_eq!(dynamodb_calls.take(), ["TransactWriteItems"]);
     assert_eq!(sqs_calls.take(), ["SendMessage"]);
 
     enrichments
-        .trigger(&queue, &caller, person.id, Field::Emails)
+        .trigger(&queue, &caller, person.id, Field::Emails, api_deadline())
         .await
         .unwrap();
     assert_eq!(dynamodb_calls.take(), ["TransactWriteItems"]);
@@ -878,7 +921,13 @@ async fn the_step_functions_orchestrator_starts_one_execution_per_enrichment() {
     let enrichments = Enrichments::new(stack.store.clone(), stack.config.clone());
 
     let created = enrichments
-        .trigger(&queue, &principal(ORG), person.id, Field::Emails)
+        .trigger(
+            &queue,
+            &principal(ORG),
+            person.id,
+            Field::Emails,
+            api_deadline(),
+        )
         .await
         .unwrap();
     // A retry of the same job (as after a lost response) does not start a second execution.
@@ -943,12 +992,9 @@ async fn a_failed_record_comes_back_after_the_backoff_not_the_visibility_timeout
         1,
     );
 
-    let backoff = enrichment::queue::RetryBackoff::new(
-        stack.sqs.clone(),
-        queue.clone(),
-        Duration::from_secs(1),
-    );
-    let worker = worker_with(&stack, vec![], stack.config.clone()).with_retry_backoff(backoff);
+    let jobs =
+        SqsJobQueue::new(stack.sqs.clone(), queue.clone()).with_retry_base(Duration::from_secs(1));
+    let worker = worker_with(&stack, vec![], stack.config.clone()).with_queue(jobs);
     let response = worker.run_batch(&[record], soon()).await;
     assert_eq!(response.batch_item_failures.len(), 1);
     assert_eq!(
@@ -978,10 +1024,8 @@ async fn an_enrichment_that_fails_gives_its_credits_back() {
     let job = pending_job(&stack, ORG, &person).await;
     assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 0);
     let down = FakeProvider::new("down", Some("503"), Duration::ZERO);
-    let mut config = stack.config.clone();
-    config.claim_lease = Duration::from_secs(900);
     let failed = completed(
-        worker_with(&stack, vec![down.clone()], config)
+        worker_with(&stack, vec![down.clone()], stack.config.clone())
             .run(&job, soon())
             .await
             .unwrap(),
