@@ -49,6 +49,10 @@
 //! All polling happens inside one [`Provider::find`] call, every poll interval, until the
 //! result is ready: the cascade's per-provider timeout (and the Lambda deadline behind it) is
 //! what stops a request that never completes, as a [`ProviderError::Timeout`].
+//!
+//! A body is read up to [`MAX_PROVIDER_BODY_BYTES`](crate::providers::MAX_PROVIDER_BODY_BYTES)
+//! (1 MiB): a longer success body is [`ProviderError::BodyTooLarge`]; a longer error body is
+//! ignored and the status decides.
 
 use std::time::Duration;
 
@@ -61,7 +65,7 @@ use serde_json::Value;
 use crate::domain::Field;
 use crate::providers::{
     Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain,
-    non_blank, request_error, retry_after,
+    non_blank, read_body, read_error_body, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`) and on stored contacts.
@@ -268,10 +272,11 @@ impl DropcontactProvider {
             .map_err(request_error)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(request_error)?;
         if status != StatusCode::OK {
+            let body = read_error_body(response).await?;
             return Err(status_error(status, &headers, &body));
         }
+        let body = read_body(response).await?;
         let envelope: Envelope = serde_json::from_slice(&body)
             .map_err(|e| ProviderError::Malformed(format!("enrich/all body: {e}")))?;
         if !envelope.success || envelope.error {
@@ -300,10 +305,11 @@ impl DropcontactProvider {
             .map_err(request_error)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(request_error)?;
         if status != StatusCode::OK {
+            let body = read_error_body(response).await?;
             return Err(status_error(status, &headers, &body));
         }
+        let body = read_body(response).await?;
         let envelope: Envelope = serde_json::from_slice(&body)
             .map_err(|e| ProviderError::Malformed(format!("enrich/all result body: {e}")))?;
         if !envelope.success {
@@ -756,6 +762,44 @@ mod tests {
         assert_eq!(
             provider.find(Field::Emails, &no_company).await,
             Ok(ProviderAnswer::NoMatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_is_an_error_and_an_error_body_over_it_leaves_the_status() {
+        let too_large = Err(ProviderError::BodyTooLarge {
+            limit: crate::providers::MAX_PROVIDER_BODY_BYTES,
+        });
+        let server = MockServer::start().await;
+        mount_send(
+            &server,
+            ResponseTemplate::new(200).set_body_bytes(vec![b' '; 2 * 1024 * 1024]),
+        )
+        .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            too_large
+        );
+
+        let server = MockServer::start().await;
+        mount_send(
+            &server,
+            ResponseTemplate::new(503).set_body_bytes(vec![b' '; 2 * 1024 * 1024]),
+        )
+        .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Status(503))
+        );
+
+        let server =
+            server_with_result(
+                ResponseTemplate::new(200).set_body_bytes(vec![b' '; 2 * 1024 * 1024]),
+            )
+            .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            too_large
         );
     }
 }

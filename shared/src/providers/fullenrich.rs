@@ -51,6 +51,10 @@
 //! All polling happens inside one [`Provider::find`] call, every poll interval, until the
 //! enrichment is finished: the cascade's per-provider timeout (and the Lambda deadline behind
 //! it) is what stops an enrichment that never finishes, as a [`ProviderError::Timeout`].
+//!
+//! A body is read up to [`MAX_PROVIDER_BODY_BYTES`](crate::providers::MAX_PROVIDER_BODY_BYTES)
+//! (1 MiB): a longer success body is [`ProviderError::BodyTooLarge`]; a longer error body is
+//! ignored and the status decides.
 
 use std::time::Duration;
 
@@ -62,7 +66,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::Field;
 use crate::providers::{
     Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain,
-    non_blank, request_error, retry_after,
+    non_blank, read_body, read_error_body, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
@@ -309,7 +313,7 @@ impl FullEnrichProvider {
         if status != StatusCode::OK {
             return Err(status_error(status, response.headers()));
         }
-        let body = response.bytes().await.map_err(request_error)?;
+        let body = read_body(response).await?;
         let parsed: StartResponse = serde_json::from_slice(&body)
             .map_err(|e| ProviderError::Malformed(format!("enrich/bulk start body: {e}")))?;
         parsed
@@ -331,18 +335,20 @@ impl FullEnrichProvider {
             .map_err(request_error)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(request_error)?;
         if status == StatusCode::BAD_REQUEST {
+            let body = read_error_body(response).await?;
             let code = serde_json::from_slice::<ErrorResponse>(&body)
                 .ok()
                 .and_then(|e| e.code);
             if code.as_deref() == Some("error.enrichment.in_progress") {
                 return Ok(Poll::Pending);
             }
+            return Err(status_error(status, &headers));
         }
         if status != StatusCode::OK {
             return Err(status_error(status, &headers));
         }
+        let body = read_body(response).await?;
         let parsed: ResultResponse = serde_json::from_slice(&body)
             .map_err(|e| ProviderError::Malformed(format!("enrich/bulk result body: {e}")))?;
         match parsed.status.as_deref().unwrap_or_default() {
@@ -869,5 +875,46 @@ mod tests {
                 Ok(ProviderAnswer::NoMatch)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_is_an_error_and_an_error_body_over_it_leaves_the_status() {
+        let too_large = Err(ProviderError::BodyTooLarge {
+            limit: crate::providers::MAX_PROVIDER_BODY_BYTES,
+        });
+        let server = MockServer::start().await;
+        mount_start(
+            &server,
+            ResponseTemplate::new(200).set_body_bytes(vec![b' '; 2 * 1024 * 1024]),
+        )
+        .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            too_large
+        );
+
+        let server = MockServer::start().await;
+        mount_start(&server, started()).await;
+        mount_result(
+            &server,
+            ResponseTemplate::new(200).set_body_bytes(vec![b' '; 2 * 1024 * 1024]),
+        )
+        .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            too_large
+        );
+
+        let server = MockServer::start().await;
+        mount_start(&server, started()).await;
+        mount_result(
+            &server,
+            ResponseTemplate::new(400).set_body_bytes(vec![b' '; 2 * 1024 * 1024]),
+        )
+        .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Status(400))
+        );
     }
 }

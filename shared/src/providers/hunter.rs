@@ -1,7 +1,10 @@
 //! Hunter.io's Email Finder (API v2), as documented at
 //! <https://hunter.io/api-documentation/v2#email-finder>.
 //!
-//! Request: `GET {base}/v2/email-finder?domain=stripe.com&first_name=Patrick&last_name=Collison&api_key=KEY`.
+//! Request: `GET {base}/v2/email-finder?domain=stripe.com&first_name=Patrick&last_name=Collison`
+//! with the header `X-API-KEY: KEY`. Hunter takes the key in the `api_key` query parameter or in
+//! the `X-API-KEY` header (<https://hunter.io/api-documentation/v2#authentication>); the header
+//! keeps it out of URLs, and so out of proxy and access logs.
 //!
 //! Answer (200):
 //! ```json
@@ -27,6 +30,10 @@
 //! | 402 | (not documented by Hunter) payment required | `QuotaExhausted` |
 //! | 451 | the person asked not to be processed | not an error: no match |
 //! | other, 5xx | | `Status(code)` |
+//!
+//! Only the 200 body is read, and one longer than
+//! [`MAX_PROVIDER_BODY_BYTES`](crate::providers::MAX_PROVIDER_BODY_BYTES) (1 MiB) is
+//! [`ProviderError::BodyTooLarge`].
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
@@ -35,8 +42,11 @@ use serde::Deserialize;
 use crate::domain::Field;
 use crate::providers::{
     Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain,
-    non_blank, request_error, retry_after,
+    non_blank, read_body, request_error, retry_after,
 };
+
+/// The request header that carries the API key (Hunter's documentation, "Authentication").
+const API_KEY_HEADER: &str = "X-API-KEY";
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`) and on stored contacts.
 pub const NAME: &str = "hunter";
@@ -48,7 +58,7 @@ pub struct HunterProvider {
 }
 
 impl HunterProvider {
-    /// A provider calling `{base_url}/v2/email-finder` with `api_key`.
+    /// A provider calling `{base_url}/v2/email-finder` with `api_key` in `X-API-KEY`.
     ///
     /// `base_url` is the API origin without the version (`https://api.hunter.io`, or the local
     /// simulator's `http://127.0.0.1:PORT/hunter`); a trailing `/` is ignored. `http` carries
@@ -112,7 +122,8 @@ impl Provider for HunterProvider {
     /// [`ProviderAnswer::NoMatch`] without a call. A found address comes back with `kind`
     /// `work` and Hunter's `verification.status`.
     ///
-    /// Errors: see the module docs; an unreadable 200 body is [`ProviderError::Malformed`].
+    /// Errors: see the module docs; an unreadable 200 body is [`ProviderError::Malformed`], one
+    /// past the 1 MiB cap is [`ProviderError::BodyTooLarge`].
     async fn find(
         &self,
         field: Field,
@@ -125,11 +136,11 @@ impl Provider for HunterProvider {
             .endpoint
             .http
             .get(format!("{}/v2/email-finder", self.endpoint.base_url))
+            .header(API_KEY_HEADER, &self.endpoint.api_key)
             .query(&[
                 ("domain", inputs.domain.as_str()),
                 ("first_name", inputs.first_name.as_str()),
                 ("last_name", inputs.last_name.as_str()),
-                ("api_key", self.endpoint.api_key.as_str()),
             ])
             .send()
             .await
@@ -156,7 +167,7 @@ impl Provider for HunterProvider {
             StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS => return Ok(ProviderAnswer::NoMatch),
             other => return Err(ProviderError::Status(other.as_u16())),
         }
-        let body = response.bytes().await.map_err(request_error)?;
+        let body = read_body(response).await?;
         let parsed: FinderResponse = serde_json::from_slice(&body)
             .map_err(|e| ProviderError::Malformed(format!("email-finder body: {e}")))?;
         let data = parsed
@@ -179,10 +190,11 @@ mod tests {
     use std::time::Duration;
 
     use serde_json::json;
-    use wiremock::matchers::{method, path, query_param, query_param_is_missing};
+    use wiremock::matchers::{header, method, path, query_param, query_param_is_missing};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::providers::{MAX_PROVIDER_BODY_BYTES, chunked_server};
 
     const KEY: &str = "test-key-123";
 
@@ -232,7 +244,8 @@ mod tests {
             .and(query_param("domain", "northwind.example"))
             .and(query_param("first_name", "Ada"))
             .and(query_param("last_name", "Quill"))
-            .and(query_param("api_key", KEY))
+            .and(header("X-API-KEY", KEY))
+            .and(query_param_is_missing("api_key"))
             .respond_with(
                 ResponseTemplate::new(200)
                     .set_body_json(found_body(json!("ada@northwind.example"))),
@@ -431,10 +444,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn names_are_sent_trimmed_and_the_key_only_as_api_key() {
+    async fn names_are_sent_trimmed_and_the_key_only_in_its_header() {
         let server = MockServer::start().await;
         Mock::given(method("GET"))
             .and(path("/v2/email-finder"))
+            .and(header("X-API-KEY", KEY))
+            .and(query_param_is_missing("api_key"))
             .and(query_param("first_name", "Ada"))
             .and(query_param("last_name", "Quill"))
             .and(query_param_is_missing("company"))
@@ -451,6 +466,75 @@ mod tests {
         assert_eq!(
             provider.find(Field::Emails, &spaced).await,
             Ok(ProviderAnswer::NoMatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_is_refused_from_its_length() {
+        let response = ResponseTemplate::new(200).set_body_bytes(vec![b' '; 2 * 1024 * 1024]);
+        let (_server, provider) = provider_with(response).await;
+        assert_eq!(
+            provider.find(Field::Emails, &person()).await,
+            Err(ProviderError::BodyTooLarge {
+                limit: MAX_PROVIDER_BODY_BYTES
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_huge_chunked_body_is_cut_off_at_the_cap() {
+        const TOTAL: usize = 64 * 1024 * 1024;
+        let (address, server) = chunked_server(TOTAL).await;
+        let provider =
+            HunterProvider::new(reqwest::Client::new(), format!("http://{address}"), KEY);
+
+        let started = std::time::Instant::now();
+        let answer = provider.find(Field::Emails, &person()).await;
+        let elapsed = started.elapsed();
+
+        assert_eq!(
+            answer,
+            Err(ProviderError::BodyTooLarge {
+                limit: MAX_PROVIDER_BODY_BYTES
+            })
+        );
+        assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+        let written = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the server sees the hang-up")
+            .unwrap();
+        assert!(
+            written < TOTAL / 4,
+            "the server wrote {written} of {TOTAL} bytes"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_cascade_does_not_ask_again_after_an_oversized_body() {
+        use crate::providers::cascade::{Cascade, CascadeOutcome};
+        use std::sync::Arc;
+
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![b' '; 2 * 1024 * 1024]))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let provider = HunterProvider::new(reqwest::Client::new(), server.uri(), KEY);
+        let cascade =
+            Cascade::new(vec![Arc::new(provider)], vec![], Duration::from_secs(5)).with_retries(2);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+
+        let outcome = cascade.run(Field::Emails, &person(), deadline).await;
+
+        assert_eq!(
+            outcome,
+            CascadeOutcome::Failed {
+                errors: vec![(
+                    NAME.into(),
+                    format!("response body larger than {MAX_PROVIDER_BODY_BYTES} bytes")
+                )]
+            }
         );
     }
 }

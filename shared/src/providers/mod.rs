@@ -82,7 +82,22 @@ pub enum ProviderError {
     /// Connection-level failure.
     #[error("transport error: {0}")]
     Transport(String),
+    /// The answer's body is longer than `limit` bytes ([`MAX_PROVIDER_BODY_BYTES`]): refused
+    /// from its `Content-Length`, or cut off while being read. The cascade does not ask the
+    /// provider again (the same request gets the same body) and moves on to the next one.
+    #[error("response body larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The cap the body went past, in bytes.
+        limit: usize,
+    },
 }
+
+/// The most bytes of a provider answer's body an adapter reads: 1 MiB.
+///
+/// The documented answers hold one person's record, a few KiB; the worker Lambda has 128 MB of
+/// memory in all. A longer body is a [`ProviderError::BodyTooLarge`] of that provider, and is
+/// never read whole (see [`read_body`]).
+pub const MAX_PROVIDER_BODY_BYTES: usize = 1024 * 1024;
 
 /// One external data provider.
 #[async_trait]
@@ -166,7 +181,7 @@ fn retry_after_at(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
 
 /// Maps a reqwest failure: its timeout to [`ProviderError::Timeout`], an undecodable body to
 /// [`ProviderError::Malformed`], anything else to [`ProviderError::Transport`]. The URL is left
-/// out of the text, since a query string may carry an API key.
+/// out of the text, since a query string may carry the person's name.
 pub(crate) fn request_error(error: reqwest::Error) -> ProviderError {
     if error.is_timeout() {
         return ProviderError::Timeout;
@@ -187,11 +202,170 @@ pub(crate) fn request_error(error: reqwest::Error) -> ProviderError {
     }
 }
 
+/// The body of `response`, at most [`MAX_PROVIDER_BODY_BYTES`] bytes of it.
+///
+/// A `Content-Length` above the cap is refused before any of the body is read. Otherwise the
+/// body is read chunk by chunk (a chunked answer has no `Content-Length`) and reading stops at
+/// the chunk that would take it past the cap, so that memory stays within the cap (plus one
+/// chunk) whatever the provider sends; the response is dropped, which closes the connection.
+///
+/// Errors: [`ProviderError::BodyTooLarge`] past the cap; a failure while reading as
+/// [`request_error`] maps it ([`ProviderError::Timeout`], [`ProviderError::Transport`]).
+pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
+    let limit = MAX_PROVIDER_BODY_BYTES;
+    let declared = match response.content_length() {
+        Some(length) => usize::try_from(length)
+            .ok()
+            .filter(|length| *length <= limit)
+            .ok_or(ProviderError::BodyTooLarge { limit })?,
+        None => 0,
+    };
+    let mut body = Vec::with_capacity(declared);
+    while let Some(chunk) = response.chunk().await.map_err(request_error)? {
+        if chunk.len() > limit - body.len() {
+            return Err(ProviderError::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The body of an error answer (any status the adapter does not read as a success), for the
+/// details it adds to the status: [`read_body`], except that a body past the cap reads as
+/// empty, so that the status alone decides (a 503 or a 429 with an oversized error page stays
+/// that error, and the cascade treats it as such). Nothing past the cap is read either way.
+///
+/// Errors: those of [`read_body`] other than [`ProviderError::BodyTooLarge`].
+pub(crate) async fn read_error_body(response: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
+    match read_body(response).await {
+        Err(ProviderError::BodyTooLarge { .. }) => Ok(Vec::new()),
+        other => other,
+    }
+}
+
+/// A loopback HTTP/1.1 server for body-size tests: it answers one connection with `200` and a
+/// chunked body (no `Content-Length`) of `total` spaces, generated on the fly in 64 KiB chunks,
+/// and stops as soon as the client hangs up. The handle resolves to the number of body bytes
+/// written.
+#[cfg(test)]
+pub(crate) async fn chunked_server(
+    total: usize,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<usize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const CHUNK: usize = 64 * 1024;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return 0;
+        };
+        let mut head = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => return 0,
+                Ok(n) => head.extend_from_slice(&buffer[..n]),
+            }
+        }
+        let status = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+        if socket.write_all(status).await.is_err() {
+            return 0;
+        }
+        let spaces = vec![b' '; CHUNK];
+        let mut written = 0;
+        while written < total {
+            let n = CHUNK.min(total - written);
+            let mut frame = format!("{n:x}\r\n").into_bytes();
+            frame.extend_from_slice(&spaces[..n]);
+            frame.extend_from_slice(b"\r\n");
+            if socket.write_all(&frame).await.is_err() {
+                return written;
+            }
+            written += n;
+        }
+        let _ = socket.write_all(b"0\r\n\r\n").await;
+        written
+    });
+    (address, server)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
     use reqwest::header::HeaderValue;
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    async fn answer_of(body: Vec<u8>) -> (MockServer, reqwest::Response) {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_bytes(body))
+            .mount(&server)
+            .await;
+        let response = reqwest::get(server.uri()).await.unwrap();
+        (server, response)
+    }
+
+    #[tokio::test]
+    async fn read_body_refuses_a_declared_length_over_the_cap() {
+        let (_server, response) = answer_of(vec![b'x'; 2 * 1024 * 1024]).await;
+        assert_eq!(response.content_length(), Some(2 * 1024 * 1024));
+        assert_eq!(
+            read_body(response).await,
+            Err(ProviderError::BodyTooLarge {
+                limit: MAX_PROVIDER_BODY_BYTES
+            })
+        );
+        let (_server, response) = answer_of(vec![b'x'; MAX_PROVIDER_BODY_BYTES + 1]).await;
+        assert!(matches!(
+            read_body(response).await,
+            Err(ProviderError::BodyTooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn read_body_reads_a_body_up_to_the_cap() {
+        let body: Vec<u8> = (0..MAX_PROVIDER_BODY_BYTES - 100)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect();
+        let (_server, response) = answer_of(body.clone()).await;
+        assert_eq!(read_body(response).await, Ok(body));
+        let (_server, response) = answer_of(vec![b'x'; MAX_PROVIDER_BODY_BYTES]).await;
+        assert_eq!(
+            read_body(response).await.map(|b| b.len()),
+            Ok(MAX_PROVIDER_BODY_BYTES)
+        );
+    }
+
+    #[tokio::test]
+    async fn read_body_counts_a_chunked_body_as_it_comes() {
+        let (address, _server) = chunked_server(200 * 1024).await;
+        let response = reqwest::get(format!("http://{address}/")).await.unwrap();
+        assert_eq!(response.content_length(), None);
+        assert_eq!(read_body(response).await, Ok(vec![b' '; 200 * 1024]));
+
+        let (address, _server) = chunked_server(MAX_PROVIDER_BODY_BYTES + 1).await;
+        let response = reqwest::get(format!("http://{address}/")).await.unwrap();
+        assert_eq!(
+            read_body(response).await,
+            Err(ProviderError::BodyTooLarge {
+                limit: MAX_PROVIDER_BODY_BYTES
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_error_body_reads_as_empty() {
+        let (_server, response) = answer_of(vec![b'x'; 2 * 1024 * 1024]).await;
+        assert_eq!(read_error_body(response).await, Ok(Vec::new()));
+        let (_server, response) = answer_of(b"{\"error\": true}".to_vec()).await;
+        assert_eq!(
+            read_error_body(response).await,
+            Ok(b"{\"error\": true}".to_vec())
+        );
+    }
 
     fn with_retry_after(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();

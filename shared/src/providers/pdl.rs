@@ -30,7 +30,12 @@
 //! | other, 5xx | `invalid_request_error`, `api_error` | `Status(code)` |
 //!
 //! A 404 whose body is not PDL's `not_found` error (a wrong base URL, a proxy page) is
-//! `Status(404)`, so that a misconfiguration is not taken for "nobody is ever found".
+//! `Status(404)`, so that a misconfiguration is not taken for "nobody is ever found" (so is a
+//! 404 whose body is too long to read).
+//!
+//! A body is read up to [`MAX_PROVIDER_BODY_BYTES`](crate::providers::MAX_PROVIDER_BODY_BYTES)
+//! (1 MiB): a longer success body is [`ProviderError::BodyTooLarge`]; a longer error body is
+//! ignored and the status decides.
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
@@ -40,7 +45,7 @@ use serde_json::Value;
 use crate::domain::Field;
 use crate::providers::{
     Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain,
-    non_blank, request_error, retry_after,
+    non_blank, read_body, read_error_body, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
@@ -257,7 +262,7 @@ impl Provider for PdlProvider {
         match status {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => {
-                let body = response.bytes().await.map_err(request_error)?;
+                let body = read_error_body(response).await?;
                 return match serde_json::from_slice::<ErrorResponse>(&body) {
                     Ok(error) if error.error.kind == "not_found" => Ok(ProviderAnswer::NoMatch),
                     _ => Err(ProviderError::Status(404)),
@@ -274,7 +279,7 @@ impl Provider for PdlProvider {
             }
             other => return Err(ProviderError::Status(other.as_u16())),
         }
-        let body = response.bytes().await.map_err(request_error)?;
+        let body = read_body(response).await?;
         let parsed: EnrichResponse = serde_json::from_slice(&body)
             .map_err(|e| ProviderError::Malformed(format!("person/enrich body: {e}")))?;
         let data = parsed
@@ -610,5 +615,25 @@ mod tests {
                 Ok(ProviderAnswer::NoMatch)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_is_an_error_and_an_error_body_over_it_leaves_the_status() {
+        let (_server, provider) =
+            provider_with(ResponseTemplate::new(200).set_body_bytes(vec![b' '; 2 * 1024 * 1024]))
+                .await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Err(ProviderError::BodyTooLarge {
+                limit: crate::providers::MAX_PROVIDER_BODY_BYTES
+            })
+        );
+        let (_server, provider) =
+            provider_with(ResponseTemplate::new(404).set_body_bytes(vec![b' '; 2 * 1024 * 1024]))
+                .await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Status(404))
+        );
     }
 }

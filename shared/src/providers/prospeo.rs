@@ -45,6 +45,10 @@
 //!
 //! Prospeo documents per-plan rate limits and the headers `x-minute-request-left` /
 //! `x-minute-reset-seconds`; they are not read here, only `Retry-After`.
+//!
+//! A body is read up to [`MAX_PROVIDER_BODY_BYTES`](crate::providers::MAX_PROVIDER_BODY_BYTES)
+//! (1 MiB): a longer success body is [`ProviderError::BodyTooLarge`]; a longer error body is
+//! ignored and the status decides.
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
@@ -53,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::Field;
 use crate::providers::{
     Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain,
-    non_blank, request_error, retry_after,
+    non_blank, read_body, read_error_body, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
@@ -267,8 +271,8 @@ impl Provider for ProspeoProvider {
             .map_err(request_error)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(request_error)?;
         if status != StatusCode::OK {
+            let body = read_error_body(response).await?;
             if status.is_client_error()
                 && let Ok(error) = serde_json::from_slice::<ErrorResponse>(&body)
                 && let Some(outcome) = error
@@ -287,6 +291,7 @@ impl Provider for ProspeoProvider {
                 other => ProviderError::Status(other.as_u16()),
             });
         }
+        let body = read_body(response).await?;
         let parsed: EnrichResponse = serde_json::from_slice(&body)
             .map_err(|e| ProviderError::Malformed(format!("enrich-person body: {e}")))?;
         if parsed.error {
@@ -622,5 +627,28 @@ mod tests {
                 Ok(ProviderAnswer::NoMatch)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_is_an_error_and_an_error_body_over_it_leaves_the_status() {
+        let (_server, provider) =
+            provider_with(ResponseTemplate::new(200).set_body_bytes(vec![b' '; 2 * 1024 * 1024]))
+                .await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Err(ProviderError::BodyTooLarge {
+                limit: crate::providers::MAX_PROVIDER_BODY_BYTES
+            })
+        );
+        let limited = ResponseTemplate::new(429)
+            .insert_header("Retry-After", "3")
+            .set_body_bytes(vec![b' '; 2 * 1024 * 1024]);
+        let (_server, provider) = provider_with(limited).await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Err(ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(3))
+            })
+        );
     }
 }

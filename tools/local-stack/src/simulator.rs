@@ -6,9 +6,9 @@
 //! Routes, so that the base URLs are `http://127.0.0.1:PORT/hunter`, `.../pdl`, `.../prospeo`,
 //! `.../fullenrich` and `.../dropcontact`:
 //!
-//! - `GET /hunter/v2/email-finder?domain=&first_name=&last_name=&api_key=` (also `full_name`,
-//!   `company`, `linkedin_handle`). Found: 200 with `data.email`; anyone else: 200 with
-//!   `data.email: null`, Hunter's no match.
+//! - `GET /hunter/v2/email-finder?domain=&first_name=&last_name=` with `X-API-KEY` (or
+//!   `api_key`) (also `full_name`, `company`, `linkedin_handle`). Found: 200 with `data.email`;
+//!   anyone else: 200 with `data.email: null`, Hunter's no match.
 //! - `GET /pdl/v5/person/enrich` with `X-Api-Key` (or `api_key`) and `profile`, or
 //!   `first_name` + `last_name` + `company` (name or domain), and `required`. Found: 200 with
 //!   `status`, `likelihood`, `data`; anyone else (or a record without the `required` fields):
@@ -904,8 +904,20 @@ fn hunter_error(status: StatusCode, id: &str, details: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn hunter_email_finder(State(sim): State<Shared>, Query(params): Query<Params>) -> Response {
-    if param(&params, "api_key").is_none() {
+/// Hunter takes the key in the `X-API-KEY` header or the `api_key` query parameter
+/// (<https://hunter.io/api-documentation/v2#authentication>); a blank one is no key, a 401.
+async fn hunter_email_finder(
+    State(sim): State<Shared>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .or_else(|| param(&params, "api_key"));
+    if key.is_none() {
         return hunter_error(
             StatusCode::UNAUTHORIZED,
             "authentication_failed",
@@ -1452,6 +1464,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hunter_takes_the_key_in_its_header_or_in_the_query() {
+        let address = start().await;
+        let http = reqwest::Client::new();
+        let url = format!(
+            "http://{address}/hunter/v2/email-finder?domain=northwind.example&first_name=Ada&last_name=Quill"
+        );
+        let status = |response: reqwest::Response| response.status().as_u16();
+        let by_header = http.get(&url).header("X-API-KEY", "k").send().await;
+        assert_eq!(by_header.map(status).unwrap(), 200);
+        let by_query = http.get(format!("{url}&api_key=k")).send().await;
+        assert_eq!(by_query.map(status).unwrap(), 200);
+        let without = http.get(&url).send().await.unwrap();
+        assert_eq!(without.status(), 401);
+        let body: Value = without.json().await.unwrap();
+        assert_eq!(body["errors"][0]["id"], "authentication_failed");
+        let blank = http.get(&url).header("X-API-KEY", " ").send().await;
+        assert_eq!(blank.map(status).unwrap(), 401);
+    }
+
+    #[tokio::test]
     async fn configured_failures_come_back_as_provider_errors() {
         let address = start().await;
         let limited = query("Hiro", "Tanabe", None, Some("kestrel-dynamics.test"), None);
@@ -1474,8 +1506,9 @@ mod tests {
         let http = reqwest::Client::new();
         let response = http
             .get(format!(
-                "http://{address}/hunter/v2/email-finder?api_key=k&first_name=Ada&last_name=Quill"
+                "http://{address}/hunter/v2/email-finder?first_name=Ada&last_name=Quill"
             ))
+            .header("X-API-KEY", "k")
             .send()
             .await
             .unwrap();
