@@ -29,6 +29,9 @@ pub struct Config {
     /// before the call ([`crate::budget::LEASE_MARGIN`]; not read from the environment): a dead
     /// worker's job is resumed that long after its provider call's budget ran out.
     pub lease_margin: Duration,
+    /// `ORG_ENRICHMENTS_PER_MINUTE` (default 600; 0: no limit): new enrichments one org may
+    /// create per minute before POST answers `429 RATE_LIMITED` (see [`crate::store::RateLimit`]).
+    pub org_enrichments_per_minute: u32,
     /// `WORKER_MAX_RECEIVES` (default 5, the jobs queue's `maxReceiveCount` in `template.yaml`):
     /// on a job's last receive, a worker that still fails marks the enrichment `failed` and
     /// refunds it before the message goes to the DLQ.
@@ -77,6 +80,10 @@ impl Config {
                 number("GLOBAL_CACHE_MISS_TTL_DAYS", 7)? as u64 * 86_400,
             ),
             lease_margin: budget::LEASE_MARGIN,
+            org_enrichments_per_minute: u32::try_from(number("ORG_ENRICHMENTS_PER_MINUTE", 600)?)
+                .map_err(|_| {
+                ConfigError("ORG_ENRICHMENTS_PER_MINUTE is too large".into())
+            })?,
             max_receives: u32::try_from(number("WORKER_MAX_RECEIVES", 5)?)
                 .map_err(|_| ConfigError("WORKER_MAX_RECEIVES is too large".into()))?,
         })

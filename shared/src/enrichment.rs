@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::domain::{Enrichment, Field, Status, timestamp, timestamp_before};
 use crate::error::ApiError;
 use crate::queue::{Job, JobQueue};
-use crate::store::{CreateOutcome, Store, StoreError};
+use crate::store::{CreateOutcome, RateLimit, Store, StoreError};
 
 /// The `error` of an enrichment that was accepted but could not be queued (its credits were
 /// given back).
@@ -58,7 +58,8 @@ impl Enrichments {
     /// refunded in one transaction before the deadline.
     ///
     /// Errors: 404 `Person not found` (nothing charged), 402 when the balance does not cover the
-    /// cost (nothing written), 503 when DynamoDB does not answer in time or the job cannot be
+    /// cost (nothing written), 429 when the org created its limit of enrichments this minute
+    /// (nothing written; `Retry-After` says when the minute ends), 503 when DynamoDB does not answer in time or the job cannot be
     /// queued (then the enrichment is `failed` and refunded; a new POST may try again), 500 on
     /// any other store failure.
     pub async fn trigger(
@@ -87,18 +88,29 @@ impl Enrichments {
             credit_transaction_id: Some(Uuid::new_v4()),
         };
         let cost = self.config.cost(field);
-        let mut outcome = self.store.create_enrichment(&enrichment, cost).await?;
+        let mut outcome = self
+            .store
+            .create_enrichment(&enrichment, cost, self.rate_limit())
+            .await?;
         if let CreateOutcome::Existing(existing) = &outcome
             && self.is_stale(&existing.enrichment, now)
         {
             // A stale pending enrichment counts as timed out on POST as on GET: time it out
             // (refunding it) through the one rule, then create the new one.
             self.store.mark_timeout(existing, &timestamp(now)).await?;
-            outcome = self.store.create_enrichment(&enrichment, cost).await?;
+            outcome = self
+                .store
+                .create_enrichment(&enrichment, cost, self.rate_limit())
+                .await?;
         }
         match outcome {
             CreateOutcome::Existing(existing) => Ok(existing.enrichment),
             CreateOutcome::PersonNotFound => Err(ApiError::NotFound("Person not found".into())),
+            CreateOutcome::RateLimited {
+                retry_after_seconds,
+            } => Err(ApiError::RateLimited {
+                retry_after_seconds,
+            }),
             CreateOutcome::InsufficientCredits => Err(ApiError::InsufficientCredits {
                 operation_type: field.operation_type(),
                 required: cost,
@@ -174,6 +186,12 @@ impl Enrichments {
             return Ok(self.store.mark_timeout(&record, &timestamp(now)).await?);
         }
         Ok(record.enrichment)
+    }
+
+    fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            per_minute: self.config.org_enrichments_per_minute,
+        }
     }
 
     /// Whether `enrichment` is `pending` and older than the maximum age (spec, "Timeout

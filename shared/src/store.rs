@@ -22,8 +22,9 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, KeySchemaElement, KeyType,
+    Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -217,6 +218,22 @@ pub enum CreateOutcome {
     PersonNotFound,
     /// The balance does not cover the cost: nothing was written.
     InsufficientCredits,
+    /// The org already created its limit of enrichments this minute: nothing was written.
+    RateLimited {
+        /// Seconds until the next minute, when the org may create enrichments again.
+        retry_after_seconds: u64,
+    },
+}
+
+/// An org's limit of new enrichments per minute, kept in the creating transaction itself: one
+/// counter item per org and minute (`pk = ORG#{orgId}`, `sk = RATE#{unix minute}`, `count`,
+/// expiring through the TTL attribute two minutes later), incremented on condition it is below
+/// the limit. It costs no round trip: the counter is one more item of the `TransactWriteItems`
+/// that creates the enrichment, and a replay (cancelled on its first item) does not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// New enrichments an org may create per calendar minute (UTC); 0 turns the limit off.
+    pub per_minute: u32,
 }
 
 /// An enrichment as stored: the API object and what the API does not show.
@@ -303,6 +320,61 @@ impl Store {
         &self.table
     }
 
+    /// Creates the table as `template.yaml` declares it (`pk`/`sk` strings, on demand, TTL on
+    /// `expiresAt`) unless it exists: for the emulators (the local stack, the store's tests).
+    /// On AWS the template creates it.
+    ///
+    /// Errors: a DynamoDB failure, with the operation that failed.
+    pub async fn create_table(&self) -> Result<(), StoreError> {
+        let tables = self
+            .client
+            .list_tables()
+            .send()
+            .await
+            .map_err(dynamo_error("ListTables"))?;
+        if tables.table_names().contains(&self.table) {
+            return Ok(());
+        }
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(build_error)
+        };
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build_error)
+        };
+        self.client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(key("pk", KeyType::Hash)?)
+            .key_schema(key("sk", KeyType::Range)?)
+            .attribute_definitions(attribute("pk")?)
+            .attribute_definitions(attribute("sk")?)
+            .send()
+            .await
+            .map_err(dynamo_error("CreateTable"))?;
+        let ttl = TimeToLiveSpecification::builder()
+            .attribute_name("expiresAt")
+            .enabled(true)
+            .build()
+            .map_err(build_error)?;
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(ttl)
+            .send()
+            .await
+            .map_err(dynamo_error("UpdateTimeToLive"))?;
+        Ok(())
+    }
+
     fn enrichment_key(org_id: &str, person_id: Uuid, field: Field) -> Item {
         HashMap::from([
             ("pk".into(), s(org_pk(org_id))),
@@ -316,11 +388,15 @@ impl Store {
     /// (1) check the person exists, (2) decrement the org's balance on condition it covers `cost`,
     /// (3) write the credit transaction `enrichment.credit_transaction_id`.
     ///
+    /// With a [`RateLimit`], (4) increments the org's counter of the current minute on condition
+    /// it is below the limit.
+    ///
     /// A replay costs exactly this one call (spec, "Idempotency").
     pub async fn create_enrichment(
         &self,
         enrichment: &Enrichment,
         cost: i64,
+        rate_limit: RateLimit,
     ) -> Result<CreateOutcome, StoreError> {
         let pk = org_pk(&enrichment.org_id);
         let tx_id = enrichment.credit_transaction_id.ok_or_else(|| {
@@ -372,7 +448,7 @@ impl Store {
             enrichment,
             &enrichment.created_at,
         )?;
-        let items = vec![
+        let mut items = vec![
             TransactWriteItem::builder().put(put_enrichment).build(),
             TransactWriteItem::builder()
                 .condition_check(person_exists)
@@ -380,6 +456,25 @@ impl Store {
             TransactWriteItem::builder().update(debit).build(),
             TransactWriteItem::builder().put(transaction).build(),
         ];
+        let now_unix = chrono::DateTime::parse_from_rfc3339(&enrichment.created_at)
+            .map(|at| at.timestamp())
+            .map_err(|e| StoreError::Shape(format!("createdAt: {e}")))?;
+        let minute = now_unix.div_euclid(60);
+        if rate_limit.per_minute > 0 {
+            let counter = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(pk.clone()))
+                .key("sk", s(format!("RATE#{minute}")))
+                .update_expression("ADD #count :one SET expiresAt = :expires")
+                .condition_expression("attribute_not_exists(#count) OR #count < :limit")
+                .expression_attribute_names("#count", "count")
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":limit", n(i64::from(rate_limit.per_minute)))
+                .expression_attribute_values(":expires", n((minute + 2) * 60))
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().update(counter).build());
+        }
         match self.transact(items).await? {
             None => Ok(CreateOutcome::Created),
             Some(reasons) => {
@@ -391,6 +486,10 @@ impl Store {
                     Ok(CreateOutcome::Existing(Box::new(record_from_item(old)?)))
                 } else if failed(1) {
                     Ok(CreateOutcome::PersonNotFound)
+                } else if failed(4) {
+                    Ok(CreateOutcome::RateLimited {
+                        retry_after_seconds: (60 - now_unix.rem_euclid(60)).unsigned_abs(),
+                    })
                 } else if failed(2) {
                     Ok(CreateOutcome::InsufficientCredits)
                 } else {
@@ -1116,4 +1215,364 @@ struct Reason {
     /// `code: message` as DynamoDB gave them, for the logs.
     detail: Option<String>,
     item: Option<Item>,
+}
+
+/// One test per rule of the store, against the embedded DynamoDB emulator (dynoxide, a private
+/// in-memory server per test on loopback).
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    use chrono::Utc;
+
+    use super::*;
+    use crate::domain::{timestamp, timestamp_before};
+
+    const ORG: &str = "org_store";
+
+    /// A store over a fresh table of a private emulator; the server stops with the runtime.
+    async fn table() -> Store {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let db = dynoxide::Database::memory().unwrap();
+        tokio::spawn(dynoxide::server::serve_with_shutdown(
+            listener,
+            db,
+            std::future::pending(),
+        ));
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("local", "local", None, None, "test"))
+            .endpoint_url(endpoint)
+            .timeout_config(crate::config::sdk_timeouts())
+            .build();
+        let store = Store::new(Client::from_conf(config), "enrichment-test");
+        store.create_table().await.unwrap();
+        store
+    }
+
+    async fn person(store: &Store) -> Person {
+        let person = Person {
+            id: Uuid::new_v4(),
+            first_name: Some("Ada".into()),
+            last_name: Some("Lovelace".into()),
+            company_domain: Some("analytical-engines.test".into()),
+            ..Person::default()
+        };
+        store
+            .put_people(ORG, std::slice::from_ref(&person))
+            .await
+            .unwrap();
+        person
+    }
+
+    fn new_enrichment(person_id: Uuid, created_at: String) -> Enrichment {
+        Enrichment {
+            id: Uuid::new_v4(),
+            created_at: created_at.clone(),
+            updated_at: created_at,
+            entity_id: person_id,
+            entity_type: "person".into(),
+            field: Field::Emails,
+            status: Status::Pending,
+            error: None,
+            data_found: None,
+            created_by: "user_store".into(),
+            org_id: ORG.into(),
+            global_enrichment_id: None,
+            credit_transaction_id: Some(Uuid::new_v4()),
+        }
+    }
+
+    fn now() -> String {
+        timestamp(Utc::now())
+    }
+
+    const NO_LIMIT: RateLimit = RateLimit { per_minute: 0 };
+
+    /// The org's balance and the signed amounts of its credit transactions; asserts the ledger
+    /// holds (balance = grants − debits + refunds, `granted` being the grants).
+    async fn ledger(store: &Store, granted: i64) -> (i64, Vec<i64>) {
+        let items = store
+            .client
+            .query()
+            .table_name(store.table())
+            .key_condition_expression("pk = :pk AND begins_with(sk, :tx)")
+            .expression_attribute_values(":pk", s(org_pk(ORG)))
+            .expression_attribute_values(":tx", s("CREDITTX#"))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .items
+            .unwrap_or_default();
+        let mut amounts: Vec<i64> = items
+            .iter()
+            .map(|item| item["amount"].as_n().unwrap().parse().unwrap())
+            .collect();
+        amounts.sort();
+        let balance = store.credit_balance(ORG).await.unwrap();
+        assert_eq!(
+            balance,
+            granted + amounts.iter().sum::<i64>(),
+            "{amounts:?}"
+        );
+        (balance, amounts)
+    }
+
+    #[tokio::test]
+    async fn a_replay_returns_the_existing_enrichment_and_charges_once() {
+        let store = table().await;
+        let person = person(&store).await;
+        store.grant_credits(ORG, 10).await.unwrap();
+        let first = new_enrichment(person.id, now());
+        assert_eq!(
+            store.create_enrichment(&first, 5, NO_LIMIT).await.unwrap(),
+            CreateOutcome::Created
+        );
+        let replay = new_enrichment(person.id, now());
+        let CreateOutcome::Existing(existing) =
+            store.create_enrichment(&replay, 5, NO_LIMIT).await.unwrap()
+        else {
+            panic!("a replay created a second enrichment")
+        };
+        assert_eq!(existing.enrichment, first);
+        assert_eq!(existing.credits_charged, 5);
+        assert_eq!(ledger(&store, 10).await, (5, vec![-5]));
+    }
+
+    #[tokio::test]
+    async fn a_debit_never_takes_the_balance_below_zero() {
+        let store = table().await;
+        let person = person(&store).await;
+        store.grant_credits(ORG, 4).await.unwrap();
+        let enrichment = new_enrichment(person.id, now());
+        assert_eq!(
+            store
+                .create_enrichment(&enrichment, 5, NO_LIMIT)
+                .await
+                .unwrap(),
+            CreateOutcome::InsufficientCredits
+        );
+        assert!(
+            store
+                .get_enrichment(ORG, person.id, Field::Emails)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(ledger(&store, 4).await, (4, vec![]));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_person_is_refused_and_charges_nothing() {
+        let store = table().await;
+        store.grant_credits(ORG, 10).await.unwrap();
+        let enrichment = new_enrichment(Uuid::new_v4(), now());
+        assert_eq!(
+            store
+                .create_enrichment(&enrichment, 5, NO_LIMIT)
+                .await
+                .unwrap(),
+            CreateOutcome::PersonNotFound
+        );
+        assert_eq!(ledger(&store, 10).await, (10, vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_refund_is_given_once_per_enrichment() {
+        let store = table().await;
+        let person = person(&store).await;
+        store.grant_credits(ORG, 10).await.unwrap();
+        let enrichment = new_enrichment(person.id, now());
+        store
+            .create_enrichment(&enrichment, 5, NO_LIMIT)
+            .await
+            .unwrap();
+        let record = store
+            .get_enrichment(ORG, person.id, Field::Emails)
+            .await
+            .unwrap()
+            .unwrap();
+
+        let timed_out = store.mark_timeout(&record, &now()).await.unwrap();
+        assert_eq!(timed_out.status, Status::Timeout);
+        // A second timeout (another GET racing) returns the enrichment as it is, refunds nothing.
+        let again = store.mark_timeout(&record, &now()).await.unwrap();
+        assert_eq!(again.status, Status::Timeout);
+        // Nor does a failure after the timeout.
+        assert!(
+            store
+                .fail_and_refund(&enrichment, 5, "late", &now())
+                .await
+                .is_err()
+        );
+        assert_eq!(ledger(&store, 10).await, (10, vec![-5, 5]));
+    }
+
+    #[tokio::test]
+    async fn a_lost_claim_cannot_write() {
+        let store = table().await;
+        let person = person(&store).await;
+        store.grant_credits(ORG, 10).await.unwrap();
+        let enrichment = new_enrichment(person.id, now());
+        store
+            .create_enrichment(&enrichment, 5, NO_LIMIT)
+            .await
+            .unwrap();
+        let job = Job::from(&enrichment);
+        // Worker A's claim lapsed (it died); worker B takes the job over.
+        let lapsed = timestamp_before(Utc::now(), Duration::from_secs(1));
+        let Claim::Claimed(record) = store.claim(&job, "a", &now(), &lapsed).await.unwrap() else {
+            panic!("A could not claim a fresh job")
+        };
+        let later = timestamp(Utc::now() + chrono::Duration::seconds(60));
+        assert!(matches!(
+            store.claim(&job, "b", &now(), &later).await.unwrap(),
+            Claim::Claimed(_)
+        ));
+
+        assert!(!store.renew_claim(&enrichment, "a", &later).await.unwrap());
+        let failed = Completion {
+            status: Status::Failed,
+            data_found: None,
+            error: Some("A's outcome".into()),
+            global_enrichment_id: None,
+            person_contacts: None,
+            cache: None,
+        };
+        assert!(!store.complete(&record, "a", &failed, &now()).await.unwrap());
+        let stored = store
+            .get_enrichment(ORG, person.id, Field::Emails)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.enrichment.status, Status::Pending);
+        assert_eq!(
+            ledger(&store, 10).await,
+            (5, vec![-5]),
+            "A's refund was not written"
+        );
+
+        let found = Completion {
+            status: Status::Finished,
+            data_found: Some(false),
+            ..failed
+        };
+        let found = Completion {
+            error: None,
+            ..found
+        };
+        assert!(store.complete(&record, "b", &found, &now()).await.unwrap());
+        assert_eq!(ledger(&store, 10).await, (5, vec![-5]));
+    }
+
+    #[tokio::test]
+    async fn a_live_claim_defers_a_duplicate_and_an_ended_job_is_gone() {
+        let store = table().await;
+        let person = person(&store).await;
+        store.grant_credits(ORG, 10).await.unwrap();
+        let enrichment = new_enrichment(person.id, now());
+        store
+            .create_enrichment(&enrichment, 5, NO_LIMIT)
+            .await
+            .unwrap();
+        let job = Job::from(&enrichment);
+        let until = timestamp(Utc::now() + chrono::Duration::seconds(60));
+        let Claim::Claimed(record) = store.claim(&job, "a", &now(), &until).await.unwrap() else {
+            panic!("no claim")
+        };
+        assert_eq!(
+            store.claim(&job, "b", &now(), &until).await.unwrap(),
+            Claim::Busy {
+                until: until.clone()
+            }
+        );
+        store.mark_timeout(&record, &now()).await.unwrap();
+        assert_eq!(
+            store.claim(&job, "b", &now(), &until).await.unwrap(),
+            Claim::Gone
+        );
+        // A job whose enrichment was replaced (another id) is gone too.
+        let other = Job {
+            enrichment_id: Uuid::new_v4(),
+            ..job
+        };
+        assert_eq!(
+            store.claim(&other, "b", &now(), &until).await.unwrap(),
+            Claim::Gone
+        );
+        assert_eq!(ledger(&store, 10).await, (10, vec![-5, 5]));
+    }
+
+    #[tokio::test]
+    async fn a_cache_lease_lapses_and_another_owner_takes_it() {
+        let store = table().await;
+        let now = Utc::now().timestamp();
+        assert_eq!(
+            store
+                .acquire_cache_lease("fp", Field::Emails, "a", now, now + 30)
+                .await
+                .unwrap(),
+            CacheLease::Acquired
+        );
+        assert_eq!(
+            store
+                .acquire_cache_lease("fp", Field::Emails, "b", now, now + 30)
+                .await
+                .unwrap(),
+            CacheLease::Busy {
+                until_unix: now + 30
+            }
+        );
+        // The holder renews; then it dies and its lease lapses: B takes it, A cannot renew.
+        assert!(
+            store
+                .renew_cache_lease("fp", Field::Emails, "a", now + 40)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store
+                .acquire_cache_lease("fp", Field::Emails, "b", now + 41, now + 71)
+                .await
+                .unwrap(),
+            CacheLease::Acquired
+        );
+        assert!(
+            !store
+                .renew_cache_lease("fp", Field::Emails, "a", now + 80)
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_counts_new_enrichments_only() {
+        let store = table().await;
+        let first = person(&store).await;
+        let second = person(&store).await;
+        store.grant_credits(ORG, 100).await.unwrap();
+        let limit = RateLimit { per_minute: 1 };
+        // Both in the same minute: the second's createdAt is the first's.
+        let at = now();
+        let a = new_enrichment(first.id, at.clone());
+        assert_eq!(
+            store.create_enrichment(&a, 5, limit).await.unwrap(),
+            CreateOutcome::Created
+        );
+        let replay = new_enrichment(first.id, at.clone());
+        assert!(matches!(
+            store.create_enrichment(&replay, 5, limit).await.unwrap(),
+            CreateOutcome::Existing(_)
+        ));
+        let b = new_enrichment(second.id, at);
+        assert!(matches!(
+            store.create_enrichment(&b, 5, limit).await.unwrap(),
+            CreateOutcome::RateLimited { retry_after_seconds } if (1..=60).contains(&retry_after_seconds)
+        ));
+        assert_eq!(ledger(&store, 100).await, (95, vec![-5]));
+    }
 }

@@ -19,10 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TimeToLiveSpecification,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use enrichment::auth::Authenticator;
 use enrichment::config::{Config, http_client};
@@ -207,67 +204,6 @@ async fn start_moto(executable: &Path) -> Result<(Child, String), String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err("moto server did not start within 15 s".into())
-}
-
-/// Creates the table as `template.yaml` declares it (`pk`/`sk` strings, on-demand, TTL on
-/// `expiresAt`) unless it exists.
-pub async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), String> {
-    let tables = client.list_tables().send().await.map_err(|e| {
-        format!(
-            "ListTables: {}",
-            aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-        )
-    })?;
-    if tables.table_names().iter().any(|name| name == table) {
-        return Ok(());
-    }
-    let key = |name: &str, kind: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-    };
-    let attr = |name: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-    };
-    client
-        .create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .key_schema(key("pk", KeyType::Hash).map_err(|e| e.to_string())?)
-        .key_schema(key("sk", KeyType::Range).map_err(|e| e.to_string())?)
-        .attribute_definitions(attr("pk").map_err(|e| e.to_string())?)
-        .attribute_definitions(attr("sk").map_err(|e| e.to_string())?)
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "CreateTable: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-            )
-        })?;
-    client
-        .update_time_to_live()
-        .table_name(table)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name("expiresAt")
-                .enabled(true)
-                .build()
-                .map_err(|e| e.to_string())?,
-        )
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "UpdateTimeToLive: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-            )
-        })?;
-    Ok(())
 }
 
 /// Creates the jobs queue and its DLQ with the redrive policy of `template.yaml`; returns
@@ -505,7 +441,10 @@ impl Stack {
             }
         }));
         let dynamodb = aws_sdk_dynamodb::Client::from_conf(dynamodb_config(&dynamodb_url).build());
-        create_table(&dynamodb, TABLE_NAME).await?;
+        Store::new(dynamodb.clone(), TABLE_NAME)
+            .create_table()
+            .await
+            .map_err(|e| e.to_string())?;
 
         // SQS: moto.
         let (moto, sqs_url) = start_moto(&options.moto_server).await?;
@@ -547,6 +486,7 @@ impl Stack {
             cache_ttl: Duration::from_secs(90 * 86_400),
             cache_miss_ttl: Duration::from_secs(7 * 86_400),
             lease_margin: enrichment::budget::LEASE_MARGIN,
+            org_enrichments_per_minute: 600,
             max_receives: MAX_RECEIVE_COUNT,
         };
         let store = Store::new(dynamodb, TABLE_NAME);
@@ -565,9 +505,7 @@ impl Stack {
         });
         let signal = stopped(shutdown_rx.clone());
         tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(listener, gateway::router(state))
-                .with_graceful_shutdown(signal)
-                .await;
+            gateway::serve(listener, gateway::router(state), signal).await;
         }));
 
         // SQS event source for the worker.

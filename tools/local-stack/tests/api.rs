@@ -421,6 +421,70 @@ async fn failed_enqueue_marks_failed_and_refunds_then_a_new_post_is_charged_agai
     stack.shutdown().await;
 }
 
+#[tokio::test]
+async fn an_org_over_its_enrichments_per_minute_gets_429_and_pays_nothing_for_it() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let people: Vec<Person> = (0..3).map(|_| known_person()).collect();
+    for person in &people {
+        add_person(&stack, ORG, person).await;
+    }
+    stack.store.grant_credits(ORG, 100).await.unwrap();
+    let mut config = stack.config.clone();
+    config.org_enrichments_per_minute = 2;
+    let enrichments = Enrichments::new(stack.store.clone(), config);
+    let queue = SqsJobQueue::new(stack.sqs.clone(), stack.info.queue_url.clone());
+    // Three POSTs in the same minute.
+    let second = chrono::Utc::now().timestamp().rem_euclid(60);
+    if second > 50 {
+        tokio::time::sleep(Duration::from_secs((61 - second).unsigned_abs())).await;
+    }
+    let mut answers = Vec::new();
+    for person in &people {
+        answers.push(
+            enrichments
+                .trigger(
+                    &queue,
+                    &principal(ORG),
+                    person.id,
+                    Field::Emails,
+                    api_deadline(),
+                )
+                .await,
+        );
+    }
+    assert!(answers[0].is_ok() && answers[1].is_ok());
+    let limited = answers[2].clone().unwrap_err();
+    assert_eq!(
+        (limited.status_code(), limited.code()),
+        (429, "RATE_LIMITED")
+    );
+    let retry_after = limited.retry_after_seconds().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // A replay is no new enrichment: it is answered, not limited.
+    let replay = enrichments
+        .trigger(
+            &queue,
+            &principal(ORG),
+            people[0].id,
+            Field::Emails,
+            api_deadline(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(Some(replay.id), answers[0].as_ref().ok().map(|e| e.id));
+    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 90);
+    assert!(
+        stack
+            .store
+            .get_enrichment(ORG, people[2].id, Field::Emails)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(queued_jobs(&stack).await, 2);
+    stack.shutdown().await;
+}
+
 /// A scripted provider that counts its calls: it finds `email` (or answers no match when
 /// `None`) after `delay`.
 struct FakeProvider {

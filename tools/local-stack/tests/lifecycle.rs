@@ -215,10 +215,22 @@ struct Process {
 }
 
 impl Process {
-    /// Starts `local-stack` from the repository root with `LOCAL_STATE_DIR=state` and
-    /// `PORT=0`.
+    /// Starts `local-stack` from the repository root with `LOCAL_STATE_DIR=state`, `PORT=0`
+    /// and `LOCAL_WORKER=off`.
     fn spawn(
         state: &Path,
+    ) -> (
+        Process,
+        tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    ) {
+        Self::spawn_with(state, &[("LOCAL_WORKER", "off")])
+    }
+
+    /// Starts `local-stack` from the repository root with `LOCAL_STATE_DIR=state`, `PORT=0`
+    /// and `env`.
+    fn spawn_with(
+        state: &Path,
+        env: &[(&str, &str)],
     ) -> (
         Process,
         tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
@@ -227,7 +239,7 @@ impl Process {
             .current_dir(repo_root())
             .env("LOCAL_STATE_DIR", state)
             .env("PORT", "0")
-            .env("LOCAL_WORKER", "off")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -244,9 +256,14 @@ impl Process {
         (Process { child, stderr }, stdout)
     }
 
-    /// Starts `local-stack` and waits for its `ready` line.
+    /// Starts `local-stack` with `LOCAL_WORKER=off` and waits for its `ready` line.
     async fn start(state: &Path) -> (Process, String) {
-        let (process, mut stdout) = Process::spawn(state);
+        Self::start_with(state, &[("LOCAL_WORKER", "off")]).await
+    }
+
+    /// Starts `local-stack` with `env` and waits for its `ready` line.
+    async fn start_with(state: &Path, env: &[(&str, &str)]) -> (Process, String) {
+        let (process, mut stdout) = Process::spawn_with(state, env);
         let ready = tokio::time::timeout(Duration::from_secs(120), async {
             while let Some(line) = stdout.next_line().await.unwrap() {
                 if line.contains("ready") {
@@ -279,6 +296,22 @@ impl Process {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// SIGKILL, as a crash or a Lambda killed at its timeout: the process and its children
+    /// (moto) die at once, nothing is cleaned up.
+    async fn kill_hard(mut self) {
+        let children = self.children();
+        for pid in children
+            .iter()
+            .map(u32::to_string)
+            .chain(self.child.id().map(|p| p.to_string()))
+        {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid])
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
 
     /// The process's children (Linux: `/proc/<pid>/task/<tid>/children`).
@@ -380,4 +413,184 @@ async fn the_stack_stops_and_exits_1_when_moto_dies() {
     );
     assert!(!local_stack::gateway_answers(&info.gateway_url).await);
     assert!(stack_json(&state).is_none());
+}
+
+/// The credit transactions of `org` (signed amounts: a debit is negative) and its balance: the
+/// ledger holds when the balance is the sum of the amounts.
+async fn ledger(
+    store: &enrichment::store::Store,
+    dynamodb: &aws_sdk_dynamodb::Client,
+    org: &str,
+) -> (i64, Vec<i64>) {
+    let items = dynamodb
+        .query()
+        .table_name(store.table())
+        .key_condition_expression("pk = :pk AND begins_with(sk, :tx)")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("ORG#{org}")))
+        .expression_attribute_values(":tx", AttributeValue::S("CREDITTX#".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    let amounts = items
+        .iter()
+        .map(|item| item["amount"].as_n().unwrap().parse::<i64>().unwrap())
+        .collect();
+    (store.credit_balance(org).await.unwrap(), amounts)
+}
+
+/// A stack killed (SIGKILL) while a provider call is in flight leaves its enrichment `pending`
+/// with a claim; after a restart the re-queued job waits for the dead worker's claim to lapse
+/// (about one provider budget), then resumes: the provider that already answered "no match" is
+/// not asked again, the enrichment finishes, and it was charged once.
+#[tokio::test]
+async fn a_stack_killed_mid_cascade_resumes_the_job_after_a_restart() {
+    tokio::time::timeout(Duration::from_secs(150), async {
+        let state = temp_state();
+        std::fs::create_dir_all(&state).unwrap();
+        // pdl does not know Ada Lovelace (no match, journaled); hunter knows her but first
+        // hangs for a minute, within its 8 s budget: the claim lasts 8 + 5 s from its renewal.
+        let slow = state.join("slow.json");
+        std::fs::write(&slow, r#"{"providers": {"hunter": {"latency_ms": 60000}}}"#).unwrap();
+        let fast = state.join("fast.json");
+        std::fs::write(&fast, r#"{"providers": {}}"#).unwrap();
+        let env = |config: &Path| {
+            vec![
+                ("EMAIL_PROVIDERS", "pdl,hunter".to_string()),
+                ("HUNTER_TIMEOUT_SECONDS", "8".into()),
+                ("PROVIDER_RETRIES", "0".into()),
+                ("SIMULATOR_CONFIG", config.display().to_string()),
+            ]
+        };
+        let as_refs =
+            |env: &[(&'static str, String)]| -> Vec<(&'static str, String)> { env.to_vec() };
+        let first_env = as_refs(&env(&slow));
+        let first_env: Vec<(&str, &str)> =
+            first_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (first, _) = Process::start_with(&state, &first_env).await;
+        let info = stack_json(&state).unwrap();
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+            local_stack::dynamodb_config(&info.dynamodb_url).build(),
+        );
+        let store = enrichment::store::Store::new(dynamodb.clone(), &info.table_name);
+        let person = known_person();
+        store
+            .put_people(ORG, std::slice::from_ref(&person))
+            .await
+            .unwrap();
+        store.grant_credits(ORG, 10).await.unwrap();
+        let token = local_stack::devkey::sign(
+            &info.dev_key_path,
+            &info.gateway_url,
+            "user_a",
+            ORG,
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        let url = format!(
+            "{}/api/v1/operations/enrichment/{}?field=emails",
+            info.gateway_url, person.id
+        );
+        let http = reqwest::Client::new();
+        let posted: Value = http
+            .post(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(posted["status"], "pending", "{posted}");
+
+        // Wait until pdl's "no match" is journaled and hunter's call is in flight, then kill.
+        loop {
+            let record = store
+                .get_enrichment(ORG, person.id, Field::Emails)
+                .await
+                .unwrap()
+                .unwrap();
+            if record.providers_answered == ["pdl"] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        first.kill_hard().await;
+
+        let second_env = as_refs(&env(&fast));
+        let second_env: Vec<(&str, &str)> =
+            second_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (second, ready) = Process::start_with(&state, &second_env).await;
+        assert!(
+            ready.contains("1 pending enrichment(s) re-queued"),
+            "{ready}"
+        );
+        let info = stack_json(&state).unwrap();
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+            local_stack::dynamodb_config(&info.dynamodb_url).build(),
+        );
+        let store = enrichment::store::Store::new(dynamodb.clone(), &info.table_name);
+        // What the crash left: charged once, still pending.
+        let (balance, amounts) = ledger(&store, &dynamodb, ORG).await;
+        assert_eq!((balance, amounts.as_slice()), (5, [-5].as_slice()));
+        let token = local_stack::devkey::sign(
+            &info.dev_key_path,
+            &info.gateway_url,
+            "user_a",
+            ORG,
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        let url = format!(
+            "{}/api/v1/operations/enrichment/{}?field=emails",
+            info.gateway_url, person.id
+        );
+        let restarted = std::time::Instant::now();
+        let finished = loop {
+            let body: Value = http
+                .get(&url)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if body["status"] != "pending" {
+                break body;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert_eq!(finished["status"], "finished", "{finished}");
+        assert_eq!(finished["dataFound"], true);
+        assert_eq!(finished["id"], posted["id"]);
+        eprintln!(
+            "resumed and finished {:?} after the restart",
+            restarted.elapsed()
+        );
+        let stats: Value = http
+            .get(format!("{}/stats", info.simulator_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stats["pdl"]["requests"], 0, "pdl asked again: {stats}");
+        assert_eq!(stats["hunter"]["requests"], 1, "{stats}");
+        let (balance, amounts) = ledger(&store, &dynamodb, ORG).await;
+        assert_eq!(
+            (balance, amounts.as_slice()),
+            (5, [-5].as_slice()),
+            "charged once, never refunded"
+        );
+        assert_eq!(balance, 10 + amounts.iter().sum::<i64>());
+        second.interrupt();
+        assert_eq!(second.exit().await.0, Some(0));
+    })
+    .await
+    .expect("the crash test ends within 150 s");
 }

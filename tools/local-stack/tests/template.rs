@@ -151,3 +151,57 @@ async fn local_table_and_queues_match_the_template() {
         .await
         .unwrap();
 }
+
+/// The template's timeouts are the ones the code budgets with (`enrichment::budget`), and they
+/// fit each other: the API functions answer before Lambda kills them, the worker writes its
+/// outcome within its timeout, the queue's visibility timeout is six times the worker's (AWS
+/// docs, "Using Lambda with Amazon SQS"), and a dead worker's lease lapses long before the
+/// maximum age, so its job is resumed rather than timed out.
+#[test]
+fn template_timeouts_are_the_budgets_the_code_uses() {
+    use enrichment::budget;
+    let template = template();
+    let number = |value: &Value| {
+        value
+            .as_u64()
+            .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+            .unwrap_or_else(|| panic!("not a number: {value:?}"))
+    };
+    let timeout =
+        |function: &str| Duration::from_secs(number(&properties(&template, function)["Timeout"]));
+    assert_eq!(timeout("TriggerFunction"), budget::API_FUNCTION_TIMEOUT);
+    assert_eq!(timeout("StatusFunction"), budget::API_FUNCTION_TIMEOUT);
+    assert_eq!(timeout("WorkerFunction"), budget::WORKER_FUNCTION_TIMEOUT);
+    let visibility = number(&properties(&template, "JobsQueue")["VisibilityTimeout"]);
+    assert_eq!(
+        Duration::from_secs(visibility),
+        budget::JOBS_VISIBILITY_TIMEOUT
+    );
+    assert!(visibility >= 6 * budget::WORKER_FUNCTION_TIMEOUT.as_secs());
+
+    let max_age = &template["Parameters"]["EnrichmentMaxAgeSeconds"];
+    assert_eq!(
+        Duration::from_secs(number(&max_age["Default"])),
+        budget::DEFAULT_MAX_AGE
+    );
+    // Every allowed maximum age outlives a claim and ends before the worker's deadline, with
+    // the time to write the outcome.
+    assert!(Duration::from_secs(number(&max_age["MinValue"])) > budget::INITIAL_CLAIM_LEASE);
+    assert!(
+        Duration::from_secs(number(&max_age["MaxValue"])) + budget::WRITE_MARGIN
+            <= budget::WORKER_FUNCTION_TIMEOUT
+    );
+    // The worker's provider budget: one provider call's lease is a fraction of the maximum age.
+    let provider_timeout = number(
+        &properties(&template, "WorkerFunction")["Environment"]["Variables"]["PROVIDER_TIMEOUT_SECONDS"],
+    );
+    let call = enrichment::providers::cascade::Budget {
+        timeout: Duration::from_secs(provider_timeout),
+        retries: enrichment::providers::cascade::DEFAULT_RETRIES,
+    };
+    assert!(budget::lease_for(call.span()) < budget::DEFAULT_MAX_AGE / 4);
+    // The state machine's task outlives the worker's own timeout.
+    let machine =
+        &properties(&template, "CascadeStateMachine")["Definition"]["States"]["RunCascade"];
+    assert!(number(&machine["TimeoutSeconds"]) >= budget::WORKER_FUNCTION_TIMEOUT.as_secs());
+}

@@ -1,0 +1,1860 @@
+//! Least privilege, derived from the code. The emulators have no IAM, so nothing else here would
+//! notice a function whose role misses an action it uses (or holds one it never uses).
+//!
+//! Every AWS request the three functions make is recorded by an SDK interceptor on their
+//! DynamoDB, SQS, Step Functions and Secrets Manager clients, while each function's scenarios run
+//! through the same code as the Lambdas ([`Enrichments::trigger`], [`Enrichments::status`],
+//! [`Worker::handle`], [`resolve_api_keys`]) against a private local stack. Each request is mapped
+//! to the IAM actions that authorize it and to the template resource it touched ([`permissions`]).
+//! `template.yaml` is then read for what each function's role allows, once per orchestrator
+//! (`Orchestrator=sqs`, the default, and `stepfunctions`), and the two must agree both ways:
+//! every action a scenario used is allowed, and nothing is allowed beyond what the scenarios used
+//! plus the few needs the code does not make itself ([`platform_needs`]).
+//!
+//! Adding a scenario: write an `async fn(env: &Env)` that runs the function under test through
+//! `env` (its clients are the recorded ones) and add one line to [`scenarios`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use enrichment::auth::Principal;
+use enrichment::domain::{Enrichment, Field, Person, Status};
+use enrichment::enrichment::{ENQUEUE_FAILED_MESSAGE, Enrichments};
+use enrichment::error::ApiError;
+use enrichment::providers::cascade::Cascade;
+use enrichment::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact};
+use enrichment::queue::{Job, JobQueue, QueueError, SqsJobQueue, StepFunctionsJobQueue};
+use enrichment::secrets::{SECRET_SUFFIX, SecretsClient, resolve_api_keys};
+use enrichment::store::{CacheLease, Store, TIMEOUT_MESSAGE, org_pk};
+use enrichment::worker::{GAVE_UP_MESSAGE, Worker, WorkerEvent, fingerprint};
+use local_stack::{Options, Stack, dynamodb_config, sdk_config, sqs_config};
+use serde_json::{Value as Json, json};
+use serde_yaml::Value as Yaml;
+use uuid::Uuid;
+
+// ------------------------------------------------------------------ the functions and scenarios
+
+/// The Lambda functions of `template.yaml`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Function {
+    Trigger,
+    Status,
+    Worker,
+}
+
+impl Function {
+    const ALL: [Function; 3] = [Function::Trigger, Function::Status, Function::Worker];
+
+    fn name(self) -> &'static str {
+        match self {
+            Function::Trigger => "trigger",
+            Function::Status => "status",
+            Function::Worker => "worker",
+        }
+    }
+
+    /// Its logical id in `template.yaml`.
+    fn logical_id(self) -> &'static str {
+        match self {
+            Function::Trigger => "TriggerFunction",
+            Function::Status => "StatusFunction",
+            Function::Worker => "WorkerFunction",
+        }
+    }
+}
+
+/// The template's `Orchestrator` parameter: what runs the worker, and what the trigger starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Orchestrator {
+    /// The default: the trigger sends to the jobs queue, whose event source mapping feeds the
+    /// worker (`QUEUE_URL` set in both).
+    Sqs,
+    /// The trigger starts one execution per enrichment (`STATE_MACHINE_ARN`); the state machine
+    /// invokes the worker with the job (no `QUEUE_URL`).
+    StepFunctions,
+}
+
+impl Orchestrator {
+    const ALL: [Orchestrator; 2] = [Orchestrator::Sqs, Orchestrator::StepFunctions];
+
+    /// The parameter value in `template.yaml`.
+    fn parameter(self) -> &'static str {
+        match self {
+            Orchestrator::Sqs => "sqs",
+            Orchestrator::StepFunctions => "stepfunctions",
+        }
+    }
+}
+
+type Run = for<'a> fn(&'a Env) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+/// One thing a function does, run as the Lambda runs it.
+struct Scenario {
+    function: Function,
+    name: &'static str,
+    /// The deployments it applies to (both unless it depends on how the worker is fed).
+    orchestrators: &'static [Orchestrator],
+    run: Run,
+}
+
+impl Scenario {
+    fn new(function: Function, name: &'static str, run: Run) -> Self {
+        Scenario {
+            function,
+            name,
+            orchestrators: &Orchestrator::ALL,
+            run,
+        }
+    }
+
+    /// Only for the SQS-fed worker (receive counts, receipt handles).
+    fn sqs_only(mut self) -> Self {
+        self.orchestrators = &[Orchestrator::Sqs];
+        self
+    }
+}
+
+/// Every scenario, one line each. A scenario runs once per orchestrator it applies to, in an
+/// org of its own.
+fn scenarios() -> Vec<Scenario> {
+    use Function::{Status, Trigger, Worker};
+    vec![
+        Scenario::new(Trigger, "new enrichment", |env| Box::pin(trigger_new(env))),
+        Scenario::new(Trigger, "replay", |env| Box::pin(trigger_replay(env))),
+        Scenario::new(Trigger, "insufficient credits", |env| {
+            Box::pin(trigger_insufficient_credits(env))
+        }),
+        Scenario::new(Trigger, "unknown person", |env| {
+            Box::pin(trigger_unknown_person(env))
+        }),
+        Scenario::new(Trigger, "stale pending replaced", |env| {
+            Box::pin(trigger_replaces_stale_pending(env))
+        }),
+        Scenario::new(Trigger, "enqueue keeps failing: refunded", |env| {
+            Box::pin(trigger_enqueue_fails(env))
+        }),
+        Scenario::new(Status, "read", |env| Box::pin(status_read(env))),
+        Scenario::new(Status, "not found", |env| Box::pin(status_not_found(env))),
+        Scenario::new(Status, "lazy timeout with refund", |env| {
+            Box::pin(status_lazy_timeout(env))
+        }),
+        Scenario::new(Worker, "found: person and cache written", |env| {
+            Box::pin(worker_found(env))
+        }),
+        Scenario::new(Worker, "global cache hit", |env| {
+            Box::pin(worker_cache_hit(env))
+        }),
+        Scenario::new(Worker, "no match: miss cached", |env| {
+            Box::pin(worker_no_match(env))
+        }),
+        Scenario::new(Worker, "providers failed: refunded", |env| {
+            Box::pin(worker_providers_failed(env))
+        }),
+        Scenario::new(Worker, "past maximum age: timed out", |env| {
+            Box::pin(worker_past_max_age(env))
+        }),
+        Scenario::new(Worker, "duplicate delivery dropped", |env| {
+            Box::pin(worker_duplicate(env))
+        }),
+        Scenario::new(Worker, "same person running: deferred", |env| {
+            Box::pin(worker_deferred(env))
+        }),
+        Scenario::new(Worker, "store fails: retried later", |env| {
+            Box::pin(worker_retried(env))
+        }),
+        Scenario::new(Worker, "last receive fails: refunded", |env| {
+            Box::pin(worker_gives_up(env))
+        })
+        .sqs_only(),
+        Scenario::new(Worker, "API keys from Secrets Manager", |env| {
+            Box::pin(worker_secrets(env))
+        }),
+    ]
+}
+
+// ----------------------------------------------------------------------------- trigger
+
+async fn trigger_new(env: &Env) {
+    let person = env.person("Ada");
+    env.add_person(&person).await;
+    env.grant(100).await;
+    let created = env.post(person.id).await.unwrap();
+    assert_eq!(created.status, Status::Pending);
+    assert_eq!(env.balance().await, 95);
+    env.assert_ledger().await;
+}
+
+async fn trigger_replay(env: &Env) {
+    let person = env.person("Ada");
+    env.add_person(&person).await;
+    env.grant(100).await;
+    let first = env.post(person.id).await.unwrap();
+    let replay = env.post(person.id).await.unwrap();
+    assert_eq!(replay.id, first.id);
+    assert_eq!(env.balance().await, 95, "a replay costs nothing");
+    env.assert_ledger().await;
+}
+
+async fn trigger_insufficient_credits(env: &Env) {
+    let person = env.person("Ada");
+    env.add_person(&person).await;
+    env.grant(4).await;
+    assert_eq!(env.post(person.id).await.unwrap_err().status_code(), 402);
+    assert_eq!(env.balance().await, 4);
+    env.assert_ledger().await;
+}
+
+async fn trigger_unknown_person(env: &Env) {
+    env.grant(10).await;
+    assert_eq!(
+        env.post(Uuid::new_v4()).await.unwrap_err().status_code(),
+        404
+    );
+    assert_eq!(env.balance().await, 10);
+    env.assert_ledger().await;
+}
+
+async fn trigger_replaces_stale_pending(env: &Env) {
+    let person = env.person("Ada");
+    let stale = env.pending_job(&person).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let fresh = env
+        .trigger(
+            env.config_with_max_age(Duration::ZERO),
+            env.job_queue(None),
+            person.id,
+        )
+        .await
+        .unwrap();
+    assert_ne!(fresh.id, stale.enrichment_id);
+    assert_eq!(fresh.status, Status::Pending);
+    assert_eq!(
+        env.balance().await,
+        0,
+        "the stale one refunded, the new one charged"
+    );
+    env.assert_ledger().await;
+}
+
+async fn trigger_enqueue_fails(env: &Env) {
+    let person = env.person("Ada");
+    env.add_person(&person).await;
+    env.grant(5).await;
+    let operation = match env.orchestrator {
+        Orchestrator::Sqs => "SendMessage",
+        Orchestrator::StepFunctions => "StartExecution",
+    };
+    let error = env
+        .trigger(
+            env.config(),
+            env.job_queue(Some(Fail::always(operation))),
+            person.id,
+        )
+        .await
+        .unwrap_err();
+    assert!(error.status_code() >= 500, "{error:?}");
+    let failed = env.enrichment(person.id).await;
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.error.as_deref(), Some(ENQUEUE_FAILED_MESSAGE));
+    assert_eq!(env.balance().await, 5);
+    env.assert_ledger().await;
+}
+
+// ------------------------------------------------------------------------------ status
+
+async fn status_read(env: &Env) {
+    let person = env.person("Ada");
+    let job = env.pending_job(&person).await;
+    let read = env.status(env.config(), person.id).await.unwrap();
+    assert_eq!((read.id, read.status), (job.enrichment_id, Status::Pending));
+    env.assert_ledger().await;
+}
+
+async fn status_not_found(env: &Env) {
+    let error = env.status(env.config(), Uuid::new_v4()).await.unwrap_err();
+    assert_eq!(error.status_code(), 404);
+}
+
+async fn status_lazy_timeout(env: &Env) {
+    let person = env.person("Ada");
+    env.pending_job(&person).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let read = env
+        .status(env.config_with_max_age(Duration::ZERO), person.id)
+        .await
+        .unwrap();
+    assert_eq!(read.status, Status::Timeout);
+    assert_eq!(read.error.as_deref(), Some(TIMEOUT_MESSAGE));
+    assert_eq!(env.balance().await, 5, "a timeout gives the credits back");
+    env.assert_ledger().await;
+}
+
+// ------------------------------------------------------------------------------ worker
+
+async fn worker_found(env: &Env) {
+    let person = env.person("Ada");
+    let job = env.pending_job(&person).await;
+    let email = env.email("ada");
+    let provider = Scripted::new(Answer::Found(email.clone()));
+    let worker = env.worker(env.config(), vec![provider.clone()], None);
+    assert_eq!(env.deliver(&worker, &job, 1).await, Delivered::Acknowledged);
+    let done = env.enrichment(person.id).await;
+    assert_eq!(
+        (done.status, done.data_found),
+        (Status::Finished, Some(true))
+    );
+    assert!(
+        done.global_enrichment_id.is_some(),
+        "the cache entry was written"
+    );
+    let stored = env.stored_person(person.id).await;
+    assert_eq!(stored.emails[0].value, email);
+    assert_eq!(provider.calls(), 1);
+    env.assert_ledger().await;
+}
+
+async fn worker_cache_hit(env: &Env) {
+    // Two people of the org that are the same real person: the first one's run fills the
+    // global cache (set-up, not recorded), the second one is served from it.
+    let first = env.person("Ada");
+    let second = Person {
+        id: Uuid::new_v4(),
+        ..first.clone()
+    };
+    let first_job = env.pending_job(&first).await;
+    let provider = Scripted::new(Answer::Found(env.email("ada")));
+    env.setup_worker(vec![provider.clone()])
+        .run(&first_job, deadline())
+        .await
+        .unwrap();
+    let job = env.pending_job(&second).await;
+    let unused = Scripted::new(Answer::Fails);
+    let worker = env.worker(env.config(), vec![unused.clone()], None);
+    assert_eq!(env.deliver(&worker, &job, 1).await, Delivered::Acknowledged);
+    let done = env.enrichment(second.id).await;
+    assert_eq!(done.data_found, Some(true));
+    assert_eq!(
+        done.global_enrichment_id,
+        env.enrichment(first.id).await.global_enrichment_id
+    );
+    assert_eq!(unused.calls(), 0);
+    assert_eq!(env.stored_person(second.id).await.emails.len(), 1);
+    env.assert_ledger().await;
+}
+
+async fn worker_no_match(env: &Env) {
+    let person = env.person("Nobody");
+    let job = env.pending_job(&person).await;
+    let worker = env.worker(env.config(), vec![Scripted::new(Answer::NoMatch)], None);
+    assert_eq!(env.deliver(&worker, &job, 1).await, Delivered::Acknowledged);
+    let done = env.enrichment(person.id).await;
+    assert_eq!(
+        (done.status, done.data_found),
+        (Status::Finished, Some(false))
+    );
+    assert!(done.global_enrichment_id.is_some(), "the miss is cached");
+    env.assert_ledger().await;
+}
+
+async fn worker_providers_failed(env: &Env) {
+    let person = env.person("Ada");
+    let job = env.pending_job(&person).await;
+    let worker = env.worker(env.config(), vec![Scripted::new(Answer::Fails)], None);
+    assert_eq!(env.deliver(&worker, &job, 1).await, Delivered::Acknowledged);
+    assert_eq!(env.enrichment(person.id).await.status, Status::Failed);
+    assert_eq!(env.balance().await, 5, "refunded");
+    env.assert_ledger().await;
+}
+
+async fn worker_past_max_age(env: &Env) {
+    let person = env.person("Ada");
+    let job = env.pending_job(&person).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let provider = Scripted::new(Answer::Found(env.email("ada")));
+    let config = env.config_with_max_age(Duration::ZERO);
+    let worker = env.worker(config, vec![provider.clone()], None);
+    assert_eq!(env.deliver(&worker, &job, 1).await, Delivered::Acknowledged);
+    assert_eq!(env.enrichment(person.id).await.status, Status::Timeout);
+    assert_eq!(provider.calls(), 0);
+    assert_eq!(env.balance().await, 5, "refunded");
+    env.assert_ledger().await;
+}
+
+async fn worker_duplicate(env: &Env) {
+    let person = env.person("Ada");
+    let job = env.pending_job(&person).await;
+    let provider = Scripted::new(Answer::Found(env.email("ada")));
+    env.setup_worker(vec![provider.clone()])
+        .run(&job, deadline())
+        .await
+        .unwrap();
+    let worker = env.worker(env.config(), vec![provider.clone()], None);
+    assert_eq!(env.deliver(&worker, &job, 2).await, Delivered::Acknowledged);
+    assert_eq!(provider.calls(), 1, "the duplicate asked no provider");
+    env.assert_ledger().await;
+}
+
+async fn worker_deferred(env: &Env) {
+    let person = env.person("Ada");
+    let job = env.pending_job(&person).await;
+    // Another org's job for the same real person holds the global cache lease.
+    let now = chrono::Utc::now().timestamp();
+    let lease = env
+        .h
+        .stack
+        .store
+        .acquire_cache_lease(
+            &fingerprint(&person).unwrap(),
+            Field::Emails,
+            "another-enrichment",
+            now,
+            now + 120,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(lease, CacheLease::Acquired));
+    let provider = Scripted::new(Answer::Found(env.email("ada")));
+    let worker = env.worker(env.config(), vec![provider.clone()], None);
+    let delivered = env.deliver(&worker, &job, 1).await;
+    let expected = match env.orchestrator {
+        // Sent again with a delay; this delivery is done.
+        Orchestrator::Sqs => Delivered::Acknowledged,
+        // The task fails; the state machine's retry runs it later.
+        Orchestrator::StepFunctions => Delivered::Retried,
+    };
+    assert_eq!(delivered, expected);
+    assert_eq!(provider.calls(), 0);
+    assert_eq!(env.enrichment(person.id).await.status, Status::Pending);
+    env.assert_ledger().await;
+}
+
+async fn worker_retried(env: &Env) {
+    let person = env.person("Ada");
+    let job = env.pending_job(&person).await;
+    let provider = Scripted::new(Answer::Found(env.email("ada")));
+    let worker = env.worker(
+        env.config(),
+        vec![provider],
+        Some(Fail::first("TransactWriteItems")),
+    );
+    assert_eq!(env.deliver(&worker, &job, 1).await, Delivered::Retried);
+    assert_eq!(env.enrichment(person.id).await.status, Status::Pending);
+    env.assert_ledger().await;
+}
+
+async fn worker_gives_up(env: &Env) {
+    let person = env.person("Ada");
+    let job = env.pending_job(&person).await;
+    let provider = Scripted::new(Answer::Found(env.email("ada")));
+    let config = env.config();
+    let last = config.max_receives;
+    let worker = env.worker(
+        config,
+        vec![provider],
+        Some(Fail::first("TransactWriteItems")),
+    );
+    assert_eq!(env.deliver(&worker, &job, last).await, Delivered::Retried);
+    let failed = env.enrichment(person.id).await;
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.error.as_deref(), Some(GAVE_UP_MESSAGE));
+    assert_eq!(env.balance().await, 5, "refunded");
+    env.assert_ledger().await;
+}
+
+async fn worker_secrets(env: &Env) {
+    // One secret per `*_API_KEY_SECRET_ARN` variable the template gives the worker.
+    let variables = env.h.template.secret_variables(env.orchestrator);
+    assert!(!variables.is_empty());
+    let mut vars = Vec::new();
+    for (variable, parameter) in &variables {
+        let arn = env
+            .h
+            .secrets_admin
+            .create_secret()
+            .name(format!("{}/{variable}", env.org))
+            .secret_string(format!("key-{variable}"))
+            .send()
+            .await
+            .unwrap()
+            .arn
+            .unwrap();
+        env.h.name(&arn, parameter);
+        vars.push((variable.clone(), arn));
+    }
+    let keys = resolve_api_keys(&env.h.secrets(), vars).await.unwrap();
+    assert_eq!(keys.len(), variables.len());
+    for variable in variables.keys() {
+        let name = variable.strip_suffix(SECRET_SUFFIX).unwrap();
+        assert_eq!(keys[&format!("{name}_API_KEY")], format!("key-{variable}"));
+    }
+}
+
+// ------------------------------------------------------------------- the test
+
+#[tokio::test]
+async fn iam_policies_grant_each_function_exactly_what_its_code_uses() {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let harness = Arc::new(Harness::start().await);
+        let mut used = Used::default();
+        let mut targets = BTreeSet::new();
+        for orchestrator in Orchestrator::ALL {
+            for (index, scenario) in scenarios().iter().enumerate() {
+                if !scenario.orchestrators.contains(&orchestrator) {
+                    continue;
+                }
+                let label = format!(
+                    "{} / {} [{}]",
+                    scenario.function.name(),
+                    scenario.name,
+                    orchestrator.parameter()
+                );
+                eprintln!("scenario {label}");
+                let env = Env::new(harness.clone(), orchestrator, index);
+                harness.recorder.take();
+                (scenario.run)(&env).await;
+                let calls = harness.recorder.take();
+                assert!(!calls.is_empty(), "{label}: no recorded AWS request");
+                for call in &calls {
+                    targets.insert(call.target.clone());
+                    for permission in permissions(call, &harness.names()) {
+                        used.add(orchestrator, scenario.function, permission, scenario.name);
+                    }
+                }
+            }
+        }
+        // The targets the Step Functions and Secrets Manager clients send, as mapped above.
+        eprintln!("X-Amz-Target values sent: {targets:?}");
+        for target in [
+            "AWSStepFunctions.StartExecution",
+            "secretsmanager.GetSecretValue",
+        ] {
+            assert!(targets.contains(target), "no {target} among {targets:?}");
+        }
+        let problems = compare(&harness.template, &used);
+        assert!(
+            problems.is_empty(),
+            "template.yaml does not grant exactly what the functions use:\n  {}",
+            problems.join("\n  ")
+        );
+        Arc::try_unwrap(harness)
+            .ok()
+            .expect("the scenarios keep no harness")
+            .stack
+            .shutdown()
+            .await;
+    })
+    .await
+    .expect("the IAM scenarios finish within 5 minutes");
+}
+
+#[test]
+fn iam_actions_of_requests_follow_the_service_authorization_reference() {
+    let names = HashMap::from([
+        (
+            "enrichment-local".to_string(),
+            "EnrichmentTable".to_string(),
+        ),
+        ("http://q/jobs".to_string(), "JobsQueue".to_string()),
+    ]);
+    let call = |target: &str, body: Json| Call {
+        target: target.into(),
+        body,
+    };
+    let listed = |call: &Call| {
+        permissions(call, &names)
+            .into_iter()
+            .map(|p| format!("{} {}", p.action, p.resource))
+            .collect::<Vec<_>>()
+    };
+    let transaction = call(
+        "DynamoDB_20120810.TransactWriteItems",
+        json!({"TransactItems": [
+            {"Put": {"TableName": "enrichment-local"}},
+            {"ConditionCheck": {"TableName": "enrichment-local"}},
+            {"Update": {"TableName": "enrichment-local"}},
+            {"Delete": {"TableName": "other"}}
+        ]}),
+    );
+    assert_eq!(
+        listed(&transaction),
+        [
+            "dynamodb:PutItem EnrichmentTable",
+            "dynamodb:ConditionCheckItem EnrichmentTable",
+            "dynamodb:UpdateItem EnrichmentTable",
+            "dynamodb:DeleteItem ?other",
+        ]
+    );
+    let batch = call(
+        "DynamoDB_20120810.BatchGetItem",
+        json!({"RequestItems": {"enrichment-local": {"Keys": []}}}),
+    );
+    assert_eq!(listed(&batch), ["dynamodb:BatchGetItem EnrichmentTable"]);
+    let query = call(
+        "DynamoDB_20120810.Query",
+        json!({"TableName": "enrichment-local"}),
+    );
+    assert_eq!(listed(&query), ["dynamodb:Query EnrichmentTable"]);
+    let index = call(
+        "DynamoDB_20120810.Query",
+        json!({"TableName": "enrichment-local", "IndexName": "byStatus"}),
+    );
+    assert_eq!(
+        listed(&index),
+        ["dynamodb:Query EnrichmentTable/index/byStatus"]
+    );
+    let sub: Yaml = serde_yaml::from_str("!Sub \"${EnrichmentTable.Arn}/index/byStatus\"").unwrap();
+    assert_eq!(resource_name(&sub), "EnrichmentTable/index/byStatus");
+    let send = call(
+        "AmazonSQS.SendMessageBatch",
+        json!({"QueueUrl": "http://q/jobs"}),
+    );
+    assert_eq!(listed(&send), ["sqs:SendMessage JobsQueue"]);
+    let start = call("AWSStepFunctions.StartExecution", json!({}));
+    assert_eq!(listed(&start), ["states:StartExecution ?"]);
+}
+
+#[test]
+fn iam_template_policies_follow_the_orchestrator() {
+    let template = Template::load();
+    let sends = |function: Function, orchestrator: Orchestrator| {
+        let allowed = template.allowed(function, orchestrator);
+        (
+            allowed.contains_key(&Permission::new("sqs:SendMessage", "JobsQueue")),
+            allowed.contains_key(&Permission::new(
+                "states:StartExecution",
+                "CascadeStateMachine",
+            )),
+        )
+    };
+    assert_eq!(sends(Function::Trigger, Orchestrator::Sqs), (true, false));
+    assert_eq!(
+        sends(Function::Trigger, Orchestrator::StepFunctions),
+        (false, true)
+    );
+    let polls = |orchestrator| {
+        platform_needs(&template, Function::Worker, orchestrator)
+            .contains_key(&Permission::new("sqs:ReceiveMessage", "JobsQueue"))
+    };
+    assert!(polls(Orchestrator::Sqs));
+    assert!(!polls(Orchestrator::StepFunctions));
+}
+
+// ------------------------------------------------------ requests and their IAM actions
+
+/// One AWS request as it was sent: its `X-Amz-Target` header and its JSON body. The four
+/// clients speak JSON protocols (`awsJson1_0`/`1_1`): DynamoDB (`DynamoDB_20120810.GetItem`),
+/// SQS (`AmazonSQS.SendMessage`), Step Functions (`AWSStepFunctions.StartExecution`) and Secrets
+/// Manager (`secretsmanager.GetSecretValue`).
+#[derive(Clone, Debug)]
+struct Call {
+    target: String,
+    body: Json,
+}
+
+impl Call {
+    fn service_and_operation(&self) -> (&str, &str) {
+        self.target.split_once('.').unwrap_or_else(|| {
+            panic!(
+                "X-Amz-Target {:?} is not <service>.<operation>",
+                self.target
+            )
+        })
+    }
+}
+
+/// Records every request the clients it is installed on send (retries included).
+#[derive(Clone, Debug, Default)]
+struct Recorder(Arc<Mutex<Vec<Call>>>);
+
+impl Recorder {
+    fn take(&self) -> Vec<Call> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl Intercept for Recorder {
+    fn name(&self) -> &'static str {
+        "Recorder"
+    }
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let request = context.request();
+        let target = request
+            .headers()
+            .get("x-amz-target")
+            .ok_or("a request without X-Amz-Target: not a JSON protocol, map it in iam.rs")?
+            .to_string();
+        let body = request
+            .body()
+            .bytes()
+            .filter(|bytes| !bytes.is_empty())
+            .map(serde_json::from_slice)
+            .transpose()?
+            .unwrap_or(Json::Null);
+        self.0.lock().unwrap().push(Call { target, body });
+        Ok(())
+    }
+}
+
+/// Fails the requests of one operation (as an outage would), after the [`Recorder`] saw them.
+#[derive(Clone, Debug)]
+struct Fail {
+    operation: &'static str,
+    /// How many more to fail.
+    left: Arc<AtomicUsize>,
+}
+
+impl Fail {
+    fn always(operation: &'static str) -> Self {
+        Fail {
+            operation,
+            left: Arc::new(AtomicUsize::new(usize::MAX)),
+        }
+    }
+
+    fn first(operation: &'static str) -> Self {
+        Fail {
+            operation,
+            left: Arc::new(AtomicUsize::new(1)),
+        }
+    }
+}
+
+impl Intercept for Fail {
+    fn name(&self) -> &'static str {
+        "Fail"
+    }
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let target = context.request().headers().get("x-amz-target");
+        let matches = target.and_then(|t| t.rsplit('.').next()) == Some(self.operation);
+        if matches
+            && self
+                .left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(format!("injected {} failure", self.operation).into());
+        }
+        Ok(())
+    }
+}
+
+/// An IAM action on a resource of the template (its logical id, a parameter name for a secret
+/// ARN, `*`, or `?<name>` for something that is not the stack's).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Permission {
+    action: String,
+    resource: String,
+}
+
+impl Permission {
+    fn new(action: impl Into<String>, resource: impl Into<String>) -> Self {
+        Permission {
+            action: action.into(),
+            resource: resource.into(),
+        }
+    }
+}
+
+/// The IAM actions that authorize `call`, each on the resource it touches (`names` maps the
+/// stack's table name, queue URL, state machine ARN and secret ARNs to the template's names).
+///
+/// Per the Service Authorization Reference (docs.aws.amazon.com/service-authorization/latest/
+/// reference/): an operation is authorized by the action of the same name
+/// (`list_amazondynamodb.html`, `list_amazonsqs.html`, `list_awsstepfunctions.html`,
+/// `list_awssecretsmanager.html`), except:
+/// - DynamoDB `TransactWriteItems`/`TransactGetItems` are not IAM actions: each item is
+///   authorized by the action of its kind, `Put` by `dynamodb:PutItem`, `Update` by
+///   `dynamodb:UpdateItem`, `Delete` by `dynamodb:DeleteItem`, `ConditionCheck` by
+///   `dynamodb:ConditionCheckItem`, `Get` by `dynamodb:GetItem` (Amazon DynamoDB Developer
+///   Guide, "Using IAM with DynamoDB transactions",
+///   docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis-iam.html);
+/// - DynamoDB `BatchGetItem`/`BatchWriteItem` are authorized by `dynamodb:BatchGetItem`/
+///   `dynamodb:BatchWriteItem` on each table of `RequestItems`;
+/// - SQS `SendMessageBatch`, `DeleteMessageBatch` and `ChangeMessageVisibilityBatch` are
+///   authorized by `sqs:SendMessage`, `sqs:DeleteMessage` and `sqs:ChangeMessageVisibility`
+///   (Amazon SQS Developer Guide, "Amazon SQS API permissions: Actions and resource reference",
+///   docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/
+///   sqs-api-permissions-reference.html);
+/// - Secrets Manager `BatchGetSecretValue` also needs `secretsmanager:GetSecretValue` for each
+///   secret (Secrets Manager API Reference, `BatchGetSecretValue`).
+fn permissions(call: &Call, names: &HashMap<String, String>) -> Vec<Permission> {
+    let name = |physical: Option<&Json>| {
+        let physical = physical.and_then(Json::as_str).unwrap_or_default();
+        names
+            .get(physical)
+            .cloned()
+            .unwrap_or_else(|| format!("?{physical}"))
+    };
+    let body = &call.body;
+    let (service, operation) = call.service_and_operation();
+    match service {
+        "DynamoDB_20120810" => match operation {
+            "TransactWriteItems" | "TransactGetItems" => body["TransactItems"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|item| {
+                    let (kind, detail) = item
+                        .as_object()
+                        .and_then(|item| item.iter().next())
+                        .unwrap_or_else(|| panic!("{operation}: an empty item in {body}"));
+                    let action = match kind.as_str() {
+                        "Put" => "dynamodb:PutItem",
+                        "Update" => "dynamodb:UpdateItem",
+                        "Delete" => "dynamodb:DeleteItem",
+                        "ConditionCheck" => "dynamodb:ConditionCheckItem",
+                        "Get" => "dynamodb:GetItem",
+                        other => panic!("{operation}: unknown item kind {other:?}"),
+                    };
+                    Permission::new(action, name(detail.get("TableName")))
+                })
+                .collect(),
+            "BatchGetItem" | "BatchWriteItem" => body["RequestItems"]
+                .as_object()
+                .map(|tables| {
+                    tables
+                        .keys()
+                        .map(|table| {
+                            Permission::new(
+                                format!("dynamodb:{operation}"),
+                                name(Some(&Json::String(table.clone()))),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            "ExecuteStatement" | "BatchExecuteStatement" | "ExecuteTransaction" => {
+                panic!("PartiQL ({operation}) is authorized per statement: map it in iam.rs")
+            }
+            // A Query or Scan of an index is authorized on the index (`{table ARN}/index/{name}`).
+            _ => {
+                let table = name(body.get("TableName"));
+                let resource = match body.get("IndexName").and_then(Json::as_str) {
+                    Some(index) => format!("{table}/index/{index}"),
+                    None => table,
+                };
+                vec![Permission::new(format!("dynamodb:{operation}"), resource)]
+            }
+        },
+        "AmazonSQS" => {
+            let action = match operation {
+                "SendMessageBatch" => "SendMessage",
+                "DeleteMessageBatch" => "DeleteMessage",
+                "ChangeMessageVisibilityBatch" => "ChangeMessageVisibility",
+                other => other,
+            };
+            vec![Permission::new(
+                format!("sqs:{action}"),
+                name(body.get("QueueUrl")),
+            )]
+        }
+        "AWSStepFunctions" => vec![Permission::new(
+            format!("states:{operation}"),
+            name(body.get("stateMachineArn")),
+        )],
+        "secretsmanager" => match operation {
+            "BatchGetSecretValue" => {
+                let mut listed = vec![Permission::new("secretsmanager:BatchGetSecretValue", "*")];
+                for secret in body["SecretIdList"].as_array().into_iter().flatten() {
+                    listed.push(Permission::new(
+                        "secretsmanager:GetSecretValue",
+                        name(Some(secret)),
+                    ));
+                }
+                listed
+            }
+            _ => vec![Permission::new(
+                format!("secretsmanager:{operation}"),
+                name(body.get("SecretId")),
+            )],
+        },
+        other => panic!(
+            "X-Amz-Target {:?}: unknown service {other:?}, map it in iam.rs",
+            call.target
+        ),
+    }
+}
+
+// ------------------------------------------------------------------ the template's policies
+
+/// `template.yaml`, with what each function's role allows under each orchestrator.
+struct Template(Yaml);
+
+impl Template {
+    fn load() -> Self {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../template.yaml");
+        Template(serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
+    }
+
+    /// The parameter values of a deployment: the defaults, `Orchestrator`, and every provider's
+    /// API key secret set (each one adds a statement to the worker's role).
+    fn parameters(&self, orchestrator: Orchestrator) -> HashMap<String, String> {
+        let mut values = HashMap::new();
+        for (name, parameter) in self.0["Parameters"].as_mapping().unwrap() {
+            let name = name.as_str().unwrap().to_string();
+            let value = if name == "Orchestrator" {
+                orchestrator.parameter().to_string()
+            } else if name.ends_with("ApiKeySecretArn") {
+                format!("arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}")
+            } else {
+                scalar(&parameter["Default"]).unwrap_or_default()
+            };
+            values.insert(name, value);
+        }
+        values
+    }
+
+    fn condition(&self, name: &str, parameters: &HashMap<String, String>) -> bool {
+        let condition = &self.0["Conditions"][name];
+        assert!(!condition.is_null(), "no condition {name:?}");
+        self.truth(condition, parameters)
+    }
+
+    /// A condition function: `!Equals`, `!Not`, `!And`, `!Or`, `!Condition`.
+    fn truth(&self, value: &Yaml, parameters: &HashMap<String, String>) -> bool {
+        let Yaml::Tagged(tagged) = value else {
+            panic!("unsupported condition {value:?}")
+        };
+        let args = || tagged.value.as_sequence().unwrap().iter();
+        match tag(tagged).as_str() {
+            "Equals" => {
+                let values: Vec<_> = args().map(|v| self.string(v, parameters)).collect();
+                values[0] == values[1]
+            }
+            "Not" => !self.truth(args().next().unwrap(), parameters),
+            "And" => args().all(|v| self.truth(v, parameters)),
+            "Or" => args().any(|v| self.truth(v, parameters)),
+            "Condition" => self.condition(tagged.value.as_str().unwrap(), parameters),
+            other => panic!("unsupported condition function !{other}"),
+        }
+    }
+
+    fn string(&self, value: &Yaml, parameters: &HashMap<String, String>) -> String {
+        match value {
+            Yaml::Tagged(tagged) if tag(tagged) == "Ref" => {
+                let name = tagged.value.as_str().unwrap();
+                parameters
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("!Ref {name}: not a parameter"))
+            }
+            other => scalar(other).unwrap_or_else(|| panic!("not a scalar: {other:?}")),
+        }
+    }
+
+    /// `value` with every `!If` replaced by the branch that applies and every
+    /// `!Ref AWS::NoValue` removed (`None` when `value` itself is removed).
+    fn resolve(&self, value: &Yaml, parameters: &HashMap<String, String>) -> Option<Yaml> {
+        match value {
+            Yaml::Tagged(tagged) if tag(tagged) == "If" => {
+                let args = tagged.value.as_sequence().unwrap();
+                let branch = if self.condition(args[0].as_str().unwrap(), parameters) {
+                    &args[1]
+                } else {
+                    &args[2]
+                };
+                self.resolve(branch, parameters)
+            }
+            Yaml::Tagged(tagged)
+                if tag(tagged) == "Ref" && tagged.value.as_str() == Some("AWS::NoValue") =>
+            {
+                None
+            }
+            Yaml::Mapping(mapping) => Some(Yaml::Mapping(
+                mapping
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), self.resolve(v, parameters)?)))
+                    .collect(),
+            )),
+            Yaml::Sequence(items) => Some(Yaml::Sequence(
+                items
+                    .iter()
+                    .filter_map(|v| self.resolve(v, parameters))
+                    .collect(),
+            )),
+            other => Some(other.clone()),
+        }
+    }
+
+    /// A resource's `Properties` as deployed, or `None` when its `Condition` is false.
+    fn properties(&self, logical_id: &str, orchestrator: Orchestrator) -> Option<Yaml> {
+        let parameters = self.parameters(orchestrator);
+        let resource = &self.0["Resources"][logical_id];
+        assert!(!resource.is_null(), "no resource {logical_id:?}");
+        if let Some(condition) = resource["Condition"].as_str()
+            && !self.condition(condition, &parameters)
+        {
+            return None;
+        }
+        self.resolve(&resource["Properties"], &parameters)
+    }
+
+    /// Every (action, resource) the function's role allows, with the statement that allows it.
+    /// A function with its own `Role` gets that role's inline policies; otherwise SAM builds its
+    /// role from `Policies` (inline policy documents; SAM also attaches the managed
+    /// `AWSLambdaBasicExecutionRole`, and `AWSXrayWriteOnlyAccess` when tracing is on, which are
+    /// not counted here).
+    fn allowed(
+        &self,
+        function: Function,
+        orchestrator: Orchestrator,
+    ) -> BTreeMap<Permission, String> {
+        let properties = self
+            .properties(function.logical_id(), orchestrator)
+            .unwrap();
+        let documents: Vec<Yaml> = match reference(&properties["Role"]) {
+            Some(role) => {
+                let role = self.properties(&role, orchestrator).unwrap();
+                assert!(
+                    role["ManagedPolicyArns"].is_null(),
+                    "{}: managed policies are not read by iam.rs",
+                    function.name()
+                );
+                sequence(&role["Policies"])
+                    .iter()
+                    .map(|policy| policy["PolicyDocument"].clone())
+                    .collect()
+            }
+            None => sequence(&properties["Policies"])
+                .iter()
+                .map(|policy| {
+                    assert!(
+                        policy.get("Statement").is_some(),
+                        "{}: only inline policy documents are read by iam.rs, not {policy:?}",
+                        function.name()
+                    );
+                    policy.clone()
+                })
+                .collect(),
+        };
+        let mut allowed = BTreeMap::new();
+        for (index, statement) in documents
+            .iter()
+            .flat_map(|document| sequence(&document["Statement"]))
+            .enumerate()
+        {
+            assert_eq!(
+                statement["Effect"].as_str(),
+                Some("Allow"),
+                "{}: only Allow statements are read by iam.rs",
+                function.name()
+            );
+            let sid = statement["Sid"]
+                .as_str()
+                .map_or_else(|| format!("#{index}"), str::to_string);
+            for action in sequence(&statement["Action"]) {
+                for resource in sequence(&statement["Resource"]) {
+                    allowed.insert(
+                        Permission::new(action.as_str().unwrap(), resource_name(&resource)),
+                        sid.clone(),
+                    );
+                }
+            }
+        }
+        allowed
+    }
+
+    /// The worker's `*_API_KEY_SECRET_ARN` variables and the parameter each one names.
+    fn secret_variables(&self, orchestrator: Orchestrator) -> BTreeMap<String, String> {
+        let properties = self
+            .properties(Function::Worker.logical_id(), orchestrator)
+            .unwrap();
+        properties["Environment"]["Variables"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .filter_map(|(name, value)| {
+                let name = name.as_str()?;
+                name.ends_with(SECRET_SUFFIX)
+                    .then(|| (name.to_string(), reference(value).unwrap()))
+            })
+            .collect()
+    }
+}
+
+fn tag(tagged: &serde_yaml::value::TaggedValue) -> String {
+    tagged.tag.to_string().trim_start_matches('!').to_string()
+}
+
+fn scalar(value: &Yaml) -> Option<String> {
+    match value {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Number(n) => Some(n.to_string()),
+        Yaml::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A list, or one value as a list of one.
+fn sequence(value: &Yaml) -> Vec<Yaml> {
+    match value {
+        Yaml::Null => Vec::new(),
+        Yaml::Sequence(items) => items.clone(),
+        other => vec![other.clone()],
+    }
+}
+
+/// The logical id or parameter a `!Ref X` or `!GetAtt X.Attr` names.
+fn reference(value: &Yaml) -> Option<String> {
+    let Yaml::Tagged(tagged) = value else {
+        return None;
+    };
+    match (tag(tagged).as_str(), &tagged.value) {
+        ("Ref", Yaml::String(name)) => Some(name.clone()),
+        ("GetAtt", Yaml::String(path)) => path.split('.').next().map(str::to_string),
+        ("GetAtt", Yaml::Sequence(parts)) => {
+            parts.first().and_then(Yaml::as_str).map(str::to_string)
+        }
+        _ => None,
+    }
+}
+
+/// A statement's resource as a [`Permission`] resource: the logical id or parameter it refers
+/// to, `*`, `X/index/name` for `!Sub "${X.Arn}/index/name"`, or the text of anything else
+/// (which then matches no request).
+fn resource_name(value: &Yaml) -> String {
+    reference(value).unwrap_or_else(|| match value {
+        Yaml::String(s) => s.clone(),
+        Yaml::Tagged(tagged)
+            if tag(tagged) == "Sub"
+                && let Some(text) = tagged.value.as_str()
+                && let Some((id, rest)) =
+                    text.strip_prefix("${").and_then(|t| t.split_once(".Arn}"))
+                && !rest.contains("${") =>
+        {
+            format!("{id}{rest}")
+        }
+        Yaml::Tagged(tagged) => format!("!{} {:?}", tag(tagged), tagged.value),
+        other => format!("{other:?}"),
+    })
+}
+
+/// What a function's role must allow although its code makes no such request, with why. Only
+/// for a function with its own `Role` (SAM gives the others logs and X-Ray through managed
+/// policies):
+/// - its event source mappings on SQS queues: `sqs:ReceiveMessage`, `sqs:DeleteMessage`,
+///   `sqs:GetQueueAttributes` on the queue (AWS Lambda Developer Guide, "Using Lambda with
+///   Amazon SQS", execution role permissions: docs.aws.amazon.com/lambda/latest/dg/with-sqs.html);
+/// - its log group: `logs:CreateLogStream`, `logs:PutLogEvents` (the group itself is a resource
+///   of the template, so no `logs:CreateLogGroup`; AWS Lambda Developer Guide, "Sending Lambda
+///   function logs to CloudWatch Logs": docs.aws.amazon.com/lambda/latest/dg/
+///   monitoring-cloudwatchlogs.html);
+/// - X-Ray when tracing is on: `xray:PutTraceSegments`, `xray:PutTelemetryRecords` on `*`
+///   (X-Ray has no resource-level permissions; AWS Lambda Developer Guide, "Visualize Lambda
+///   function invocations using AWS X-Ray": docs.aws.amazon.com/lambda/latest/dg/
+///   services-xray.html).
+fn platform_needs(
+    template: &Template,
+    function: Function,
+    orchestrator: Orchestrator,
+) -> BTreeMap<Permission, &'static str> {
+    let mut needs = BTreeMap::new();
+    let properties = template
+        .properties(function.logical_id(), orchestrator)
+        .unwrap();
+    if reference(&properties["Role"]).is_none() {
+        return needs;
+    }
+    for (id, resource) in template.0["Resources"].as_mapping().unwrap() {
+        let id = id.as_str().unwrap();
+        if resource["Type"].as_str() != Some("AWS::Lambda::EventSourceMapping") {
+            continue;
+        }
+        let Some(mapping) = template.properties(id, orchestrator) else {
+            continue;
+        };
+        if reference(&mapping["FunctionName"]).as_deref() != Some(function.logical_id()) {
+            continue;
+        }
+        let queue = reference(&mapping["EventSourceArn"]).unwrap();
+        assert_eq!(
+            template.0["Resources"][&queue]["Type"].as_str(),
+            Some("AWS::SQS::Queue"),
+            "{id}: only SQS event sources are read by iam.rs"
+        );
+        for action in [
+            "sqs:ReceiveMessage",
+            "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
+        ] {
+            needs.insert(Permission::new(action, &queue), "SQS event source mapping");
+        }
+    }
+    if let Some(group) = reference(&properties["LoggingConfig"]["LogGroup"]) {
+        for action in ["logs:CreateLogStream", "logs:PutLogEvents"] {
+            needs.insert(Permission::new(action, &group), "Lambda logs");
+        }
+    }
+    let parameters = template.parameters(orchestrator);
+    let tracing = template
+        .resolve(&template.0["Globals"]["Function"]["Tracing"], &parameters)
+        .map(|mode| template.string(&mode, &parameters));
+    let tracing = scalar(&properties["Tracing"]).or(tracing);
+    if tracing.is_some_and(|mode| mode != "Disabled") {
+        for action in ["xray:PutTraceSegments", "xray:PutTelemetryRecords"] {
+            needs.insert(Permission::new(action, "*"), "X-Ray tracing");
+        }
+    }
+    needs
+}
+
+// ------------------------------------------------------------------- comparison and table
+
+/// Per orchestrator and function: each permission the scenarios used, with the scenarios.
+#[derive(Default)]
+struct Used(BTreeMap<(Orchestrator, Function), BTreeMap<Permission, BTreeSet<&'static str>>>);
+
+impl Used {
+    fn add(
+        &mut self,
+        orchestrator: Orchestrator,
+        function: Function,
+        permission: Permission,
+        scenario: &'static str,
+    ) {
+        self.0
+            .entry((orchestrator, function))
+            .or_default()
+            .entry(permission)
+            .or_default()
+            .insert(scenario);
+    }
+}
+
+/// Prints the table (function, action, resource, needed by, allowed by) per orchestrator and
+/// returns every disagreement between the template and the needs.
+fn compare(template: &Template, used: &Used) -> Vec<String> {
+    let mut problems = Vec::new();
+    for orchestrator in Orchestrator::ALL {
+        let mut rows = vec![[
+            "function".to_string(),
+            "action".to_string(),
+            "resource".to_string(),
+            "needed by".to_string(),
+            "allowed by".to_string(),
+        ]];
+        for function in Function::ALL {
+            let allowed = template.allowed(function, orchestrator);
+            let platform = platform_needs(template, function, orchestrator);
+            let empty = BTreeMap::new();
+            let scenarios = used.0.get(&(orchestrator, function)).unwrap_or(&empty);
+            let mut needed: BTreeMap<Permission, String> = scenarios
+                .iter()
+                .map(|(p, s)| (p.clone(), s.iter().copied().collect::<Vec<_>>().join(", ")))
+                .collect();
+            // The table names at most two scenarios per row; a failure names them all.
+            let short = |permission: &Permission, by: &String| match scenarios.get(permission) {
+                Some(all) if all.len() > 2 => {
+                    let first: Vec<_> = all.iter().take(2).copied().collect();
+                    format!("{} +{} more", first.join(", "), all.len() - 2)
+                }
+                _ => by.clone(),
+            };
+            for (permission, why) in &platform {
+                let entry = needed.entry(permission.clone()).or_default();
+                if entry.is_empty() {
+                    *entry = format!("({why})");
+                }
+            }
+            let all: BTreeSet<&Permission> = needed.keys().chain(allowed.keys()).collect();
+            for permission in all {
+                let by = needed.get(permission);
+                let sid = allowed.get(permission);
+                match (by, sid) {
+                    (Some(by), None) => problems.push(format!(
+                        "[Orchestrator={}] {} needs {} on {} ({by}) but template.yaml does not allow it",
+                        orchestrator.parameter(),
+                        function.name(),
+                        permission.action,
+                        permission.resource,
+                    )),
+                    (None, Some(sid)) => problems.push(format!(
+                        "[Orchestrator={}] {} is allowed {} on {} (statement {sid}) but no scenario used it and it is no platform need",
+                        orchestrator.parameter(),
+                        function.name(),
+                        permission.action,
+                        permission.resource,
+                    )),
+                    _ => {}
+                }
+                rows.push([
+                    function.name().to_string(),
+                    permission.action.clone(),
+                    permission.resource.clone(),
+                    by.map_or_else(|| "-".into(), |by| short(permission, by)),
+                    sid.cloned().unwrap_or_else(|| "NOT ALLOWED".into()),
+                ]);
+            }
+        }
+        let widths: Vec<usize> = (0..4)
+            .map(|i| rows.iter().map(|row| row[i].len()).max().unwrap_or(0))
+            .collect();
+        println!(
+            "\nIAM permissions, template.yaml with Orchestrator={}:",
+            orchestrator.parameter()
+        );
+        for row in &rows {
+            println!(
+                "  {:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2],
+                w3 = widths[3],
+            );
+        }
+    }
+    problems
+}
+
+// ------------------------------------------------------------------------ the harness
+
+/// The private stack, the recorder on every client the functions under test get, and the
+/// names of the stack's resources in the template.
+struct Harness {
+    stack: Stack,
+    template: Template,
+    recorder: Recorder,
+    /// Physical name (table name, queue URL, ARN) -> template name.
+    names: Mutex<HashMap<String, String>>,
+    state_machine_arn: String,
+    /// Unrecorded set-up clients.
+    sqs_admin: aws_sdk_sqs::Client,
+    secrets_admin: SecretsClient,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut options = Options::for_repo(&root);
+        options.state_dir = std::env::temp_dir().join(format!("enrichment-iam-{}", Uuid::new_v4()));
+        options.persist = false;
+        options.port = 0;
+        options.local_worker = false;
+        let stack = Stack::start(options).await.expect("local stack starts");
+        let aws = sdk_config(&stack.info.sqs_url);
+        let sfn = aws_sdk_sfn::Client::new(&aws);
+        let definition =
+            json!({"StartAt": "Enrich", "States": {"Enrich": {"Type": "Pass", "End": true}}});
+        let state_machine_arn = sfn
+            .create_state_machine()
+            .name("enrichment-cascade-local")
+            .definition(definition.to_string())
+            .role_arn("arn:aws:iam::123456789012:role/enrichment-cascade")
+            .send()
+            .await
+            .unwrap()
+            .state_machine_arn;
+        let names = HashMap::from([
+            (stack.info.table_name.clone(), "EnrichmentTable".to_string()),
+            (stack.info.queue_url.clone(), "JobsQueue".to_string()),
+            (state_machine_arn.clone(), "CascadeStateMachine".to_string()),
+        ]);
+        Harness {
+            sqs_admin: stack.sqs.clone(),
+            secrets_admin: SecretsClient::new(&aws),
+            template: Template::load(),
+            recorder: Recorder::default(),
+            names: Mutex::new(names),
+            state_machine_arn,
+            stack,
+        }
+    }
+
+    fn names(&self) -> HashMap<String, String> {
+        self.names.lock().unwrap().clone()
+    }
+
+    fn name(&self, physical: &str, template_name: &str) {
+        self.names
+            .lock()
+            .unwrap()
+            .insert(physical.to_string(), template_name.to_string());
+    }
+
+    fn store(&self, fail: Option<Fail>) -> Store {
+        let mut config =
+            dynamodb_config(&self.stack.info.dynamodb_url).interceptor(self.recorder.clone());
+        if let Some(fail) = fail {
+            config = config.interceptor(fail);
+        }
+        Store::new(
+            aws_sdk_dynamodb::Client::from_conf(config.build()),
+            self.stack.store.table(),
+        )
+    }
+
+    fn sqs(&self, fail: Option<Fail>) -> aws_sdk_sqs::Client {
+        let mut config = sqs_config(&self.stack.info.sqs_url).interceptor(self.recorder.clone());
+        if let Some(fail) = fail {
+            config = config.interceptor(fail);
+        }
+        aws_sdk_sqs::Client::from_conf(config.build())
+    }
+
+    fn sfn(&self, fail: Option<Fail>) -> aws_sdk_sfn::Client {
+        let mut config = aws_sdk_sfn::config::Builder::from(&sdk_config(&self.stack.info.sqs_url))
+            .interceptor(self.recorder.clone());
+        if let Some(fail) = fail {
+            config = config.interceptor(fail);
+        }
+        aws_sdk_sfn::Client::from_conf(config.build())
+    }
+
+    fn secrets(&self) -> SecretsClient {
+        let config =
+            aws_sdk_secretsmanager::config::Builder::from(&sdk_config(&self.stack.info.sqs_url))
+                .interceptor(self.recorder.clone());
+        SecretsClient::from_conf(config.build())
+    }
+}
+
+/// How a delivery to the worker ended, as its orchestrator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivered {
+    /// SQS: no batch item failure (the event source mapping deletes the message); Step
+    /// Functions: the task succeeded.
+    Acknowledged,
+    /// SQS: a batch item failure (the message comes back); Step Functions: the task failed and
+    /// the state machine retries it.
+    Retried,
+}
+
+/// What one scenario runs in: an org of its own and the function under test's recorded clients,
+/// built as the Lambdas build them under the orchestrator. Set-up goes through unrecorded
+/// clients (`setup_*`, `pending_job`, `add_person`, `grant`).
+struct Env {
+    h: Arc<Harness>,
+    orchestrator: Orchestrator,
+    org: String,
+    granted: AtomicI64,
+}
+
+impl Env {
+    fn new(h: Arc<Harness>, orchestrator: Orchestrator, index: usize) -> Self {
+        let org = format!("org_iam_{}_{index}", orchestrator.parameter());
+        Env {
+            h,
+            orchestrator,
+            org,
+            granted: AtomicI64::new(0),
+        }
+    }
+
+    fn config(&self) -> enrichment::config::Config {
+        self.h.stack.config.clone()
+    }
+
+    fn config_with_max_age(&self, max_age: Duration) -> enrichment::config::Config {
+        let mut config = self.config();
+        config.max_age = max_age;
+        config
+    }
+
+    fn principal(&self) -> Principal {
+        Principal {
+            user_id: "user_iam".into(),
+            org_id: self.org.clone(),
+        }
+    }
+
+    fn domain(&self) -> String {
+        format!("{}.test", self.org.replace('_', "-"))
+    }
+
+    fn email(&self, local: &str) -> String {
+        format!("{local}@{}", self.domain())
+    }
+
+    /// A person of this org, the same real person for the global cache as every other person of
+    /// this org with this first name.
+    fn person(&self, first_name: &str) -> Person {
+        Person {
+            id: Uuid::new_v4(),
+            first_name: Some(first_name.into()),
+            last_name: Some("Quill".into()),
+            company_name: Some("Northwind".into()),
+            company_domain: Some(self.domain()),
+            ..Person::default()
+        }
+    }
+
+    // ---- set-up (not recorded)
+
+    async fn add_person(&self, person: &Person) {
+        self.h
+            .stack
+            .store
+            .put_people(&self.org, std::slice::from_ref(person))
+            .await
+            .unwrap();
+    }
+
+    async fn grant(&self, amount: i64) {
+        self.h
+            .stack
+            .store
+            .grant_credits(&self.org, amount)
+            .await
+            .unwrap();
+        self.granted.fetch_add(amount, Ordering::SeqCst);
+    }
+
+    /// Adds `person` and grants the cost of one emails enrichment, then creates it (`pending`):
+    /// its job.
+    async fn pending_job(&self, person: &Person) -> Job {
+        self.add_person(person).await;
+        self.grant(self.config().cost(Field::Emails)).await;
+        let created = Enrichments::new(self.h.stack.store.clone(), self.config())
+            .trigger(
+                &Accepted,
+                &self.principal(),
+                person.id,
+                Field::Emails,
+                api_deadline(),
+            )
+            .await
+            .unwrap();
+        Job::from(&created)
+    }
+
+    /// A worker over unrecorded clients, as set-up for another delivery.
+    fn setup_worker(&self, providers: Vec<Arc<Scripted>>) -> Worker {
+        Worker::new(
+            self.h.stack.store.clone(),
+            cascade(providers),
+            self.config(),
+        )
+    }
+
+    async fn balance(&self) -> i64 {
+        self.h.stack.store.credit_balance(&self.org).await.unwrap()
+    }
+
+    async fn enrichment(&self, person_id: Uuid) -> Enrichment {
+        self.h
+            .stack
+            .store
+            .get_enrichment(&self.org, person_id, Field::Emails)
+            .await
+            .unwrap()
+            .expect("an enrichment")
+            .enrichment
+    }
+
+    async fn stored_person(&self, person_id: Uuid) -> Person {
+        self.h
+            .stack
+            .store
+            .get_person(&self.org, person_id)
+            .await
+            .unwrap()
+            .expect("the person")
+    }
+
+    /// The org's ledger holds: balance == grants − debits + refunds, from its credit
+    /// transactions (`CREDITTX#` items of `ORG#{org}`; amounts signed, negative for a debit).
+    async fn assert_ledger(&self) {
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+            dynamodb_config(&self.h.stack.info.dynamodb_url).build(),
+        );
+        let (mut debits, mut refunds) = (0i64, 0i64);
+        let mut start = None;
+        loop {
+            let page = dynamodb
+                .query()
+                .table_name(self.h.stack.store.table())
+                .key_condition_expression("pk = :pk AND begins_with(sk, :tx)")
+                .expression_attribute_values(":pk", AttributeValue::S(org_pk(&self.org)))
+                .expression_attribute_values(":tx", AttributeValue::S("CREDITTX#".into()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .unwrap();
+            for item in page.items() {
+                let amount: i64 = item["amount"].as_n().unwrap().parse().unwrap();
+                if amount < 0 {
+                    debits -= amount;
+                } else {
+                    refunds += amount;
+                }
+            }
+            start = page.last_evaluated_key.filter(|key| !key.is_empty());
+            if start.is_none() {
+                break;
+            }
+        }
+        let grants = self.granted.load(Ordering::SeqCst);
+        assert_eq!(
+            self.balance().await,
+            grants - debits + refunds,
+            "{}: balance != grants {grants} − debits {debits} + refunds {refunds}",
+            self.org
+        );
+    }
+
+    // ---- the functions under test (recorded)
+
+    /// The trigger's job queue under this orchestrator (`QUEUE_URL` or `STATE_MACHINE_ARN`).
+    fn job_queue(&self, fail: Option<Fail>) -> Box<dyn JobQueue> {
+        match self.orchestrator {
+            Orchestrator::Sqs => Box::new(SqsJobQueue::new(
+                self.h.sqs(fail),
+                self.h.stack.info.queue_url.clone(),
+            )),
+            Orchestrator::StepFunctions => Box::new(StepFunctionsJobQueue::new(
+                self.h.sfn(fail),
+                self.h.state_machine_arn.clone(),
+            )),
+        }
+    }
+
+    /// The trigger: POST for emails of `person_id`.
+    async fn trigger(
+        &self,
+        config: enrichment::config::Config,
+        queue: Box<dyn JobQueue>,
+        person_id: Uuid,
+    ) -> Result<Enrichment, ApiError> {
+        Enrichments::new(self.h.store(None), config)
+            .trigger(
+                queue.as_ref(),
+                &self.principal(),
+                person_id,
+                Field::Emails,
+                api_deadline(),
+            )
+            .await
+    }
+
+    async fn post(&self, person_id: Uuid) -> Result<Enrichment, ApiError> {
+        self.trigger(self.config(), self.job_queue(None), person_id)
+            .await
+    }
+
+    /// The status function: GET for emails of `person_id`.
+    async fn status(
+        &self,
+        config: enrichment::config::Config,
+        person_id: Uuid,
+    ) -> Result<Enrichment, ApiError> {
+        Enrichments::new(self.h.store(None), config)
+            .status(&self.principal(), person_id, Field::Emails)
+            .await
+    }
+
+    /// The worker as its Lambda builds it: fed by the jobs queue (`with_queue`) when the
+    /// template gives it `QUEUE_URL`, i.e. under the SQS orchestrator.
+    fn worker(
+        &self,
+        config: enrichment::config::Config,
+        providers: Vec<Arc<Scripted>>,
+        fail: Option<Fail>,
+    ) -> Worker {
+        let worker = Worker::new(self.h.store(fail), cascade(providers), config);
+        match self.orchestrator {
+            Orchestrator::Sqs => worker.with_queue(SqsJobQueue::new(
+                self.h.sqs(None),
+                self.h.stack.info.queue_url.clone(),
+            )),
+            Orchestrator::StepFunctions => worker,
+        }
+    }
+
+    /// Invokes `worker` with `job` as its orchestrator would: an SQS batch of one record, the
+    /// job's message received `receives` times (sent and received through the real queue for
+    /// its receipt handle), or the job itself as a Step Functions task's input.
+    async fn deliver(&self, worker: &Worker, job: &Job, receives: u32) -> Delivered {
+        match self.orchestrator {
+            Orchestrator::Sqs => {
+                let record = self.receive(job, receives).await;
+                let receipt = record.receipt_handle.clone().unwrap();
+                let mut event = SqsEvent::default();
+                event.records = vec![record];
+                let response = worker
+                    .handle(WorkerEvent::Sqs(event), deadline())
+                    .await
+                    .unwrap();
+                // Leave the queue empty for the next delivery, whatever the outcome.
+                let _ = self
+                    .h
+                    .sqs_admin
+                    .delete_message()
+                    .queue_url(&self.h.stack.info.queue_url)
+                    .receipt_handle(receipt)
+                    .send()
+                    .await;
+                let failures = response["batchItemFailures"].as_array().map_or(0, Vec::len);
+                if failures == 0 {
+                    Delivered::Acknowledged
+                } else {
+                    Delivered::Retried
+                }
+            }
+            Orchestrator::StepFunctions => {
+                match worker
+                    .handle(WorkerEvent::Job(job.clone()), deadline())
+                    .await
+                {
+                    Ok(_) => Delivered::Acknowledged,
+                    Err(_) => Delivered::Retried,
+                }
+            }
+        }
+    }
+
+    /// Sends `job` to the jobs queue and receives it (deleting anything else found there: jobs
+    /// the trigger scenarios queued, deferred ones), as the event source mapping hands it over.
+    async fn receive(&self, job: &Job, receives: u32) -> SqsMessage {
+        let queue = &self.h.stack.info.queue_url;
+        let sqs = &self.h.sqs_admin;
+        let sent = sqs
+            .send_message()
+            .queue_url(queue)
+            .message_body(serde_json::to_string(job).unwrap())
+            .send()
+            .await
+            .unwrap()
+            .message_id
+            .unwrap();
+        for _ in 0..50 {
+            let messages = sqs
+                .receive_message()
+                .queue_url(queue)
+                .max_number_of_messages(10)
+                .visibility_timeout(300)
+                .send()
+                .await
+                .unwrap()
+                .messages
+                .unwrap_or_default();
+            for message in messages {
+                if message.message_id.as_deref() == Some(sent.as_str()) {
+                    let mut record = SqsMessage::default();
+                    record.message_id = message.message_id;
+                    record.receipt_handle = message.receipt_handle;
+                    record.body = message.body;
+                    record
+                        .attributes
+                        .insert("ApproximateReceiveCount".into(), receives.to_string());
+                    return record;
+                }
+                sqs.delete_message()
+                    .queue_url(queue)
+                    .receipt_handle(message.receipt_handle.unwrap_or_default())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        panic!("the job's message never came back from the queue")
+    }
+}
+
+/// A worker invocation's deadline.
+fn deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(60)
+}
+
+/// An API function invocation's deadline (its `Timeout` in `template.yaml`).
+fn api_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + enrichment::budget::API_FUNCTION_TIMEOUT
+}
+
+/// A queue that takes every job without sending it anywhere: set-up enrichments, whose jobs the
+/// worker scenarios deliver themselves.
+struct Accepted;
+
+#[async_trait]
+impl JobQueue for Accepted {
+    async fn enqueue(&self, _: &Job) -> Result<(), QueueError> {
+        Ok(())
+    }
+}
+
+fn cascade(providers: Vec<Arc<Scripted>>) -> Cascade {
+    let providers = providers
+        .into_iter()
+        .map(|p| p as Arc<dyn Provider>)
+        .collect();
+    Cascade::new(providers, vec![], Duration::from_secs(5))
+}
+
+/// What a [`Scripted`] provider answers.
+#[derive(Clone, Debug)]
+enum Answer {
+    Found(String),
+    NoMatch,
+    /// HTTP 503, every time.
+    Fails,
+}
+
+/// A provider that answers the same every time and counts its calls.
+struct Scripted {
+    answer: Answer,
+    calls: AtomicUsize,
+}
+
+impl Scripted {
+    fn new(answer: Answer) -> Arc<Self> {
+        Arc::new(Scripted {
+            answer,
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Provider for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    fn can_search(&self, _: Field, _: &PersonQuery) -> bool {
+        true
+    }
+    async fn find(&self, _: Field, _: &PersonQuery) -> Result<ProviderAnswer, ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        match &self.answer {
+            Answer::Found(email) => Ok(ProviderAnswer::Found(vec![RawContact {
+                value: email.clone(),
+                kind: Some("work".into()),
+                status: None,
+            }])),
+            Answer::NoMatch => Ok(ProviderAnswer::NoMatch),
+            Answer::Fails => Err(ProviderError::Status(503)),
+        }
+    }
+}
