@@ -114,12 +114,6 @@ impl Status {
             Status::Cancelled => "cancelled",
         }
     }
-
-    /// Whether a POST returns this enrichment instead of creating a new one (spec, "Idempotency":
-    /// `pending` and `finished` are reused; `failed`, `timeout` and `cancelled` are replaced).
-    pub fn is_reusable(self) -> bool {
-        matches!(self, Status::Pending | Status::Finished)
-    }
 }
 
 /// The enrichment object of the API, exactly the spec's `Enrichment` interface.
@@ -239,6 +233,33 @@ pub fn timestamp_before(now: DateTime<Utc>, age: std::time::Duration) -> String 
         now.checked_sub_signed(age)
             .unwrap_or(DateTime::<Utc>::MIN_UTC),
     )
+}
+
+/// One enrichment job: what the trigger queues and the worker runs (the SQS message body or the
+/// Step Functions execution input), as JSON
+/// (`{"enrichmentId", "orgId", "personId", "field"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    /// The enrichment to run; a job whose enrichment was replaced is dropped.
+    pub enrichment_id: Uuid,
+    /// The org that owns it.
+    pub org_id: String,
+    /// The person to enrich.
+    pub person_id: Uuid,
+    /// `emails` or `phones`.
+    pub field: Field,
+}
+
+impl From<&Enrichment> for Job {
+    fn from(e: &Enrichment) -> Self {
+        Job {
+            enrichment_id: e.id,
+            org_id: e.org_id.clone(),
+            person_id: e.entity_id,
+            field: e.field,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::budget;
 use crate::config::Config;
-use crate::domain::{Enrichment, Field, Status, timestamp, timestamp_before};
+use crate::domain::{Enrichment, Field, Job, Status, timestamp, timestamp_before};
 use crate::error::ApiError;
-use crate::queue::{Job, JobQueue};
+use crate::queue::JobQueue;
 use crate::store::{CreateOutcome, RateLimit, Store, StoreError};
 
 /// The `error` of an enrichment that was accepted but could not be queued (its credits were

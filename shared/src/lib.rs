@@ -1,6 +1,8 @@
 //! The person-enrichment backend: domain model, use cases, ports and their AWS and provider
 //! adapters. The Lambda function crates are thin adapters over this crate.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod budget;
 pub mod config;

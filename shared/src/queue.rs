@@ -4,36 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::error::DisplayErrorContext;
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-use crate::domain::{Enrichment, Field};
-
-/// One enrichment job: the SQS message body, as JSON
-/// (`{"enrichmentId", "orgId", "personId", "field"}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Job {
-    /// The enrichment to run; a job whose enrichment was replaced is dropped.
-    pub enrichment_id: Uuid,
-    /// The org that owns it.
-    pub org_id: String,
-    /// The person to enrich.
-    pub person_id: Uuid,
-    /// `emails` or `phones`.
-    pub field: Field,
-}
-
-impl From<&Enrichment> for Job {
-    fn from(e: &Enrichment) -> Self {
-        Job {
-            enrichment_id: e.id,
-            org_id: e.org_id.clone(),
-            person_id: e.entity_id,
-            field: e.field,
-        }
-    }
-}
+use crate::domain::Job;
 
 /// A failed enqueue, after the SDK's own retries.
 #[derive(Debug, thiserror::Error)]

@@ -29,8 +29,7 @@ use aws_sdk_dynamodb::types::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{ContactPoint, Enrichment, Field, OperationType, Person, Status};
-use crate::queue::Job;
+use crate::domain::{ContactPoint, Enrichment, Field, Job, OperationType, Person, Status};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -292,6 +291,51 @@ pub struct Completion {
     pub person_contacts: Option<Vec<ContactPoint>>,
     /// A new global cache entry with its fingerprint, when providers found data.
     pub cache: Option<(String, CacheEntry)>,
+}
+
+impl Completion {
+    /// `failed` with `error`: nothing found, nothing cached; the credits are refunded in the
+    /// same transaction.
+    pub fn failed(error: impl Into<String>) -> Self {
+        Self {
+            status: Status::Failed,
+            data_found: None,
+            error: Some(error.into()),
+            global_enrichment_id: None,
+            person_contacts: None,
+            cache: None,
+        }
+    }
+
+    /// `finished` from an existing global cache entry: `dataFound` as the entry says, its id as
+    /// `globalEnrichmentId`, and the person's merged contacts when the entry holds any.
+    pub fn from_cache(entry: &CacheEntry, person_contacts: Option<Vec<ContactPoint>>) -> Self {
+        Self {
+            status: Status::Finished,
+            data_found: Some(!entry.contacts.is_empty()),
+            error: None,
+            global_enrichment_id: Some(entry.id),
+            person_contacts,
+            cache: None,
+        }
+    }
+
+    /// `finished` after the providers answered: `dataFound` when `person_contacts` is given (what
+    /// they found, merged into the person's), and the new global cache entry (found data or a
+    /// miss), whose id is the `globalEnrichmentId`.
+    pub fn searched(
+        person_contacts: Option<Vec<ContactPoint>>,
+        cache: Option<(String, CacheEntry)>,
+    ) -> Self {
+        Self {
+            status: Status::Finished,
+            data_found: Some(person_contacts.is_some()),
+            error: None,
+            global_enrichment_id: cache.as_ref().map(|(_, entry)| entry.id),
+            person_contacts,
+            cache,
+        }
+    }
 }
 
 /// The DynamoDB table. Cheap to clone; build once per process.
@@ -1435,14 +1479,7 @@ mod tests {
         ));
 
         assert!(!store.renew_claim(&enrichment, "a", &later).await.unwrap());
-        let failed = Completion {
-            status: Status::Failed,
-            data_found: None,
-            error: Some("A's outcome".into()),
-            global_enrichment_id: None,
-            person_contacts: None,
-            cache: None,
-        };
+        let failed = Completion::failed("A's outcome");
         assert!(!store.complete(&record, "a", &failed, &now()).await.unwrap());
         let stored = store
             .get_enrichment(ORG, person.id, Field::Emails)

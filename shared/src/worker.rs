@@ -12,10 +12,12 @@ use uuid::Uuid;
 
 use crate::budget;
 use crate::config::Config;
-use crate::domain::{ContactPoint, Enrichment, Field, Person, Status, timestamp, timestamp_before};
+use crate::domain::{
+    ContactPoint, Enrichment, Field, Job, Person, Status, timestamp, timestamp_before,
+};
 use crate::providers::PersonQuery;
 use crate::providers::cascade::{Cascade, CascadeJournal, CascadeOutcome};
-use crate::queue::{Job, SqsJobQueue};
+use crate::queue::SqsJobQueue;
 use crate::store::{
     CacheEntry, CacheLease, Claim, Completion, EnrichmentRecord, Store, StoreError,
 };
@@ -344,15 +346,9 @@ impl Worker {
             .get_person(&enrichment.org_id, enrichment.entity_id)
             .await?
         else {
-            let completion = Completion {
-                status: Status::Failed,
-                data_found: None,
-                error: Some(PERSON_GONE_MESSAGE.into()),
-                global_enrichment_id: None,
-                person_contacts: None,
-                cache: None,
-            };
-            return self.complete(claimed, token, completion).await;
+            return self
+                .complete(claimed, token, Completion::failed(PERSON_GONE_MESSAGE))
+                .await;
         };
         let cascade_deadline = deadline
             .checked_sub(budget::WRITE_MARGIN)
@@ -364,16 +360,9 @@ impl Worker {
             match self.single_flight(fp, field, &owner).await? {
                 SingleFlight::Cached(entry) => {
                     tracing::info!(enrichment_id = %enrichment.id, global_enrichment_id = %entry.id, data_found = !entry.contacts.is_empty(), "global cache hit");
-                    let found = !entry.contacts.is_empty();
-                    let completion = Completion {
-                        status: Status::Finished,
-                        data_found: Some(found),
-                        error: None,
-                        global_enrichment_id: Some(entry.id),
-                        person_contacts: found
-                            .then(|| person.merged_contacts(field, &entry.contacts)),
-                        cache: None,
-                    };
+                    let contacts = (!entry.contacts.is_empty())
+                        .then(|| person.merged_contacts(field, &entry.contacts));
+                    let completion = Completion::from_cache(&entry, contacts);
                     return self.complete(claimed, token, completion).await;
                 }
                 SingleFlight::Leased => leased = true,
@@ -417,37 +406,18 @@ impl Worker {
         let completion = match outcome {
             CascadeOutcome::Found { provider, contacts } => {
                 let cache = cache_entry(contacts.clone(), provider, self.config.cache_ttl);
-                Completion {
-                    status: Status::Finished,
-                    data_found: Some(true),
-                    error: None,
-                    global_enrichment_id: cache.as_ref().map(|(_, entry)| entry.id),
-                    person_contacts: Some(person.merged_contacts(field, &contacts)),
-                    cache,
-                }
+                Completion::searched(Some(person.merged_contacts(field, &contacts)), cache)
             }
             CascadeOutcome::NoMatch => {
                 // Every provider asked answered: "nobody knows this person" is worth keeping.
                 let cache = (!self.config.cache_miss_ttl.is_zero())
                     .then(|| cache_entry(Vec::new(), String::new(), self.config.cache_miss_ttl))
                     .flatten();
-                Completion {
-                    status: Status::Finished,
-                    data_found: Some(false),
-                    error: None,
-                    global_enrichment_id: cache.as_ref().map(|(_, entry)| entry.id),
-                    person_contacts: None,
-                    cache,
-                }
+                Completion::searched(None, cache)
             }
-            failed @ CascadeOutcome::Failed { .. } => Completion {
-                status: Status::Failed,
-                data_found: None,
-                error: failed.error_message(),
-                global_enrichment_id: None,
-                person_contacts: None,
-                cache: None,
-            },
+            failed @ CascadeOutcome::Failed { .. } => {
+                Completion::failed(failed.error_message().unwrap_or_default())
+            }
             CascadeOutcome::Stopped => {
                 if leased && let Some(fp) = &fingerprint {
                     self.release_cache_lease(fp, field, &owner).await;

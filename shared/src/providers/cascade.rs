@@ -51,7 +51,7 @@ pub const DEFAULT_PHONE_REGION: Id = Id::US;
 /// The error text recorded for a provider not started because the deadline was too near.
 pub const NO_TIME_LEFT: &str = "not started: too close to the deadline";
 
-/// Why [`Cascade::from_env`] could not build the cascade.
+/// Why [`Cascade::from_vars`] could not build the cascade.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CascadeConfigError {
     /// A provider list names a provider this build does not know.
@@ -247,11 +247,6 @@ impl Cascade {
     /// call to be started.
     pub fn provider_timeout(&self) -> Duration {
         self.provider_timeout
-    }
-
-    /// The cascade configured by the process environment, see [`Cascade::from_vars`].
-    pub fn from_env(http: reqwest::Client) -> Result<Self, CascadeConfigError> {
-        Self::from_vars(http, |name| std::env::var(name).ok())
     }
 
     /// The cascade configured by the variables that `var` returns (`None`: unset):

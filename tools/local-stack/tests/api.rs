@@ -14,11 +14,12 @@ use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterce
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use enrichment::auth::Principal;
+use enrichment::domain::Job;
 use enrichment::domain::{Field, Person, Status};
 use enrichment::enrichment::{ENQUEUE_FAILED_MESSAGE, Enrichments};
 use enrichment::providers::cascade::Cascade;
 use enrichment::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact};
-use enrichment::queue::{Job, JobQueue, QueueError, SqsJobQueue};
+use enrichment::queue::{JobQueue, QueueError, SqsJobQueue};
 use enrichment::store::{Store, TIMEOUT_MESSAGE};
 use enrichment::worker::{JobOutcome, Worker};
 use local_stack::{Options, Stack, dynamodb_config, sqs_config};

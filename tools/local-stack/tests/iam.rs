@@ -31,12 +31,13 @@ use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterce
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use enrichment::auth::Principal;
+use enrichment::domain::Job;
 use enrichment::domain::{Enrichment, Field, Person, Status};
 use enrichment::enrichment::{ENQUEUE_FAILED_MESSAGE, Enrichments};
 use enrichment::error::ApiError;
 use enrichment::providers::cascade::Cascade;
 use enrichment::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact};
-use enrichment::queue::{Job, JobQueue, QueueError, SqsJobQueue, StepFunctionsJobQueue};
+use enrichment::queue::{JobQueue, QueueError, SqsJobQueue, StepFunctionsJobQueue};
 use enrichment::secrets::{SECRET_SUFFIX, SecretsClient, resolve_api_keys};
 use enrichment::store::{CacheLease, Store, TIMEOUT_MESSAGE, org_pk};
 use enrichment::worker::{GAVE_UP_MESSAGE, Worker, WorkerEvent, fingerprint};

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
+use enrichment::domain::Job;
 use enrichment::domain::{Field, Person};
-use enrichment::queue::{Job, JobQueue, QueueError};
+use enrichment::queue::{JobQueue, QueueError};
 use local_stack::{Options, Stack, StackInfo, TABLE_NAME, requeue_pending};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
