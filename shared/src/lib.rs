@@ -10,6 +10,7 @@ pub mod domain;
 pub mod enrichment;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod providers;
 pub mod queue;
 pub mod secrets;

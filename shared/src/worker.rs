@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::domain::{
     ContactPoint, Enrichment, Field, Job, Person, Status, timestamp, timestamp_before,
 };
+use crate::identity::fingerprint;
 use crate::providers::PersonQuery;
 use crate::providers::cascade::{Cascade, CascadeJournal, CascadeOutcome};
 use crate::queue::SqsJobQueue;
@@ -70,50 +71,6 @@ pub enum JobError {
     /// retry policy does it.
     #[error("job deferred for {0:?}: another worker holds it or runs the same person")]
     Deferred(Duration),
-}
-
-/// The key identifying one real person across orgs for the global cache: the normalized
-/// LinkedIn profile (`li:linkedin.com/in/{handle}`), else the normalized full name and company
-/// domain (`nd:{first} {last}@{domain}`); `None` when neither is known.
-pub fn fingerprint(person: &Person) -> Option<String> {
-    let clean = |v: &Option<String>| {
-        v.as_deref()
-            .map(|s| {
-                s.split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-                    .to_lowercase()
-            })
-            .filter(|s| !s.is_empty())
-    };
-    if let Some(url) = clean(&person.linkedin_url) {
-        let url = url
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .trim_start_matches("www.");
-        let url = url
-            .split(['?', '#'])
-            .next()
-            .unwrap_or_default()
-            .trim_end_matches('/');
-        if let Some(handle) = url
-            .strip_prefix("linkedin.com/in/")
-            .filter(|h| !h.is_empty())
-        {
-            return Some(format!("li:linkedin.com/in/{handle}"));
-        }
-    }
-    let domain = clean(&person.company_domain)?;
-    let domain = domain
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_start_matches("www.")
-        .trim_end_matches('/');
-    Some(format!(
-        "nd:{} {}@{domain}",
-        clean(&person.first_name)?,
-        clean(&person.last_name)?
-    ))
 }
 
 fn query_of(person: &Person) -> PersonQuery {
@@ -627,41 +584,6 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn person(first: &str, last: &str, domain: &str, linkedin: &str) -> Person {
-        let some = |v: &str| (!v.is_empty()).then(|| v.to_string());
-        Person {
-            first_name: some(first),
-            last_name: some(last),
-            company_domain: some(domain),
-            linkedin_url: some(linkedin),
-            ..Person::default()
-        }
-    }
-
-    #[test]
-    fn fingerprint_prefers_the_normalized_linkedin_profile() {
-        let a = person(
-            "Ada",
-            "Lovelace",
-            "a.test",
-            "https://www.LinkedIn.com/in/ada-l/?utm=x",
-        );
-        let b = person("", "", "", "linkedin.com/in/ada-l");
-        assert_eq!(fingerprint(&a).as_deref(), Some("li:linkedin.com/in/ada-l"));
-        assert_eq!(fingerprint(&a), fingerprint(&b));
-    }
-
-    #[test]
-    fn fingerprint_falls_back_to_name_and_domain() {
-        let a = person(" Ada ", "LOVELACE", "www.Analytical.test", "");
-        assert_eq!(
-            fingerprint(&a).as_deref(),
-            Some("nd:ada lovelace@analytical.test")
-        );
-        assert_eq!(fingerprint(&person("Ada", "", "analytical.test", "")), None);
-        assert_eq!(fingerprint(&person("Ada", "Lovelace", "", "")), None);
-    }
 
     #[test]
     fn the_worker_takes_an_sqs_batch_or_a_step_functions_job() {

@@ -63,9 +63,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::domain::Field;
+use crate::identity::bare_domain;
 use crate::providers::{
-    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain,
-    non_blank, read_body, read_error_body, request_error, retry_after,
+    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, non_blank,
+    read_body, read_error_body, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`) and on stored contacts.

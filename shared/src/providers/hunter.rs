@@ -40,9 +40,10 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::domain::Field;
+use crate::identity::bare_domain;
 use crate::providers::{
-    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain,
-    non_blank, read_body, request_error, retry_after,
+    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, non_blank,
+    read_body, request_error, retry_after,
 };
 
 /// The request header that carries the API key (Hunter's documentation, "Authentication").

@@ -146,22 +146,6 @@ pub(crate) fn non_blank(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
-/// A company domain as the providers want it (`stripe.com`): trimmed, lower-cased, without a
-/// scheme, `www.`, port, path, query or trailing dot. `None` when nothing is left.
-pub(crate) fn bare_domain(value: &str) -> Option<String> {
-    let value = value.trim().to_lowercase();
-    let value = value
-        .strip_prefix("https://")
-        .or_else(|| value.strip_prefix("http://"))
-        .unwrap_or(&value);
-    let host = value.split(['/', '?', '#', ':']).next().unwrap_or_default();
-    let host = host
-        .strip_prefix("www.")
-        .unwrap_or(host)
-        .trim_end_matches('.');
-    (!host.is_empty()).then(|| host.to_string())
-}
-
 /// The delay of a `Retry-After` header (RFC 9110, section 10.2.3): delay-seconds or an
 /// HTTP-date (a date in the past is a zero delay). `None` when absent or unreadable.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -390,19 +374,5 @@ mod tests {
         );
         assert_eq!(retry_after_at(&with_retry_after("soon"), now), None);
         assert_eq!(retry_after_at(&HeaderMap::new(), now), None);
-    }
-
-    #[test]
-    fn bare_domain_strips_scheme_www_and_path() {
-        assert_eq!(
-            bare_domain(" https://www.Stripe.com/about "),
-            Some("stripe.com".into())
-        );
-        assert_eq!(bare_domain("acme.example."), Some("acme.example".into()));
-        assert_eq!(
-            bare_domain("http://acme.test:8080/x?y"),
-            Some("acme.test".into())
-        );
-        assert_eq!(bare_domain("https://"), None);
     }
 }

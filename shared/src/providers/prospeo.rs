@@ -55,9 +55,10 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Field;
+use crate::identity::bare_domain;
 use crate::providers::{
-    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, bare_domain,
-    non_blank, read_body, read_error_body, request_error, retry_after,
+    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, non_blank,
+    read_body, read_error_body, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored

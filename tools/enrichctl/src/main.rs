@@ -10,9 +10,9 @@ use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 use clap::{Parser, Subcommand};
 use enrichment::domain::Person;
+use enrichment::identity;
 use enrichment::store::{Store, org_pk};
 use local_stack::{StackInfo, devkey, dynamodb_config, gateway_answers};
-use url::Url;
 use uuid::Uuid;
 
 /// The most credits one `credits grant` adds.
@@ -157,19 +157,13 @@ fn store(info: &StackInfo) -> Store {
     Store::new(dynamodb(info), &info.table_name)
 }
 
-/// Whether `url` is a LinkedIn profile: http(s), host `linkedin.com` or `*.linkedin.com`, path
-/// `/in/<handle>`.
+/// Whether `url` is a LinkedIn profile written in full: an `http(s)://` URL that
+/// [`identity::linkedin_handle`] reads (host `linkedin.com` or `*.linkedin.com`, path
+/// `/in/<handle>`).
 fn is_linkedin_profile(url: &str) -> bool {
-    let Ok(url) = Url::parse(url) else {
-        return false;
-    };
-    let host = url.host_str().unwrap_or_default();
-    matches!(url.scheme(), "http" | "https")
-        && (host == "linkedin.com" || host.ends_with(".linkedin.com"))
-        && url
-            .path()
-            .strip_prefix("/in/")
-            .is_some_and(|handle| !handle.trim_matches('/').is_empty())
+    let lower = url.trim().to_ascii_lowercase();
+    (lower.starts_with("https://") || lower.starts_with("http://"))
+        && identity::linkedin_handle(url).is_some()
 }
 
 /// The line (from 1) where the record at `position` starts in `bytes`. Counted here: the csv
@@ -271,7 +265,7 @@ fn read_people(file: &Path) -> Result<Vec<Person>, String> {
             )));
         }
         if let Some(domain) = &person.company_domain
-            && (domain.contains(['/', ' ', '@', ':']) || !domain.contains('.'))
+            && !identity::is_bare_domain(domain)
         {
             return Err(bad(&format!(
                 "company_domain {domain:?} is not a domain like example.com"

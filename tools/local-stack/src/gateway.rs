@@ -5,13 +5,23 @@
 //! envelope (`404 NOT_FOUND` "Route not found"; the enrichment path without a personId goes to
 //! the handlers, which answer 401 or 400 `VALIDATION_ERROR`), and a path segment that is not
 //! UTF-8 once decoded reaches the handlers still encoded, so that they reject it.
+//!
+//! So does every rejection of the HTTP layer: [`serve`] reads and checks each request head
+//! before hyper sees it, with hyper's own rules (httparse, `http::Uri`, `Content-Length` and
+//! `Transfer-Encoding`), and answers what hyper would have rejected with an empty `400`, `414`
+//! or `431` with the envelope instead (see [`check_head`]).
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{OriginalUri, Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -20,6 +30,13 @@ use enrichment::enrichment::Enrichments;
 use enrichment::error::ApiError;
 use enrichment::http::{api_request, handle_get, handle_post};
 use enrichment::queue::SqsJobQueue;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 /// Where the gateway serves the dev JWKS.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -28,8 +45,22 @@ pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 const ENRICHMENT_PREFIX: &str = "/api/v1/operations/enrichment";
 
 /// The longest request target (path and query) the gateway takes; a longer one gets
-/// `414 URI_TOO_LONG` in the envelope. (Past 64 KiB the HTTP server itself answers a bare 414.)
+/// `414 URI_TOO_LONG` in the envelope, however long (hyper alone would answer a bare `414` past
+/// 64 KiB).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// The most header fields a request may have: hyper's default; one more gets
+/// `400 VALIDATION_ERROR` in the envelope (hyper alone: a bare `431`).
+pub const MAX_HEADERS: usize = 100;
+
+/// The largest request head (request line and header fields, in bytes); a larger one gets
+/// `413 PAYLOAD_TOO_LARGE` in the envelope. Below hyper's own read buffer limit (about
+/// 400 KiB), so that hyper never answers a bare `431` for a head [`serve`] let through.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// How long a client has to send a whole request head; then the connection is closed without
+/// an answer (nothing was asked yet).
+pub const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the gateway's routes share.
 pub struct Gateway {
@@ -87,16 +118,7 @@ async fn limit_uri_length(request: Request, next: Next) -> Response {
         .path_and_query()
         .map_or(0, |target| target.as_str().len());
     if length > MAX_URI_BYTES {
-        let body = serde_json::json!({"error": {
-            "code": "URI_TOO_LONG",
-            "message": format!("Request URI longer than {MAX_URI_BYTES} bytes"),
-        }});
-        return (
-            StatusCode::URI_TOO_LONG,
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response();
+        return Rejection::uri_too_long().into_response();
     }
     next.run(request).await
 }
@@ -172,4 +194,443 @@ async fn call_handler(
         _ => axum::body::Body::empty(),
     };
     Response::from_parts(parts, body)
+}
+
+/// A request the gateway refuses before routing it: a status and the error envelope
+/// (`{"error": {"code", "message"}}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// `400`, `413` or `414`.
+    pub status: StatusCode,
+    /// `VALIDATION_ERROR`, `PAYLOAD_TOO_LARGE` or `URI_TOO_LONG`.
+    pub code: &'static str,
+    /// What is wrong, for the client.
+    pub message: String,
+}
+
+impl Rejection {
+    fn validation(message: impl Into<String>) -> Self {
+        Rejection {
+            status: StatusCode::BAD_REQUEST,
+            code: "VALIDATION_ERROR",
+            message: message.into(),
+        }
+    }
+
+    fn uri_too_long() -> Self {
+        Rejection {
+            status: StatusCode::URI_TOO_LONG,
+            code: "URI_TOO_LONG",
+            message: format!("Request URI longer than {MAX_URI_BYTES} bytes"),
+        }
+    }
+
+    fn head_too_large() -> Self {
+        Rejection {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "PAYLOAD_TOO_LARGE",
+            message: format!("Request line and headers larger than {MAX_HEAD_BYTES} bytes"),
+        }
+    }
+
+    /// The envelope, as JSON text.
+    pub fn body(&self) -> String {
+        json!({"error": {"code": self.code, "message": self.message}}).to_string()
+    }
+
+    /// The whole HTTP/1.1 response, closing the connection.
+    fn to_http(&self) -> Vec<u8> {
+        let body = self.body();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len(),
+        )
+        .into_bytes()
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            self.body(),
+        )
+            .into_response()
+    }
+}
+
+/// Checks the request head at the start of `buf` (possibly followed by body bytes) as hyper's
+/// HTTP/1 server parses it (hyper 1.x, `proto/h1/role.rs`, `Server::parse`): httparse with
+/// [`MAX_HEADERS`] fields, the method, the target as an `http::Uri`, and the framing headers
+/// (`Content-Length` a number, the same in every field; `Transfer-Encoding` only in HTTP/1.1 and
+/// ending with `chunked`). Adds the gateway's own limits: [`MAX_URI_BYTES`] and
+/// [`MAX_HEAD_BYTES`].
+///
+/// Returns whether the head is complete (`false`: more bytes are needed), or the rejection of a
+/// head hyper would refuse with an empty answer or that breaks a limit.
+pub fn check_head(buf: &[u8]) -> Result<bool, Rejection> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut fields);
+    let parsed = request.parse(buf);
+    if request.path.is_some_and(|path| path.len() > MAX_URI_BYTES) {
+        return Err(Rejection::uri_too_long());
+    }
+    let length = match parsed {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => {
+            if request.path.is_none() && request_line_target_length(buf) > MAX_URI_BYTES {
+                return Err(Rejection::uri_too_long());
+            }
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(Rejection::head_too_large());
+            }
+            return Ok(false);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Rejection::validation(format!(
+                "Request has more than {MAX_HEADERS} header fields"
+            )));
+        }
+        Err(httparse::Error::Token) if request.method.is_none() => {
+            return Err(Rejection::validation("Malformed request method"));
+        }
+        Err(httparse::Error::Token) => {
+            return Err(Rejection::validation(
+                "Request target contains a character that is not allowed (a control byte or a space)",
+            ));
+        }
+        Err(httparse::Error::Version) => {
+            return Err(Rejection::validation(
+                "Malformed or unsupported HTTP version",
+            ));
+        }
+        Err(_) => return Err(Rejection::validation("Malformed header field")),
+    };
+    if length > MAX_HEAD_BYTES {
+        return Err(Rejection::head_too_large());
+    }
+    let method = request.method.unwrap_or_default();
+    if Method::from_bytes(method.as_bytes()).is_err() {
+        return Err(Rejection::validation("Malformed request method"));
+    }
+    if Uri::try_from(request.path.unwrap_or_default()).is_err() {
+        return Err(Rejection::validation(
+            "Request target is not a valid URI (a character that must be percent-encoded, or bytes that are not UTF-8)",
+        ));
+    }
+    check_framing(request.version == Some(1), request.headers)?;
+    Ok(true)
+}
+
+/// The length of the request target on a request line still arriving: the bytes after the
+/// first space (after any leading empty lines), up to the next space or line end.
+fn request_line_target_length(buf: &[u8]) -> usize {
+    let line = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .map_or(&[][..], |start| &buf[start..]);
+    let line = line.split(|b| *b == b'\n').next().unwrap_or_default();
+    line.splitn(3, |b| *b == b' ')
+        .nth(1)
+        .map_or(0, |target| target.len())
+}
+
+/// hyper's framing rules for a request (RFC 9112, section 6).
+fn check_framing(is_http_11: bool, headers: &[httparse::Header<'_>]) -> Result<(), Rejection> {
+    let mut content_length = None;
+    let mut transfer_encoding = false;
+    let mut chunked = false;
+    for field in headers {
+        if field.name.eq_ignore_ascii_case("transfer-encoding") {
+            if !is_http_11 {
+                return Err(Rejection::validation(
+                    "Transfer-Encoding is not allowed in HTTP/1.0",
+                ));
+            }
+            transfer_encoding = true;
+            // The last coding of this field decides, as in hyper.
+            chunked = field
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if field.name.eq_ignore_ascii_case("content-length") && !transfer_encoding {
+            let length = parse_content_length(field.value)
+                .ok_or_else(|| Rejection::validation("Malformed Content-Length"))?;
+            if content_length.is_some_and(|previous| previous != length) {
+                return Err(Rejection::validation("Content-Length fields that disagree"));
+            }
+            if length >= u64::MAX - 1 {
+                return Err(Rejection::validation("Content-Length out of range"));
+            }
+            content_length = Some(length);
+        }
+    }
+    if transfer_encoding && !chunked {
+        return Err(Rejection::validation(
+            "Transfer-Encoding must end with chunked",
+        ));
+    }
+    Ok(())
+}
+
+/// A `Content-Length` value: one or more comma-separated decimal numbers, all equal.
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for item in value.split(|b| *b == b',') {
+        let digits = item.trim_ascii();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let parsed = std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?;
+        if length.is_some_and(|previous| previous != parsed) {
+            return None;
+        }
+        length = Some(parsed);
+    }
+    length
+}
+
+/// Serves `router` on `listener` until `signal` resolves, then lets the requests in progress
+/// finish.
+///
+/// Each connection carries one request (keep-alive off): its head is read and checked with
+/// [`check_head`] first, a rejection is answered with the envelope, and a valid request is
+/// served by hyper's HTTP/1 server from the bytes already read. With one request per
+/// connection, every request head goes through the check, which hyper offers no hook for.
+pub async fn serve<F>(listener: TcpListener, router: Router, signal: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (stop, stopping) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve_connection(stream, router.clone(), stopping.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "gateway: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut signal => break,
+        }
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    router: Router,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let head = tokio::select! {
+        head = tokio::time::timeout(HEAD_READ_TIMEOUT, read_head(&mut stream)) => head,
+        _ = stopping.wait_for(|stop| *stop) => return,
+    };
+    let buffered = match head {
+        Ok(Ok(Ok(buffered))) => buffered,
+        Ok(Ok(Err(rejection))) => {
+            reject(stream, &rejection).await;
+            return;
+        }
+        // Closed, failed or too slow before a whole head: nothing to answer.
+        Ok(Err(_)) | Err(_) => return,
+    };
+    let service = TowerToHyperService::new(router);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.keep_alive(false).max_headers(MAX_HEADERS);
+    let connection = http.serve_connection(
+        TokioIo::new(Prefixed {
+            prefix: buffered,
+            position: 0,
+            stream,
+        }),
+        service,
+    );
+    tokio::pin!(connection);
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "gateway: connection ended with an error");
+                }
+                return;
+            }
+            _ = stopping.wait_for(|stop| *stop), if !shutting_down => {
+                shutting_down = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Reads until `buf` holds a whole request head that passes [`check_head`] (returned with any
+/// bytes read after it), or one that does not (its rejection).
+async fn read_head(stream: &mut TcpStream) -> io::Result<Result<Vec<u8>, Rejection>> {
+    let mut buf = Vec::with_capacity(8 * 1024);
+    let mut chunk = [0_u8; 8 * 1024];
+    loop {
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..read]);
+        match check_head(&buf) {
+            Ok(true) => return Ok(Ok(buf)),
+            Ok(false) => {}
+            Err(rejection) => return Ok(Err(rejection)),
+        }
+    }
+}
+
+/// Answers `rejection` and closes the connection: the write side first, then whatever the
+/// client still sends is read and dropped for up to 2 s, so that closing with unread bytes does
+/// not reset the connection before the client reads the answer.
+async fn reject(mut stream: TcpStream, rejection: &Rejection) {
+    if stream.write_all(&rejection.to_http()).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0_u8; 8 * 1024];
+    let drain = async {
+        while let Ok(read) = stream.read(&mut sink).await {
+            if read == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+}
+
+/// A TCP stream whose first bytes were already read: they are read again first.
+struct Prefixed {
+    prefix: Vec<u8>,
+    position: usize,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.position < this.prefix.len() {
+            let rest = &this.prefix[this.position..];
+            let count = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..count]);
+            this.position += count;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(head: &[u8]) -> Result<bool, &'static str> {
+        check_head(head).map_err(|rejection| rejection.code)
+    }
+
+    #[test]
+    fn heads_are_checked_as_hyper_parses_them() {
+        assert_eq!(code(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Ok(true));
+        assert_eq!(code(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(false));
+        assert_eq!(code(b"GET /a%00b HTTP/1.1\r\n\r\n"), Ok(true));
+        for bad in [
+            &b"GET /a\0b HTTP/1.1\r\n\r\n"[..],
+            b"GET /a\x01 HTTP/1.1\r\n\r\n",
+            b"GET /a\x7f HTTP/1.1\r\n\r\n",
+            b"GET /\xff HTTP/1.1\r\n\r\n",
+            b"GET /?q=\"x\" HTTP/1.1\r\n\r\n",
+            b"G(T / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/2.0\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(
+                code(bad),
+                Err("VALIDATION_ERROR"),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            code(b"POST / HTTP/1.1\r\nContent-Length: 2, 2\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn limits_are_rejected_even_before_the_head_is_complete() {
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_URI_BYTES));
+        assert_eq!(code(long.as_bytes()), Err("URI_TOO_LONG"));
+        let partial = format!("GET /{}", "a".repeat(MAX_URI_BYTES));
+        assert_eq!(code(partial.as_bytes()), Err("URI_TOO_LONG"));
+        assert_eq!(code(&partial.as_bytes()[..MAX_URI_BYTES]), Ok(false));
+        let mut many = String::from("GET / HTTP/1.1\r\n");
+        for n in 0..=MAX_HEADERS {
+            many.push_str(&format!("x-{n}: v\r\n"));
+        }
+        assert_eq!(code(many.as_bytes()), Err("VALIDATION_ERROR"));
+        let large = format!(
+            "GET / HTTP/1.1\r\nx: {}\r\n\r\n",
+            "v".repeat(MAX_HEAD_BYTES)
+        );
+        assert_eq!(code(large.as_bytes()), Err("PAYLOAD_TOO_LARGE"));
+        assert_eq!(
+            code(&large.as_bytes()[..MAX_HEAD_BYTES + 1]),
+            Err("PAYLOAD_TOO_LARGE")
+        );
+    }
 }

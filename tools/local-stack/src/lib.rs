@@ -9,6 +9,7 @@
 pub mod devkey;
 pub mod gateway;
 pub mod poller;
+pub mod runtime_api;
 pub mod simulator;
 
 use std::collections::HashMap;

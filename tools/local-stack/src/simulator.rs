@@ -58,6 +58,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use enrichment::identity::{bare_domain, linkedin_profile, text_key};
 use enrichment::providers::{
     dropcontact as dropcontact_api, fullenrich as fullenrich_api, hunter as hunter_api,
     pdl as pdl_api, prospeo as prospeo_api,
@@ -475,12 +476,12 @@ fn person_key(
     names: Option<&(String, String)>,
     company: Option<&str>,
 ) -> String {
-    if let Some(key) = profile.and_then(linkedin_key) {
+    if let Some(key) = profile.and_then(linkedin_profile) {
         return key;
     }
     let (first, last) = names.cloned().unwrap_or_default();
     let company = company
-        .map(|c| domain_key(c).unwrap_or_else(|| text_key(c)))
+        .map(|c| bare_domain(c).unwrap_or_else(|| text_key(c)))
         .unwrap_or_default();
     format!("{first} {last} @ {company}")
 }
@@ -716,40 +717,6 @@ pub fn router_with(people: Vec<KnownPerson>, config: SimulatorConfig) -> Router 
 
 type Params = HashMap<String, String>;
 
-/// `linkedin.com/in/handle` from any usual writing of a profile URL; `None` when blank.
-fn linkedin_key(url: &str) -> Option<String> {
-    let url = url.trim().to_lowercase();
-    let url = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .unwrap_or(&url);
-    let url = url.strip_prefix("www.").unwrap_or(url);
-    let url = url.split(['?', '#']).next().unwrap_or_default();
-    let url = url.trim_end_matches('/');
-    (!url.is_empty()).then(|| url.to_string())
-}
-
-/// A domain without scheme, `www.`, path or case; `None` when blank.
-fn domain_key(value: &str) -> Option<String> {
-    let value = value.trim().to_lowercase();
-    let value = value
-        .strip_prefix("https://")
-        .or_else(|| value.strip_prefix("http://"))
-        .unwrap_or(&value);
-    let host = value.split(['/', '?', '#', ':']).next().unwrap_or_default();
-    let host = host.strip_prefix("www.").unwrap_or(host);
-    (!host.is_empty()).then(|| host.to_string())
-}
-
-/// Lower-cased, with inner whitespace collapsed.
-fn text_key(value: &str) -> String {
-    value
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
-}
-
 fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
     params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
 }
@@ -791,9 +758,9 @@ fn same_domain(person: &KnownPerson, domain: &str) -> bool {
     person
         .company_domain
         .as_deref()
-        .and_then(domain_key)
+        .and_then(bare_domain)
         .as_deref()
-        == domain_key(domain).as_deref()
+        == bare_domain(domain).as_deref()
 }
 
 fn same_company_name(person: &KnownPerson, company: &str) -> bool {
@@ -804,8 +771,8 @@ fn same_company_name(person: &KnownPerson, company: &str) -> bool {
 }
 
 fn same_profile(person: &KnownPerson, url: &str) -> bool {
-    let wanted = linkedin_key(url);
-    wanted.is_some() && person.linkedin_url.as_deref().and_then(linkedin_key) == wanted
+    let wanted = linkedin_profile(url);
+    wanted.is_some() && person.linkedin_url.as_deref().and_then(linkedin_profile) == wanted
 }
 
 /// What a request identifies a person by.
@@ -977,7 +944,7 @@ async fn hunter_email_finder(
                 person
                     .linkedin_url
                     .as_deref()
-                    .and_then(linkedin_key)
+                    .and_then(linkedin_profile)
                     .is_some_and(|key| key == format!("linkedin.com/in/{}", h.to_lowercase()))
             });
             let by_name = names.as_ref().is_some_and(|n| same_name(person, n))
@@ -996,7 +963,7 @@ async fn hunter_email_finder(
         let (first, last) = names.unwrap_or_default();
         let data = json!({
             "first_name": first, "last_name": last, "email": null, "score": null,
-            "domain": domain.and_then(domain_key), "accept_all": null, "position": null,
+            "domain": domain.and_then(bare_domain), "accept_all": null, "position": null,
             "twitter": null, "linkedin_url": null, "phone_number": null, "company": company,
             "sources": [], "verification": { "date": null, "status": null },
         });
@@ -1020,13 +987,13 @@ async fn hunter_email_finder(
     let data = json!({
         "first_name": person.first_name, "last_name": person.last_name,
         "email": record.email, "score": record.score,
-        "domain": person.company_domain.as_deref().and_then(domain_key),
+        "domain": person.company_domain.as_deref().and_then(bare_domain),
         "accept_all": record.verification_status.as_deref() == Some("accept_all"),
         "position": record.position, "twitter": null, "linkedin_url": person.linkedin_url,
         "phone_number": null, "company": person.company_name,
         "sources": [ {
-            "domain": person.company_domain.as_deref().and_then(domain_key),
-            "uri": format!("https://{}/team", person.company_domain.as_deref().and_then(domain_key).unwrap_or_default()),
+            "domain": person.company_domain.as_deref().and_then(bare_domain),
+            "uri": format!("https://{}/team", person.company_domain.as_deref().and_then(bare_domain).unwrap_or_default()),
             "extracted_on": "2024-01-10", "last_seen_on": "2024-06-01", "still_on_page": true,
         } ],
         "verification": { "date": "2024-06-01", "status": record.verification_status },
@@ -1077,9 +1044,9 @@ fn pdl_data(person: &KnownPerson, record: &PdlRecord) -> Value {
         "full_name": format!("{first} {last}"),
         "first_name": first,
         "last_name": last,
-        "linkedin_url": person.linkedin_url.as_deref().and_then(linkedin_key),
+        "linkedin_url": person.linkedin_url.as_deref().and_then(linkedin_profile),
         "job_company_name": person.company_name.as_deref().map(text_key),
-        "job_company_website": person.company_domain.as_deref().and_then(domain_key),
+        "job_company_website": person.company_domain.as_deref().and_then(bare_domain),
         "work_email": record.work_email,
         "personal_emails": list(&record.personal_emails),
         "emails": if emails.is_empty() { Value::Null } else { json!(emails) },
@@ -1701,20 +1668,6 @@ mod tests {
         std::fs::write(&path, r#"{"people": []}"#).unwrap();
         assert!(load_fixture(&path).unwrap_err().contains("not a list"));
         let _ = std::fs::remove_file(&path);
-    }
-
-    #[test]
-    fn linkedin_urls_compare_in_any_writing() {
-        let key = Some("linkedin.com/in/ada-quill-nw".to_string());
-        for url in [
-            "https://www.linkedin.com/in/ada-quill-nw/",
-            "http://linkedin.com/in/Ada-Quill-NW",
-            "www.linkedin.com/in/ada-quill-nw?trk=public_profile",
-            " linkedin.com/in/ada-quill-nw// ",
-        ] {
-            assert_eq!(linkedin_key(url), key, "{url}");
-        }
-        assert_eq!(linkedin_key("  "), None);
     }
 
     #[test]

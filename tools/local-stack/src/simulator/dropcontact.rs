@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::{
-    Identity, JobState, KnownPerson, Plan, Shared, apply_delay, domain_key, dropcontact_api,
+    Identity, JobState, KnownPerson, Plan, Shared, apply_delay, bare_domain, dropcontact_api,
     header_str, json_str, names_of, status_of, with_retry_after, with_retry_after_seconds,
 };
 
@@ -76,7 +76,7 @@ fn output_record(input: &Value, person: Option<&KnownPerson>) -> Value {
             person
                 .company_domain
                 .as_deref()
-                .and_then(domain_key)
+                .and_then(bare_domain)
                 .map(|d| format!("https://{d}"))
         ),
     );

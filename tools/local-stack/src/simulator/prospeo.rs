@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{
-    Identity, KnownPerson, Plan, ProspeoRecord, Shared, apply_delay, domain_key, header_str,
-    json_str, linkedin_key, names_of, prospeo_api, status_of, text_key, with_retry_after,
+    Identity, KnownPerson, Plan, ProspeoRecord, Shared, apply_delay, bare_domain, header_str,
+    json_str, linkedin_profile, names_of, prospeo_api, status_of, text_key, with_retry_after,
     with_retry_after_seconds,
 };
 
@@ -72,7 +72,7 @@ fn person_object(person: &KnownPerson, record: &ProspeoRecord, reveal_mobile: bo
         "first_name": person.first_name,
         "last_name": person.last_name,
         "full_name": format!("{} {}", person.first_name, person.last_name),
-        "linkedin_url": person.linkedin_url.as_deref().and_then(linkedin_key).map(|k| format!("https://www.{k}")),
+        "linkedin_url": person.linkedin_url.as_deref().and_then(linkedin_profile).map(|k| format!("https://www.{k}")),
         "current_job_title": record.job_title,
         "headline": null,
         "job_history": [],
@@ -168,8 +168,8 @@ pub(super) async fn enrich_person(
     }
     let company = json!({
         "name": person.company_name,
-        "website": person.company_domain.as_deref().and_then(domain_key).map(|d| format!("https://{d}")),
-        "domain": person.company_domain.as_deref().and_then(domain_key),
+        "website": person.company_domain.as_deref().and_then(bare_domain).map(|d| format!("https://{d}")),
+        "domain": person.company_domain.as_deref().and_then(bare_domain),
     });
     let body = json!({
         "error": false,

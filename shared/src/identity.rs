@@ -1,0 +1,170 @@
+//! A person's identity as the product compares it: the one home of LinkedIn profile, company
+//! domain and name normalization, used by the global cache's fingerprint, the provider adapters,
+//! the provider simulator and the people import.
+
+use crate::domain::Person;
+
+/// `value` lower-cased, trimmed, with inner whitespace collapsed to one space (empty when
+/// blank): how names and company names compare.
+pub fn text_key(value: &str) -> String {
+    value
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// The handle of a LinkedIn profile URL in any usual writing (`https://www.LinkedIn.com/in/Ada-L/`,
+/// `linkedin.com/in/ada-l?utm=x`, `http://uk.linkedin.com/in/ada-l`), lower-cased: `ada-l`.
+/// `None` for anything that is not `[http(s)://][sub.]linkedin.com/in/<handle>`.
+pub fn linkedin_handle(url: &str) -> Option<String> {
+    let url = url.trim().to_lowercase();
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(&url);
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (host, path) = rest.split_once('/')?;
+    if host != "linkedin.com" && !host.ends_with(".linkedin.com") {
+        return None;
+    }
+    let handle = path.strip_prefix("in/")?.trim_end_matches('/');
+    (!handle.is_empty() && !handle.contains(['/', ' '])).then(|| handle.to_string())
+}
+
+/// The canonical writing of a LinkedIn profile: `linkedin.com/in/<handle>` (see
+/// [`linkedin_handle`]).
+pub fn linkedin_profile(url: &str) -> Option<String> {
+    linkedin_handle(url).map(|handle| format!("linkedin.com/in/{handle}"))
+}
+
+/// A company domain as the providers want it (`stripe.com`): trimmed, lower-cased, without a
+/// scheme, `www.`, port, path, query or trailing dot. `None` when nothing is left.
+pub fn bare_domain(value: &str) -> Option<String> {
+    let value = value.trim().to_lowercase();
+    let value = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+        .unwrap_or(&value);
+    let host = value.split(['/', '?', '#', ':']).next().unwrap_or_default();
+    let host = host
+        .strip_prefix("www.")
+        .unwrap_or(host)
+        .trim_end_matches('.');
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// Whether `value` is written as a bare domain (`example.com`): a dot, and no scheme, path,
+/// port, space or `@`.
+pub fn is_bare_domain(value: &str) -> bool {
+    value.contains('.') && !value.contains(['/', ' ', '@', ':'])
+}
+
+/// The key identifying one real person across orgs for the global cache: the LinkedIn profile
+/// (`li:linkedin.com/in/{handle}`), else the full name and company domain
+/// (`nd:{first} {last}@{domain}`); `None` when neither is known.
+pub fn fingerprint(person: &Person) -> Option<String> {
+    if let Some(profile) = person.linkedin_url.as_deref().and_then(linkedin_profile) {
+        return Some(format!("li:{profile}"));
+    }
+    let domain = bare_domain(person.company_domain.as_deref()?)?;
+    let name = |value: &Option<String>| value.as_deref().map(text_key).filter(|k| !k.is_empty());
+    Some(format!(
+        "nd:{} {}@{domain}",
+        name(&person.first_name)?,
+        name(&person.last_name)?
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person(first: &str, last: &str, domain: &str, linkedin: &str) -> Person {
+        let some = |v: &str| (!v.is_empty()).then(|| v.to_string());
+        Person {
+            first_name: some(first),
+            last_name: some(last),
+            company_domain: some(domain),
+            linkedin_url: some(linkedin),
+            ..Person::default()
+        }
+    }
+
+    #[test]
+    fn fingerprint_prefers_the_normalized_linkedin_profile() {
+        let a = person(
+            "Ada",
+            "Lovelace",
+            "a.test",
+            "https://www.LinkedIn.com/in/ada-l/?utm=x",
+        );
+        let b = person("", "", "", "linkedin.com/in/ada-l");
+        assert_eq!(fingerprint(&a).as_deref(), Some("li:linkedin.com/in/ada-l"));
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+    }
+
+    #[test]
+    fn fingerprint_falls_back_to_name_and_domain() {
+        let a = person(" Ada ", "LOVELACE", "www.Analytical.test", "");
+        assert_eq!(
+            fingerprint(&a).as_deref(),
+            Some("nd:ada lovelace@analytical.test")
+        );
+        assert_eq!(fingerprint(&person("Ada", "", "analytical.test", "")), None);
+        assert_eq!(fingerprint(&person("Ada", "Lovelace", "", "")), None);
+        // A URL that is no LinkedIn profile is no identity.
+        let company_page = person(
+            "Ada",
+            "Lovelace",
+            "a.test",
+            "https://linkedin.com/company/x",
+        );
+        assert_eq!(
+            fingerprint(&company_page).as_deref(),
+            Some("nd:ada lovelace@a.test")
+        );
+    }
+
+    #[test]
+    fn linkedin_handles_in_any_writing() {
+        for url in [
+            "https://www.linkedin.com/in/ada-quill-nw/",
+            "http://LinkedIn.com/in/Ada-Quill-NW",
+            "linkedin.com/in/ada-quill-nw?trk=x",
+            " www.linkedin.com/in/ada-quill-nw// ",
+            "https://uk.linkedin.com/in/ada-quill-nw#about",
+        ] {
+            assert_eq!(
+                linkedin_handle(url).as_deref(),
+                Some("ada-quill-nw"),
+                "{url}"
+            );
+        }
+        for url in [
+            "https://evil.test/in/ada",
+            "https://notlinkedin.com/in/ada",
+            "https://www.linkedin.com/company/acme",
+            "https://www.linkedin.com/in/",
+            "",
+        ] {
+            assert_eq!(linkedin_handle(url), None, "{url}");
+        }
+    }
+
+    #[test]
+    fn bare_domain_strips_scheme_www_and_path() {
+        assert_eq!(
+            bare_domain(" https://www.Stripe.com/about "),
+            Some("stripe.com".into())
+        );
+        assert_eq!(bare_domain("acme.example."), Some("acme.example".into()));
+        assert_eq!(
+            bare_domain("http://acme.test:8080/x?y"),
+            Some("acme.test".into())
+        );
+        assert_eq!(bare_domain("https://"), None);
+        assert!(is_bare_domain("acme.test"));
+        assert!(!is_bare_domain("https://acme.test") && !is_bare_domain("acme"));
+    }
+}

@@ -1,0 +1,300 @@
+//! The real trigger bootstrap (`target/debug/trigger`) under the Lambda Runtime API emulator:
+//! an event that `lambda_http` cannot turn into a request (a body flagged base64 that is not
+//! base64, a raw `"` in the query string) panics inside `lambda_http`; `lambda_runtime` must
+//! catch that panic, report an invocation error, and the same process must answer the next
+//! event. With `panic = "abort"` the process would die instead: the release profile is checked
+//! for that too, since these tests run the debug build.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use local_stack::runtime_api::{BUILD_TIMEOUT, FunctionProcess, Invocation, Outcome, target_dir};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// What one invocation may take, as the trigger's `Timeout` in `template.yaml`.
+const FUNCTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bound of each scenario once the binary is built.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The public half of a fresh RSA key, in PEM, and the private key's path (for tokens).
+fn key_pair() -> (String, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("bootstrap-test-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let private = local_stack::devkey::ensure(&dir).unwrap();
+    let output = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .output()
+        .expect("openssl runs");
+    assert!(output.status.success(), "openssl pkey -pubout");
+    (String::from_utf8(output.stdout).unwrap(), private)
+}
+
+/// Builds the trigger bootstrap if needed and starts it with [`trigger_env`].
+async fn start_trigger(public_pem: &str) -> FunctionProcess {
+    tokio::time::timeout(
+        BUILD_TIMEOUT,
+        local_stack::runtime_api::function_binary("trigger"),
+    )
+    .await
+    .expect("the trigger builds in time")
+    .expect("the trigger builds");
+    FunctionProcess::start("trigger", &trigger_env(public_pem))
+        .await
+        .expect("the trigger starts")
+}
+
+/// The trigger's configuration for these tests: no AWS service is reached before the handlers
+/// need DynamoDB or SQS, which the scenarios never do.
+fn trigger_env(public_pem: &str) -> [(&'static str, &str); 6] {
+    [
+        ("TABLE_NAME", "x"),
+        ("QUEUE_URL", "http://127.0.0.1:1/q"),
+        ("AUTH_JWT_KEY", public_pem),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "local"),
+        ("AWS_SECRET_ACCESS_KEY", "local"),
+    ]
+}
+
+/// An API Gateway HTTP API (payload format 2.0) event for `POST` of the enrichment route.
+fn post_event(person_id: &str, raw_query: &str, authorization: Option<&str>) -> Value {
+    let path = format!("/api/v1/operations/enrichment/{person_id}");
+    let mut headers = json!({
+        "content-length": "0",
+        "host": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com",
+        "x-forwarded-proto": "https",
+    });
+    if let Some(token) = authorization {
+        headers["authorization"] = json!(format!("Bearer {token}"));
+    }
+    json!({
+        "version": "2.0",
+        "routeKey": "POST /api/v1/operations/enrichment/{personId}",
+        "rawPath": path,
+        "rawQueryString": raw_query,
+        "headers": headers,
+        "queryStringParameters": {"field": "emails"},
+        "pathParameters": {"personId": person_id},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "a1b2c3d4e5",
+            "domainName": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "a1b2c3d4e5",
+            "http": {
+                "method": "POST",
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.42",
+                "userAgent": "test"
+            },
+            "requestId": "dJ3kQhR2IAMEVxg=",
+            "routeKey": "POST /api/v1/operations/enrichment/{personId}",
+            "stage": "$default",
+            "time": "29/Nov/2026:15:48:12 +0000",
+            "timeEpoch": 1795967292417_u64
+        },
+        "isBase64Encoded": false
+    })
+}
+
+/// The status and JSON body of an API Gateway response the function posted.
+fn http_answer(invocation: &Invocation, function: &FunctionProcess) -> (u64, Value) {
+    let response = invocation.response_json().unwrap_or_else(|| {
+        panic!(
+            "expected a response, got {:?}; function output:\n{}",
+            invocation.outcome,
+            function.logs()
+        )
+    });
+    let status = response["statusCode"].as_u64().unwrap_or_default();
+    let body = response["body"]
+        .as_str()
+        .and_then(|body| serde_json::from_str(body).ok())
+        .unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// The invocation error the function posted (`{"errorType", "errorMessage"}`).
+fn invocation_error(invocation: &Invocation, function: &FunctionProcess) -> Value {
+    match &invocation.outcome {
+        Outcome::Error(error) => error.json().unwrap_or(Value::Null),
+        other => panic!(
+            "expected an invocation error, got {other:?}; function output:\n{}",
+            function.logs()
+        ),
+    }
+}
+
+/// A malformed event gets an invocation error from the same process that then answers a
+/// well-formed one.
+async fn survives(function: &mut FunctionProcess, malformed: Value, panic_message: &str) {
+    let invocation = function.invoke(&malformed, FUNCTION_TIMEOUT).await;
+    let error = invocation_error(&invocation, function);
+    let message = error["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("Lambda panicked") && message.contains(panic_message),
+        "{error}"
+    );
+    assert!(
+        function.is_alive(),
+        "the process died: {:?}",
+        function.exit_status()
+    );
+
+    // The next event: a POST without Authorization, 401 in the envelope.
+    let well_formed = post_event(&Uuid::new_v4().to_string(), "field=emails", None);
+    let invocation = function.invoke(&well_formed, FUNCTION_TIMEOUT).await;
+    let (status, body) = http_answer(&invocation, function);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED");
+    assert!(function.is_alive());
+}
+
+#[tokio::test]
+async fn bootstrap_survives_a_body_flagged_base64_that_is_not_base64() {
+    let (public_pem, _) = key_pair();
+    let mut function = start_trigger(&public_pem).await;
+    let scenario = async {
+        let mut malformed = post_event(&Uuid::new_v4().to_string(), "field=emails", None);
+        malformed["isBase64Encoded"] = json!(true);
+        malformed["body"] = json!("%%% this is not base64 %%%");
+        // aws_lambda_events 1.2.1, src/encodings/http.rs:89, Body::from_maybe_encoded:
+        // `.expect("failed to decode aws base64 encoded body")`.
+        survives(
+            &mut function,
+            malformed,
+            "failed to decode aws base64 encoded body",
+        )
+        .await;
+        // Twice in a row: still the same process.
+        let mut again = post_event(&Uuid::new_v4().to_string(), "field=emails", None);
+        again["isBase64Encoded"] = json!(true);
+        again["body"] = json!("not base64!");
+        survives(
+            &mut function,
+            again,
+            "failed to decode aws base64 encoded body",
+        )
+        .await;
+    };
+    tokio::time::timeout(SCENARIO_TIMEOUT, scenario)
+        .await
+        .expect("bounded");
+}
+
+#[tokio::test]
+async fn bootstrap_survives_a_query_string_that_is_no_uri() {
+    let (public_pem, _) = key_pair();
+    let mut function = start_trigger(&public_pem).await;
+    let scenario = async {
+        // A raw `"` is not allowed in a URI's query: lambda_http 1.3.2, src/request.rs:175,
+        // `.expect("failed to build request")` in into_api_gateway_v2_request.
+        let malformed = post_event(&Uuid::new_v4().to_string(), "field=\"emails\"", None);
+        survives(&mut function, malformed, "failed to build request").await;
+    };
+    tokio::time::timeout(SCENARIO_TIMEOUT, scenario)
+        .await
+        .expect("bounded");
+}
+
+#[tokio::test]
+async fn bootstrap_authenticates_with_its_configured_key_then_validates() {
+    let (public_pem, private) = key_pair();
+    let mut function = start_trigger(&public_pem).await;
+    let scenario = async {
+        let token = local_stack::devkey::sign(
+            &private,
+            "https://clerk.example.com",
+            "user_a",
+            "org_a",
+            Duration::from_secs(300),
+        )
+        .unwrap();
+        // Authenticated, then rejected for its personId: no AWS call is made.
+        let event = post_event("not-a-uuid", "field=emails", Some(&token));
+        let invocation = function.invoke(&event, FUNCTION_TIMEOUT).await;
+        let (status, body) = http_answer(&invocation, &function);
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(
+            body,
+            json!({"error": {
+                "code": "VALIDATION_ERROR",
+                "message": enrichment::http::PERSON_ID_MESSAGE,
+            }})
+        );
+        assert!(invocation.elapsed < FUNCTION_TIMEOUT);
+    };
+    tokio::time::timeout(SCENARIO_TIMEOUT, scenario)
+        .await
+        .expect("bounded");
+}
+
+/// The tests above run the debug build, which unwinds. The Lambda bootstraps are built with
+/// `[profile.release]`: with `panic = "abort"` there, lambda_runtime's `catch_unwind` catches
+/// nothing and a malformed event aborts the process (the whole execution environment).
+#[test]
+fn bootstrap_release_profile_unwinds() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut in_release = false;
+    let mut panic_strategy = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_release = line == "[profile.release]";
+            continue;
+        }
+        if in_release
+            && let Some((key, value)) = line.split_once('=')
+            && key.trim() == "panic"
+        {
+            panic_strategy = Some(value.trim().trim_matches('"').to_string());
+        }
+    }
+    // Unset means "unwind", the default.
+    assert_ne!(
+        panic_strategy.as_deref(),
+        Some("abort"),
+        "{}",
+        manifest.display()
+    );
+}
+
+/// The first scenario with a release bootstrap, built with `[profile.release]` as the deployed
+/// one: `cargo build --release -p trigger` first (or set `BOOTSTRAP_BINARY` to a bootstrap built
+/// for this machine), then
+/// `cargo nextest run -p local-stack --run-ignored only -E 'test(bootstrap_release_build)'`.
+/// With `panic = "abort"` the malformed event ends as `Outcome::Exited` (SIGABRT).
+#[tokio::test]
+#[ignore = "needs a release build of the trigger (minutes of fat LTO)"]
+async fn bootstrap_release_build_survives_a_malformed_event() {
+    let binary = std::env::var_os("BOOTSTRAP_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("release/trigger"));
+    assert!(
+        binary.is_file(),
+        "no bootstrap at {}: run `cargo build --release -p trigger`",
+        binary.display()
+    );
+    let (public_pem, _) = key_pair();
+    let mut function = FunctionProcess::start_binary(&binary, "trigger", &trigger_env(&public_pem))
+        .await
+        .expect("the trigger starts");
+    let scenario = async {
+        let mut malformed = post_event(&Uuid::new_v4().to_string(), "field=emails", None);
+        malformed["isBase64Encoded"] = json!(true);
+        malformed["body"] = json!("%%% this is not base64 %%%");
+        survives(
+            &mut function,
+            malformed,
+            "failed to decode aws base64 encoded body",
+        )
+        .await;
+    };
+    tokio::time::timeout(SCENARIO_TIMEOUT, scenario)
+        .await
+        .expect("bounded");
+}
