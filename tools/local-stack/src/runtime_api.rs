@@ -699,6 +699,17 @@ impl FunctionProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The process's peak resident memory so far, in KiB (`VmHWM` of `/proc/<pid>/status`,
+    /// Linux): what Lambda holds against the function's memory size. `None` once it exited.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// The process's exit status, if it has exited.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()

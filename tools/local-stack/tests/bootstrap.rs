@@ -12,6 +12,9 @@ use local_stack::runtime_api::{BUILD_TIMEOUT, FunctionProcess, Invocation, Outco
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+mod helpers;
+use helpers::{http_answer, post_event};
+
 /// What one invocation may take, as the trigger's `Timeout` in `template.yaml`.
 const FUNCTION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -57,64 +60,6 @@ fn trigger_env(public_pem: &str) -> [(&'static str, &str); 6] {
         ("AWS_ACCESS_KEY_ID", "local"),
         ("AWS_SECRET_ACCESS_KEY", "local"),
     ]
-}
-
-/// An API Gateway HTTP API (payload format 2.0) event for `POST` of the enrichment route.
-fn post_event(person_id: &str, raw_query: &str, authorization: Option<&str>) -> Value {
-    let path = format!("/api/v1/operations/enrichment/{person_id}");
-    let mut headers = json!({
-        "content-length": "0",
-        "host": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com",
-        "x-forwarded-proto": "https",
-    });
-    if let Some(token) = authorization {
-        headers["authorization"] = json!(format!("Bearer {token}"));
-    }
-    json!({
-        "version": "2.0",
-        "routeKey": "POST /api/v1/operations/enrichment/{personId}",
-        "rawPath": path,
-        "rawQueryString": raw_query,
-        "headers": headers,
-        "queryStringParameters": {"field": "emails"},
-        "pathParameters": {"personId": person_id},
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "a1b2c3d4e5",
-            "domainName": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com",
-            "domainPrefix": "a1b2c3d4e5",
-            "http": {
-                "method": "POST",
-                "path": path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": "203.0.113.42",
-                "userAgent": "test"
-            },
-            "requestId": "dJ3kQhR2IAMEVxg=",
-            "routeKey": "POST /api/v1/operations/enrichment/{personId}",
-            "stage": "$default",
-            "time": "29/Nov/2026:15:48:12 +0000",
-            "timeEpoch": 1795967292417_u64
-        },
-        "isBase64Encoded": false
-    })
-}
-
-/// The status and JSON body of an API Gateway response the function posted.
-fn http_answer(invocation: &Invocation, function: &FunctionProcess) -> (u64, Value) {
-    let response = invocation.response_json().unwrap_or_else(|| {
-        panic!(
-            "expected a response, got {:?}; function output:\n{}",
-            invocation.outcome,
-            function.logs()
-        )
-    });
-    let status = response["statusCode"].as_u64().unwrap_or_default();
-    let body = response["body"]
-        .as_str()
-        .and_then(|body| serde_json::from_str(body).ok())
-        .unwrap_or(Value::Null);
-    (status, body)
 }
 
 /// The invocation error the function posted (`{"errorType", "errorMessage"}`).

@@ -1,0 +1,111 @@
+//! Helpers shared by the whole-flow tests: API Gateway events and answers for the real function
+//! binaries, and the ledger check every test that moves credits makes.
+#![allow(dead_code)]
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use enrichment::store::Store;
+use local_stack::runtime_api::{FunctionProcess, Invocation};
+use serde_json::{Value, json};
+
+/// An API Gateway HTTP API (payload format 2.0) event for `POST` of the enrichment route.
+pub fn post_event(person_id: &str, raw_query: &str, authorization: Option<&str>) -> Value {
+    api_event("POST", person_id, raw_query, authorization)
+}
+
+/// An API Gateway HTTP API (payload format 2.0) event for `method` on the enrichment route,
+/// `field=emails` in its query parameters (as API Gateway parses a well-formed `raw_query`).
+pub fn api_event(
+    method: &str,
+    person_id: &str,
+    raw_query: &str,
+    authorization: Option<&str>,
+) -> Value {
+    let path = format!("/api/v1/operations/enrichment/{person_id}");
+    let mut headers = json!({
+        "content-length": "0",
+        "host": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com",
+        "x-forwarded-proto": "https",
+    });
+    if let Some(token) = authorization {
+        headers["authorization"] = json!(format!("Bearer {token}"));
+    }
+    json!({
+        "version": "2.0",
+        "routeKey": format!("{method} /api/v1/operations/enrichment/{{personId}}"),
+        "rawPath": path,
+        "rawQueryString": raw_query,
+        "headers": headers,
+        "queryStringParameters": {"field": "emails"},
+        "pathParameters": {"personId": person_id},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "a1b2c3d4e5",
+            "domainName": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "a1b2c3d4e5",
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.42",
+                "userAgent": "test"
+            },
+            "requestId": "dJ3kQhR2IAMEVxg=",
+            "routeKey": format!("{method} /api/v1/operations/enrichment/{{personId}}"),
+            "stage": "$default",
+            "time": "29/Nov/2026:15:48:12 +0000",
+            "timeEpoch": 1795967292417_u64
+        },
+        "isBase64Encoded": false
+    })
+}
+
+/// The status and JSON body of an API Gateway response the function posted.
+pub fn http_answer(invocation: &Invocation, function: &FunctionProcess) -> (u64, Value) {
+    let response = invocation.response_json().unwrap_or_else(|| {
+        panic!(
+            "expected a response, got {:?}; function output:\n{}",
+            invocation.outcome,
+            function.logs()
+        )
+    });
+    let status = response["statusCode"].as_u64().unwrap_or_default();
+    let body = response["body"]
+        .as_str()
+        .and_then(|body| serde_json::from_str(body).ok())
+        .unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// The signed amounts of the credit transactions of `org` (a debit is negative), sorted, and
+/// its balance; asserts the ledger holds: balance = `granted` − debits + refunds.
+pub async fn ledger(
+    store: &Store,
+    dynamodb: &aws_sdk_dynamodb::Client,
+    org: &str,
+    granted: i64,
+) -> (i64, Vec<i64>) {
+    let items = dynamodb
+        .query()
+        .table_name(store.table())
+        .key_condition_expression("pk = :pk AND begins_with(sk, :tx)")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("ORG#{org}")))
+        .expression_attribute_values(":tx", AttributeValue::S("CREDITTX#".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    let mut amounts: Vec<i64> = items
+        .iter()
+        .map(|item| item["amount"].as_n().unwrap().parse().unwrap())
+        .collect();
+    amounts.sort();
+    let balance = store.credit_balance(org).await.unwrap();
+    assert_eq!(
+        balance,
+        granted + amounts.iter().sum::<i64>(),
+        "the ledger of {org} does not add up: {amounts:?}"
+    );
+    (balance, amounts)
+}
