@@ -19,7 +19,10 @@ run: setup
 	$(CARGO) build -q -p local-stack -p enrichctl
 	exec "$${CARGO_TARGET_DIR:-target}/debug/local-stack"
 
+# The function binaries first: the bootstrap and fault tests run them under the Lambda Runtime
+# API emulator.
 test: setup
+	$(CARGO) build -q --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
