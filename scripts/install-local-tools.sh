@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the tests need beyond the Rust toolchain, pinned, into the
-# project's own folder: moto's server mode (the SQS emulator) in .local/venv. Also checks for
-# openssl (it makes the local dev signing key) and installs it with apt-get when missing.
+# project's own folder: moto's server mode (the SQS emulator) in .local/venv.
 #
 # Idempotent: nothing is installed when the pinned version is already there.
 set -euo pipefail
@@ -14,11 +13,6 @@ venv="${repo_root}/.local/venv"
 python="${PYTHON:-python3}"
 
 log() { printf '[install-local-tools] %s\n' "$*" >&2; }
-
-if ! command -v openssl >/dev/null 2>&1; then
-    log "installing openssl"
-    apt-get update -qq && apt-get install -y -qq openssl >/dev/null
-fi
 
 installed="$("${venv}/bin/python" -c 'from importlib import metadata; print(metadata.version("moto"))' 2>/dev/null || true)"
 if [[ "${installed}" == "${MOTO_VERSION}" && -x "${venv}/bin/moto_server" ]]; then

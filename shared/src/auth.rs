@@ -337,7 +337,6 @@ async fn fetch_jwks(
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
     use std::sync::OnceLock;
 
     use base64::Engine;
@@ -353,40 +352,21 @@ mod tests {
     const ISSUER: &str = "https://clerk.example.test";
     const PARTY: &str = "https://app.example.test";
 
-    /// An RSA key pair made with openssl: (private PEM, public PEM).
-    fn key_pair(name: &str) -> (Vec<u8>, Vec<u8>) {
-        let dir = std::env::temp_dir().join(format!("auth-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let private: PathBuf = dir.join(format!("{name}.pem"));
-        let public: PathBuf = dir.join(format!("{name}.pub.pem"));
-        let run = |args: &[&str]| {
-            let status = std::process::Command::new("openssl")
-                .args(args)
-                .stderr(std::process::Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success(), "openssl {args:?}");
-        };
-        let (private_s, public_s) = (private.to_str().unwrap(), public.to_str().unwrap());
-        run(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            private_s,
-        ]);
-        run(&["pkey", "-in", private_s, "-pubout", "-out", public_s]);
-        (
-            std::fs::read(private).unwrap(),
-            std::fs::read(public).unwrap(),
-        )
+    /// A fresh RSA key pair: (private PKCS#8 PEM, public PEM).
+    fn key_pair() -> (Vec<u8>, Vec<u8>) {
+        use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+        let key = <rsa::PrivateKey as rsa::Generate>::generate();
+        let private = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let public = key
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        (private.as_bytes().to_vec(), public.into_bytes())
     }
 
     fn keys() -> &'static [(Vec<u8>, Vec<u8>); 2] {
         static KEYS: OnceLock<[(Vec<u8>, Vec<u8>); 2]> = OnceLock::new();
-        KEYS.get_or_init(|| [key_pair("a"), key_pair("b")])
+        KEYS.get_or_init(|| [key_pair(), key_pair()])
     }
 
     fn now() -> i64 {

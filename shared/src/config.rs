@@ -127,18 +127,3 @@ pub fn http_client() -> reqwest::Client {
         .build()
         .unwrap_or_default()
 }
-
-/// Installs the tracing subscriber: `RUST_LOG` filter (default `info`); JSON lines without
-/// timestamps inside Lambda (CloudWatch stamps each line), plain text elsewhere.
-pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
-        let _ = builder.json().without_time().with_ansi(false).try_init();
-    } else {
-        let _ = builder.try_init();
-    }
-}

@@ -3,14 +3,16 @@
 //! process, outside the handler.
 
 use enrichment::auth::Authenticator;
-use enrichment::config::{Config, aws_sdk_config, http_client, init_tracing};
+use enrichment::config::{Config, aws_sdk_config, http_client};
 use enrichment::enrichment::Enrichments;
 use enrichment::store::Store;
 use lambda_http::{Error, Request, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    init_tracing();
+    // JSON lines with the request id when the function's log format is JSON (template.yaml),
+    // level from AWS_LAMBDA_LOG_LEVEL or RUST_LOG.
+    lambda_http::tracing::init_default_subscriber();
     let config = Config::from_env()?;
     let sdk = aws_sdk_config().await;
     let auth = Authenticator::from_env(http_client())?;

@@ -4,7 +4,7 @@
 //! process, outside the handler.
 
 use enrichment::budget::{WORKER_FUNCTION_TIMEOUT, deadline_from_epoch_millis};
-use enrichment::config::{Config, aws_sdk_config, http_client, init_tracing};
+use enrichment::config::{Config, aws_sdk_config, http_client};
 use enrichment::providers::cascade::Cascade;
 use enrichment::queue::SqsJobQueue;
 use enrichment::secrets::{SecretsClient, resolve_api_keys};
@@ -14,7 +14,9 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    init_tracing();
+    // JSON lines with the request id when the function's log format is JSON (template.yaml),
+    // level from AWS_LAMBDA_LOG_LEVEL or RUST_LOG.
+    lambda_runtime::tracing::init_default_subscriber();
     let config = Config::from_env()?;
     let sdk = aws_sdk_config().await;
     let secrets = SecretsClient::new(&sdk);

@@ -157,9 +157,7 @@ fn retry_after_at(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
-    let at = DateTime::parse_from_rfc2822(value)
-        .ok()?
-        .with_timezone(&Utc);
+    let at = DateTime::<Utc>::from(httpdate::parse_http_date(value).ok()?);
     Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
 
@@ -371,6 +369,15 @@ mod tests {
         assert_eq!(
             retry_after_at(&with_retry_after("Wed, 21 Oct 2015 07:00:00 GMT"), now),
             Some(Duration::ZERO)
+        );
+        // RFC 9110 also accepts the obsolete RFC 850 and asctime formats.
+        assert_eq!(
+            retry_after_at(&with_retry_after("Wednesday, 21-Oct-15 07:28:00 GMT"), now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            retry_after_at(&with_retry_after("Wed Oct 21 07:28:00 2015"), now),
+            Some(Duration::from_secs(60))
         );
         assert_eq!(retry_after_at(&with_retry_after("soon"), now), None);
         assert_eq!(retry_after_at(&HeaderMap::new(), now), None);

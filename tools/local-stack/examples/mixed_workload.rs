@@ -120,7 +120,7 @@ fn main() {
         }
     }
     if std::env::var_os("RUST_LOG").is_some() {
-        enrichment::config::init_tracing();
+        local_stack::init_tracing();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,9 +1,9 @@
-//! The local stack's dev signing key: an RSA key made once with `openssl` into the state folder,
+//! The local stack's dev signing key: an RSA key made once (the `rsa` crate, 3072 bits, the
+//! operating system's RNG) into the state folder,
 //! served as a JWKS by the gateway and used by `enrichctl token`. The deployed functions never
 //! see it: their key source is configuration (`AUTH_JWKS_URL` / `AUTH_JWT_KEY`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -15,31 +15,39 @@ use crate::DEV_KID;
 /// The longest lifetime [`sign`] gives a token: one year (365 days).
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(31_536_000);
 
-/// Returns the path of `<state>/dev-key.pem`, creating a 2048-bit RSA key there if absent.
+/// Returns the path of `<state>/dev-key.pem`, creating an RSA key there (PKCS#8 PEM,
+/// [`rsa::PrivateKey::DEFAULT_BITS`] bits) if absent.
 ///
-/// Errors: `openssl` missing or failing.
+/// Errors: the key cannot be made or written.
 pub fn ensure(state_dir: &Path) -> Result<PathBuf, String> {
+    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
     let path = state_dir.join("dev-key.pem");
     if path.exists() {
         return Ok(path);
     }
-    let status = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&path)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot run openssl to make the dev key: {e}"))?;
-    if !status.success() {
-        return Err(format!("openssl could not write {}", path.display()));
-    }
+    let key = <rsa::PrivateKey as rsa::Generate>::try_generate()
+        .map_err(|e| format!("cannot make the dev key: {e}"))?;
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| format!("cannot encode the dev key: {e}"))?;
+    std::fs::write(&path, pem.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
+}
+
+/// The public half of the dev key at `path`, as a PEM (`AUTH_JWT_KEY` for a function that
+/// trusts the local stack's tokens).
+///
+/// Errors: the key cannot be read.
+pub fn public_pem(path: &Path) -> Result<String, String> {
+    use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    rsa::PrivateKey::from_pkcs8_pem(&pem)
+        .map_err(|e| format!("{} is not an RSA key: {e}", path.display()))?
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| e.to_string())
 }
 
 fn encoding_key(path: &Path) -> Result<EncodingKey, String> {

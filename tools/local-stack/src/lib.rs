@@ -37,6 +37,20 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+/// Installs the local stack's tracing subscriber on stderr: `RUST_LOG` filter (default `info`),
+/// plain text, colours only when stderr is a terminal (never in a file or a pipe). The Lambda
+/// functions use `lambda_runtime`'s own subscriber instead.
+pub fn init_tracing() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
 /// The region and credentials the emulators are reached with.
 pub const LOCAL_REGION: &str = "us-east-1";
 /// The table name of the local stack.

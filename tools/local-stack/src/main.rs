@@ -93,7 +93,7 @@ async fn run() -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    enrichment::config::init_tracing();
+    local_stack::init_tracing();
     // Returning (rather than `process::exit`) drops the runtime and its tasks, so a start that
     // failed half-way still kills the moto server it had started.
     match run().await {

@@ -26,13 +26,7 @@ fn key_pair() -> (String, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("bootstrap-test-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let private = local_stack::devkey::ensure(&dir).unwrap();
-    let output = std::process::Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .output()
-        .expect("openssl runs");
-    assert!(output.status.success(), "openssl pkey -pubout");
-    (String::from_utf8(output.stdout).unwrap(), private)
+    (local_stack::devkey::public_pem(&private).unwrap(), private)
 }
 
 /// Builds the trigger bootstrap if needed and starts it with [`trigger_env`].
