@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 
+use crate::config::{AuthSettings, ConfigError, Vars};
 use crate::error::ApiError;
 
 /// The shortest time between two JWKS fetches caused by unknown `kid`s, after a fetch that
@@ -60,19 +61,6 @@ pub struct Authenticator {
     authorized_parties: Vec<String>,
 }
 
-/// Configuration errors, reported at start-up.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthConfigError {
-    /// Neither `AUTH_JWKS_URL` nor `AUTH_JWT_KEY` is set: no token could ever be verified.
-    #[error(
-        "set AUTH_JWKS_URL or AUTH_JWT_KEY: without a key source no request can be authenticated"
-    )]
-    NoKeySource,
-    /// The PEM key did not parse as an RSA public key.
-    #[error("AUTH_JWT_KEY is not an RSA public key in PEM: {0}")]
-    BadPem(String),
-}
-
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: Option<String>,
@@ -92,41 +80,60 @@ fn unauthorized(message: &str) -> ApiError {
 }
 
 impl Authenticator {
-    /// Reads `AUTH_JWKS_URL` or `AUTH_JWT_KEY` (PEM), `AUTH_ISSUER`, `AUTH_AUTHORIZED_PARTIES`
-    /// (comma-separated) and `AUTH_CLOCK_LEEWAY_SECONDS` (default 5). Fails closed: with no key
+    /// The authenticator [`AuthSettings`] describes, read from `vars`: the PEM key of
+    /// `AUTH_JWT_KEY` when set, else the JWKS of `AUTH_JWKS_URL`. Fails closed: with no key
     /// source configured the function does not start.
-    pub fn from_env(http: reqwest::Client) -> Result<Self, AuthConfigError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let issuer = var("AUTH_ISSUER");
-        let parties: Vec<String> = var("AUTH_AUTHORIZED_PARTIES")
-            .map(|v| {
-                v.split(',')
-                    .map(|p| p.trim().to_string())
-                    .filter(|p| !p.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let leeway = var("AUTH_CLOCK_LEEWAY_SECONDS")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(5);
-        if let Some(pem) = var("AUTH_JWT_KEY") {
-            Self::with_pem(pem.as_bytes(), issuer, parties, leeway)
-        } else if let Some(url) = var("AUTH_JWKS_URL") {
-            Ok(Self::with_jwks(url, http, issuer, parties, leeway))
+    ///
+    /// Errors: [`ConfigError::MissingEither`] when neither key source is set; those of
+    /// [`AuthSettings::from_vars`] and [`Authenticator::with_pem`].
+    pub fn from_vars(vars: &Vars, http: reqwest::Client) -> Result<Self, ConfigError> {
+        let settings = AuthSettings::from_vars(vars)?;
+        let AuthSettings {
+            jwt_key,
+            jwks_url,
+            issuer,
+            authorized_parties,
+            clock_leeway_seconds,
+        } = settings;
+        if let Some(pem) = jwt_key {
+            Self::with_pem(
+                pem.as_bytes(),
+                issuer,
+                authorized_parties,
+                clock_leeway_seconds,
+            )
+        } else if let Some(url) = jwks_url {
+            Ok(Self::with_jwks(
+                url,
+                http,
+                issuer,
+                authorized_parties,
+                clock_leeway_seconds,
+            ))
         } else {
-            Err(AuthConfigError::NoKeySource)
+            Err(ConfigError::MissingEither {
+                first: "AUTH_JWKS_URL",
+                second: "AUTH_JWT_KEY",
+                why: "without a key source no request can be authenticated",
+            })
         }
     }
 
-    /// Verifies with one RSA public key in PEM (Clerk's `jwtKey`).
+    /// Verifies with one RSA public key in PEM (Clerk's `jwtKey`, the value of `AUTH_JWT_KEY`).
+    ///
+    /// Errors: [`ConfigError::Invalid`] for `AUTH_JWT_KEY` when `pem` is not an RSA public key
+    /// in PEM.
     pub fn with_pem(
         pem: &[u8],
         issuer: Option<String>,
         authorized_parties: Vec<String>,
         leeway_seconds: u64,
-    ) -> Result<Self, AuthConfigError> {
-        let key =
-            DecodingKey::from_rsa_pem(pem).map_err(|e| AuthConfigError::BadPem(e.to_string()))?;
+    ) -> Result<Self, ConfigError> {
+        let key = DecodingKey::from_rsa_pem(pem).map_err(|e| ConfigError::Invalid {
+            var: "AUTH_JWT_KEY",
+            value: String::from_utf8_lossy(pem).into_owned(),
+            expected: format!("an RSA public key in PEM ({e})"),
+        })?;
         Ok(Self::new(
             Keys::Pem(key),
             issuer,

@@ -5,6 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::error::DisplayErrorContext;
 
+use crate::config::{ConfigError, QueueSettings, Vars};
 use crate::domain::Job;
 
 /// A failed enqueue, after the SDK's own retries.
@@ -181,20 +182,29 @@ impl JobQueue for StepFunctionsJobQueue {
     }
 }
 
-/// The job queue the configuration chooses: Step Functions when `STATE_MACHINE_ARN` is set,
-/// else SQS at `QUEUE_URL`.
+/// The job queue [`QueueSettings`] chooses, read from `vars`: Step Functions when
+/// `STATE_MACHINE_ARN` is set, else SQS at `QUEUE_URL`.
 ///
-/// Errors: neither is set.
-pub fn from_env(sdk: &aws_config::SdkConfig) -> Result<Box<dyn JobQueue>, QueueError> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    if let Some(arn) = var("STATE_MACHINE_ARN") {
+/// Errors: [`ConfigError::MissingEither`] when neither is set.
+pub fn from_vars(
+    sdk: &aws_config::SdkConfig,
+    vars: &Vars,
+) -> Result<Box<dyn JobQueue>, ConfigError> {
+    let QueueSettings {
+        queue_url,
+        state_machine_arn,
+    } = QueueSettings::from_vars(vars);
+    if let Some(arn) = state_machine_arn {
         Ok(Box::new(StepFunctionsJobQueue::from_sdk(sdk, arn)))
-    } else if let Some(url) = var("QUEUE_URL") {
+    } else if let Some(url) = queue_url {
         Ok(Box::new(SqsJobQueue::from_sdk(sdk, url)))
     } else {
-        Err(QueueError(
-            "set QUEUE_URL (SQS worker) or STATE_MACHINE_ARN (Step Functions)".into(),
-        ))
+        Err(ConfigError::MissingEither {
+            first: "QUEUE_URL",
+            second: "STATE_MACHINE_ARN",
+            why: "the trigger sends each job to the SQS worker's queue or starts a Step \
+                  Functions execution",
+        })
     }
 }
 

@@ -1180,6 +1180,43 @@ impl Store {
         }
     }
 
+    /// The signed amounts of the org's credit transactions (a debit is negative, a refund
+    /// positive), read consistently, in key order: with the grants, what the balance must equal
+    /// (the ledger check of the tests and of an audit).
+    ///
+    /// Errors: DynamoDB failures; an item without a numeric `amount`.
+    pub async fn credit_amounts(&self, org_id: &str) -> Result<Vec<i64>, StoreError> {
+        let mut amounts = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :tx)")
+                .expression_attribute_values(":pk", s(org_pk(org_id)))
+                .expression_attribute_values(":tx", s("CREDITTX#"))
+                .projection_expression("amount")
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(dynamo_error("Query"))?;
+            for item in page.items() {
+                let amount = item
+                    .get("amount")
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| StoreError::Shape(format!("credit transaction {item:?}")))?;
+                amounts.push(amount);
+            }
+            start = page.last_evaluated_key;
+            if start.as_ref().is_none_or(|key| key.is_empty()) {
+                return Ok(amounts);
+            }
+        }
+    }
+
     /// The org's credit balance; 0 when it never had credits.
     pub async fn credit_balance(&self, org_id: &str) -> Result<i64, StoreError> {
         let output = self
@@ -1339,23 +1376,7 @@ mod tests {
     /// The org's balance and the signed amounts of its credit transactions; asserts the ledger
     /// holds (balance = grants − debits + refunds, `granted` being the grants).
     async fn ledger(store: &Store, granted: i64) -> (i64, Vec<i64>) {
-        let items = store
-            .client
-            .query()
-            .table_name(store.table())
-            .key_condition_expression("pk = :pk AND begins_with(sk, :tx)")
-            .expression_attribute_values(":pk", s(org_pk(ORG)))
-            .expression_attribute_values(":tx", s("CREDITTX#"))
-            .consistent_read(true)
-            .send()
-            .await
-            .unwrap()
-            .items
-            .unwrap_or_default();
-        let mut amounts: Vec<i64> = items
-            .iter()
-            .map(|item| item["amount"].as_n().unwrap().parse().unwrap())
-            .collect();
+        let mut amounts = store.credit_amounts(ORG).await.unwrap();
         amounts.sort();
         let balance = store.credit_balance(ORG).await.unwrap();
         assert_eq!(

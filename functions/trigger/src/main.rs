@@ -2,7 +2,7 @@
 //! Gateway HTTP API. Clients and configuration are built once per process, outside the handler.
 
 use enrichment::auth::Authenticator;
-use enrichment::config::{Config, aws_sdk_config, http_client};
+use enrichment::config::{Config, Vars, aws_sdk_config, http_client};
 use enrichment::enrichment::Enrichments;
 use enrichment::queue;
 use enrichment::store::Store;
@@ -13,10 +13,13 @@ async fn main() -> Result<(), Error> {
     // JSON lines with the request id when the function's log format is JSON (template.yaml),
     // level from AWS_LAMBDA_LOG_LEVEL or RUST_LOG.
     lambda_http::tracing::init_default_subscriber();
-    let config = Config::from_env()?;
+    // Every setting is read and checked here, before the first request: a bad one stops the
+    // function with an error naming it.
+    let vars = Vars::env();
+    let config = Config::from_vars(&vars)?;
+    let auth = Authenticator::from_vars(&vars, http_client())?;
     let sdk = aws_sdk_config().await;
-    let auth = Authenticator::from_env(http_client())?;
-    let queue = queue::from_env(&sdk)?;
+    let queue = queue::from_vars(&sdk, &vars)?;
     let enrichments = Enrichments::new(Store::from_sdk(&sdk, &config.table_name), config);
     let (auth, enrichments, queue) = (&auth, &enrichments, queue.as_ref());
     run(service_fn(move |req: Request| async move {

@@ -12,7 +12,6 @@
 //!   incomplete: the enrichment ends `failed` (refunded, and a new POST may try again) with an
 //!   `error` naming the failures, rather than a `dataFound: false` that would hide them.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,77 +19,17 @@ use chrono::Utc;
 use phonenumber::country::Id;
 use tokio::time::Instant;
 
+use crate::config::{ConfigError, Vars};
 use crate::domain::{ContactPoint, Field, timestamp};
-use crate::providers::dropcontact::{self, DropcontactProvider};
-use crate::providers::fullenrich::{self, FullEnrichProvider};
-use crate::providers::hunter::{self, HunterProvider};
 use crate::providers::normalize::normalize;
-use crate::providers::pdl::{self, PdlProvider};
-use crate::providers::prospeo::{self, ProspeoProvider};
+use crate::providers::registry;
 use crate::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError};
 
-/// `EMAIL_PROVIDERS` when unset.
-pub const DEFAULT_EMAIL_PROVIDERS: &str = "hunter,pdl";
-/// `PHONE_PROVIDERS` when unset.
-pub const DEFAULT_PHONE_PROVIDERS: &str = "pdl";
-/// `HUNTER_BASE_URL` when unset.
-pub const DEFAULT_HUNTER_BASE_URL: &str = "https://api.hunter.io";
-/// `PDL_BASE_URL` when unset.
-pub const DEFAULT_PDL_BASE_URL: &str = "https://api.peopledatalabs.com";
-/// `PROSPEO_BASE_URL` when unset.
-pub const DEFAULT_PROSPEO_BASE_URL: &str = "https://api.prospeo.io";
-/// `FULLENRICH_BASE_URL` when unset (the API paths add `/api/v2`).
-pub const DEFAULT_FULLENRICH_BASE_URL: &str = "https://app.fullenrich.com";
-/// `DROPCONTACT_BASE_URL` when unset (the API paths add `/v1`).
-pub const DEFAULT_DROPCONTACT_BASE_URL: &str = "https://api.dropcontact.com";
-/// `PROVIDER_TIMEOUT_SECONDS` when unset.
-pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(20);
-/// `PHONE_DEFAULT_REGION` when unset.
+/// The region of national phone numbers when none is configured (`PHONE_DEFAULT_REGION`).
 pub const DEFAULT_PHONE_REGION: Id = Id::US;
 
 /// The error text recorded for a provider not started because the deadline was too near.
 pub const NO_TIME_LEFT: &str = "not started: too close to the deadline";
-
-/// Why [`Cascade::from_vars`] could not build the cascade.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CascadeConfigError {
-    /// A provider list names a provider this build does not know.
-    #[error(
-        "{var}: unknown provider {name:?} (known: hunter, pdl, prospeo, fullenrich, dropcontact)"
-    )]
-    UnknownProvider {
-        /// The variable holding the list.
-        var: &'static str,
-        /// The unknown name.
-        name: String,
-    },
-    /// A provider list names the same provider twice.
-    #[error("{var}: provider {name:?} is listed twice")]
-    DuplicateProvider {
-        /// The variable holding the list.
-        var: &'static str,
-        /// The repeated name.
-        name: String,
-    },
-    /// A listed provider has no API key.
-    #[error("{var} must be set (and not empty) since {provider} is a configured provider")]
-    MissingApiKey {
-        /// The provider.
-        provider: &'static str,
-        /// The variable that should hold its key.
-        var: &'static str,
-    },
-    /// A variable has a value that cannot be used.
-    #[error("{var}: invalid value {value:?}: {reason}")]
-    Invalid {
-        /// The variable.
-        var: &'static str,
-        /// Its value.
-        value: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-}
 
 /// What the cascade found for one field of one person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,131 +188,18 @@ impl Cascade {
         self.provider_timeout
     }
 
-    /// The cascade configured by the variables that `var` returns (`None`: unset):
+    /// The cascade configured by the variables that `var` returns (`None`: unset), read
+    /// through [`Vars`]: [`registry::cascade`], whose [`registry::CascadeSettings`] documents
+    /// every variable, its default and its range.
     ///
-    /// | variable | default | meaning |
-    /// |---|---|---|
-    /// | `EMAIL_PROVIDERS` | `hunter,pdl` | providers asked for emails, in order (comma-separated; empty: none) |
-    /// | `PHONE_PROVIDERS` | `pdl` | providers asked for phones, in order |
-    /// | `HUNTER_API_KEY` | | required when `hunter` is listed |
-    /// | `PDL_API_KEY` | | required when `pdl` is listed |
-    /// | `PROSPEO_API_KEY` | | required when `prospeo` is listed |
-    /// | `FULLENRICH_API_KEY` | | required when `fullenrich` is listed |
-    /// | `DROPCONTACT_API_KEY` | | required when `dropcontact` is listed (emails only) |
-    /// | `HUNTER_BASE_URL` | `https://api.hunter.io` | Hunter's API origin (the simulator's `http://127.0.0.1:PORT/hunter`) |
-    /// | `PDL_BASE_URL` | `https://api.peopledatalabs.com` | PDL's API origin |
-    /// | `PROSPEO_BASE_URL` | `https://api.prospeo.io` | Prospeo's API origin |
-    /// | `FULLENRICH_BASE_URL` | `https://app.fullenrich.com` | FullEnrich's API origin, without `/api/v2` |
-    /// | `DROPCONTACT_BASE_URL` | `https://api.dropcontact.com` | Dropcontact's API origin, without `/v1` |
-    /// | `PROVIDER_TIMEOUT_SECONDS` | `20` | bound on each provider call, seconds (decimals allowed, > 0) |
-    /// | `PROVIDER_RETRIES` | `1` | times a provider is asked again after a short `Retry-After` or a 5xx (0 to 5) |
-    /// | `<NAME>_TIMEOUT_SECONDS`, `<NAME>_RETRIES` | the two above | one provider's own budget (`PDL_TIMEOUT_SECONDS`...) |
-    /// | `PHONE_DEFAULT_REGION` | `US` | ISO 3166 region of national phone numbers |
-    ///
-    /// Names are case-insensitive; an empty value counts as unset, except for the two provider
-    /// lists, where it means "no provider". Errors: an unknown or repeated provider name, a listed
-    /// provider without its key, a base URL that is not http(s), a timeout or region that does
-    /// not parse.
+    /// Errors: those of [`registry::CascadeSettings::from_vars`] (an unknown or repeated
+    /// provider name, a listed provider without its key, a value that does not parse or is out
+    /// of its range).
     pub fn from_vars(
         http: reqwest::Client,
-        var: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, CascadeConfigError> {
-        let emails_list = var("EMAIL_PROVIDERS");
-        let phones_list = var("PHONE_PROVIDERS");
-        let email_names = provider_names(
-            "EMAIL_PROVIDERS",
-            emails_list.as_deref().unwrap_or(DEFAULT_EMAIL_PROVIDERS),
-        )?;
-        let phone_names = provider_names(
-            "PHONE_PROVIDERS",
-            phones_list.as_deref().unwrap_or(DEFAULT_PHONE_PROVIDERS),
-        )?;
-        let wanted = |name: &str| email_names.contains(&name) || phone_names.contains(&name);
-
-        let mut built: Vec<(&'static str, Arc<dyn Provider>)> = Vec::new();
-        for entry in REGISTRY.iter().filter(|entry| wanted(entry.name)) {
-            let key = api_key(&var, entry.name, entry.key_var)?;
-            let base = base_url(&var, entry.base_url_var, entry.default_base_url)?;
-            built.push((entry.name, (entry.build)(http.clone(), base, key)));
-        }
-        let pick = |names: &[&'static str]| -> Vec<Arc<dyn Provider>> {
-            names
-                .iter()
-                .filter_map(|name| {
-                    built
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, p)| p.clone())
-                })
-                .collect()
-        };
-
-        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-        let seconds = |name: &'static str| -> Result<Option<Duration>, CascadeConfigError> {
-            set(name)
-                .map(|value| {
-                    value
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|s| *s > 0.0)
-                        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                        .ok_or(CascadeConfigError::Invalid {
-                            var: name,
-                            value,
-                            reason: "expected a positive number of seconds",
-                        })
-                })
-                .transpose()
-        };
-        let count = |name: &'static str| -> Result<Option<u32>, CascadeConfigError> {
-            set(name)
-                .map(|value| {
-                    value.trim().parse::<u32>().ok().filter(|n| *n <= 5).ok_or(
-                        CascadeConfigError::Invalid {
-                            var: name,
-                            value,
-                            reason: "expected a number of retries from 0 to 5",
-                        },
-                    )
-                })
-                .transpose()
-        };
-        let provider_timeout =
-            seconds("PROVIDER_TIMEOUT_SECONDS")?.unwrap_or(DEFAULT_PROVIDER_TIMEOUT);
-        let retries = count("PROVIDER_RETRIES")?.unwrap_or(DEFAULT_RETRIES);
-        let mut budgets = Vec::new();
-        for entry in &REGISTRY {
-            let (name, timeout_var, retries_var) =
-                (entry.name, entry.timeout_var, entry.retries_var);
-            let (timeout, own_retries) = (seconds(timeout_var)?, count(retries_var)?);
-            if timeout.is_some() || own_retries.is_some() {
-                let budget = Budget {
-                    timeout: timeout.unwrap_or(provider_timeout),
-                    retries: own_retries.unwrap_or(retries),
-                };
-                budgets.push((name, budget));
-            }
-        }
-        let default_region = match set("PHONE_DEFAULT_REGION") {
-            None => DEFAULT_PHONE_REGION,
-            Some(value) => Id::from_str(&value.trim().to_uppercase()).map_err(|_| {
-                CascadeConfigError::Invalid {
-                    var: "PHONE_DEFAULT_REGION",
-                    value,
-                    reason: "expected a two-letter region code such as US or GB",
-                }
-            })?,
-        };
-
-        let cascade = Cascade::new(pick(&email_names), pick(&phone_names), provider_timeout)
-            .with_retries(retries)
-            .with_default_region(default_region);
-        Ok(budgets
-            .into_iter()
-            .fold(cascade, |cascade, (name, budget)| {
-                cascade.with_budget(name, budget)
-            }))
+        var: impl Fn(&str) -> Option<String> + Send + Sync,
+    ) -> Result<Self, ConfigError> {
+        registry::cascade(http, &Vars::from_fn(var))
     }
 
     /// Asks the providers of `field` in order for `person`'s values, stopping at the first that
@@ -496,124 +322,6 @@ impl Cascade {
             tracing::info!(provider = provider.name(), field = %field, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), attempt, "asking the provider again");
             tokio::time::sleep(wait).await;
         }
-    }
-}
-
-/// The provider names of a comma-separated list, lower-cased, in order.
-fn provider_names(var: &'static str, list: &str) -> Result<Vec<&'static str>, CascadeConfigError> {
-    let mut names: Vec<&'static str> = Vec::new();
-    for raw in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let lower = raw.to_lowercase();
-        let name = REGISTRY
-            .iter()
-            .map(|entry| entry.name)
-            .find(|name| *name == lower)
-            .ok_or_else(|| CascadeConfigError::UnknownProvider {
-                var,
-                name: raw.to_string(),
-            })?;
-        if names.contains(&name) {
-            return Err(CascadeConfigError::DuplicateProvider {
-                var,
-                name: name.to_string(),
-            });
-        }
-        names.push(name);
-    }
-    Ok(names)
-}
-
-/// A provider this build knows: its name, how to build its adapter, and the variables that
-/// configure it.
-struct Registered {
-    name: &'static str,
-    key_var: &'static str,
-    base_url_var: &'static str,
-    default_base_url: &'static str,
-    timeout_var: &'static str,
-    retries_var: &'static str,
-    build: fn(reqwest::Client, String, String) -> Arc<dyn Provider>,
-}
-
-/// Every provider adapter, in the order their docs list them.
-const REGISTRY: [Registered; 5] = [
-    Registered {
-        name: hunter::NAME,
-        key_var: "HUNTER_API_KEY",
-        base_url_var: "HUNTER_BASE_URL",
-        default_base_url: DEFAULT_HUNTER_BASE_URL,
-        timeout_var: "HUNTER_TIMEOUT_SECONDS",
-        retries_var: "HUNTER_RETRIES",
-        build: |http, base, key| Arc::new(HunterProvider::new(http, base, key)),
-    },
-    Registered {
-        name: pdl::NAME,
-        key_var: "PDL_API_KEY",
-        base_url_var: "PDL_BASE_URL",
-        default_base_url: DEFAULT_PDL_BASE_URL,
-        timeout_var: "PDL_TIMEOUT_SECONDS",
-        retries_var: "PDL_RETRIES",
-        build: |http, base, key| Arc::new(PdlProvider::new(http, base, key)),
-    },
-    Registered {
-        name: prospeo::NAME,
-        key_var: "PROSPEO_API_KEY",
-        base_url_var: "PROSPEO_BASE_URL",
-        default_base_url: DEFAULT_PROSPEO_BASE_URL,
-        timeout_var: "PROSPEO_TIMEOUT_SECONDS",
-        retries_var: "PROSPEO_RETRIES",
-        build: |http, base, key| Arc::new(ProspeoProvider::new(http, base, key)),
-    },
-    Registered {
-        name: fullenrich::NAME,
-        key_var: "FULLENRICH_API_KEY",
-        base_url_var: "FULLENRICH_BASE_URL",
-        default_base_url: DEFAULT_FULLENRICH_BASE_URL,
-        timeout_var: "FULLENRICH_TIMEOUT_SECONDS",
-        retries_var: "FULLENRICH_RETRIES",
-        build: |http, base, key| Arc::new(FullEnrichProvider::new(http, base, key)),
-    },
-    Registered {
-        name: dropcontact::NAME,
-        key_var: "DROPCONTACT_API_KEY",
-        base_url_var: "DROPCONTACT_BASE_URL",
-        default_base_url: DEFAULT_DROPCONTACT_BASE_URL,
-        timeout_var: "DROPCONTACT_TIMEOUT_SECONDS",
-        retries_var: "DROPCONTACT_RETRIES",
-        build: |http, base, key| Arc::new(DropcontactProvider::new(http, base, key)),
-    },
-];
-
-fn api_key(
-    var: &impl Fn(&str) -> Option<String>,
-    provider: &'static str,
-    name: &'static str,
-) -> Result<String, CascadeConfigError> {
-    var(name)
-        .map(|key| key.trim().to_string())
-        .filter(|key| !key.is_empty())
-        .ok_or(CascadeConfigError::MissingApiKey {
-            provider,
-            var: name,
-        })
-}
-
-fn base_url(
-    var: &impl Fn(&str) -> Option<String>,
-    name: &'static str,
-    default: &str,
-) -> Result<String, CascadeConfigError> {
-    let value = var(name)
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string());
-    match url::Url::parse(&value) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(value),
-        _ => Err(CascadeConfigError::Invalid {
-            var: name,
-            value,
-            reason: "expected an http(s) URL",
-        }),
     }
 }
 
@@ -1010,7 +718,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             error,
-            CascadeConfigError::MissingApiKey {
+            ConfigError::MissingApiKey {
                 provider: "hunter",
                 var: "HUNTER_API_KEY"
             }
@@ -1019,10 +727,7 @@ mod tests {
             reqwest::Client::new(),
             vars(&[("HUNTER_API_KEY", " "), ("PDL_API_KEY", "p")]),
         );
-        assert!(matches!(
-            blank,
-            Err(CascadeConfigError::MissingApiKey { .. })
-        ));
+        assert!(matches!(blank, Err(ConfigError::MissingApiKey { .. })));
     }
 
     #[test]
@@ -1035,14 +740,14 @@ mod tests {
         };
         assert_eq!(
             with(("EMAIL_PROVIDERS", "hunter,clearbit")),
-            Some(CascadeConfigError::UnknownProvider {
+            Some(ConfigError::UnknownProvider {
                 var: "EMAIL_PROVIDERS",
                 name: "clearbit".into()
             })
         );
         assert_eq!(
             with(("PHONE_PROVIDERS", "pdl,PDL")),
-            Some(CascadeConfigError::DuplicateProvider {
+            Some(ConfigError::DuplicateProvider {
                 var: "PHONE_PROVIDERS",
                 name: "pdl".into()
             })
@@ -1051,7 +756,7 @@ mod tests {
             assert!(
                 matches!(
                     with(("PROVIDER_TIMEOUT_SECONDS", bad)),
-                    Some(CascadeConfigError::Invalid {
+                    Some(ConfigError::Invalid {
                         var: "PROVIDER_TIMEOUT_SECONDS",
                         ..
                     })
@@ -1061,14 +766,14 @@ mod tests {
         }
         assert!(matches!(
             with(("PHONE_DEFAULT_REGION", "USA")),
-            Some(CascadeConfigError::Invalid {
+            Some(ConfigError::Invalid {
                 var: "PHONE_DEFAULT_REGION",
                 ..
             })
         ));
         assert!(matches!(
             with(("PDL_BASE_URL", "api.peopledatalabs.com")),
-            Some(CascadeConfigError::Invalid {
+            Some(ConfigError::Invalid {
                 var: "PDL_BASE_URL",
                 ..
             })
@@ -1121,7 +826,7 @@ mod tests {
             )
             .err();
             assert!(
-                matches!(missing, Some(CascadeConfigError::MissingApiKey { provider, var }) if provider == name && var == key_var),
+                matches!(missing, Some(ConfigError::MissingApiKey { provider, var }) if provider == name && var == key_var),
                 "{name}"
             );
             let bad_url = Cascade::from_vars(
@@ -1135,7 +840,7 @@ mod tests {
             )
             .err();
             assert!(
-                matches!(bad_url, Some(CascadeConfigError::Invalid { var, .. }) if var == base_var),
+                matches!(bad_url, Some(ConfigError::Invalid { var, .. }) if var == base_var),
                 "{name}"
             );
             let defaults = Cascade::from_vars(
@@ -1279,7 +984,7 @@ mod tests {
         );
         assert!(matches!(
             error,
-            Err(CascadeConfigError::Invalid {
+            Err(ConfigError::Invalid {
                 var: "PDL_RETRIES",
                 ..
             })

@@ -65,8 +65,8 @@ use serde_json::Value;
 use crate::domain::Field;
 use crate::identity::bare_domain;
 use crate::providers::{
-    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, non_blank,
-    read_body, read_error_body, request_error, retry_after,
+    Endpoint, JobPoll, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, non_blank,
+    poll_until_done, read_body, read_error_body, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`) and on stored contacts.
@@ -249,12 +249,6 @@ fn emails(email: Option<&Value>) -> Result<Vec<RawContact>, String> {
     Ok(contacts)
 }
 
-/// What one result fetch says.
-enum Fetch {
-    Pending,
-    Done(Vec<RawContact>),
-}
-
 impl DropcontactProvider {
     async fn send(&self, record: Record) -> Result<String, ProviderError> {
         let body = SendRequest {
@@ -295,7 +289,7 @@ impl DropcontactProvider {
             .ok_or_else(|| ProviderError::Malformed("enrich/all answer has no `request_id`".into()))
     }
 
-    async fn fetch(&self, request_id: &str) -> Result<Fetch, ProviderError> {
+    async fn fetch(&self, request_id: &str) -> Result<JobPoll, ProviderError> {
         let response = self
             .endpoint
             .http
@@ -323,7 +317,7 @@ impl DropcontactProvider {
                     envelope.message()
                 )));
             }
-            return Ok(Fetch::Pending);
+            return Ok(JobPoll::Pending);
         }
         let data = envelope
             .data
@@ -332,7 +326,7 @@ impl DropcontactProvider {
         for record in &data {
             contacts.extend(emails(record.email.as_ref()).map_err(ProviderError::Malformed)?);
         }
-        Ok(Fetch::Done(contacts))
+        Ok(JobPoll::Done(contacts))
     }
 }
 
@@ -364,22 +358,10 @@ impl Provider for DropcontactProvider {
         };
         let request_id = self.send(record).await?;
         tracing::debug!(provider = NAME, request_id = %request_id, "batch sent");
-        let mut fetches = 0u32;
-        loop {
-            tokio::time::sleep(self.poll_interval).await;
-            fetches += 1;
-            match self.fetch(&request_id).await? {
-                Fetch::Pending => continue,
-                Fetch::Done(contacts) => {
-                    tracing::debug!(provider = NAME, request_id = %request_id, fetches, found = contacts.len(), "batch done");
-                    return Ok(if contacts.is_empty() {
-                        ProviderAnswer::NoMatch
-                    } else {
-                        ProviderAnswer::Found(contacts)
-                    });
-                }
-            }
-        }
+        poll_until_done(NAME, &request_id, self.poll_interval, || {
+            self.fetch(&request_id)
+        })
+        .await
     }
 }
 

@@ -66,8 +66,8 @@ use serde::{Deserialize, Serialize};
 use crate::domain::Field;
 use crate::identity::bare_domain;
 use crate::providers::{
-    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, non_blank,
-    read_body, read_error_body, request_error, retry_after,
+    Endpoint, JobPoll, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, non_blank,
+    poll_until_done, read_body, read_error_body, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
@@ -289,12 +289,6 @@ fn status_error(status: StatusCode, headers: &HeaderMap) -> ProviderError {
     }
 }
 
-/// What one result poll says.
-enum Poll {
-    Pending,
-    Done(Vec<RawContact>),
-}
-
 impl FullEnrichProvider {
     async fn start(&self, contact: Contact) -> Result<String, ProviderError> {
         let body = StartRequest {
@@ -325,7 +319,7 @@ impl FullEnrichProvider {
             })
     }
 
-    async fn poll(&self, field: Field, id: &str) -> Result<Poll, ProviderError> {
+    async fn poll(&self, field: Field, id: &str) -> Result<JobPoll, ProviderError> {
         let response = self
             .endpoint
             .http
@@ -342,7 +336,7 @@ impl FullEnrichProvider {
                 .ok()
                 .and_then(|e| e.code);
             if code.as_deref() == Some("error.enrichment.in_progress") {
-                return Ok(Poll::Pending);
+                return Ok(JobPoll::Pending);
             }
             return Err(status_error(status, &headers));
         }
@@ -354,7 +348,7 @@ impl FullEnrichProvider {
             .map_err(|e| ProviderError::Malformed(format!("enrich/bulk result body: {e}")))?;
         match parsed.status.as_deref().unwrap_or_default() {
             "FINISHED" => {}
-            "CREATED" | "IN_PROGRESS" | "UNKNOWN" => return Ok(Poll::Pending),
+            "CREATED" | "IN_PROGRESS" | "UNKNOWN" => return Ok(JobPoll::Pending),
             "CREDITS_INSUFFICIENT" => return Err(ProviderError::QuotaExhausted),
             "RATE_LIMIT" => return Err(ProviderError::RateLimited { retry_after: None }),
             "CANCELED" => {
@@ -376,7 +370,7 @@ impl FullEnrichProvider {
             .filter_map(|c| c.contact_info.as_ref())
             .flat_map(|info| collect(field, info))
             .collect();
-        Ok(Poll::Done(contacts))
+        Ok(JobPoll::Done(contacts))
     }
 }
 
@@ -409,22 +403,7 @@ impl Provider for FullEnrichProvider {
         };
         let id = self.start(contact).await?;
         tracing::debug!(provider = NAME, enrichment_id = %id, "enrichment started");
-        let mut polls = 0u32;
-        loop {
-            tokio::time::sleep(self.poll_interval).await;
-            polls += 1;
-            match self.poll(field, &id).await? {
-                Poll::Pending => continue,
-                Poll::Done(contacts) => {
-                    tracing::debug!(provider = NAME, enrichment_id = %id, polls, found = contacts.len(), "enrichment finished");
-                    return Ok(if contacts.is_empty() {
-                        ProviderAnswer::NoMatch
-                    } else {
-                        ProviderAnswer::Found(contacts)
-                    });
-                }
-            }
-        }
+        poll_until_done(NAME, &id, self.poll_interval, || self.poll(field, &id)).await
     }
 }
 

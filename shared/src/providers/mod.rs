@@ -1,6 +1,7 @@
 //! External data providers and the cascade that asks them in turn.
 //!
-//! A [`Provider`] speaks one provider's public API; [`cascade`] asks the configured providers for a
+//! A [`Provider`] speaks one provider's public API; [`registry`] lists the providers this build
+//! knows and reads the cascade's settings; [`cascade`] asks the configured providers for a
 //! field one after another until one finds data; [`normalize`] turns what they return into stored
 //! [`ContactPoint`](crate::domain::ContactPoint)s.
 
@@ -19,6 +20,7 @@ pub mod hunter;
 pub mod normalize;
 pub mod pdl;
 pub mod prospeo;
+pub mod registry;
 
 /// What the providers search with: the person's identifying data, all optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -117,6 +119,46 @@ pub trait Provider: Send + Sync {
         field: Field,
         person: &PersonQuery,
     ) -> Result<ProviderAnswer, ProviderError>;
+}
+
+/// What one poll of an asynchronous provider's job says (FullEnrich's enrichment, Dropcontact's
+/// batch).
+pub(crate) enum JobPoll {
+    /// Still running: poll again.
+    Pending,
+    /// Done, with the values found (none: the provider's no match).
+    Done(Vec<RawContact>),
+}
+
+/// The second half of an asynchronous provider's submit-then-poll protocol: waits `interval`,
+/// asks `poll` about job `job_id`, and again, until the job is done; then its values as a
+/// [`ProviderAnswer`] (none found: [`ProviderAnswer::NoMatch`]). Never returns while the job is
+/// pending: the cascade's per-provider timeout cuts it.
+///
+/// Errors: the first error `poll` returns.
+pub(crate) async fn poll_until_done<F, Fut>(
+    provider: &'static str,
+    job_id: &str,
+    interval: Duration,
+    mut poll: F,
+) -> Result<ProviderAnswer, ProviderError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<JobPoll, ProviderError>>,
+{
+    let mut polls = 0u32;
+    loop {
+        tokio::time::sleep(interval).await;
+        polls += 1;
+        if let JobPoll::Done(contacts) = poll().await? {
+            tracing::debug!(provider, job_id, polls, found = contacts.len(), "job done");
+            return Ok(if contacts.is_empty() {
+                ProviderAnswer::NoMatch
+            } else {
+                ProviderAnswer::Found(contacts)
+            });
+        }
+    }
 }
 
 /// Where and how an adapter reaches its provider: the HTTP client (TLS and connection settings;

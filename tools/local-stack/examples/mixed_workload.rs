@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use enrichment::config::Vars;
 use enrichment::domain::{Enrichment, Person, Status};
 use enrichment::providers::normalize::{normalize_email, normalize_phone};
 use local_stack::simulator::{
@@ -33,7 +34,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-/// The cascade of the run, unless the environment sets it.
+/// The cascade of the run, unless the environment sets it (given to the stack under the
+/// process environment, see [`Options::vars`]).
 const CASCADE_DEFAULTS: [(&str, &str); 3] = [
     (
         "EMAIL_PROVIDERS",
@@ -111,14 +113,6 @@ fn main() {
             std::process::exit(2);
         }
     };
-    // The stack's worker reads its cascade from the process environment. Set before the
-    // runtime (and so any other thread) exists.
-    for (name, value) in CASCADE_DEFAULTS {
-        if std::env::var_os(name).is_none() {
-            // SAFETY: single-threaded here: no runtime or other thread has been started yet.
-            unsafe { std::env::set_var(name, value) };
-        }
-    }
     if std::env::var_os("RUST_LOG").is_some() {
         local_stack::init_tracing();
     }
@@ -968,7 +962,9 @@ async fn run_in(
         serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?,
     )?;
 
-    let env = |name: &str| std::env::var(name).unwrap_or_default();
+    // The stack reads the functions' settings from the environment, over the run's cascade.
+    let vars = Vars::env().or(Vars::from_pairs(CASCADE_DEFAULTS));
+    let env = |name: &'static str| vars.string(name).unwrap_or_default();
     let phones = people.iter().filter(|p| p.wants_phones).count();
     println!(
         "mixed workload: {} people (seed {}), emails for all, phones for {phones}; \
@@ -1006,6 +1002,7 @@ async fn run_in(
     options.simulator_config = Some(config_path);
     options.visibility_timeout = VISIBILITY_TIMEOUT;
     options.worker_concurrency = args.workers;
+    options.vars = vars;
     let stack = Stack::start(options).await?;
     let result = run_orgs(args, &stack, &people).await;
     stack.shutdown().await;

@@ -23,11 +23,12 @@ use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region, SharedCrede
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use enrichment::auth::Authenticator;
-use enrichment::config::{Config, http_client};
+use enrichment::config::{Config, Vars, http_client};
 use enrichment::domain::Job;
 use enrichment::domain::{Field, Status};
 use enrichment::enrichment::Enrichments;
 use enrichment::providers::cascade::Cascade;
+use enrichment::providers::registry::{self, REGISTRY};
 use enrichment::queue::{JobQueue, SqsJobQueue};
 use enrichment::store::Store;
 use enrichment::worker::Worker;
@@ -97,7 +98,8 @@ pub struct Options {
     pub persist: bool,
     /// The gateway's port (0: any free port).
     pub port: u16,
-    /// `ENRICHMENT_MAX_AGE_SECONDS` of the API.
+    /// `ENRICHMENT_MAX_AGE_SECONDS` of the API and the worker. Given as is, not read through
+    /// [`Options::vars`]: tests run with a maximum age of a second, below the template's 60.
     pub max_age: Duration,
     /// Run the SQS pollers (`LOCAL_WORKER=off` leaves jobs queued).
     pub local_worker: bool,
@@ -114,23 +116,32 @@ pub struct Options {
     /// The simulator's per-provider latency, misses, errors and rate limits (JSON, see
     /// [`simulator::SimulatorConfig`]); none: every provider answers from the fixture at once.
     pub simulator_config: Option<PathBuf>,
+    /// Where the functions' settings (README, "Configuration") are read, through the same
+    /// reader and rules as in AWS: credit costs, cache lifetimes, the org rate limit, the
+    /// clock leeway, the worker's cascade. The stack's own values are given over them: the
+    /// table, the queue's receive count, the gateway's dev JWKS as the only key source and
+    /// the gateway as issuer, the simulator as every provider's API with a dummy key, and
+    /// [`Options::max_age`]. Default: the process environment.
+    pub vars: Vars<'static>,
 }
 
 impl Options {
     /// Defaults for the repository at `root`: state in `root/.local`, gateway on 3000, maximum
-    /// age 800 s, worker on.
+    /// age [`enrichment::budget::DEFAULT_MAX_AGE`] (800 s), worker on, settings from the
+    /// process environment.
     pub fn for_repo(root: &Path) -> Self {
         Self {
             state_dir: root.join(".local"),
             persist: true,
             port: 3000,
-            max_age: Duration::from_secs(800),
+            max_age: enrichment::budget::DEFAULT_MAX_AGE,
             local_worker: true,
             worker_concurrency: 5,
             visibility_timeout: Duration::from_secs(60),
             moto_server: root.join(".local/venv/bin/moto_server"),
             fixture: root.join("tools/local-stack/fixtures/known-people.json"),
             simulator_config: None,
+            vars: Vars::env(),
         }
     }
 }
@@ -159,12 +170,19 @@ pub struct Stack {
 }
 
 /// The AWS SDK configuration of a local emulator: its endpoint, [`LOCAL_REGION`], dummy
-/// credentials and the functions' own SDK timeouts. Every service client of the local stack and
-/// its tests derives from it.
+/// credentials, and a 30 s bound on each call. Every service client of the local stack and its
+/// tests derives from it. Not the functions' own 3 s budget (`enrichment::budget`): moto
+/// answers its first requests slowly on a busy machine, and the functions' budgets are tested
+/// on their real bootstraps (`tests/faults.rs`).
 pub fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
-        .timeout_config(enrichment::config::sdk_timeouts())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(30))
+                .build(),
+        )
         .region(Region::new(LOCAL_REGION))
         .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
             "local", "local", None, None, "local",
@@ -280,21 +298,58 @@ pub async fn create_queues(
     Ok((queue_url, dlq_url))
 }
 
-/// The worker's cascade in the local stack, configured from the environment exactly as in AWS
+/// The worker's cascade in the local stack, configured by `vars` exactly as in AWS
 /// (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`, `PROVIDER_TIMEOUT_SECONDS`...; see
-/// [`Cascade::from_vars`]), except that every provider's base URL is the simulator's
+/// [`registry::CascadeSettings`]), except that every provider's base URL is the simulator's
 /// (`{simulator}/hunter`, `{simulator}/pdl`...) and its API key a dummy.
-pub fn simulator_cascade(simulator_url: &str) -> Result<Cascade, String> {
-    Cascade::from_vars(http_client(), |name| {
-        if let Some(provider) = name.strip_suffix("_BASE_URL") {
-            return Some(format!("{simulator_url}/{}", provider.to_lowercase()));
-        }
-        if name.ends_with("_API_KEY") {
-            return Some("local".into());
-        }
-        std::env::var(name).ok()
-    })
-    .map_err(|e| e.to_string())
+///
+/// Errors: the text of the [`enrichment::config::ConfigError`] of a bad setting.
+pub fn simulator_cascade(simulator_url: &str, vars: &Vars<'static>) -> Result<Cascade, String> {
+    let simulator = REGISTRY.iter().flat_map(|entry| {
+        [
+            (
+                entry.base_url_var,
+                format!("{simulator_url}/{}", entry.name),
+            ),
+            (entry.key_var, "local".to_string()),
+        ]
+    });
+    registry::cascade(http_client(), &Vars::from_pairs(simulator).or(vars.clone()))
+        .map_err(|e| e.to_string())
+}
+
+/// The configuration of the stack's API and worker: [`Config::from_vars`] over `vars`, with
+/// the stack's table and its queue's receive count given, and its maximum age.
+///
+/// Errors: the text of the [`enrichment::config::ConfigError`] of a bad setting.
+pub fn local_config(vars: &Vars<'static>, max_age: Duration) -> Result<Config, String> {
+    let local = Vars::from_pairs([
+        ("TABLE_NAME", TABLE_NAME.to_string()),
+        ("WORKER_MAX_RECEIVES", MAX_RECEIVE_COUNT.to_string()),
+    ]);
+    let mut config = Config::from_vars(&local.or(vars.clone())).map_err(|e| e.to_string())?;
+    config.max_age = max_age;
+    Ok(config)
+}
+
+/// The stack's authenticator: [`Authenticator::from_vars`] over `vars`, with the gateway's dev
+/// JWKS as the only key source, the gateway as the issuer, and no `azp` check.
+///
+/// Errors: the text of the [`enrichment::config::ConfigError`] of a bad setting.
+pub fn local_authenticator(
+    vars: &Vars<'static>,
+    gateway_url: &str,
+) -> Result<Authenticator, String> {
+    let local = Vars::from_pairs([
+        ("AUTH_JWT_KEY", String::new()),
+        (
+            "AUTH_JWKS_URL",
+            format!("{gateway_url}{}", gateway::JWKS_PATH),
+        ),
+        ("AUTH_ISSUER", gateway_url.to_string()),
+        ("AUTH_AUTHORIZED_PARTIES", String::new()),
+    ]);
+    Authenticator::from_vars(&local.or(vars.clone()), http_client()).map_err(|e| e.to_string())
 }
 
 /// Waits for moto to exit. On its own, it is a failure: reported on `failure`, which stops the
@@ -439,6 +494,12 @@ impl Stack {
             None => simulator::SimulatorConfig::default(),
         };
         let (gateway_listener, gateway_addr) = loopback_listener(options.port).await?;
+        let (simulator_listener, simulator_addr) = loopback_listener(0).await?;
+        let gateway_url = format!("http://{gateway_addr}");
+        let simulator_url = format!("http://{simulator_addr}");
+        let config = local_config(&options.vars, options.max_age)?;
+        let auth = local_authenticator(&options.vars, &gateway_url)?;
+        let cascade = simulator_cascade(&simulator_url, &options.vars)?;
 
         // DynamoDB: dynoxide, embedded.
         let db = if options.persist {
@@ -482,8 +543,7 @@ impl Stack {
         .await?;
 
         // Provider simulator.
-        let (listener, addr) = loopback_listener(0).await?;
-        let simulator_url = format!("http://{addr}");
+        let listener = simulator_listener;
         let signal = stopped(shutdown_rx.clone());
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(listener, simulator::router_with(people, simulator_config))
@@ -492,27 +552,8 @@ impl Stack {
         }));
 
         // API gateway.
-        let (listener, addr) = (gateway_listener, gateway_addr);
-        let gateway_url = format!("http://{addr}");
-        let config = Config {
-            table_name: TABLE_NAME.into(),
-            max_age: options.max_age,
-            cost_email: 5,
-            cost_phone: 20,
-            cache_ttl: Duration::from_secs(90 * 86_400),
-            cache_miss_ttl: Duration::from_secs(7 * 86_400),
-            lease_margin: enrichment::budget::LEASE_MARGIN,
-            org_enrichments_per_minute: 600,
-            max_receives: MAX_RECEIVE_COUNT,
-        };
+        let listener = gateway_listener;
         let store = Store::new(dynamodb, TABLE_NAME);
-        let auth = Authenticator::with_jwks(
-            format!("{gateway_url}{}", gateway::JWKS_PATH),
-            http_client(),
-            Some(gateway_url.clone()),
-            Vec::new(),
-            5,
-        );
         let state = Arc::new(gateway::Gateway {
             auth,
             enrichments: Enrichments::new(store.clone(), config.clone()),
@@ -526,12 +567,7 @@ impl Stack {
 
         // SQS event source for the worker.
         if options.local_worker {
-            let worker = Worker::new(
-                store.clone(),
-                simulator_cascade(&simulator_url)?,
-                config.clone(),
-            )
-            .with_queue(
+            let worker = Worker::new(store.clone(), cascade, config.clone()).with_queue(
                 SqsJobQueue::new(sqs.clone(), queue_url.clone())
                     .with_retry_base(Duration::from_secs(2)),
             );

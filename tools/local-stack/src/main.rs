@@ -1,7 +1,10 @@
 //! `local-stack`: starts the whole backend on loopback (see the crate docs) and stops it on
-//! Ctrl-C. Environment: `PORT` (3000), `ENRICHMENT_MAX_AGE_SECONDS` (800), `LOCAL_WORKER`
-//! (`off` leaves jobs queued), `LOCAL_STATE_DIR` (`.local`), `SIMULATOR_CONFIG` (a JSON file of
-//! per-provider latency and failure rates), and the worker's cascade settings
+//! Ctrl-C. Environment, read through the functions' settings reader (blank: unset; a bad value
+//! stops it with an error naming the variable): `PORT` (3000; 0 to 65535, 0: any free port),
+//! `ENRICHMENT_MAX_AGE_SECONDS` (800; 60 to 835, as in AWS), `LOCAL_WORKER` (on; `off` leaves
+//! jobs queued), `LOCAL_WORKER_CONCURRENCY` (5; 1 to 1000), `LOCAL_STATE_DIR` (`.local`),
+//! `SIMULATOR_CONFIG` (a JSON file of per-provider latency and failure rates), and the
+//! functions' settings of README's "Configuration" table, such as the worker's cascade
 //! (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`, `PROVIDER_TIMEOUT_SECONDS`...).
 //!
 //! One stack per state folder: it refuses to start while the stack of `<state>/stack.json`
@@ -9,40 +12,35 @@
 //! of the stack dies (moto).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
+use enrichment::config::{Config, ConfigError, Vars};
 use local_stack::{Options, Stack, running_stack};
 
-fn env_number(name: &str, default: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name} must be a non-negative integer, got {v:?}")),
-        _ => Ok(default),
+/// [`Options::for_repo`] at `root`, with the knobs of the crate docs read from `vars`; the
+/// defaults are those of [`Options::for_repo`] and [`Config`].
+fn options(root: &std::path::Path, vars: Vars<'static>) -> Result<Options, ConfigError> {
+    let mut options = Options::for_repo(root);
+    options.port = vars.number("PORT", options.port, 0..=u16::MAX)?;
+    options.max_age = Config::max_age_from(&vars)?;
+    options.local_worker = vars.switch("LOCAL_WORKER", options.local_worker)?;
+    options.worker_concurrency = vars.number(
+        "LOCAL_WORKER_CONCURRENCY",
+        options.worker_concurrency,
+        1..=1000,
+    )?;
+    if let Some(path) = vars.string("SIMULATOR_CONFIG") {
+        options.simulator_config = Some(PathBuf::from(path));
     }
+    if let Some(dir) = vars.string("LOCAL_STATE_DIR") {
+        options.state_dir = PathBuf::from(dir);
+    }
+    options.vars = vars;
+    Ok(options)
 }
 
 async fn run() -> Result<(), String> {
     let root = std::env::current_dir().map_err(|e| e.to_string())?;
-    let mut options = Options::for_repo(&root);
-    options.port = u16::try_from(env_number("PORT", 3000)?)
-        .map_err(|_| "PORT must be below 65536".to_string())?;
-    options.max_age = Duration::from_secs(env_number("ENRICHMENT_MAX_AGE_SECONDS", 800)?);
-    options.local_worker = !matches!(
-        std::env::var("LOCAL_WORKER").as_deref(),
-        Ok("off" | "0" | "false")
-    );
-    options.worker_concurrency = usize::try_from(env_number("LOCAL_WORKER_CONCURRENCY", 5)?)
-        .map_err(|_| "LOCAL_WORKER_CONCURRENCY is too large".to_string())?;
-    if let Ok(path) = std::env::var("SIMULATOR_CONFIG")
-        && !path.trim().is_empty()
-    {
-        options.simulator_config = Some(PathBuf::from(path));
-    }
-    if let Ok(dir) = std::env::var("LOCAL_STATE_DIR") {
-        options.state_dir = PathBuf::from(dir);
-    }
+    let options = options(&root, Vars::env()).map_err(|e| e.to_string())?;
     let state_dir = options.state_dir.clone();
     let worker = if options.local_worker {
         "on"
@@ -102,5 +100,66 @@ async fn main() -> std::process::ExitCode {
             eprintln!("local-stack: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(pairs: &[(&'static str, &'static str)]) -> Result<Options, String> {
+        options(
+            std::path::Path::new("/repo"),
+            Vars::from_pairs(pairs.iter().copied()),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn unset_or_blank_knobs_keep_the_defaults() {
+        for pairs in [&[][..], &[("PORT", " "), ("LOCAL_STATE_DIR", "")][..]] {
+            let options = read(pairs).unwrap();
+            assert_eq!(options.port, 3000);
+            assert_eq!(options.max_age, enrichment::budget::DEFAULT_MAX_AGE);
+            assert!(options.local_worker);
+            assert_eq!(options.worker_concurrency, 5);
+            assert_eq!(options.state_dir, PathBuf::from("/repo/.local"));
+            assert_eq!(options.simulator_config, None);
+        }
+    }
+
+    #[test]
+    fn knobs_are_read_by_the_same_rules() {
+        let options = read(&[
+            ("PORT", "0"),
+            ("ENRICHMENT_MAX_AGE_SECONDS", "60"),
+            ("LOCAL_WORKER", "off"),
+            ("LOCAL_WORKER_CONCURRENCY", "12"),
+            ("LOCAL_STATE_DIR", "/tmp/state"),
+            ("SIMULATOR_CONFIG", "sim.json"),
+        ])
+        .unwrap();
+        assert_eq!(options.port, 0);
+        assert_eq!(options.max_age, std::time::Duration::from_secs(60));
+        assert!(!options.local_worker);
+        assert_eq!(options.worker_concurrency, 12);
+        assert_eq!(options.state_dir, PathBuf::from("/tmp/state"));
+        assert_eq!(options.simulator_config, Some(PathBuf::from("sim.json")));
+        for off in ["0", "false", "OFF"] {
+            assert!(!read(&[("LOCAL_WORKER", off)]).unwrap().local_worker);
+        }
+
+        assert_eq!(
+            read(&[("PORT", "65536")]).err().unwrap(),
+            "PORT=\"65536\": expected a whole number from 0 to 65535"
+        );
+        assert_eq!(
+            read(&[("ENRICHMENT_MAX_AGE_SECONDS", "900")])
+                .err()
+                .unwrap(),
+            "ENRICHMENT_MAX_AGE_SECONDS=\"900\": expected whole seconds from 60 to 835"
+        );
+        assert!(read(&[("LOCAL_WORKER_CONCURRENCY", "0")]).is_err());
+        assert!(read(&[("LOCAL_WORKER", "maybe")]).is_err());
     }
 }

@@ -1,7 +1,6 @@
 //! Whole flows against a private local stack per test: dynoxide for DynamoDB (faithful under
 //! concurrency), moto's server for SQS, the provider simulator, the HTTP gateway and the worker.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -22,48 +21,22 @@ use enrichment::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError
 use enrichment::queue::{JobQueue, QueueError, SqsJobQueue};
 use enrichment::store::{Store, TIMEOUT_MESSAGE};
 use enrichment::worker::{JobOutcome, Worker};
-use local_stack::{Options, Stack, dynamodb_config, sqs_config};
+use local_stack::{Stack, dynamodb_config, sqs_config};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+mod helpers;
+use helpers::{add_person, known_person, ledger, private_options};
 
 const ORG: &str = "org_acme";
 const USER: &str = "user_alice";
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 async fn start(max_age: Duration, local_worker: bool) -> Stack {
-    let root = repo_root();
-    let mut options = Options::for_repo(&root);
-    options.state_dir = std::env::temp_dir().join(format!("enrichment-test-{}", Uuid::new_v4()));
-    options.persist = false;
-    options.port = 0;
+    let mut options = private_options();
     options.max_age = max_age;
     options.local_worker = local_worker;
     options.visibility_timeout = Duration::from_secs(30);
     Stack::start(options).await.expect("local stack starts")
-}
-
-/// A person the simulator knows (Hunter finds her email by name and domain).
-fn known_person() -> Person {
-    Person {
-        id: Uuid::new_v4(),
-        first_name: Some("Ada".into()),
-        last_name: Some("Lovelace".into()),
-        company_name: Some("Analytical Engines".into()),
-        company_domain: Some("analytical-engines.test".into()),
-        linkedin_url: None,
-        ..Person::default()
-    }
-}
-
-async fn add_person(stack: &Stack, org: &str, person: &Person) {
-    stack
-        .store
-        .put_people(org, std::slice::from_ref(person))
-        .await
-        .unwrap();
 }
 
 struct Api {
@@ -176,6 +149,7 @@ async fn new_post_is_pending_and_replay_returns_it_without_charge() {
 
     let (status, polled) = api.get(person.id, "emails").await;
     assert_eq!((status, polled), (200, first));
+    ledger(&stack.store, ORG, 100).await;
     stack.shutdown().await;
 }
 
@@ -205,6 +179,7 @@ async fn insufficient_credits_is_402_and_writes_nothing() {
     let other = Api::new(&stack, "org_empty");
     add_person(&stack, "org_empty", &person).await;
     assert_eq!(other.post(person.id, "emails").await.0, 402);
+    ledger(&stack.store, ORG, 19).await;
     stack.shutdown().await;
 }
 
@@ -233,6 +208,8 @@ async fn unknown_person_and_other_orgs_person_are_404_and_cost_nothing() {
     );
     assert_eq!(other.post(person.id, "emails").await.0, 404);
     assert_eq!(stack.store.credit_balance("org_other").await.unwrap(), 50);
+    ledger(&stack.store, ORG, 50).await;
+    ledger(&stack.store, "org_other", 50).await;
     stack.shutdown().await;
 }
 
@@ -328,6 +305,7 @@ async fn concurrent_posts_create_one_enrichment_one_debit_one_job() {
     assert_eq!(ids.len(), 1);
     assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 995);
     assert_eq!(queued_jobs(&stack).await, 1);
+    ledger(&stack.store, ORG, 1000).await;
     stack.shutdown().await;
 }
 
@@ -371,6 +349,7 @@ async fn stale_pending_times_out_with_a_refund_on_get_and_on_post() {
         95,
         "refunded the stale one, charged the new one"
     );
+    ledger(&stack.store, ORG, 100).await;
     stack.shutdown().await;
 }
 
@@ -419,6 +398,7 @@ async fn failed_enqueue_marks_failed_and_refunds_then_a_new_post_is_charged_agai
     assert_eq!(retried["status"], "pending");
     assert_ne!(retried["id"], failed.id.to_string());
     assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 5);
+    ledger(&stack.store, ORG, 10).await;
     stack.shutdown().await;
 }
 
@@ -483,6 +463,7 @@ async fn an_org_over_its_enrichments_per_minute_gets_429_and_pays_nothing_for_it
             .is_none()
     );
     assert_eq!(queued_jobs(&stack).await, 2);
+    ledger(&stack.store, ORG, 100).await;
     stack.shutdown().await;
 }
 
@@ -636,6 +617,8 @@ async fn a_person_known_to_the_global_cache_costs_another_org_no_provider_call()
         .unwrap()
         .unwrap();
     assert_eq!(stored.emails[0].value, "ada@analytical-engines.test");
+    ledger(&stack.store, ORG, 5).await;
+    ledger(&stack.store, "org_other", 5).await;
     stack.shutdown().await;
 }
 
@@ -662,6 +645,8 @@ async fn an_expired_cache_entry_is_not_served() {
     );
     assert_eq!(provider.calls(), 2);
     assert_ne!(second.global_enrichment_id, first.global_enrichment_id);
+    ledger(&stack.store, ORG, 5).await;
+    ledger(&stack.store, "org_other", 5).await;
     stack.shutdown().await;
 }
 
@@ -696,6 +681,8 @@ async fn two_orgs_enriching_the_same_person_at_once_run_the_providers_once() {
     assert_eq!(provider.calls(), 1);
     assert_eq!((a.data_found, b.data_found), (Some(true), Some(true)));
     assert_eq!(a.global_enrichment_id, b.global_enrichment_id);
+    ledger(&stack.store, ORG, 5).await;
+    ledger(&stack.store, "org_other", 5).await;
     stack.shutdown().await;
 }
 
@@ -747,6 +734,7 @@ async fn a_redelivered_job_does_not_ask_again_a_provider_that_answered() {
     assert_eq!(done.status, Status::Finished);
     assert_eq!(done.data_found, Some(true));
     assert_eq!((miss.calls(), found.calls()), (1, 1));
+    ledger(&stack.store, ORG, 5).await;
     stack.shutdown().await;
 }
 
@@ -801,6 +789,7 @@ async fn duplicate_delivery_runs_the_providers_once() {
         .unwrap();
     let emails: Vec<_> = stored.emails.iter().map(|e| e.value.as_str()).collect();
     assert_eq!(emails, ["ada@analytical-engines.test"]);
+    ledger(&stack.store, ORG, 10).await;
     stack.shutdown().await;
 }
 
@@ -837,6 +826,7 @@ async fn full_run_finishes_with_data_and_updates_the_person() {
     assert!(stored.emails[0].value.ends_with("@analytical-engines.test"));
     assert_eq!(stored.emails[0].provider, "hunter");
     assert_eq!(queued_jobs(&stack).await, 0);
+    ledger(&stack.store, ORG, 10).await;
     stack.shutdown().await;
 }
 
@@ -929,6 +919,7 @@ async fn a_new_post_makes_one_dynamodb_and_one_sqs_call_a_replay_one_and_get_one
         .unwrap();
     assert_eq!(timed_out.status, Status::Timeout);
     assert_eq!(dynamodb_calls.take(), ["GetItem", "TransactWriteItems"]);
+    ledger(&stack.store, ORG, 100).await;
     stack.shutdown().await;
 }
 
@@ -1018,6 +1009,7 @@ async fn the_step_functions_orchestrator_starts_one_execution_per_enrichment() {
     let input: Job = serde_json::from_str(execution.input().unwrap()).unwrap();
     assert_eq!(input, Job::from(&created));
     assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 5);
+    ledger(&stack.store, ORG, 10).await;
     stack.shutdown().await;
 }
 
@@ -1104,6 +1096,7 @@ async fn an_enrichment_that_fails_gives_its_credits_back() {
     assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 5);
     let (_, body) = Api::new(&stack, ORG).get(person.id, "emails").await;
     assert_eq!(body["status"], "failed");
+    ledger(&stack.store, ORG, 5).await;
     stack.shutdown().await;
 }
 
@@ -1175,6 +1168,8 @@ async fn nobody_knowing_a_person_is_cached_but_a_miss_next_to_a_failure_is_faile
         balance + 5,
         "granted 5, charged 5, refunded 5"
     );
+    ledger(&stack.store, ORG, 10).await;
+    ledger(&stack.store, "org_other", 10).await;
     stack.shutdown().await;
 }
 
@@ -1236,6 +1231,7 @@ async fn a_job_failing_on_its_last_receive_ends_failed_and_refunded() {
     assert_eq!(body["status"], "failed");
     assert_eq!(body["error"], enrichment::worker::GAVE_UP_MESSAGE);
     assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 5);
+    ledger(&stack.store, ORG, 5).await;
     stack.shutdown().await;
 }
 
@@ -1277,5 +1273,6 @@ async fn a_job_failing_before_its_last_receive_stays_pending_for_the_retry() {
         2,
         "the failed attempt wrote nothing, so the retry asks again"
     );
+    ledger(&stack.store, ORG, 5).await;
     stack.shutdown().await;
 }

@@ -8,14 +8,13 @@ use std::time::{Duration, Instant};
 use enrichment::budget::API_FUNCTION_TIMEOUT;
 use enrichment::domain::{Field, Person, Status};
 use enrichment::enrichment::ENQUEUE_FAILED_MESSAGE;
+use local_stack::Stack;
 use local_stack::runtime_api::{BUILD_TIMEOUT, FunctionProcess, function_binary};
-use local_stack::{Options, Stack};
 use serde_json::Value;
 use tokio::net::TcpListener;
-use uuid::Uuid;
 
 mod helpers;
-use helpers::{api_event, http_answer, ledger};
+use helpers::{api_event, http_answer, known_person, ledger, private_options};
 
 const ORG: &str = "org_faults";
 
@@ -34,13 +33,9 @@ async fn black_hole() -> String {
 }
 
 async fn stack() -> Stack {
-    let mut options =
-        Options::for_repo(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
-    options.state_dir = std::env::temp_dir().join(format!("faults-test-{}", Uuid::new_v4()));
-    options.persist = false;
-    options.port = 0;
-    options.local_worker = false;
-    Stack::start(options).await.expect("local stack starts")
+    Stack::start(private_options())
+        .await
+        .expect("local stack starts")
 }
 
 /// Starts `function` with the stack's table, JWKS and issuer, and `endpoints` (the SDK's
@@ -76,13 +71,7 @@ async fn start(
 }
 
 async fn person_with_credits(stack: &Stack, credits: i64) -> Person {
-    let person = Person {
-        id: Uuid::new_v4(),
-        first_name: Some("Ada".into()),
-        last_name: Some("Lovelace".into()),
-        company_domain: Some("analytical-engines.test".into()),
-        ..Person::default()
-    };
+    let person = known_person();
     stack
         .store
         .put_people(ORG, std::slice::from_ref(&person))
@@ -90,12 +79,6 @@ async fn person_with_credits(stack: &Stack, credits: i64) -> Person {
         .unwrap();
     stack.store.grant_credits(ORG, credits).await.unwrap();
     person
-}
-
-fn dynamodb(stack: &Stack) -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::from_conf(
-        local_stack::dynamodb_config(&stack.info.dynamodb_url).build(),
-    )
 }
 
 /// An SQS that accepts the connection and never answers, after the enrichment was created and
@@ -118,7 +101,7 @@ async fn a_queue_that_never_answers_is_refunded_and_answered_within_the_timeout(
         let token = stack
             .token("user_a", ORG, Duration::from_secs(300))
             .unwrap();
-        let before = ledger(&stack.store, &dynamodb(&stack), ORG, 100).await;
+        let before = ledger(&stack.store, ORG, 100).await;
 
         let started = Instant::now();
         let event = api_event("POST", &person.id.to_string(), "field=emails", Some(&token));
@@ -145,7 +128,7 @@ async fn a_queue_that_never_answers_is_refunded_and_answered_within_the_timeout(
             .enrichment;
         assert_eq!(stored.status, Status::Failed);
         assert_eq!(stored.error.as_deref(), Some(ENQUEUE_FAILED_MESSAGE));
-        let after = ledger(&stack.store, &dynamodb(&stack), ORG, 100).await;
+        let after = ledger(&stack.store, ORG, 100).await;
         eprintln!("SQS black hole: ledger after {after:?}");
         assert_eq!(after, (100, vec![-5, 5]), "charged, then refunded once");
         assert!(trigger.is_alive());
@@ -186,10 +169,7 @@ async fn a_table_that_never_answers_is_503_within_the_timeout_and_charges_nothin
             assert_eq!(body["error"]["code"], "UNAVAILABLE");
             assert!(invocation.elapsed < API_FUNCTION_TIMEOUT);
         }
-        assert_eq!(
-            ledger(&stack.store, &dynamodb(&stack), ORG, 100).await,
-            (100, vec![])
-        );
+        assert_eq!(ledger(&stack.store, ORG, 100).await, (100, vec![]));
         assert!(
             stack
                 .store
@@ -335,7 +315,7 @@ async fn a_provider_body_without_end_leaves_the_worker_within_its_memory() {
             stored.error
         );
         assert_eq!(
-            ledger(&stack.store, &dynamodb(&stack), ORG, 100).await,
+            ledger(&stack.store, ORG, 100).await,
             (100, vec![-5, 5])
         );
         stack.shutdown().await;

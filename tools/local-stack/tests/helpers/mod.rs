@@ -2,10 +2,14 @@
 //! binaries, and the ledger check every test that moves credits makes.
 #![allow(dead_code)]
 
-use aws_sdk_dynamodb::types::AttributeValue;
+use std::path::PathBuf;
+
+use enrichment::domain::Person;
 use enrichment::store::Store;
 use local_stack::runtime_api::{FunctionProcess, Invocation};
+use local_stack::{Options, Stack};
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 /// An API Gateway HTTP API (payload format 2.0) event for `POST` of the enrichment route.
 pub fn post_event(person_id: &str, raw_query: &str, authorization: Option<&str>) -> Value {
@@ -78,28 +82,8 @@ pub fn http_answer(invocation: &Invocation, function: &FunctionProcess) -> (u64,
 
 /// The signed amounts of the credit transactions of `org` (a debit is negative), sorted, and
 /// its balance; asserts the ledger holds: balance = `granted` − debits + refunds.
-pub async fn ledger(
-    store: &Store,
-    dynamodb: &aws_sdk_dynamodb::Client,
-    org: &str,
-    granted: i64,
-) -> (i64, Vec<i64>) {
-    let items = dynamodb
-        .query()
-        .table_name(store.table())
-        .key_condition_expression("pk = :pk AND begins_with(sk, :tx)")
-        .expression_attribute_values(":pk", AttributeValue::S(format!("ORG#{org}")))
-        .expression_attribute_values(":tx", AttributeValue::S("CREDITTX#".into()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .items
-        .unwrap_or_default();
-    let mut amounts: Vec<i64> = items
-        .iter()
-        .map(|item| item["amount"].as_n().unwrap().parse().unwrap())
-        .collect();
+pub async fn ledger(store: &Store, org: &str, granted: i64) -> (i64, Vec<i64>) {
+    let mut amounts = store.credit_amounts(org).await.unwrap();
     amounts.sort();
     let balance = store.credit_balance(org).await.unwrap();
     assert_eq!(
@@ -108,4 +92,41 @@ pub async fn ledger(
         "the ledger of {org} does not add up: {amounts:?}"
     );
     (balance, amounts)
+}
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Options of a private stack for one test: state in a fresh temporary folder, DynamoDB in
+/// memory, the gateway on any free port, the worker off.
+pub fn private_options() -> Options {
+    let mut options = Options::for_repo(&repo_root());
+    options.state_dir = std::env::temp_dir().join(format!("enrichment-test-{}", Uuid::new_v4()));
+    options.persist = false;
+    options.port = 0;
+    options.local_worker = false;
+    options
+}
+
+/// A person the simulator knows (Hunter finds her email by name and domain), with a new id.
+pub fn known_person() -> Person {
+    Person {
+        id: Uuid::new_v4(),
+        first_name: Some("Ada".into()),
+        last_name: Some("Lovelace".into()),
+        company_name: Some("Analytical Engines".into()),
+        company_domain: Some("analytical-engines.test".into()),
+        ..Person::default()
+    }
+}
+
+/// Adds `person` to `org` on the stack's table.
+pub async fn add_person(stack: &Stack, org: &str, person: &Person) {
+    stack
+        .store
+        .put_people(org, std::slice::from_ref(person))
+        .await
+        .unwrap();
 }
