@@ -72,12 +72,21 @@ pub fn lease_for(call_budget: Duration) -> Duration {
     call_budget + LEASE_MARGIN
 }
 
+/// The smallest `Lambda-Runtime-Deadline-Ms` read as a Unix time (September 2001): below it, a
+/// value is a duration. `cargo lambda watch` 1.9.2 sends the function's timeout there
+/// (`600000`), where Lambda sends an epoch time.
+const EPOCH_MILLIS_FLOOR: u64 = 1_000_000_000_000;
+
 /// The deadline of an invocation as a monotonic instant, from the Lambda context's deadline
 /// (`Lambda-Runtime-Deadline-Ms`, Unix milliseconds). A deadline already past is now; a missing
-/// one (0, as a request built outside Lambda has) is `fallback` from now.
+/// one (0, as a request built outside Lambda has) is `fallback` from now; a value too small to
+/// be a Unix time is a duration from now (see [`EPOCH_MILLIS_FLOOR`]).
 pub fn deadline_from_epoch_millis(deadline_ms: u64, fallback: Duration) -> Instant {
     if deadline_ms == 0 {
         return Instant::now() + fallback;
+    }
+    if deadline_ms < EPOCH_MILLIS_FLOOR {
+        return Instant::now() + Duration::from_millis(deadline_ms);
     }
     let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
     Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
@@ -128,8 +137,11 @@ mod tests {
         let fallback = Duration::from_secs(10);
         let missing = deadline_from_epoch_millis(0, fallback);
         assert!(missing > Instant::now() + Duration::from_secs(9));
-        let past = deadline_from_epoch_millis(1, fallback);
+        let past = deadline_from_epoch_millis(EPOCH_MILLIS_FLOOR + 1, fallback);
         assert!(past <= Instant::now());
+        // cargo lambda watch's 600000: ten minutes from now.
+        let relative = deadline_from_epoch_millis(600_000, fallback);
+        assert!(relative > Instant::now() + Duration::from_secs(599));
         assert_eq!(left_before(past, Duration::from_secs(1)), Duration::ZERO);
     }
 }

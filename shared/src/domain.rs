@@ -174,6 +174,13 @@ pub struct ContactPoint {
 pub struct Person {
     /// The person's UUID.
     pub id: Uuid,
+    /// When it was created, see [`timestamp`]; the people list is ordered by it. `None` only on
+    /// people written before the API kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// When it last changed (created, or contacts added), see [`timestamp`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
     /// Given name.
     #[serde(default)]
     pub first_name: Option<String>,

@@ -23,6 +23,24 @@ pub enum ApiError {
     /// 400 `VALIDATION_ERROR`: missing or invalid `personId` or `field`.
     #[error("{0}")]
     Validation(String),
+    /// 400 `VALIDATION_ERROR` about one value of a body or query: `details.field` is its path
+    /// (`persons[2].lastName`, `limit`), and `details.index` the entry of a list it belongs to
+    /// (spec operations-api, "Common rules").
+    #[error("{message}")]
+    InvalidField {
+        /// What is wrong, for a person to read.
+        message: String,
+        /// The path of the value.
+        field: String,
+        /// The position of the entry in the body's list, when the value is in one.
+        index: Option<usize>,
+    },
+    /// 413 `PAYLOAD_TOO_LARGE`: a body over the route's limit, in bytes.
+    #[error("Request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// 401 `UNAUTHORIZED`: missing or invalid token; the text says which class of problem, never
     /// the token itself.
     #[error("{0}")]
@@ -72,10 +90,20 @@ struct Body<'a> {
 }
 
 impl ApiError {
+    /// A 400 about the value at `field` (see [`ApiError::InvalidField`]).
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::InvalidField {
+            message: message.into(),
+            field: field.into(),
+            index: None,
+        }
+    }
+
     /// The HTTP status code (spec, "Error Codes").
     pub fn status_code(&self) -> u16 {
         match self {
-            ApiError::Validation(_) => 400,
+            ApiError::Validation(_) | ApiError::InvalidField { .. } => 400,
+            ApiError::PayloadTooLarge { .. } => 413,
             ApiError::Unauthorized(_) => 401,
             ApiError::InsufficientCredits { .. } => 402,
             ApiError::NotFound(_) => 404,
@@ -89,7 +117,8 @@ impl ApiError {
     /// The error code string (spec, "Error Codes").
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::Validation(_) => "VALIDATION_ERROR",
+            ApiError::Validation(_) | ApiError::InvalidField { .. } => "VALIDATION_ERROR",
+            ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::Unauthorized(_) => "UNAUTHORIZED",
             ApiError::InsufficientCredits { .. } => "INSUFFICIENT_CREDITS",
             ApiError::NotFound(_) => "NOT_FOUND",
@@ -117,6 +146,13 @@ impl ApiError {
         let (message, details) = match self {
             ApiError::Internal(_) => ("Internal server error".to_string(), None),
             ApiError::Unavailable(_) => (UNAVAILABLE_MESSAGE.to_string(), None),
+            ApiError::InvalidField { field, index, .. } => {
+                let mut details = json!({ "field": field });
+                if let Some(index) = index {
+                    details["index"] = json!(index);
+                }
+                (self.to_string(), Some(details))
+            }
             ApiError::InsufficientCredits {
                 operation_type,
                 required,

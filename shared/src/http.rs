@@ -13,6 +13,7 @@ use crate::budget;
 use crate::domain::{Enrichment, Field};
 use crate::enrichment::Enrichments;
 use crate::error::{ApiError, FIELD_MESSAGE};
+use crate::people::People;
 use crate::queue::JobQueue;
 
 /// The message of a missing or invalid `personId`.
@@ -213,4 +214,160 @@ pub fn api_request(
             person_id.to_string(),
         )]))
         .with_query_string_parameters(query_map))
+}
+
+/// The people routes' prefix (spec operations-api, "People").
+pub const PEOPLE_PREFIX: &str = "/api/v1/entities/persons";
+
+/// The largest request body the API reads, in bytes: Lambda's 6 MB synchronous payload limit
+/// (a larger one is `413 PAYLOAD_TOO_LARGE`).
+pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
+
+/// The body of `req` as JSON.
+///
+/// Errors: 413 over [`MAX_BODY_BYTES`]; 400 (`details.field` `body`) when it is not JSON.
+fn json_body(req: &Request) -> Result<serde_json::Value, ApiError> {
+    let bytes: &[u8] = match req.body() {
+        Body::Empty => b"",
+        Body::Text(text) => text.as_bytes(),
+        Body::Binary(bytes) => bytes,
+        _ => b"",
+    };
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|_| ApiError::invalid("body", "the request body must be a JSON object"))
+}
+
+/// A JSON answer with `status`, or the envelope when `value` does not serialize.
+fn json_of(status: u16, value: &impl serde::Serialize) -> Response<Body> {
+    match serde_json::to_string(value) {
+        Ok(body) => json(status, body),
+        Err(e) => error_response(&ApiError::Internal(e.to_string())),
+    }
+}
+
+/// A canonical, hyphenated UUID (either case) as a path's `personId`.
+fn person_id(text: &str) -> Result<Uuid, ApiError> {
+    Some(text)
+        .filter(|id| id.len() == 36)
+        .and_then(|id| Uuid::try_parse(id).ok())
+        .ok_or_else(|| ApiError::invalid("personId", PERSON_ID_MESSAGE))
+}
+
+/// The people function: every route under [`PEOPLE_PREFIX`] (spec operations-api, "People"):
+/// `POST` (201), `POST /batch` (201), `GET` (a page), `GET /{personId}`, `DELETE /{personId}`
+/// (204). Authentication comes first (401 before 400); a method a path does not serve is 405
+/// with the envelope and an `Allow` header. Answers before the invocation's [`deadline`].
+pub async fn handle_people(req: Request, auth: &Authenticator, people: &People) -> Response<Body> {
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix(PEOPLE_PREFIX)
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string();
+    let allow = match rest.as_str() {
+        "" => "GET, POST",
+        "/batch" => "POST",
+        _ => "GET, DELETE",
+    };
+    let method = req.method().clone();
+    let result = within(deadline(&req), async {
+        let principal = auth.authenticate(authorization(&req)).await?;
+        let query = req.query_string_parameters_ref();
+        let one = |name: &str| query.and_then(|q| q.first(name)).map(str::to_string);
+        Ok(match (method.clone(), rest.as_str()) {
+            (Method::POST, "") => {
+                json_of(201, &people.create(&principal, &json_body(&req)?).await?)
+            }
+            (Method::POST, "/batch") => {
+                let created = people.create_batch(&principal, &json_body(&req)?).await?;
+                json_of(201, &serde_json::json!({ "persons": created }))
+            }
+            (Method::GET, "") => json_of(
+                200,
+                &people
+                    .list(
+                        &principal,
+                        one("limit").as_deref(),
+                        one("cursor").as_deref(),
+                    )
+                    .await?,
+            ),
+            (Method::GET, id) if !id.is_empty() && id != "/batch" => {
+                let id = person_id(id.trim_start_matches('/'))?;
+                json_of(200, &people.get(&principal, id).await?)
+            }
+            (Method::DELETE, id) if !id.is_empty() && id != "/batch" => {
+                people
+                    .delete(&principal, person_id(id.trim_start_matches('/'))?)
+                    .await?;
+                let mut response = Response::new(Body::Empty);
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                response
+            }
+            _ => return Err(ApiError::MethodNotAllowed),
+        })
+    })
+    .await;
+    match result {
+        Ok(response) => response,
+        Err(error) => {
+            let mut response = error_response(&error);
+            if error == ApiError::MethodNotAllowed {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+            }
+            response
+        }
+    }
+}
+
+/// Builds the lambda_http request an API Gateway HTTP API would hand a function for `method`
+/// on `path` (raw, percent-encoded) with `query`, `authorization` and `body`: the local gateway
+/// uses it for the people routes, so that they go through the same handler as the deployed
+/// function.
+///
+/// Errors: the request cannot be built (an `authorization` value that is no header value, a
+/// path that is no URI path), as the error the client gets.
+pub fn http_api_request(
+    method: Method,
+    path: &str,
+    query: &[(String, String)],
+    authorization: Option<&str>,
+    body: Vec<u8>,
+) -> Result<Request, ApiError> {
+    let mut builder = lambda_http::http::Request::builder()
+        .method(method)
+        .uri(path);
+    if let Some(value) = authorization {
+        let value = header::HeaderValue::from_str(value).map_err(|_| {
+            ApiError::Unauthorized("Authorization header must be 'Bearer <token>'".into())
+        })?;
+        builder = builder.header(header::AUTHORIZATION, value);
+    }
+    let body = if body.is_empty() {
+        Body::Empty
+    } else {
+        match String::from_utf8(body) {
+            Ok(text) => Body::Text(text),
+            Err(e) => Body::Binary(e.into_bytes()),
+        }
+    };
+    let request: Request = builder
+        .body(body)
+        .map_err(|_| ApiError::Validation("the request path is not a valid URI path".into()))?;
+    let mut query_map: HashMap<String, Vec<String>> = HashMap::new();
+    for (key, value) in query {
+        query_map
+            .entry(key.clone())
+            .or_default()
+            .push(value.clone());
+    }
+    Ok(request.with_query_string_parameters(query_map))
 }

@@ -32,6 +32,14 @@ pub fn linkedin_handle(url: &str) -> Option<String> {
     (!handle.is_empty() && !handle.contains(['/', ' '])).then(|| handle.to_string())
 }
 
+/// Whether `url` is a LinkedIn profile URL written in full: `http(s)://`, then what
+/// [`linkedin_handle`] reads.
+pub fn is_linkedin_profile_url(url: &str) -> bool {
+    let lower = url.trim().to_ascii_lowercase();
+    (lower.starts_with("https://") || lower.starts_with("http://"))
+        && linkedin_handle(url).is_some()
+}
+
 /// The canonical writing of a LinkedIn profile: `linkedin.com/in/<handle>` (see
 /// [`linkedin_handle`]).
 pub fn linkedin_profile(url: &str) -> Option<String> {

@@ -11,6 +11,7 @@ pub mod enrichment;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod people;
 pub mod providers;
 pub mod queue;
 pub mod secrets;

@@ -22,9 +22,10 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, KeySchemaElement, KeyType,
-    Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
-    TimeToLiveSpecification, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
+    TransactWriteItem, Update,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -158,8 +159,47 @@ struct EnrichmentItem {
 struct PersonItem {
     pk: String,
     sk: String,
+    /// The key of the creation-order index [`PEOPLE_INDEX`]: `ORG#{orgId}#PERSON`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gsi1pk: Option<String>,
+    /// Its sort key: `{createdAt}#{personId}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gsi1sk: Option<String>,
     #[serde(flatten)]
     person: Person,
+}
+
+impl PersonItem {
+    fn new(org_id: &str, person: &Person) -> Self {
+        PersonItem {
+            pk: org_pk(org_id),
+            sk: person_sk(person.id),
+            gsi1pk: person.created_at.as_ref().map(|_| people_index_pk(org_id)),
+            gsi1sk: person
+                .created_at
+                .as_ref()
+                .map(|at| format!("{at}#{}", person.id)),
+            person: person.clone(),
+        }
+    }
+}
+
+/// The global secondary index that lists an org's people in creation order: partition
+/// `gsi1pk` (`ORG#{orgId}#PERSON`), sort `gsi1sk` (`{createdAt}#{personId}`), all attributes
+/// projected (`template.yaml`, `EnrichmentTable`).
+pub const PEOPLE_INDEX: &str = "byCreation";
+
+fn people_index_pk(org_id: &str) -> String {
+    format!("ORG#{org_id}#PERSON")
+}
+
+/// Where a page of the people list ends: the last person's creation time and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonCursor {
+    /// Its `createdAt`.
+    pub created_at: String,
+    /// Its id.
+    pub id: Uuid,
 }
 
 #[derive(Serialize)]
@@ -365,7 +405,7 @@ impl Store {
     }
 
     /// Creates the table as `template.yaml` declares it (`pk`/`sk` strings, on demand, TTL on
-    /// `expiresAt`) unless it exists: for the emulators (the local stack, the store's tests).
+    /// `expiresAt`, the [`PEOPLE_INDEX`] index) unless it exists: for the emulators (the local stack, the store's tests).
     /// On AWS the template creates it.
     ///
     /// Errors: a DynamoDB failure, with the operation that failed.
@@ -401,6 +441,21 @@ impl Store {
             .key_schema(key("sk", KeyType::Range)?)
             .attribute_definitions(attribute("pk")?)
             .attribute_definitions(attribute("sk")?)
+            .attribute_definitions(attribute("gsi1pk")?)
+            .attribute_definitions(attribute("gsi1sk")?)
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name(PEOPLE_INDEX)
+                    .key_schema(key("gsi1pk", KeyType::Hash)?)
+                    .key_schema(key("gsi1sk", KeyType::Range)?)
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::All)
+                            .build(),
+                    )
+                    .build()
+                    .map_err(build_error)?,
+            )
             .send()
             .await
             .map_err(dynamo_error("CreateTable"))?;
@@ -1063,9 +1118,10 @@ impl Store {
                 .table_name(&self.table)
                 .key("pk", s(org_pk(&enrichment.org_id)))
                 .key("sk", s(person_sk(enrichment.entity_id)))
-                .update_expression("SET #field = :contacts")
+                .update_expression("SET #field = :contacts, updatedAt = :now")
                 .condition_expression("attribute_exists(pk)")
                 .expression_attribute_names("#field", enrichment.field.as_str())
+                .expression_attribute_values(":now", s(now))
                 .expression_attribute_values(
                     ":contacts",
                     serde_dynamo::to_attribute_value(contacts).map_err(shape_error)?,
@@ -1125,31 +1181,208 @@ impl Store {
             .transpose()
     }
 
-    /// Adds people to the org, all or nothing per group of 100 (the `TransactWriteItems` item
-    /// limit); an id that already exists cancels its group.
-    pub async fn put_people(&self, org_id: &str, people: &[Person]) -> Result<(), StoreError> {
+    /// Creates `people` in the org, all or nothing: groups of 100 (the `TransactWriteItems` item
+    /// limit) are written one transaction each, each person on condition its id is new, and when
+    /// a group fails the groups already written are deleted before the error is returned.
+    ///
+    /// Errors: DynamoDB failures or an id that exists (nothing is left written, unless the
+    /// deletion fails too: then its error says so).
+    pub async fn create_people(&self, org_id: &str, people: &[Person]) -> Result<(), StoreError> {
+        let mut written = 0;
         for group in people.chunks(100) {
-            let mut items = Vec::with_capacity(group.len());
+            if let Err(e) = self.put_group(org_id, group).await {
+                if written > 0
+                    && let Err(undo) = self.delete_people(org_id, &people[..written]).await
+                {
+                    return Err(StoreError::Dynamo {
+                        operation: "TransactWriteItems",
+                        message: format!(
+                            "{e}; and deleting the {written} people written before it failed: {undo}"
+                        ),
+                    });
+                }
+                return Err(e);
+            }
+            written += group.len();
+        }
+        Ok(())
+    }
+
+    async fn put_group(&self, org_id: &str, group: &[Person]) -> Result<(), StoreError> {
+        let mut items = Vec::with_capacity(group.len());
+        for person in group {
+            let item: Item =
+                serde_dynamo::to_item(PersonItem::new(org_id, person)).map_err(shape_error)?;
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        match self.transact(items).await? {
+            None => Ok(()),
+            Some(reasons) => Err(cancelled("people creation", &reasons)),
+        }
+    }
+
+    /// Deletes people just created (the undo of a failed [`Store::create_people`]), 25 per
+    /// `BatchWriteItem`, trying the unprocessed ones again a few times.
+    async fn delete_people(&self, org_id: &str, people: &[Person]) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+        for group in people.chunks(25) {
+            let mut requests = Vec::with_capacity(group.len());
             for person in group {
-                let item: Item = serde_dynamo::to_item(PersonItem {
-                    pk: org_pk(org_id),
-                    sk: person_sk(person.id),
-                    person: person.clone(),
-                })
-                .map_err(shape_error)?;
-                let put = Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(item))
-                    .condition_expression("attribute_not_exists(pk)")
+                let delete = DeleteRequest::builder()
+                    .key("pk", s(org_pk(org_id)))
+                    .key("sk", s(person_sk(person.id)))
                     .build()
                     .map_err(build_error)?;
-                items.push(TransactWriteItem::builder().put(put).build());
+                requests.push(WriteRequest::builder().delete_request(delete).build());
             }
-            if let Some(reasons) = self.transact(items).await? {
-                return Err(cancelled("people import", &reasons));
+            for attempt in 0..5 {
+                let output = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(dynamo_error("BatchWriteItem"))?;
+                requests = output
+                    .unprocessed_items
+                    .and_then(|mut left| left.remove(&self.table))
+                    .unwrap_or_default();
+                if requests.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            if !requests.is_empty() {
+                return Err(StoreError::Dynamo {
+                    operation: "BatchWriteItem",
+                    message: format!("{} deletions left unprocessed", requests.len()),
+                });
             }
         }
         Ok(())
+    }
+
+    /// A page of the org's people, oldest first: at most `limit` after `after`, and the cursor
+    /// of the next page when there is one. One `Query` of [`PEOPLE_INDEX`] for `limit + 1` items
+    /// (the extra one only says whether a next page exists). The index is eventually
+    /// consistent: a person created a moment ago may show up a moment later.
+    pub async fn list_people(
+        &self,
+        org_id: &str,
+        limit: usize,
+        after: Option<&PersonCursor>,
+    ) -> Result<(Vec<Person>, Option<PersonCursor>), StoreError> {
+        let index_pk = people_index_pk(org_id);
+        let start = after.map(|cursor| {
+            HashMap::from([
+                ("pk".to_string(), s(org_pk(org_id))),
+                ("sk".to_string(), s(person_sk(cursor.id))),
+                ("gsi1pk".to_string(), s(index_pk.clone())),
+                (
+                    "gsi1sk".to_string(),
+                    s(format!("{}#{}", cursor.created_at, cursor.id)),
+                ),
+            ])
+        });
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(PEOPLE_INDEX)
+            .key_condition_expression("gsi1pk = :pk")
+            .expression_attribute_values(":pk", s(index_pk))
+            .scan_index_forward(true)
+            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(dynamo_error("Query"))?;
+        let mut people = output
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|item| {
+                serde_dynamo::from_item::<_, PersonItem>(item)
+                    .map(|p| p.person)
+                    .map_err(shape_error)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if people.len() > limit {
+            people.truncate(limit);
+            people.last().map(|last| PersonCursor {
+                created_at: last.created_at.clone().unwrap_or_default(),
+                id: last.id,
+            })
+        } else {
+            None
+        };
+        Ok((people, next))
+    }
+
+    /// Deletes the person `person_id` of the org and its enrichments in one
+    /// `TransactWriteItems`; a `pending` enrichment gives its credits back in the same
+    /// transaction (a `refund` credit transaction), so that its job, finding nothing, is
+    /// dropped. Returns `false` when the person does not exist. The enrichments are read first
+    /// and each deletion is conditioned on what was read; a race (a worker finishing one)
+    /// makes it read and try again.
+    pub async fn delete_person(
+        &self,
+        org_id: &str,
+        person_id: Uuid,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        for _ in 0..CONFLICT_ATTEMPTS {
+            if self.get_person(org_id, person_id).await?.is_none() {
+                return Ok(false);
+            }
+            let mut items = vec![
+                TransactWriteItem::builder()
+                    .delete(
+                        Delete::builder()
+                            .table_name(&self.table)
+                            .key("pk", s(org_pk(org_id)))
+                            .key("sk", s(person_sk(person_id)))
+                            .condition_expression("attribute_exists(pk)")
+                            .build()
+                            .map_err(build_error)?,
+                    )
+                    .build(),
+            ];
+            for field in [Field::Emails, Field::Phones] {
+                let Some(record) = self.get_enrichment(org_id, person_id, field).await? else {
+                    continue;
+                };
+                let enrichment = &record.enrichment;
+                let delete = Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(Self::enrichment_key(org_id, person_id, field)))
+                    .condition_expression("id = :id AND #status = :status")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":id", s(enrichment.id.to_string()))
+                    .expression_attribute_values(":status", s(enrichment.status.as_str()))
+                    .build()
+                    .map_err(build_error)?;
+                items.push(TransactWriteItem::builder().delete(delete).build());
+                if enrichment.status == Status::Pending {
+                    items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
+                }
+            }
+            match self.transact(items).await? {
+                None => return Ok(true),
+                Some(reasons) if reasons.iter().any(|r| r.failed) => continue,
+                Some(reasons) => return Err(cancelled("person deletion", &reasons)),
+            }
+        }
+        Err(StoreError::Dynamo {
+            operation: "TransactWriteItems",
+            message: "person deletion kept racing with its enrichments".into(),
+        })
     }
 
     /// Adds `amount` credits (positive) to the org's balance (creating it at `amount`) unless the
@@ -1343,7 +1576,7 @@ mod tests {
             ..Person::default()
         };
         store
-            .put_people(ORG, std::slice::from_ref(&person))
+            .create_people(ORG, std::slice::from_ref(&person))
             .await
             .unwrap();
         person
@@ -1632,5 +1865,75 @@ mod tests {
             CreateOutcome::RateLimited { retry_after_seconds } if (1..=60).contains(&retry_after_seconds)
         ));
         assert_eq!(ledger(&store, 100).await, (95, vec![-5]));
+    }
+
+    #[tokio::test]
+    async fn deleting_a_person_refunds_its_pending_enrichment_once() {
+        let store = table().await;
+        let person = person(&store).await;
+        store.grant_credits(ORG, 10).await.unwrap();
+        let enrichment = new_enrichment(person.id, now());
+        store
+            .create_enrichment(&enrichment, 5, NO_LIMIT)
+            .await
+            .unwrap();
+        assert!(store.delete_person(ORG, person.id, &now()).await.unwrap());
+        assert!(store.get_person(ORG, person.id).await.unwrap().is_none());
+        assert!(
+            store
+                .get_enrichment(ORG, person.id, Field::Emails)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Its job finds nothing to run; a second deletion finds no person.
+        let until = timestamp(Utc::now() + chrono::Duration::seconds(60));
+        assert_eq!(
+            store
+                .claim(&Job::from(&enrichment), "w", &now(), &until)
+                .await
+                .unwrap(),
+            Claim::Gone
+        );
+        assert!(!store.delete_person(ORG, person.id, &now()).await.unwrap());
+        assert_eq!(ledger(&store, 10).await, (10, vec![-5, 5]));
+    }
+
+    #[tokio::test]
+    async fn the_people_list_pages_in_creation_order() {
+        let store = table().await;
+        let start = Utc::now();
+        let people: Vec<Person> = (0..5)
+            .map(|i| {
+                let at = timestamp(start + chrono::Duration::milliseconds(i));
+                Person {
+                    id: Uuid::new_v4(),
+                    created_at: Some(at.clone()),
+                    updated_at: Some(at),
+                    first_name: Some(format!("P{i}")),
+                    ..Person::default()
+                }
+            })
+            .collect();
+        // Created newest first: the list still reads oldest first.
+        for person in people.iter().rev() {
+            store
+                .create_people(ORG, std::slice::from_ref(person))
+                .await
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) = store.list_people(ORG, 2, after.as_ref()).await.unwrap();
+            seen.extend(page.into_iter().map(|p| p.id));
+            match next {
+                Some(cursor) => after = Some(cursor),
+                None => break,
+            }
+        }
+        assert_eq!(seen, people.iter().map(|p| p.id).collect::<Vec<_>>());
+        let (other_org, _) = store.list_people("org_other", 10, None).await.unwrap();
+        assert!(other_org.is_empty());
     }
 }

@@ -6,12 +6,11 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aws_sdk_dynamodb::error::DisplayErrorContext;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
+use chrono::Utc;
 use clap::{Parser, Subcommand};
-use enrichment::domain::Person;
-use enrichment::identity;
-use enrichment::store::{Store, org_pk};
+use enrichment::domain::{Person, timestamp};
+use enrichment::people::PersonInput;
+use enrichment::store::Store;
 use local_stack::{StackInfo, devkey, dynamodb_config, gateway_answers};
 use uuid::Uuid;
 
@@ -21,10 +20,6 @@ const MAX_GRANT: i64 = 1_000_000_000;
 const MAX_CELL_CHARS: usize = 1024;
 /// The most bytes the cells of one CSV row may hold together.
 const MAX_ROW_BYTES: usize = 16 * 1024;
-/// People written per transaction by the import (the `TransactWriteItems` item limit).
-const IMPORT_GROUP: usize = 100;
-/// Deletes per `BatchWriteItem` (its request limit).
-const DELETE_GROUP: usize = 25;
 
 #[derive(Parser)]
 #[command(name = "enrichctl", about = "Admin CLI for the local enrichment stack")]
@@ -157,15 +152,6 @@ fn store(info: &StackInfo) -> Store {
     Store::new(dynamodb(info), &info.table_name)
 }
 
-/// Whether `url` is a LinkedIn profile written in full: an `http(s)://` URL that
-/// [`identity::linkedin_handle`] reads (host `linkedin.com` or `*.linkedin.com`, path
-/// `/in/<handle>`).
-fn is_linkedin_profile(url: &str) -> bool {
-    let lower = url.trim().to_ascii_lowercase();
-    (lower.starts_with("https://") || lower.starts_with("http://"))
-        && identity::linkedin_handle(url).is_some()
-}
-
 /// The line (from 1) where the record at `position` starts in `bytes`. Counted here: the csv
 /// crate's own line number is off after a blank line and in a CRLF file, and its byte offset
 /// points at the line ends before the record.
@@ -180,9 +166,9 @@ fn line_of(bytes: &[u8], position: &csv::Position) -> usize {
     1 + bytes[..start].iter().filter(|b| **b == b'\n').count()
 }
 
-/// Reads and validates the CSV: every row must name a person (a LinkedIn profile URL, or a
-/// first and last name); a LinkedIn URL must be a linkedin.com profile and a company domain a
-/// bare domain; a cell holds at most 1024 characters and a row 16 KiB. The header names each
+/// Reads and validates the CSV with the people API's rules ([`PersonInput::validate`]: a first
+/// and last name, a linkedin.com profile URL, a company domain); a cell holds at most 1024
+/// characters and a row 16 KiB. The header names each
 /// column once. The first bad row is reported by its line in the file.
 fn read_people(file: &Path) -> Result<Vec<Person>, String> {
     let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -209,6 +195,7 @@ fn read_people(file: &Path) -> Result<Vec<Person>, String> {
                 .ok_or_else(|| format!("{}: the header has no column {column:?}", file.display()))
         })
         .collect::<Result<_, _>>()?;
+    let now = timestamp(Utc::now());
     let mut people = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| match e.position() {
@@ -240,37 +227,23 @@ fn read_people(file: &Path) -> Result<Vec<Person>, String> {
                 .map(str::to_string)
                 .filter(|v| !v.is_empty())
         };
-        let person = Person {
-            id: Uuid::new_v4(),
+        let input = PersonInput {
             first_name: value(0),
             last_name: value(1),
             company_name: value(2),
             company_domain: value(3),
             linkedin_url: value(4),
-            ..Person::default()
         };
-        if person.linkedin_url.is_none()
-            && (person.first_name.is_none() || person.last_name.is_none())
-        {
-            return Err(bad(
-                "a row needs a linkedin_url or both first_name and last_name",
-            ));
-        }
-        if let Some(url) = &person.linkedin_url
-            && !is_linkedin_profile(url)
-        {
-            return Err(bad(&format!(
-                "linkedin_url {url:?} is not a LinkedIn profile URL \
-                 (https://www.linkedin.com/in/<handle>)"
-            )));
-        }
-        if let Some(domain) = &person.company_domain
-            && !identity::is_bare_domain(domain)
-        {
-            return Err(bad(&format!(
-                "company_domain {domain:?} is not a domain like example.com"
-            )));
-        }
+        let person = input.validate(&now).map_err(|e| {
+            let column = match e.field {
+                "firstName" => "first_name",
+                "lastName" => "last_name",
+                "companyName" => "company_name",
+                "companyDomain" => "company_domain",
+                _ => "linkedin_url",
+            };
+            bad(&format!("{column}: {}", e.message))
+        })?;
         people.push(person);
     }
     if people.is_empty() {
@@ -279,77 +252,13 @@ fn read_people(file: &Path) -> Result<Vec<Person>, String> {
     Ok(people)
 }
 
-/// Writes `people` into the org, all or nothing: groups of 100 are written one transaction
-/// each, and when a group fails the groups already written are deleted before the error is
-/// reported.
+/// Writes `people` into the org, all or nothing, through the API's write path
+/// ([`Store::create_people`]).
 async fn import_people(info: &StackInfo, org: &str, people: &[Person]) -> Result<(), String> {
-    let client = dynamodb(info);
-    let store = Store::new(client.clone(), &info.table_name);
-    let mut written = 0;
-    for group in people.chunks(IMPORT_GROUP) {
-        if let Err(e) = store.put_people(org, group).await {
-            if written == 0 {
-                return Err(format!("nothing was imported: {e}"));
-            }
-            return Err(
-                match delete_people(&client, &info.table_name, org, &people[..written]).await {
-                    Ok(()) => format!(
-                        "nothing was imported (the {written} people written before the failure \
-                         were deleted): {e}"
-                    ),
-                    Err(undo) => format!(
-                        "the import failed after {written} people were written, and deleting \
-                         them failed ({undo}); the file's first {written} rows may be in org \
-                         {org}: {e}"
-                    ),
-                },
-            );
-        }
-        written += group.len();
-    }
-    Ok(())
-}
-
-/// Deletes the people `people` of the org (`BatchWriteItem`, unprocessed deletes tried again).
-async fn delete_people(
-    client: &aws_sdk_dynamodb::Client,
-    table: &str,
-    org: &str,
-    people: &[Person],
-) -> Result<(), String> {
-    for group in people.chunks(DELETE_GROUP) {
-        let mut requests = group
-            .iter()
-            .map(|person| {
-                DeleteRequest::builder()
-                    .key("pk", AttributeValue::S(org_pk(org)))
-                    .key("sk", AttributeValue::S(format!("PERSON#{}", person.id)))
-                    .build()
-                    .map(|delete| WriteRequest::builder().delete_request(delete).build())
-                    .map_err(|e| e.to_string())
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        for attempt in 0..8u32 {
-            let output = client
-                .batch_write_item()
-                .request_items(table, requests)
-                .send()
-                .await
-                .map_err(|e| format!("BatchWriteItem: {}", DisplayErrorContext(&e)))?;
-            requests = output
-                .unprocessed_items
-                .and_then(|mut unprocessed| unprocessed.remove(table))
-                .unwrap_or_default();
-            if requests.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-        }
-        if !requests.is_empty() {
-            return Err(format!("{} deletes left unprocessed", requests.len()));
-        }
-    }
-    Ok(())
+    Store::new(dynamodb(info), &info.table_name)
+        .create_people(org, people)
+        .await
+        .map_err(|e| format!("nothing was imported: {e}"))
 }
 
 /// Runs a command; returns what it prints.
@@ -424,6 +333,8 @@ async fn main() {
 
 #[cfg(test)]
 mod tests {
+    use enrichment::identity;
+
     use super::*;
     use local_stack::{Options, Stack};
 
@@ -444,7 +355,7 @@ mod tests {
         let file = csv_file(
             "first_name,last_name,company_name,company_domain,linkedin_url\n\
              Ada,Lovelace,Analytical,analytical.test,\n\
-             ,,,,https://www.linkedin.com/in/grace-h\n",
+             Grace,Hopper,,,https://www.linkedin.com/in/grace-h\n",
         );
         let people = read_people(&file).unwrap();
         assert_eq!(people.len(), 2);
@@ -517,10 +428,11 @@ mod tests {
             error.contains("\"last_name\" has 1025 characters"),
             "{error}"
         );
-        // 1024 characters of 4 bytes each is a cell within bounds.
+        // 1000 characters of 4 bytes each is a company name within bounds (the API's limit).
+        let name = "😀".repeat(enrichment::people::MAX_TEXT_CHARS);
+        let file = csv_file(&format!("{HEADER}Ada,Lovelace,{name},,\n"));
+        assert_eq!(read_people(&file).unwrap()[0].company_name, Some(name));
         let wide = "😀".repeat(MAX_CELL_CHARS);
-        let file = csv_file(&format!("{HEADER}Ada,{wide},,,\n"));
-        assert_eq!(read_people(&file).unwrap()[0].last_name, Some(wide.clone()));
         // Five of them are not a row within bounds.
         let file = csv_file(&format!("{HEADER}{wide},{wide},{wide},{wide},{wide}\n"));
         let error = read_people(&file).unwrap_err();
@@ -545,8 +457,8 @@ mod tests {
             "http://uk.linkedin.com/in/ada-l?trk=x",
             "https://WWW.LinkedIn.com/in/ada-l",
         ] {
-            assert!(is_linkedin_profile(good), "{good}");
-            let file = csv_file(&format!("{HEADER},,,,{good}\n"));
+            assert!(identity::is_linkedin_profile_url(good), "{good}");
+            let file = csv_file(&format!("{HEADER}Ada,Lovelace,,,{good}\n"));
             assert!(read_people(&file).is_ok(), "{good}");
         }
         for bad in [
@@ -561,7 +473,7 @@ mod tests {
             "https://linkedin.com@evil.example/in/ada",
             "https://www.linkedin.com:8443@evil.example/in/ada",
         ] {
-            assert!(!is_linkedin_profile(bad), "{bad}");
+            assert!(!identity::is_linkedin_profile_url(bad), "{bad}");
             let file = csv_file(&format!("{HEADER}Ada,Lovelace,,,\nAda,Lovelace,,,{bad}\n"));
             let error = read_people(&file).unwrap_err();
             assert!(error.contains("line 3: linkedin_url"), "{bad}: {error}");
@@ -713,13 +625,13 @@ mod tests {
         let existing = people[150].clone();
         stack
             .store
-            .put_people("org_a", std::slice::from_ref(&existing))
+            .create_people("org_a", std::slice::from_ref(&existing))
             .await
             .unwrap();
         let error = import_people(&stack.info, "org_a", &people)
             .await
             .unwrap_err();
-        assert!(error.contains("100 people written"), "{error}");
+        assert!(error.contains("nothing was imported"), "{error}");
         for (i, person) in people.iter().enumerate() {
             let stored = stack.store.get_person("org_a", person.id).await.unwrap();
             assert_eq!(stored.is_some(), i == 150, "person {i}");

@@ -1055,7 +1055,7 @@ async fn run_orgs(args: &Args, stack: &Stack, people: &[Synthetic]) -> Result<()
         let all: Vec<Person> = persons.iter().map(|(p, _)| p.clone()).collect();
         stack
             .store
-            .put_people(org, &all)
+            .create_people(org, &all)
             .await
             .map_err(|e| e.to_string())?;
         stack

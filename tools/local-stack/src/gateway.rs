@@ -28,7 +28,11 @@ use axum::routing::{any, get};
 use enrichment::auth::Authenticator;
 use enrichment::enrichment::Enrichments;
 use enrichment::error::ApiError;
-use enrichment::http::{api_request, handle_get, handle_post};
+use enrichment::http::{
+    MAX_BODY_BYTES, PEOPLE_PREFIX, api_request, handle_get, handle_people, handle_post,
+    http_api_request,
+};
+use enrichment::people::People;
 use enrichment::queue::SqsJobQueue;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -68,6 +72,8 @@ pub struct Gateway {
     pub auth: Authenticator,
     /// The POST and GET use cases.
     pub enrichments: Enrichments,
+    /// The people use cases.
+    pub people: People,
     /// The jobs queue.
     pub queue: SqsJobQueue,
     /// The dev JWKS document.
@@ -85,6 +91,8 @@ pub fn router(state: Arc<Gateway>) -> Router {
         )
         .route(ENRICHMENT_PREFIX, any(enrichment_without_id))
         .route(&format!("{ENRICHMENT_PREFIX}/"), any(enrichment_without_id))
+        .route(PEOPLE_PREFIX, any(people))
+        .route(&format!("{PEOPLE_PREFIX}/{{*rest}}"), any(people))
         .route(JWKS_PATH, get(jwks))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -162,6 +170,49 @@ async fn enrichment_without_id(
     call_handler(&state, method, "", query, &headers).await
 }
 
+/// Every people route, through the people function's handler. The body is read up to
+/// [`MAX_BODY_BYTES`] and one more byte, so that a larger one reaches the handler's 413.
+async fn people(
+    State(state): State<Arc<Gateway>>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES + 1).await {
+        Ok(bytes) => bytes.to_vec(),
+        Err(_) => {
+            return error_response(&ApiError::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            });
+        }
+    };
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let request = match http_api_request(method, uri.path(), &query, authorization, body) {
+        Ok(request) => request,
+        Err(error) => return error_response(&error),
+    };
+    into_axum(handle_people(request, &state.auth, &state.people).await)
+}
+
+fn into_axum(response: lambda_http::Response<lambda_http::Body>) -> Response {
+    let (parts, body) = response.into_parts();
+    let body = match body {
+        lambda_http::Body::Empty => axum::body::Body::empty(),
+        lambda_http::Body::Text(text) => axum::body::Body::from(text),
+        lambda_http::Body::Binary(bytes) => axum::body::Body::from(bytes),
+        _ => axum::body::Body::empty(),
+    };
+    Response::from_parts(parts, body)
+}
+
 async fn call_handler(
     state: &Gateway,
     method: Method,
@@ -181,19 +232,11 @@ async fn call_handler(
         Ok(request) => request,
         Err(error) => return error_response(&error),
     };
-    let response = if is_post {
+    into_axum(if is_post {
         handle_post(request, &state.auth, &state.enrichments, &state.queue).await
     } else {
         handle_get(request, &state.auth, &state.enrichments).await
-    };
-    let (parts, body) = response.into_parts();
-    let body = match body {
-        lambda_http::Body::Empty => axum::body::Body::empty(),
-        lambda_http::Body::Text(text) => axum::body::Body::from(text),
-        lambda_http::Body::Binary(bytes) => axum::body::Body::from(bytes),
-        _ => axum::body::Body::empty(),
-    };
-    Response::from_parts(parts, body)
+    })
 }
 
 /// A request the gateway refuses before routing it: a status and the error envelope

@@ -27,6 +27,7 @@ use enrichment::config::{Config, Vars, http_client};
 use enrichment::domain::Job;
 use enrichment::domain::{Field, Status};
 use enrichment::enrichment::Enrichments;
+use enrichment::people::People;
 use enrichment::providers::cascade::Cascade;
 use enrichment::providers::registry::{self, REGISTRY};
 use enrichment::queue::{JobQueue, SqsJobQueue};
@@ -231,13 +232,13 @@ async fn start_moto(executable: &Path) -> Result<(Child, String), String> {
         })?;
     let url = format!("http://127.0.0.1:{port}");
     let http = http_client();
-    for _ in 0..300 {
+    for _ in 0..1200 {
         if http.get(format!("{url}/moto-api/")).send().await.is_ok() {
             return Ok((child, url));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err("moto server did not start within 15 s".into())
+    Err("moto server did not start within 60 s".into())
 }
 
 /// Creates the jobs queue and its DLQ with the redrive policy of `template.yaml`; returns
@@ -557,6 +558,7 @@ impl Stack {
         let state = Arc::new(gateway::Gateway {
             auth,
             enrichments: Enrichments::new(store.clone(), config.clone()),
+            people: People::new(store.clone()),
             queue: SqsJobQueue::new(sqs.clone(), queue_url.clone()),
             jwks: devkey::jwks(&dev_key)?,
         });

@@ -526,7 +526,7 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// The debug binary of the workspace package `name` (`<target>/debug/<name>`), built first with
-/// `cargo build -q -p <name>` (the `CARGO` of the running test, else `cargo`), once per process
+/// `cargo build -q --workspace --bins` (the `CARGO` of the running test, else `cargo`), once per process
 /// and package: cargo rebuilds it if it is missing or older than its sources, and does nothing
 /// otherwise.
 ///
@@ -547,19 +547,23 @@ pub async fn function_binary(name: &str) -> Result<PathBuf, String> {
 
 async fn build(name: &str) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // The whole workspace's binaries, as `make test` builds them before the tests: building one
+    // package alone resolves other features for the shared dependencies and rebuilds them all.
     let run = Command::new(&cargo)
-        .args(["build", "-q", "-p", name])
+        .args(["build", "-q", "--workspace", "--bins"])
         .current_dir(workspace_root())
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(BUILD_TIMEOUT, run)
         .await
-        .map_err(|_| format!("`cargo build -p {name}` took longer than {BUILD_TIMEOUT:?}"))?
+        .map_err(|_| {
+            format!("`cargo build --workspace --bins` took longer than {BUILD_TIMEOUT:?}")
+        })?
         .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
     if !output.status.success() {
         return Err(format!(
-            "`cargo build -p {name}` failed ({}):\n{}",
+            "`cargo build --workspace --bins` failed ({}):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ));

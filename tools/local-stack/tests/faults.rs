@@ -74,7 +74,7 @@ async fn person_with_credits(stack: &Stack, credits: i64) -> Person {
     let person = known_person();
     stack
         .store
-        .put_people(ORG, std::slice::from_ref(&person))
+        .create_people(ORG, std::slice::from_ref(&person))
         .await
         .unwrap();
     stack.store.grant_credits(ORG, credits).await.unwrap();

@@ -36,6 +36,7 @@ use enrichment::domain::{Enrichment, Field, Person, Status};
 use enrichment::enrichment::{ENQUEUE_FAILED_MESSAGE, Enrichments};
 use enrichment::error::ApiError;
 use enrichment::identity::fingerprint;
+use enrichment::people::People;
 use enrichment::providers::cascade::Cascade;
 use enrichment::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact};
 use enrichment::queue::{JobQueue, QueueError, SqsJobQueue, StepFunctionsJobQueue};
@@ -55,16 +56,23 @@ enum Function {
     Trigger,
     Status,
     Worker,
+    People,
 }
 
 impl Function {
-    const ALL: [Function; 3] = [Function::Trigger, Function::Status, Function::Worker];
+    const ALL: [Function; 4] = [
+        Function::Trigger,
+        Function::Status,
+        Function::Worker,
+        Function::People,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Function::Trigger => "trigger",
             Function::Status => "status",
             Function::Worker => "worker",
+            Function::People => "people",
         }
     }
 
@@ -74,6 +82,7 @@ impl Function {
             Function::Trigger => "TriggerFunction",
             Function::Status => "StatusFunction",
             Function::Worker => "WorkerFunction",
+            Function::People => "PeopleFunction",
         }
     }
 }
@@ -132,8 +141,20 @@ impl Scenario {
 /// Every scenario, one line each. A scenario runs once per orchestrator it applies to, in an
 /// org of its own.
 fn scenarios() -> Vec<Scenario> {
-    use Function::{Status, Trigger, Worker};
+    use Function::{People, Status, Trigger, Worker};
     vec![
+        Scenario::new(People, "create one", |env| Box::pin(people_create(env))),
+        Scenario::new(People, "create a batch", |env| Box::pin(people_batch(env))),
+        Scenario::new(People, "failed batch undone", |env| {
+            Box::pin(people_batch_undone(env))
+        }),
+        Scenario::new(People, "read", |env| Box::pin(people_read(env))),
+        Scenario::new(People, "list a page", |env| Box::pin(people_list(env))),
+        Scenario::new(
+            People,
+            "delete with a pending enrichment: refunded",
+            |env| Box::pin(people_delete(env)),
+        ),
         Scenario::new(Trigger, "new enrichment", |env| Box::pin(trigger_new(env))),
         Scenario::new(Trigger, "replay", |env| Box::pin(trigger_replay(env))),
         Scenario::new(Trigger, "insufficient credits", |env| {
@@ -185,6 +206,88 @@ fn scenarios() -> Vec<Scenario> {
             Box::pin(worker_secrets(env))
         }),
     ]
+}
+
+// ------------------------------------------------------------------------------ people
+
+fn people_api(env: &Env) -> People {
+    People::new(env.h.store(None))
+}
+
+async fn people_create(env: &Env) {
+    let body = json!({"firstName": "Ada", "lastName": "Quill", "companyDomain": env.domain()});
+    let created = people_api(env)
+        .create(&env.principal(), &body)
+        .await
+        .unwrap();
+    assert_eq!(created.first_name.as_deref(), Some("Ada"));
+}
+
+async fn people_batch(env: &Env) {
+    let body = json!({"persons": [{"firstName": "Ada", "lastName": "Quill"},
+                                  {"firstName": "Bruno", "lastName": "Okafor"}]});
+    let created = people_api(env)
+        .create_batch(&env.principal(), &body)
+        .await
+        .unwrap();
+    assert_eq!(created.len(), 2);
+}
+
+/// A batch whose second group of 100 fails (an id that exists) is undone: the people function's
+/// write path deletes the first group (`BatchWriteItem`).
+async fn people_batch_undone(env: &Env) {
+    let people: Vec<Person> = (0..150).map(|i| env.person(&format!("P{i}"))).collect();
+    env.add_person(&people[120]).await;
+    assert!(
+        env.h
+            .store(None)
+            .create_people(&env.org, &people)
+            .await
+            .is_err()
+    );
+    assert!(
+        env.h
+            .stack
+            .store
+            .get_person(&env.org, people[0].id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn people_read(env: &Env) {
+    let person = env.person("Ada");
+    env.add_person(&person).await;
+    let read = people_api(env)
+        .get(&env.principal(), person.id)
+        .await
+        .unwrap();
+    assert_eq!(read.id, person.id);
+}
+
+async fn people_list(env: &Env) {
+    let body = json!({"persons": [{"firstName": "Ada", "lastName": "Quill"}]});
+    people_api(env)
+        .create_batch(&env.principal(), &body)
+        .await
+        .unwrap();
+    let page = people_api(env)
+        .list(&env.principal(), Some("10"), None)
+        .await
+        .unwrap();
+    assert_eq!(page.persons.len(), 1);
+}
+
+async fn people_delete(env: &Env) {
+    let person = env.person("Ada");
+    env.pending_job(&person).await;
+    people_api(env)
+        .delete(&env.principal(), person.id)
+        .await
+        .unwrap();
+    assert_eq!(env.balance().await, env.config().cost(Field::Emails));
+    env.assert_ledger().await;
 }
 
 // ----------------------------------------------------------------------------- trigger
@@ -1515,7 +1618,7 @@ impl Env {
         self.h
             .stack
             .store
-            .put_people(&self.org, std::slice::from_ref(person))
+            .create_people(&self.org, std::slice::from_ref(person))
             .await
             .unwrap();
     }

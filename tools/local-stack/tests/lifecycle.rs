@@ -61,7 +61,7 @@ async fn an_enrichment_left_pending_by_a_stopped_stack_finishes_after_a_restart(
     let person = known_person();
     stack
         .store
-        .put_people(ORG, std::slice::from_ref(&person))
+        .create_people(ORG, std::slice::from_ref(&person))
         .await
         .unwrap();
     stack.store.grant_credits(ORG, 100).await.unwrap();
@@ -109,10 +109,10 @@ async fn requeue_sends_one_job_per_pending_enrichment_across_scan_pages() {
         .await
         .unwrap();
     let people: Vec<Person> = (0..4).map(|_| known_person()).collect();
-    stack.store.put_people(ORG, &people).await.unwrap();
+    stack.store.create_people(ORG, &people).await.unwrap();
     stack
         .store
-        .put_people("org_other", &people[..1])
+        .create_people("org_other", &people[..1])
         .await
         .unwrap();
     stack.store.grant_credits(ORG, 1000).await.unwrap();
@@ -440,7 +440,7 @@ async fn a_stack_killed_mid_cascade_resumes_the_job_after_a_restart() {
         let store = enrichment::store::Store::new(dynamodb.clone(), &info.table_name);
         let person = known_person();
         store
-            .put_people(ORG, std::slice::from_ref(&person))
+            .create_people(ORG, std::slice::from_ref(&person))
             .await
             .unwrap();
         store.grant_credits(ORG, 10).await.unwrap();

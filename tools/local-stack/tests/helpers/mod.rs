@@ -126,7 +126,7 @@ pub fn known_person() -> Person {
 pub async fn add_person(stack: &Stack, org: &str, person: &Person) {
     stack
         .store
-        .put_people(org, std::slice::from_ref(person))
+        .create_people(org, std::slice::from_ref(person))
         .await
         .unwrap();
 }
