@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 use enrichment::domain::{Person, timestamp};
-use enrichment::people::PersonInput;
+use enrichment::people::{PersonInput, PersonView};
 use enrichment::store::Store;
 use local_stack::{StackInfo, devkey, dynamodb_config, gateway_answers};
 use uuid::Uuid;
@@ -91,7 +91,7 @@ enum People {
         org: String,
         file: PathBuf,
     },
-    /// Print a person, with its emails and phones, as JSON.
+    /// Print a person as the API answers it (`GET /api/v1/entities/persons/{personId}`).
     Show {
         /// Organization id: 1 to 128 of A-Z a-z 0-9 _ -.
         #[arg(long, value_parser = identifier)]
@@ -311,7 +311,7 @@ async fn execute(cli: Cli) -> Result<String, String> {
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no person {id} in org {org}"))?;
-            serde_json::to_string_pretty(&person).map_err(|e| e.to_string())
+            serde_json::to_string_pretty(&PersonView::from(person)).map_err(|e| e.to_string())
         }
     }
 }
