@@ -1,0 +1,474 @@
+//! The enrichment items: creation with its debit (one transaction), the worker's claim and
+//! journal, the outcome, and the transaction that ends a pending enrichment with a refund.
+
+use super::*;
+
+impl Store {
+    /// Creates `enrichment` (status `pending`) and charges `cost` credits in ONE
+    /// `TransactWriteItems`: (0) put the enrichment unless a `pending` or `finished` one exists,
+    /// returning the old item on conflict (`ALL_OLD`),
+    /// (1) check the person exists, (2) decrement the org's balance on condition it covers `cost`,
+    /// (3) write the credit transaction `enrichment.credit_transaction_id`.
+    ///
+    /// With a [`RateLimit`], (4) increments the org's counter of the current minute on condition
+    /// it is below the limit.
+    ///
+    /// A replay costs exactly this one call (spec, "Idempotency").
+    pub async fn create_enrichment(
+        &self,
+        enrichment: &Enrichment,
+        cost: i64,
+        rate_limit: RateLimit,
+    ) -> Result<CreateOutcome, StoreError> {
+        let pk = org_pk(&enrichment.org_id);
+        let tx_id = enrichment.credit_transaction_id.ok_or_else(|| {
+            StoreError::Shape("a new enrichment needs its credit transaction id".into())
+        })?;
+        let item: Item = serde_dynamo::to_item(EnrichmentItem {
+            pk: pk.clone(),
+            sk: enrichment_sk(enrichment.entity_id, enrichment.field),
+            enrichment: enrichment.clone(),
+            claim_token: None,
+            claim_until: None,
+            providers_answered: Vec::new(),
+            credits_charged: cost,
+        })
+        .map_err(shape_error)?;
+        let put_enrichment = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(
+                "attribute_not_exists(pk) OR #status IN (:failed, :timeout, :cancelled)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":failed", s(Status::Failed.as_str()))
+            .expression_attribute_values(":timeout", s(Status::Timeout.as_str()))
+            .expression_attribute_values(":cancelled", s(Status::Cancelled.as_str()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(build_error)?;
+        let person_exists = ConditionCheck::builder()
+            .table_name(&self.table)
+            .key("pk", s(pk.clone()))
+            .key("sk", s(person_sk(enrichment.entity_id)))
+            .condition_expression("attribute_exists(pk)")
+            .build()
+            .map_err(build_error)?;
+        let debit = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(pk.clone()))
+            .key("sk", s(CREDITS_SK))
+            .update_expression("SET balance = balance - :cost")
+            .condition_expression("balance >= :cost")
+            .expression_attribute_values(":cost", n(cost))
+            .build()
+            .map_err(build_error)?;
+        let transaction = self.credit_transaction(
+            tx_id,
+            enrichment.field.operation_type(),
+            -cost,
+            enrichment,
+            &enrichment.created_at,
+        )?;
+        let mut items = vec![
+            TransactWriteItem::builder().put(put_enrichment).build(),
+            TransactWriteItem::builder()
+                .condition_check(person_exists)
+                .build(),
+            TransactWriteItem::builder().update(debit).build(),
+            TransactWriteItem::builder().put(transaction).build(),
+        ];
+        let now_unix = chrono::DateTime::parse_from_rfc3339(&enrichment.created_at)
+            .map(|at| at.timestamp())
+            .map_err(|e| StoreError::Shape(format!("createdAt: {e}")))?;
+        let minute = now_unix.div_euclid(60);
+        if rate_limit.per_minute > 0 {
+            let counter = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(pk.clone()))
+                .key("sk", s(format!("RATE#{minute}")))
+                .update_expression("ADD #count :one SET expiresAt = :expires")
+                .condition_expression("attribute_not_exists(#count) OR #count < :limit")
+                .expression_attribute_names("#count", "count")
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":limit", n(i64::from(rate_limit.per_minute)))
+                .expression_attribute_values(":expires", n((minute + 2) * 60))
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().update(counter).build());
+        }
+        match self.transact(items).await? {
+            None => Ok(CreateOutcome::Created),
+            Some(reasons) => {
+                let failed = |i: usize| reasons.get(i).is_some_and(|r| r.failed);
+                if failed(0) {
+                    let old = reasons[0].item.clone().ok_or_else(|| {
+                        StoreError::Shape("conflict without the old enrichment".into())
+                    })?;
+                    Ok(CreateOutcome::Existing(Box::new(record_from_item(old)?)))
+                } else if failed(1) {
+                    Ok(CreateOutcome::PersonNotFound)
+                } else if failed(4) {
+                    Ok(CreateOutcome::RateLimited {
+                        retry_after_seconds: (60 - now_unix.rem_euclid(60)).unsigned_abs(),
+                    })
+                } else if failed(2) {
+                    Ok(CreateOutcome::InsufficientCredits)
+                } else {
+                    Err(cancelled("enrichment creation", &reasons))
+                }
+            }
+        }
+    }
+
+    /// Marks a `pending` enrichment `failed` with `error` and gives `cost` credits back with a
+    /// `refund` credit transaction, in one `TransactWriteItems`. Used when the job could not be
+    /// queued after the enrichment was created, and when a job is given up on its last receive.
+    /// Returns the enrichment as stored; an error if it was no longer pending.
+    pub async fn fail_and_refund(
+        &self,
+        enrichment: &Enrichment,
+        cost: i64,
+        error: &str,
+        now: &str,
+    ) -> Result<Enrichment, StoreError> {
+        self.end_pending(enrichment, cost, Status::Failed, error, now)
+            .await?
+            .map_err(|_| StoreError::Dynamo {
+                operation: "TransactWriteItems",
+                message: "refund cancelled: the enrichment is no longer pending".into(),
+            })
+    }
+
+    /// Ends a `pending` enrichment as `status` with `error` and gives its `charged` credits back
+    /// (a `refund` credit transaction), in one `TransactWriteItems`. Returns the ended
+    /// enrichment, or `Err(current)` when it was no longer pending (nothing written; the
+    /// current item comes back from the same call, `ALL_OLD`).
+    pub(super) async fn end_pending(
+        &self,
+        enrichment: &Enrichment,
+        charged: i64,
+        status: Status,
+        error: &str,
+        now: &str,
+    ) -> Result<Result<Enrichment, Enrichment>, StoreError> {
+        let end = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(
+                &enrichment.org_id,
+                enrichment.entity_id,
+                enrichment.field,
+            )))
+            .update_expression(
+                "SET #status = :status, #error = :error, updatedAt = :now \
+                 REMOVE claimToken, claimUntil, providersAnswered",
+            )
+            .condition_expression("id = :id AND #status = :pending")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#error", "error")
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
+            .expression_attribute_values(":error", s(error))
+            .expression_attribute_values(":now", s(now))
+            .expression_attribute_values(":id", s(enrichment.id.to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(build_error)?;
+        let mut items = vec![TransactWriteItem::builder().update(end).build()];
+        items.extend(self.refund_items(enrichment, charged, now)?);
+        match self.transact(items).await? {
+            None => Ok(Ok(Enrichment {
+                status,
+                error: Some(error.to_string()),
+                updated_at: now.to_string(),
+                ..enrichment.clone()
+            })),
+            Some(mut reasons) if reasons.first().is_some_and(|r| r.failed) => {
+                match reasons.swap_remove(0).item {
+                    Some(current) => Ok(Err(enrichment_from_item(current)?)),
+                    None => Err(StoreError::Shape("the enrichment disappeared".into())),
+                }
+            }
+            Some(reasons) => Err(cancelled(status.as_str(), &reasons)),
+        }
+    }
+
+    /// The current enrichment of (org, person, field), read consistently; `None` if none.
+    pub async fn get_enrichment(
+        &self,
+        org_id: &str,
+        person_id: Uuid,
+        field: Field,
+    ) -> Result<Option<EnrichmentRecord>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(org_id, person_id, field)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo_error("GetItem"))?;
+        output.item.map(record_from_item).transpose()
+    }
+
+    /// Marks a `pending` enrichment `timeout` (spec, "Timeout Handling") and gives its credits
+    /// back (a `refund` credit transaction), in one `TransactWriteItems`. If it is no longer
+    /// pending (a worker just finished it), nothing is written and it comes back as it now is,
+    /// from the same call (`ReturnValuesOnConditionCheckFailure = ALL_OLD`).
+    pub async fn mark_timeout(
+        &self,
+        record: &EnrichmentRecord,
+        now: &str,
+    ) -> Result<Enrichment, StoreError> {
+        let ended = self
+            .end_pending(
+                &record.enrichment,
+                record.credits_charged,
+                Status::Timeout,
+                TIMEOUT_MESSAGE,
+                now,
+            )
+            .await?;
+        Ok(ended.unwrap_or_else(|current| current))
+    }
+
+    /// Claims a job for one worker until `until` (ISO 8601): sets `claimToken` and `claimUntil`
+    /// on the job's enrichment if it is still `pending` and unclaimed, or its claim lapsed
+    /// before `now` (a worker that died). One conditional `UpdateItem`; on conflict the item
+    /// comes back in the same call (`ALL_OLD`) and tells whether a live worker holds the job
+    /// ([`Claim::Busy`]) or the job is no longer to run ([`Claim::Gone`]: a duplicate of a
+    /// finished job, a replaced or ended enrichment).
+    pub async fn claim(
+        &self,
+        job: &Job,
+        token: &str,
+        now: &str,
+        until: &str,
+    ) -> Result<Claim, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(
+                &job.org_id,
+                job.person_id,
+                job.field,
+            )))
+            .update_expression("SET claimToken = :token, claimUntil = :until")
+            .condition_expression(
+                "id = :id AND #status = :pending \
+                 AND (attribute_not_exists(claimToken) OR attribute_not_exists(claimUntil) \
+                      OR claimUntil < :now)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
+            .expression_attribute_values(":id", s(job.enrichment_id.to_string()))
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":now", s(now))
+            .expression_attribute_values(":until", s(until))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match conditional_update(result)? {
+            Ok(output) => Ok(Claim::Claimed(Box::new(record_from_item(
+                output.attributes.unwrap_or_default(),
+            )?))),
+            Err(Some(current)) => {
+                let current: EnrichmentItem =
+                    serde_dynamo::from_item(current).map_err(shape_error)?;
+                let live = current.enrichment.id == job.enrichment_id
+                    && current.enrichment.status == Status::Pending;
+                match current.claim_until {
+                    Some(until) if live => Ok(Claim::Busy { until }),
+                    _ => Ok(Claim::Gone),
+                }
+            }
+            Err(None) => Ok(Claim::Gone),
+        }
+    }
+
+    /// Extends a worker's claim to `until` (ISO 8601) before a provider call. Returns `false`
+    /// when the claim is no longer `token`'s or the enrichment is no longer `pending` (it timed
+    /// out, was replaced, or another worker took the job over): the worker must stop.
+    pub async fn renew_claim(
+        &self,
+        enrichment: &Enrichment,
+        token: &str,
+        until: &str,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(
+                &enrichment.org_id,
+                enrichment.entity_id,
+                enrichment.field,
+            )))
+            .update_expression("SET claimUntil = :until")
+            .condition_expression("claimToken = :token AND #status = :pending")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":until", s(until))
+            .send()
+            .await;
+        Ok(conditional_update(result)?.is_ok())
+    }
+
+    /// Gives a claim up so that a redelivery can run the job again at once. A claim that is no
+    /// longer `token`'s is left alone.
+    pub async fn release_claim(
+        &self,
+        enrichment: &Enrichment,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(
+                &enrichment.org_id,
+                enrichment.entity_id,
+                enrichment.field,
+            )))
+            .update_expression("REMOVE claimToken, claimUntil")
+            .condition_expression("claimToken = :token")
+            .expression_attribute_values(":token", s(token))
+            .send()
+            .await;
+        // A claim or lease already taken over by another owner is theirs to keep.
+        let _not_ours = conditional_update(result)?;
+        Ok(())
+    }
+
+    /// Records on a claimed enrichment that `provider` answered "no match", so that a redelivery
+    /// of the job does not ask it again. Returns `false` when the claim is no longer `token`'s.
+    pub async fn record_no_match(
+        &self,
+        enrichment: &Enrichment,
+        token: &str,
+        provider: &str,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(
+                &enrichment.org_id,
+                enrichment.entity_id,
+                enrichment.field,
+            )))
+            .update_expression(
+                "SET providersAnswered = list_append(if_not_exists(providersAnswered, :none), :provider)",
+            )
+            .condition_expression("claimToken = :token")
+            .expression_attribute_values(":none", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":provider", AttributeValue::L(vec![s(provider)]))
+            .expression_attribute_values(":token", s(token))
+            .send()
+            .await;
+        Ok(conditional_update(result)?.is_ok())
+    }
+
+    /// Writes a worker's outcome in one `TransactWriteItems`: the enrichment (on condition it is
+    /// still `pending` and claimed by `token`), the person's merged contacts and the new global
+    /// cache entry; an enrichment that ends `failed` gives its credits back in the same
+    /// transaction (a `refund` credit transaction). Returns `false` when the claim was lost (the
+    /// enrichment timed out or was replaced meanwhile): nothing is written then.
+    pub async fn complete(
+        &self,
+        record: &EnrichmentRecord,
+        token: &str,
+        completion: &Completion,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        let enrichment = &record.enrichment;
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::enrichment_key(
+                &enrichment.org_id,
+                enrichment.entity_id,
+                enrichment.field,
+            )))
+            .update_expression(
+                "SET #status = :status, dataFound = :dataFound, #error = :error, \
+                 globalEnrichmentId = :global, updatedAt = :now REMOVE claimToken, claimUntil, providersAnswered",
+            )
+            .condition_expression("id = :id AND #status = :pending AND claimToken = :token")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#error", "error")
+            .expression_attribute_values(":status", s(completion.status.as_str()))
+            .expression_attribute_values(":pending", s(Status::Pending.as_str()))
+            .expression_attribute_values(":id", s(enrichment.id.to_string()))
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":now", s(now));
+        update = update
+            .expression_attribute_values(
+                ":dataFound",
+                completion
+                    .data_found
+                    .map_or(AttributeValue::Null(true), AttributeValue::Bool),
+            )
+            .expression_attribute_values(
+                ":error",
+                completion
+                    .error
+                    .clone()
+                    .map_or(AttributeValue::Null(true), s),
+            )
+            .expression_attribute_values(
+                ":global",
+                completion
+                    .global_enrichment_id
+                    .map_or(AttributeValue::Null(true), |id| s(id.to_string())),
+            );
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .update(update.build().map_err(build_error)?)
+                .build(),
+        ];
+        if let Some(contacts) = &completion.person_contacts {
+            let person = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(org_pk(&enrichment.org_id)))
+                .key("sk", s(person_sk(enrichment.entity_id)))
+                .update_expression("SET #field = :contacts, updatedAt = :now")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_names("#field", enrichment.field.as_str())
+                .expression_attribute_values(":now", s(now))
+                .expression_attribute_values(
+                    ":contacts",
+                    serde_dynamo::to_attribute_value(contacts).map_err(shape_error)?,
+                )
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().update(person).build());
+        }
+        if let Some((fingerprint, entry)) = &completion.cache {
+            let (pk, sk) = cache_key(fingerprint, enrichment.field);
+            let item: Item = serde_dynamo::to_item(CacheItem {
+                pk,
+                sk,
+                entry: entry.clone(),
+            })
+            .map_err(shape_error)?;
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        if completion.status == Status::Failed {
+            items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
+        }
+        match self.transact(items).await? {
+            None => Ok(true),
+            Some(reasons) if reasons.first().is_some_and(|r| r.failed) => Ok(false),
+            Some(reasons) => Err(cancelled("completion", &reasons)),
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The person items: created all or nothing, read, listed from the creation-order index, deleted
+//! with their enrichments.
+
+use super::*;
+
+impl Store {
+    /// The person `person_id` of the org, read consistently; `None` if absent.
+    pub async fn get_person(
+        &self,
+        org_id: &str,
+        person_id: Uuid,
+    ) -> Result<Option<Person>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org_id)))
+            .key("sk", s(person_sk(person_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo_error("GetItem"))?;
+        output
+            .item
+            .map(|item| {
+                serde_dynamo::from_item::<_, PersonItem>(item)
+                    .map(|p| p.person)
+                    .map_err(shape_error)
+            })
+            .transpose()
+    }
+
+    /// Creates `people` in the org, all or nothing: groups of 100 (the `TransactWriteItems` item
+    /// limit) are written one transaction each, each person on condition its id is new, and when
+    /// a group fails the groups already written are deleted before the error is returned.
+    ///
+    /// Errors: DynamoDB failures or an id that exists (nothing is left written, unless the
+    /// deletion fails too: then its error says so).
+    pub async fn create_people(&self, org_id: &str, people: &[Person]) -> Result<(), StoreError> {
+        let mut written = 0;
+        for group in people.chunks(100) {
+            if let Err(e) = self.put_group(org_id, group).await {
+                if written > 0
+                    && let Err(undo) = self.delete_people(org_id, &people[..written]).await
+                {
+                    return Err(StoreError::Dynamo {
+                        operation: "TransactWriteItems",
+                        message: format!(
+                            "{e}; and deleting the {written} people written before it failed: {undo}"
+                        ),
+                    });
+                }
+                return Err(e);
+            }
+            written += group.len();
+        }
+        Ok(())
+    }
+
+    async fn put_group(&self, org_id: &str, group: &[Person]) -> Result<(), StoreError> {
+        let mut items = Vec::with_capacity(group.len());
+        for person in group {
+            let item: Item =
+                serde_dynamo::to_item(PersonItem::new(org_id, person)).map_err(shape_error)?;
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        match self.transact(items).await? {
+            None => Ok(()),
+            Some(reasons) => Err(cancelled("people creation", &reasons)),
+        }
+    }
+
+    /// Deletes people just created (the undo of a failed [`Store::create_people`]), 25 per
+    /// `BatchWriteItem`, trying the unprocessed ones again a few times.
+    async fn delete_people(&self, org_id: &str, people: &[Person]) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+        for group in people.chunks(25) {
+            let mut requests = Vec::with_capacity(group.len());
+            for person in group {
+                let delete = DeleteRequest::builder()
+                    .key("pk", s(org_pk(org_id)))
+                    .key("sk", s(person_sk(person.id)))
+                    .build()
+                    .map_err(build_error)?;
+                requests.push(WriteRequest::builder().delete_request(delete).build());
+            }
+            for attempt in 0..5 {
+                let output = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(dynamo_error("BatchWriteItem"))?;
+                requests = output
+                    .unprocessed_items
+                    .and_then(|mut left| left.remove(&self.table))
+                    .unwrap_or_default();
+                if requests.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            if !requests.is_empty() {
+                return Err(StoreError::Dynamo {
+                    operation: "BatchWriteItem",
+                    message: format!("{} deletions left unprocessed", requests.len()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A page of the org's people, oldest first: at most `limit` after `after`, and the cursor
+    /// of the next page when there is one. One `Query` of [`PEOPLE_INDEX`] for `limit + 1` items
+    /// (the extra one only says whether a next page exists). The index is eventually
+    /// consistent: a person created a moment ago may show up a moment later.
+    pub async fn list_people(
+        &self,
+        org_id: &str,
+        limit: usize,
+        after: Option<&PersonCursor>,
+    ) -> Result<(Vec<Person>, Option<PersonCursor>), StoreError> {
+        let index_pk = people_index_pk(org_id);
+        let start = after.map(|cursor| {
+            HashMap::from([
+                ("pk".to_string(), s(org_pk(org_id))),
+                ("sk".to_string(), s(person_sk(cursor.id))),
+                ("gsi1pk".to_string(), s(index_pk.clone())),
+                (
+                    "gsi1sk".to_string(),
+                    s(format!("{}#{}", cursor.created_at, cursor.id)),
+                ),
+            ])
+        });
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(PEOPLE_INDEX)
+            .key_condition_expression("gsi1pk = :pk")
+            .expression_attribute_values(":pk", s(index_pk))
+            .scan_index_forward(true)
+            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(dynamo_error("Query"))?;
+        let mut people = output
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|item| {
+                serde_dynamo::from_item::<_, PersonItem>(item)
+                    .map(|p| p.person)
+                    .map_err(shape_error)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if people.len() > limit {
+            people.truncate(limit);
+            people.last().map(|last| PersonCursor {
+                created_at: last.created_at.clone().unwrap_or_default(),
+                id: last.id,
+            })
+        } else {
+            None
+        };
+        Ok((people, next))
+    }
+
+    /// Deletes the person `person_id` of the org and its enrichments in one
+    /// `TransactWriteItems`; a `pending` enrichment gives its credits back in the same
+    /// transaction (a `refund` credit transaction), so that its job, finding nothing, is
+    /// dropped. Returns `false` when the person does not exist. The enrichments are read first
+    /// and each deletion is conditioned on what was read; a race (a worker finishing one)
+    /// makes it read and try again.
+    pub async fn delete_person(
+        &self,
+        org_id: &str,
+        person_id: Uuid,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        for _ in 0..CONFLICT_ATTEMPTS {
+            if self.get_person(org_id, person_id).await?.is_none() {
+                return Ok(false);
+            }
+            let mut items = vec![
+                TransactWriteItem::builder()
+                    .delete(
+                        Delete::builder()
+                            .table_name(&self.table)
+                            .key("pk", s(org_pk(org_id)))
+                            .key("sk", s(person_sk(person_id)))
+                            .condition_expression("attribute_exists(pk)")
+                            .build()
+                            .map_err(build_error)?,
+                    )
+                    .build(),
+            ];
+            for field in [Field::Emails, Field::Phones] {
+                let Some(record) = self.get_enrichment(org_id, person_id, field).await? else {
+                    continue;
+                };
+                let enrichment = &record.enrichment;
+                let delete = Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(Self::enrichment_key(org_id, person_id, field)))
+                    .condition_expression("id = :id AND #status = :status")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":id", s(enrichment.id.to_string()))
+                    .expression_attribute_values(":status", s(enrichment.status.as_str()))
+                    .build()
+                    .map_err(build_error)?;
+                items.push(TransactWriteItem::builder().delete(delete).build());
+                if enrichment.status == Status::Pending {
+                    items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
+                }
+            }
+            match self.transact(items).await? {
+                None => return Ok(true),
+                Some(reasons) if reasons.iter().any(|r| r.failed) => continue,
+                Some(reasons) => return Err(cancelled("person deletion", &reasons)),
+            }
+        }
+        Err(StoreError::Dynamo {
+            operation: "TransactWriteItems",
+            message: "person deletion kept racing with its enrichments".into(),
+        })
+    }
+}

@@ -1,0 +1,404 @@
+//! One test per rule of the store, against the embedded DynamoDB emulator (dynoxide, a private
+//! in-memory server per test on loopback).
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use chrono::Utc;
+
+use super::*;
+use crate::domain::{timestamp, timestamp_before};
+
+const ORG: &str = "org_store";
+
+/// A store over a fresh table of a private emulator; the server stops with the runtime.
+async fn table() -> Store {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let db = dynoxide::Database::memory().unwrap();
+    tokio::spawn(dynoxide::server::serve_with_shutdown(
+        listener,
+        db,
+        std::future::pending(),
+    ));
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("local", "local", None, None, "test"))
+        .endpoint_url(endpoint)
+        .timeout_config(crate::config::sdk_timeouts())
+        .build();
+    let store = Store::new(Client::from_conf(config), "enrichment-test");
+    store.create_table().await.unwrap();
+    store
+}
+
+async fn person(store: &Store) -> Person {
+    let person = Person {
+        id: Uuid::new_v4(),
+        first_name: Some("Ada".into()),
+        last_name: Some("Lovelace".into()),
+        company_domain: Some("analytical-engines.test".into()),
+        ..Person::default()
+    };
+    store
+        .create_people(ORG, std::slice::from_ref(&person))
+        .await
+        .unwrap();
+    person
+}
+
+fn new_enrichment(person_id: Uuid, created_at: String) -> Enrichment {
+    Enrichment {
+        id: Uuid::new_v4(),
+        created_at: created_at.clone(),
+        updated_at: created_at,
+        entity_id: person_id,
+        entity_type: "person".into(),
+        field: Field::Emails,
+        status: Status::Pending,
+        error: None,
+        data_found: None,
+        created_by: "user_store".into(),
+        org_id: ORG.into(),
+        global_enrichment_id: None,
+        credit_transaction_id: Some(Uuid::new_v4()),
+    }
+}
+
+fn now() -> String {
+    timestamp(Utc::now())
+}
+
+const NO_LIMIT: RateLimit = RateLimit { per_minute: 0 };
+
+/// The org's balance and the signed amounts of its credit transactions; asserts the ledger
+/// holds (balance = grants − debits + refunds, `granted` being the grants).
+async fn ledger(store: &Store, granted: i64) -> (i64, Vec<i64>) {
+    let mut amounts = store.credit_amounts(ORG).await.unwrap();
+    amounts.sort();
+    let balance = store.credit_balance(ORG).await.unwrap();
+    assert_eq!(
+        balance,
+        granted + amounts.iter().sum::<i64>(),
+        "{amounts:?}"
+    );
+    (balance, amounts)
+}
+
+#[tokio::test]
+async fn a_replay_returns_the_existing_enrichment_and_charges_once() {
+    let store = table().await;
+    let person = person(&store).await;
+    store.grant_credits(ORG, 10).await.unwrap();
+    let first = new_enrichment(person.id, now());
+    assert_eq!(
+        store.create_enrichment(&first, 5, NO_LIMIT).await.unwrap(),
+        CreateOutcome::Created
+    );
+    let replay = new_enrichment(person.id, now());
+    let CreateOutcome::Existing(existing) =
+        store.create_enrichment(&replay, 5, NO_LIMIT).await.unwrap()
+    else {
+        panic!("a replay created a second enrichment")
+    };
+    assert_eq!(existing.enrichment, first);
+    assert_eq!(existing.credits_charged, 5);
+    assert_eq!(ledger(&store, 10).await, (5, vec![-5]));
+}
+
+#[tokio::test]
+async fn a_debit_never_takes_the_balance_below_zero() {
+    let store = table().await;
+    let person = person(&store).await;
+    store.grant_credits(ORG, 4).await.unwrap();
+    let enrichment = new_enrichment(person.id, now());
+    assert_eq!(
+        store
+            .create_enrichment(&enrichment, 5, NO_LIMIT)
+            .await
+            .unwrap(),
+        CreateOutcome::InsufficientCredits
+    );
+    assert!(
+        store
+            .get_enrichment(ORG, person.id, Field::Emails)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(ledger(&store, 4).await, (4, vec![]));
+}
+
+#[tokio::test]
+async fn an_unknown_person_is_refused_and_charges_nothing() {
+    let store = table().await;
+    store.grant_credits(ORG, 10).await.unwrap();
+    let enrichment = new_enrichment(Uuid::new_v4(), now());
+    assert_eq!(
+        store
+            .create_enrichment(&enrichment, 5, NO_LIMIT)
+            .await
+            .unwrap(),
+        CreateOutcome::PersonNotFound
+    );
+    assert_eq!(ledger(&store, 10).await, (10, vec![]));
+}
+
+#[tokio::test]
+async fn a_refund_is_given_once_per_enrichment() {
+    let store = table().await;
+    let person = person(&store).await;
+    store.grant_credits(ORG, 10).await.unwrap();
+    let enrichment = new_enrichment(person.id, now());
+    store
+        .create_enrichment(&enrichment, 5, NO_LIMIT)
+        .await
+        .unwrap();
+    let record = store
+        .get_enrichment(ORG, person.id, Field::Emails)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let timed_out = store.mark_timeout(&record, &now()).await.unwrap();
+    assert_eq!(timed_out.status, Status::Timeout);
+    // A second timeout (another GET racing) returns the enrichment as it is, refunds nothing.
+    let again = store.mark_timeout(&record, &now()).await.unwrap();
+    assert_eq!(again.status, Status::Timeout);
+    // Nor does a failure after the timeout.
+    assert!(
+        store
+            .fail_and_refund(&enrichment, 5, "late", &now())
+            .await
+            .is_err()
+    );
+    assert_eq!(ledger(&store, 10).await, (10, vec![-5, 5]));
+}
+
+#[tokio::test]
+async fn a_lost_claim_cannot_write() {
+    let store = table().await;
+    let person = person(&store).await;
+    store.grant_credits(ORG, 10).await.unwrap();
+    let enrichment = new_enrichment(person.id, now());
+    store
+        .create_enrichment(&enrichment, 5, NO_LIMIT)
+        .await
+        .unwrap();
+    let job = Job::from(&enrichment);
+    // Worker A's claim lapsed (it died); worker B takes the job over.
+    let lapsed = timestamp_before(Utc::now(), Duration::from_secs(1));
+    let Claim::Claimed(record) = store.claim(&job, "a", &now(), &lapsed).await.unwrap() else {
+        panic!("A could not claim a fresh job")
+    };
+    let later = timestamp(Utc::now() + chrono::Duration::seconds(60));
+    assert!(matches!(
+        store.claim(&job, "b", &now(), &later).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+
+    assert!(!store.renew_claim(&enrichment, "a", &later).await.unwrap());
+    let failed = Completion::failed("A's outcome");
+    assert!(!store.complete(&record, "a", &failed, &now()).await.unwrap());
+    let stored = store
+        .get_enrichment(ORG, person.id, Field::Emails)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.enrichment.status, Status::Pending);
+    assert_eq!(
+        ledger(&store, 10).await,
+        (5, vec![-5]),
+        "A's refund was not written"
+    );
+
+    let found = Completion {
+        status: Status::Finished,
+        data_found: Some(false),
+        ..failed
+    };
+    let found = Completion {
+        error: None,
+        ..found
+    };
+    assert!(store.complete(&record, "b", &found, &now()).await.unwrap());
+    assert_eq!(ledger(&store, 10).await, (5, vec![-5]));
+}
+
+#[tokio::test]
+async fn a_live_claim_defers_a_duplicate_and_an_ended_job_is_gone() {
+    let store = table().await;
+    let person = person(&store).await;
+    store.grant_credits(ORG, 10).await.unwrap();
+    let enrichment = new_enrichment(person.id, now());
+    store
+        .create_enrichment(&enrichment, 5, NO_LIMIT)
+        .await
+        .unwrap();
+    let job = Job::from(&enrichment);
+    let until = timestamp(Utc::now() + chrono::Duration::seconds(60));
+    let Claim::Claimed(record) = store.claim(&job, "a", &now(), &until).await.unwrap() else {
+        panic!("no claim")
+    };
+    assert_eq!(
+        store.claim(&job, "b", &now(), &until).await.unwrap(),
+        Claim::Busy {
+            until: until.clone()
+        }
+    );
+    store.mark_timeout(&record, &now()).await.unwrap();
+    assert_eq!(
+        store.claim(&job, "b", &now(), &until).await.unwrap(),
+        Claim::Gone
+    );
+    // A job whose enrichment was replaced (another id) is gone too.
+    let other = Job {
+        enrichment_id: Uuid::new_v4(),
+        ..job
+    };
+    assert_eq!(
+        store.claim(&other, "b", &now(), &until).await.unwrap(),
+        Claim::Gone
+    );
+    assert_eq!(ledger(&store, 10).await, (10, vec![-5, 5]));
+}
+
+#[tokio::test]
+async fn a_cache_lease_lapses_and_another_owner_takes_it() {
+    let store = table().await;
+    let now = Utc::now().timestamp();
+    assert_eq!(
+        store
+            .acquire_cache_lease("fp", Field::Emails, "a", now, now + 30)
+            .await
+            .unwrap(),
+        CacheLease::Acquired
+    );
+    assert_eq!(
+        store
+            .acquire_cache_lease("fp", Field::Emails, "b", now, now + 30)
+            .await
+            .unwrap(),
+        CacheLease::Busy {
+            until_unix: now + 30
+        }
+    );
+    // The holder renews; then it dies and its lease lapses: B takes it, A cannot renew.
+    assert!(
+        store
+            .renew_cache_lease("fp", Field::Emails, "a", now + 40)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .acquire_cache_lease("fp", Field::Emails, "b", now + 41, now + 71)
+            .await
+            .unwrap(),
+        CacheLease::Acquired
+    );
+    assert!(
+        !store
+            .renew_cache_lease("fp", Field::Emails, "a", now + 80)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn the_rate_limit_counts_new_enrichments_only() {
+    let store = table().await;
+    let first = person(&store).await;
+    let second = person(&store).await;
+    store.grant_credits(ORG, 100).await.unwrap();
+    let limit = RateLimit { per_minute: 1 };
+    // Both in the same minute: the second's createdAt is the first's.
+    let at = now();
+    let a = new_enrichment(first.id, at.clone());
+    assert_eq!(
+        store.create_enrichment(&a, 5, limit).await.unwrap(),
+        CreateOutcome::Created
+    );
+    let replay = new_enrichment(first.id, at.clone());
+    assert!(matches!(
+        store.create_enrichment(&replay, 5, limit).await.unwrap(),
+        CreateOutcome::Existing(_)
+    ));
+    let b = new_enrichment(second.id, at);
+    assert!(matches!(
+        store.create_enrichment(&b, 5, limit).await.unwrap(),
+        CreateOutcome::RateLimited { retry_after_seconds } if (1..=60).contains(&retry_after_seconds)
+    ));
+    assert_eq!(ledger(&store, 100).await, (95, vec![-5]));
+}
+
+#[tokio::test]
+async fn deleting_a_person_refunds_its_pending_enrichment_once() {
+    let store = table().await;
+    let person = person(&store).await;
+    store.grant_credits(ORG, 10).await.unwrap();
+    let enrichment = new_enrichment(person.id, now());
+    store
+        .create_enrichment(&enrichment, 5, NO_LIMIT)
+        .await
+        .unwrap();
+    assert!(store.delete_person(ORG, person.id, &now()).await.unwrap());
+    assert!(store.get_person(ORG, person.id).await.unwrap().is_none());
+    assert!(
+        store
+            .get_enrichment(ORG, person.id, Field::Emails)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Its job finds nothing to run; a second deletion finds no person.
+    let until = timestamp(Utc::now() + chrono::Duration::seconds(60));
+    assert_eq!(
+        store
+            .claim(&Job::from(&enrichment), "w", &now(), &until)
+            .await
+            .unwrap(),
+        Claim::Gone
+    );
+    assert!(!store.delete_person(ORG, person.id, &now()).await.unwrap());
+    assert_eq!(ledger(&store, 10).await, (10, vec![-5, 5]));
+}
+
+#[tokio::test]
+async fn the_people_list_pages_in_creation_order() {
+    let store = table().await;
+    let start = Utc::now();
+    let people: Vec<Person> = (0..5)
+        .map(|i| {
+            let at = timestamp(start + chrono::Duration::milliseconds(i));
+            Person {
+                id: Uuid::new_v4(),
+                created_at: Some(at.clone()),
+                updated_at: Some(at),
+                first_name: Some(format!("P{i}")),
+                ..Person::default()
+            }
+        })
+        .collect();
+    // Created newest first: the list still reads oldest first.
+    for person in people.iter().rev() {
+        store
+            .create_people(ORG, std::slice::from_ref(person))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, next) = store.list_people(ORG, 2, after.as_ref()).await.unwrap();
+        seen.extend(page.into_iter().map(|p| p.id));
+        match next {
+            Some(cursor) => after = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(seen, people.iter().map(|p| p.id).collect::<Vec<_>>());
+    let (other_org, _) = store.list_people("org_other", 10, None).await.unwrap();
+    assert!(other_org.is_empty());
+}
