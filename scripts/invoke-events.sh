@@ -142,7 +142,7 @@ log "building local-stack, enrichctl and the functions (debug)"
 # which resolves features for that one package: built the same way (one at a time, into
 # target/debug), its first invoke finds the function built instead of compiling it under the
 # invoke's timeout.
-for bin in trigger status worker people; do
+for bin in trigger status worker people batch; do
     "${CARGO}" build -q --bin "${bin}"
 done
 
@@ -298,6 +298,7 @@ check status-bad-field status "400 VALIDATION_ERROR"
 # trigger-post charged one emails enrichment; the replay cost nothing.
 check_balance "(credits balance)" "$((CREDITS - EMAIL_COST))"
 # Its enrichment ids exist in no table: both jobs are acknowledged, none is retried.
+check batch-query batch "200 -"
 check people-create people "201 -"
 check people-get people "200 -"
 check people-list people "200 -"

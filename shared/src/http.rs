@@ -250,6 +250,20 @@ fn json_of(status: u16, value: &impl serde::Serialize) -> Response<Body> {
     }
 }
 
+/// The response of a route's handler, or its error's envelope; a 405 carries `Allow: allow`
+/// (spec operations-api, "Common rules").
+fn answer(result: Result<Response<Body>, ApiError>, allow: &'static str) -> Response<Body> {
+    result.unwrap_or_else(|error| {
+        let mut response = error_response(&error);
+        if error == ApiError::MethodNotAllowed {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        }
+        response
+    })
+}
+
 /// A canonical, hyphenated UUID (either case) as a path's `personId`.
 fn person_id(text: &str) -> Result<Uuid, ApiError> {
     Some(text)
@@ -314,18 +328,7 @@ pub async fn handle_people(req: Request, auth: &Authenticator, people: &People) 
         })
     })
     .await;
-    match result {
-        Ok(response) => response,
-        Err(error) => {
-            let mut response = error_response(&error);
-            if error == ApiError::MethodNotAllowed {
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, header::HeaderValue::from_static(allow));
-            }
-            response
-        }
-    }
+    answer(result, allow)
 }
 
 /// Builds the lambda_http request an API Gateway HTTP API would hand a function for `method`
@@ -370,4 +373,94 @@ pub fn http_api_request(
             .push(value.clone());
     }
     Ok(request.with_query_string_parameters(query_map))
+}
+
+/// The batch query route (spec operations-api, "Batch query").
+pub const BATCH_QUERY_ROUTE: &str = "/api/v1/operations/enrichment/batch/query";
+
+/// The most tasks one batch query takes.
+pub const MAX_QUERY_TASKS: usize = 200;
+
+/// The (person, field) tasks of a batch query body, `{"tasks": [{"entityId", "field",
+/// "entityType"?}]}`: 1 to [`MAX_QUERY_TASKS`]; `field` `phones`, `emails` or `summary`,
+/// `entityType` `person` (default) or `company`. Tasks this product does not enrich
+/// (`summary`, `company`) are valid and left out.
+///
+/// Errors: 400 naming the first bad value (`tasks[3].entityId`).
+fn query_tasks(body: &serde_json::Value) -> Result<Vec<(Uuid, Field)>, ApiError> {
+    let tasks = body
+        .get("tasks")
+        .and_then(serde_json::Value::as_array)
+        .filter(|tasks| (1..=MAX_QUERY_TASKS).contains(&tasks.len()))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "tasks",
+                format!("tasks must be an array of 1 to {MAX_QUERY_TASKS} tasks"),
+            )
+        })?;
+    let mut wanted = Vec::with_capacity(tasks.len());
+    for (index, task) in tasks.iter().enumerate() {
+        let bad = |field: &str, message: &str| ApiError::InvalidField {
+            message: message.to_string(),
+            field: format!("tasks[{index}].{field}"),
+            index: Some(index),
+        };
+        let entity_id = task
+            .get("entityId")
+            .and_then(serde_json::Value::as_str)
+            .filter(|id| id.len() == 36)
+            .and_then(|id| Uuid::try_parse(id).ok())
+            .ok_or_else(|| bad("entityId", "entityId must be a UUID"))?;
+        let field =
+            match task.get("field").and_then(serde_json::Value::as_str) {
+                Some("summary") => None,
+                Some(other) => Some(other.parse::<Field>().map_err(|()| {
+                    bad("field", r#"field must be "phones", "emails" or "summary""#)
+                })?),
+                None => {
+                    return Err(bad(
+                        "field",
+                        r#"field must be "phones", "emails" or "summary""#,
+                    ));
+                }
+            };
+        let person = match task.get("entityType") {
+            None | Some(serde_json::Value::Null) => true,
+            Some(kind) => match kind.as_str() {
+                Some("person") => true,
+                Some("company") => false,
+                _ => {
+                    return Err(bad(
+                        "entityType",
+                        r#"entityType must be "person" or "company""#,
+                    ));
+                }
+            },
+        };
+        if let (Some(field), true) = (field, person) {
+            wanted.push((entity_id, field));
+        }
+    }
+    Ok(wanted)
+}
+
+/// The batch function's routes: today `POST` [`BATCH_QUERY_ROUTE`], a bare array of the
+/// enrichments that exist, in task order. Authentication first; 405 with `Allow` for another
+/// method. Answers before the invocation's [`deadline`].
+pub async fn handle_batch(
+    req: Request,
+    auth: &Authenticator,
+    enrichments: &Enrichments,
+) -> Response<Body> {
+    let is_query = req.uri().path().trim_end_matches('/') == BATCH_QUERY_ROUTE;
+    let result = within(deadline(&req), async {
+        let principal = auth.authenticate(authorization(&req)).await?;
+        if req.method() != Method::POST || !is_query {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        let tasks = query_tasks(&json_body(&req)?)?;
+        Ok(json_of(200, &enrichments.query(&principal, &tasks).await?))
+    })
+    .await;
+    answer(result, "POST")
 }

@@ -212,6 +212,63 @@ impl Store {
         output.item.map(record_from_item).transpose()
     }
 
+    /// The current enrichments of `keys` ((person, field) of the org), read consistently with
+    /// `BatchGetItem`, 100 keys a call (its limit), unprocessed keys asked again; the ones that
+    /// exist, in no particular order.
+    ///
+    /// Errors: DynamoDB failures, or keys still unprocessed after a few tries.
+    pub async fn get_enrichments(
+        &self,
+        org_id: &str,
+        keys: &[(Uuid, Field)],
+    ) -> Result<Vec<EnrichmentRecord>, StoreError> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let mut records = Vec::with_capacity(keys.len());
+        for group in keys.chunks(100) {
+            let mut wanted: Vec<Item> = group
+                .iter()
+                .map(|(person_id, field)| Self::enrichment_key(org_id, *person_id, *field))
+                .collect();
+            for attempt in 0..5u32 {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(wanted))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(build_error)?;
+                let output = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(dynamo_error("BatchGetItem"))?;
+                for item in output
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    records.push(record_from_item(item)?);
+                }
+                wanted = output
+                    .unprocessed_keys
+                    .and_then(|mut left| left.remove(&self.table))
+                    .map(|left| left.keys)
+                    .unwrap_or_default();
+                if wanted.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            if !wanted.is_empty() {
+                return Err(StoreError::Unavailable {
+                    operation: "BatchGetItem",
+                    message: format!("{} keys left unprocessed", wanted.len()),
+                });
+            }
+        }
+        Ok(records)
+    }
+
     /// Marks a `pending` enrichment `timeout` (spec, "Timeout Handling") and gives its credits
     /// back (a `refund` credit transaction), in one `TransactWriteItems`. If it is no longer
     /// pending (a worker just finished it), nothing is written and it comes back as it now is,

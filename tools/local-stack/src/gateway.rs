@@ -29,8 +29,8 @@ use enrichment::auth::Authenticator;
 use enrichment::enrichment::Enrichments;
 use enrichment::error::ApiError;
 use enrichment::http::{
-    MAX_BODY_BYTES, PEOPLE_PREFIX, api_request, handle_get, handle_people, handle_post,
-    http_api_request,
+    BATCH_QUERY_ROUTE, MAX_BODY_BYTES, PEOPLE_PREFIX, api_request, handle_batch, handle_get,
+    handle_people, handle_post, http_api_request,
 };
 use enrichment::people::People;
 use enrichment::queue::SqsJobQueue;
@@ -91,6 +91,7 @@ pub fn router(state: Arc<Gateway>) -> Router {
         )
         .route(ENRICHMENT_PREFIX, any(enrichment_without_id))
         .route(&format!("{ENRICHMENT_PREFIX}/"), any(enrichment_without_id))
+        .route(BATCH_QUERY_ROUTE, any(batch))
         .route(PEOPLE_PREFIX, any(people))
         .route(&format!("{PEOPLE_PREFIX}/{{*rest}}"), any(people))
         .route(JWKS_PATH, get(jwks))
@@ -170,8 +171,47 @@ async fn enrichment_without_id(
     call_handler(&state, method, "", query, &headers).await
 }
 
-/// Every people route, through the people function's handler. The body is read up to
-/// [`MAX_BODY_BYTES`] and one more byte, so that a larger one reaches the handler's 413.
+/// The batch routes, through the batch function's handler.
+async fn batch(
+    State(state): State<Arc<Gateway>>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    match lambda_request(method, &uri, query, &headers, body).await {
+        Ok(request) => into_axum(handle_batch(request, &state.auth, &state.enrichments).await),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// The lambda_http request an API Gateway HTTP API would hand a function for this request; the
+/// body is read up to [`MAX_BODY_BYTES`] (and one more byte, to tell a larger one: 413).
+async fn lambda_request(
+    method: Method,
+    uri: &axum::http::Uri,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<lambda_http::Request, ApiError> {
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES + 1)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        })?
+        .to_vec();
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    http_api_request(method, uri.path(), &query, authorization, body)
+}
+
+/// Every people route, through the people function's handler.
 async fn people(
     State(state): State<Arc<Gateway>>,
     method: Method,
@@ -180,26 +220,10 @@ async fn people(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES + 1).await {
-        Ok(bytes) => bytes.to_vec(),
-        Err(_) => {
-            return error_response(&ApiError::PayloadTooLarge {
-                limit: MAX_BODY_BYTES,
-            });
-        }
-    };
-    let query: Vec<(String, String)> =
-        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .into_owned()
-            .collect();
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let request = match http_api_request(method, uri.path(), &query, authorization, body) {
-        Ok(request) => request,
-        Err(error) => return error_response(&error),
-    };
-    into_axum(handle_people(request, &state.auth, &state.people).await)
+    match lambda_request(method, &uri, query, &headers, body).await {
+        Ok(request) => into_axum(handle_people(request, &state.auth, &state.people).await),
+        Err(error) => error_response(&error),
+    }
 }
 
 fn into_axum(response: lambda_http::Response<lambda_http::Body>) -> Response {

@@ -1276,3 +1276,94 @@ async fn a_job_failing_before_its_last_receive_stays_pending_for_the_retry() {
     ledger(&stack.store, ORG, 5).await;
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn batch_query_answers_the_existing_enrichments_in_task_order_without_credits() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let (ada, bruno) = (known_person(), known_person());
+    add_person(&stack, ORG, &ada).await;
+    add_person(&stack, ORG, &bruno).await;
+    stack.store.grant_credits(ORG, 100).await.unwrap();
+    let api = Api::new(&stack, ORG);
+    let (_, ada_phones) = api.post(ada.id, "phones").await;
+    let (_, bruno_emails) = api.post(bruno.id, "emails").await;
+    let url = format!(
+        "{}/api/v1/operations/enrichment/batch/query",
+        stack.info.gateway_url
+    );
+    let query = |tasks: Value| {
+        let request = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(&api.token)
+            .json(&json!({ "tasks": tasks }));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, found) = query(json!([
+        {"entityId": bruno.id, "field": "emails"},
+        {"entityId": ada.id, "field": "emails"},
+        {"entityId": ada.id, "field": "phones", "entityType": "person"},
+        {"entityId": bruno.id, "field": "emails"},
+        {"entityId": ada.id, "field": "summary"},
+        {"entityId": ada.id, "field": "emails", "entityType": "company"},
+    ]))
+    .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found, json!([bruno_emails, ada_phones]));
+    for (tasks, field) in [
+        (json!([]), "tasks"),
+        (
+            json!(
+                (0..201)
+                    .map(|_| json!({"entityId": ada.id, "field": "emails"}))
+                    .collect::<Vec<_>>()
+            ),
+            "tasks",
+        ),
+        (
+            json!([{"entityId": ada.id, "field": "emails"}, {"entityId": "nope", "field": "emails"}]),
+            "tasks[1].entityId",
+        ),
+        (
+            json!([{"entityId": ada.id, "field": "fax"}]),
+            "tasks[0].field",
+        ),
+        (
+            json!([{"entityId": ada.id, "field": "emails", "entityType": "planet"}]),
+            "tasks[0].entityType",
+        ),
+    ] {
+        let (status, answer) = query(tasks).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["details"]["field"], field, "{answer}");
+    }
+    ledger(&stack.store, ORG, 100).await;
+    assert_eq!(
+        stack.store.credit_balance(ORG).await.unwrap(),
+        75,
+        "queries cost nothing"
+    );
+
+    // Past the maximum age, a query times the pending ones out and refunds them, as GET does.
+    let mut config = stack.config.clone();
+    config.max_age = Duration::ZERO;
+    let timed_out = Enrichments::new(stack.store.clone(), config)
+        .query(
+            &principal(ORG),
+            &[(ada.id, Field::Phones), (bruno.id, Field::Emails)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        timed_out.iter().map(|e| e.status).collect::<Vec<_>>(),
+        [Status::Timeout, Status::Timeout]
+    );
+    assert_eq!(
+        ledger(&stack.store, ORG, 100).await,
+        (100, vec![-20, -5, 5, 20])
+    );
+    stack.shutdown().await;
+}

@@ -57,14 +57,16 @@ enum Function {
     Status,
     Worker,
     People,
+    Batch,
 }
 
 impl Function {
-    const ALL: [Function; 4] = [
+    const ALL: [Function; 5] = [
         Function::Trigger,
         Function::Status,
         Function::Worker,
         Function::People,
+        Function::Batch,
     ];
 
     fn name(self) -> &'static str {
@@ -73,6 +75,7 @@ impl Function {
             Function::Status => "status",
             Function::Worker => "worker",
             Function::People => "people",
+            Function::Batch => "batch",
         }
     }
 
@@ -83,6 +86,7 @@ impl Function {
             Function::Status => "StatusFunction",
             Function::Worker => "WorkerFunction",
             Function::People => "PeopleFunction",
+            Function::Batch => "BatchFunction",
         }
     }
 }
@@ -141,8 +145,11 @@ impl Scenario {
 /// Every scenario, one line each. A scenario runs once per orchestrator it applies to, in an
 /// org of its own.
 fn scenarios() -> Vec<Scenario> {
-    use Function::{People, Status, Trigger, Worker};
+    use Function::{Batch, People, Status, Trigger, Worker};
     vec![
+        Scenario::new(Batch, "query with a stale pending: refunded", |env| {
+            Box::pin(batch_query(env))
+        }),
         Scenario::new(People, "create one", |env| Box::pin(people_create(env))),
         Scenario::new(People, "create a batch", |env| Box::pin(people_batch(env))),
         Scenario::new(People, "failed batch undone", |env| {
@@ -206,6 +213,24 @@ fn scenarios() -> Vec<Scenario> {
             Box::pin(worker_secrets(env))
         }),
     ]
+}
+
+// ------------------------------------------------------------------------------- batch
+
+async fn batch_query(env: &Env) {
+    let person = env.person("Ada");
+    env.pending_job(&person).await;
+    let stale = env.config_with_max_age(Duration::ZERO);
+    let found = Enrichments::new(env.h.store(None), stale)
+        .query(
+            &env.principal(),
+            &[(person.id, Field::Emails), (person.id, Field::Phones)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].status, Status::Timeout);
+    env.assert_ledger().await;
 }
 
 // ------------------------------------------------------------------------------ people
