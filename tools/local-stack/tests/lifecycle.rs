@@ -404,6 +404,29 @@ async fn the_stack_stops_and_exits_1_when_moto_dies() {
     assert!(stack_json(&state).is_none());
 }
 
+/// A running `local-stack` process's table, a token of `ORG` it accepts, and its enrichment URL
+/// for `person` and emails, from its `stack.json`.
+fn connect(state: &Path, person: Uuid) -> (StackInfo, enrichment::store::Store, String, String) {
+    let info = stack_json(state).unwrap();
+    let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+        local_stack::dynamodb_config(&info.dynamodb_url).build(),
+    );
+    let store = enrichment::store::Store::new(dynamodb, &info.table_name);
+    let token = local_stack::devkey::sign(
+        &info.dev_key_path,
+        &info.gateway_url,
+        "user_a",
+        ORG,
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let url = format!(
+        "{}/api/v1/operations/enrichment/{person}?field=emails",
+        info.gateway_url
+    );
+    (info, store, token, url)
+}
+
 /// A stack killed (SIGKILL) while a provider call is in flight leaves its enrichment `pending`
 /// with a claim; after a restart the re-queued job waits for the dead worker's claim to lapse
 /// (about one provider budget), then resumes: the provider that already answered "no match" is
@@ -419,44 +442,29 @@ async fn a_stack_killed_mid_cascade_resumes_the_job_after_a_restart() {
         std::fs::write(&slow, r#"{"providers": {"hunter": {"latency_ms": 60000}}}"#).unwrap();
         let fast = state.join("fast.json");
         std::fs::write(&fast, r#"{"providers": {}}"#).unwrap();
-        let env = |config: &Path| {
-            vec![
+        let (slow, fast) = (slow.display().to_string(), fast.display().to_string());
+        let env = |config: &str| {
+            [
                 ("EMAIL_PROVIDERS", "pdl,hunter".to_string()),
-                ("HUNTER_TIMEOUT_SECONDS", "8".into()),
-                ("PROVIDER_RETRIES", "0".into()),
-                ("SIMULATOR_CONFIG", config.display().to_string()),
+                ("HUNTER_TIMEOUT_SECONDS", "8".to_string()),
+                ("PROVIDER_RETRIES", "0".to_string()),
+                ("SIMULATOR_CONFIG", config.to_string()),
             ]
         };
-        let as_refs =
-            |env: &[(&'static str, String)]| -> Vec<(&'static str, String)> { env.to_vec() };
-        let first_env = as_refs(&env(&slow));
-        let first_env: Vec<(&str, &str)> =
-            first_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let (first, _) = Process::start_with(&state, &first_env).await;
-        let info = stack_json(&state).unwrap();
-        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-            local_stack::dynamodb_config(&info.dynamodb_url).build(),
-        );
-        let store = enrichment::store::Store::new(dynamodb.clone(), &info.table_name);
+        fn refs<'a>(env: &'a [(&'static str, String); 4]) -> [(&'static str, &'a str); 4] {
+            env.each_ref().map(|(k, v)| (*k, v.as_str()))
+        }
         let person = known_person();
+        let http = reqwest::Client::new();
+
+        let first_env = env(&slow);
+        let (first, _) = Process::start_with(&state, &refs(&first_env)).await;
+        let (_, store, token, url) = connect(&state, person.id);
         store
             .create_people(ORG, std::slice::from_ref(&person))
             .await
             .unwrap();
         store.grant_credits(ORG, 10).await.unwrap();
-        let token = local_stack::devkey::sign(
-            &info.dev_key_path,
-            &info.gateway_url,
-            "user_a",
-            ORG,
-            Duration::from_secs(600),
-        )
-        .unwrap();
-        let url = format!(
-            "{}/api/v1/operations/enrichment/{}?field=emails",
-            info.gateway_url, person.id
-        );
-        let http = reqwest::Client::new();
         let posted: Value = http
             .post(&url)
             .bearer_auth(&token)
@@ -467,7 +475,6 @@ async fn a_stack_killed_mid_cascade_resumes_the_job_after_a_restart() {
             .await
             .unwrap();
         assert_eq!(posted["status"], "pending", "{posted}");
-
         // Wait until pdl's "no match" is journaled and hunter's call is in flight, then kill.
         loop {
             let record = store
@@ -483,33 +490,15 @@ async fn a_stack_killed_mid_cascade_resumes_the_job_after_a_restart() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         first.kill_hard().await;
 
-        let second_env = as_refs(&env(&fast));
-        let second_env: Vec<(&str, &str)> =
-            second_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let (second, ready) = Process::start_with(&state, &second_env).await;
+        let second_env = env(&fast);
+        let (second, ready) = Process::start_with(&state, &refs(&second_env)).await;
         assert!(
             ready.contains("1 pending enrichment(s) re-queued"),
             "{ready}"
         );
-        let info = stack_json(&state).unwrap();
-        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-            local_stack::dynamodb_config(&info.dynamodb_url).build(),
-        );
-        let store = enrichment::store::Store::new(dynamodb.clone(), &info.table_name);
+        let (info, store, token, url) = connect(&state, person.id);
         // What the crash left: charged once, still pending.
         assert_eq!(ledger(&store, ORG, 10).await, (5, vec![-5]));
-        let token = local_stack::devkey::sign(
-            &info.dev_key_path,
-            &info.gateway_url,
-            "user_a",
-            ORG,
-            Duration::from_secs(600),
-        )
-        .unwrap();
-        let url = format!(
-            "{}/api/v1/operations/enrichment/{}?field=emails",
-            info.gateway_url, person.id
-        );
         let restarted = std::time::Instant::now();
         let finished = loop {
             let body: Value = http
