@@ -241,9 +241,15 @@ impl Authenticator {
             .sub
             .filter(|s| !s.is_empty())
             .ok_or_else(|| unauthorized("Token has no subject"))?;
+        let v2_org = claims.o.and_then(|o| o.id);
+        if let (Some(v1), Some(v2)) = (&claims.org_id, &v2_org)
+            && v1 != v2
+        {
+            return Err(unauthorized("Token names two different organizations"));
+        }
         let org_id = claims
             .org_id
-            .or_else(|| claims.o.and_then(|o| o.id))
+            .or(v2_org)
             .filter(|o| !o.is_empty())
             .ok_or_else(|| unauthorized("Token has no active organization"))?;
         if !is_clerk_id(&user_id) {
@@ -517,6 +523,15 @@ mod tests {
                 "not a session token (no sid)",
                 Some(bearer(sign(0, "a", &with(claims(), "sid", Value::Null)))),
                 "Token is not a session token",
+            ),
+            (
+                "two different organizations (v1 and v2 claims)",
+                Some(bearer(sign(
+                    0,
+                    "a",
+                    &with(claims(), "o", json!({"id": "org_other"})),
+                ))),
+                "Token names two different organizations",
             ),
             (
                 "no organization",

@@ -223,23 +223,33 @@ pub const PEOPLE_PREFIX: &str = "/api/v1/entities/persons";
 /// (a larger one is `413 PAYLOAD_TOO_LARGE`).
 pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
-/// The body of `req` as JSON.
+/// The largest body of `POST /api/v1/entities/persons/batch`, in bytes: its answer repeats each
+/// person with its id and times (about 200 bytes more each), and must stay within Lambda's
+/// 6 MiB response limit.
+pub const MAX_PEOPLE_BATCH_BYTES: usize = 5 * 1024 * 1024;
+
+/// The body of `req` as JSON, at most `limit` bytes.
 ///
-/// Errors: 413 over [`MAX_BODY_BYTES`]; 400 (`details.field` `body`) when it is not JSON.
-fn json_body(req: &Request) -> Result<serde_json::Value, ApiError> {
+/// Errors: 413 over `limit`; 400 (`details.field` `body`) when it is not JSON.
+fn json_body_within(req: &Request, limit: usize) -> Result<serde_json::Value, ApiError> {
     let bytes: &[u8] = match req.body() {
         Body::Empty => b"",
         Body::Text(text) => text.as_bytes(),
         Body::Binary(bytes) => bytes,
         _ => b"",
     };
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge {
-            limit: MAX_BODY_BYTES,
-        });
+    if bytes.len() > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
     }
     serde_json::from_slice(bytes)
         .map_err(|_| ApiError::invalid("body", "the request body must be a JSON object"))
+}
+
+/// The body of `req` as JSON, at most [`MAX_BODY_BYTES`].
+///
+/// Errors: 413 over [`MAX_BODY_BYTES`]; 400 (`details.field` `body`) when it is not JSON.
+fn json_body(req: &Request) -> Result<serde_json::Value, ApiError> {
+    json_body_within(req, MAX_BODY_BYTES)
 }
 
 /// A JSON answer with `status`, or the envelope when `value` does not serialize.
@@ -293,13 +303,21 @@ pub async fn handle_people(req: Request, auth: &Authenticator, people: &People) 
     let result = within(deadline(&req), async {
         let principal = auth.authenticate(authorization(&req)).await?;
         let query = req.query_string_parameters_ref();
-        let one = |name: &str| query.and_then(|q| q.first(name)).map(str::to_string);
+        // A parameter given twice is ambiguous: 400, as for `field` on the enrichment route.
+        let one = |name: &str| -> Result<Option<String>, ApiError> {
+            match query.and_then(|q| q.all(name)) {
+                None => Ok(None),
+                Some(values) if values.len() == 1 => Ok(Some(values[0].to_string())),
+                Some(_) => Err(ApiError::invalid(name, format!("{name} may be given once"))),
+            }
+        };
         Ok(match (method.clone(), rest.as_str()) {
             (Method::POST, "") => {
                 json_of(201, &people.create(&principal, &json_body(&req)?).await?)
             }
             (Method::POST, "/batch") => {
-                let created = people.create_batch(&principal, &json_body(&req)?).await?;
+                let body = json_body_within(&req, MAX_PEOPLE_BATCH_BYTES)?;
+                let created = people.create_batch(&principal, &body).await?;
                 json_of(201, &serde_json::json!({ "persons": created }))
             }
             (Method::GET, "") => json_of(
@@ -307,8 +325,8 @@ pub async fn handle_people(req: Request, auth: &Authenticator, people: &People) 
                 &people
                     .list(
                         &principal,
-                        one("limit").as_deref(),
-                        one("cursor").as_deref(),
+                        one("limit")?.as_deref(),
+                        one("cursor")?.as_deref(),
                     )
                     .await?,
             ),

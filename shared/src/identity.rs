@@ -62,10 +62,24 @@ pub fn bare_domain(value: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
-/// Whether `value` is written as a bare domain (`example.com`): a dot, and no scheme, path,
-/// port, space or `@`.
+/// Whether `value` is written as a bare host name (`example.com`, RFC 1123): two labels or
+/// more, each 1 to 63 letters, digits or `-` that neither starts nor ends with `-`, a top-level
+/// label that is not all digits (no IP address), 253 characters at most.
 pub fn is_bare_domain(value: &str) -> bool {
-    value.contains('.') && !value.contains(['/', ' ', '@', ':'])
+    let labels: Vec<&str> = value.split('.').collect();
+    value.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+        && labels
+            .last()
+            .is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The key identifying one real person across orgs for the global cache: the LinkedIn profile
@@ -172,7 +186,17 @@ mod tests {
             Some("acme.test".into())
         );
         assert_eq!(bare_domain("https://"), None);
-        assert!(is_bare_domain("acme.test"));
-        assert!(!is_bare_domain("https://acme.test") && !is_bare_domain("acme"));
+        assert!(is_bare_domain("acme.test") && is_bare_domain("my-co.example.co.uk"));
+        for bad in [
+            "https://acme.test",
+            "acme",
+            "a..b.test",
+            "-a.test",
+            "1.2.3.4",
+            "a_b.test",
+            "a b.test",
+        ] {
+            assert!(!is_bare_domain(bad), "{bad}");
+        }
     }
 }

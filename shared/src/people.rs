@@ -32,6 +32,12 @@ pub const MAX_TEXT_CHARS: usize = 1000;
 /// The message of an unknown person.
 pub const PERSON_NOT_FOUND: &str = "Person not found";
 
+/// The creation time of the `index`-th person of a list created at `started`: one millisecond
+/// apart, so that the people list (oldest first) keeps the order a batch or an import gave.
+pub fn creation_time(started: chrono::DateTime<Utc>, index: usize) -> String {
+    timestamp(started + chrono::Duration::milliseconds(i64::try_from(index).unwrap_or(i64::MAX)))
+}
+
 /// A person's fields as a client or an import gives them, before validation; `None` or blank is
 /// absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,6 +89,12 @@ impl PersonInput {
                 return Err(field_error(
                     field,
                     format!("{field} must be at most {MAX_NAME_CHARS} characters"),
+                ));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(field_error(
+                    field,
+                    format!("{field} must not hold control characters"),
                 ));
             }
             Ok(value)
@@ -145,7 +157,7 @@ impl PersonInput {
     fn from_json(value: &Value) -> Result<Self, FieldError> {
         let object = value
             .as_object()
-            .ok_or_else(|| field_error("", "a person must be a JSON object"))?;
+            .ok_or_else(|| field_error("body", "a person must be a JSON object"))?;
         let string = |field: &'static str| match object.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(v)) => Ok(Some(v.clone())),
@@ -335,15 +347,13 @@ impl People {
                 format!("persons must hold 1 to {MAX_BATCH} people"),
             ));
         }
-        // One millisecond apart, so that the list (oldest first) keeps the batch's order.
         let started = Utc::now();
         let mut people = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
-            let at = started + chrono::Duration::milliseconds(i64::try_from(index).unwrap_or(0));
             let person = PersonInput::from_json(entry)
-                .and_then(|input| input.validate(&timestamp(at)))
+                .and_then(|input| input.validate(&creation_time(started, index)))
                 .map_err(|e| ApiError::InvalidField {
-                    field: if e.field.is_empty() {
+                    field: if e.field == "body" {
                         format!("persons[{index}]")
                     } else {
                         format!("persons[{index}].{}", e.field)
@@ -474,7 +484,15 @@ mod tests {
         with_domain.company_domain = Some("https://www.Northwind.example/about".into());
         let person = with_domain.validate("t").unwrap();
         assert_eq!(person.company_domain.as_deref(), Some("northwind.example"));
-        for bad in ["northwind", "not a domain", "ada@northwind.example"] {
+        for bad in [
+            "northwind",
+            "not a domain",
+            "ada@northwind.example",
+            "a..b.example",
+            "-bad-.example",
+            "1.2.3.4",
+            "foo_bar.example",
+        ] {
             let mut with_bad = input("Ada", "Quill");
             with_bad.company_domain = Some(bad.into());
             assert_eq!(

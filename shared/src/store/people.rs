@@ -174,12 +174,68 @@ impl Store {
         Ok((people, next))
     }
 
+    /// The items of the transaction that deletes the person as it is now (see
+    /// [`Store::delete_person`]); `None` when there is no such person.
+    pub(super) async fn deletion(
+        &self,
+        org_id: &str,
+        person_id: Uuid,
+        now: &str,
+    ) -> Result<Option<Vec<TransactWriteItem>>, StoreError> {
+        if self.get_person(org_id, person_id).await?.is_none() {
+            return Ok(None);
+        }
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .delete(
+                    Delete::builder()
+                        .table_name(&self.table)
+                        .key("pk", s(org_pk(org_id)))
+                        .key("sk", s(person_sk(person_id)))
+                        .condition_expression("attribute_exists(pk)")
+                        .build()
+                        .map_err(build_error)?,
+                )
+                .build(),
+        ];
+        for field in [Field::Emails, Field::Phones] {
+            let Some(record) = self.get_enrichment(org_id, person_id, field).await? else {
+                // None was there when read: the deletion holds only if none was created since
+                // (a POST racing it), else it reads again.
+                let none = ConditionCheck::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(Self::enrichment_key(org_id, person_id, field)))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(build_error)?;
+                items.push(TransactWriteItem::builder().condition_check(none).build());
+                continue;
+            };
+            let enrichment = &record.enrichment;
+            let delete = Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(Self::enrichment_key(org_id, person_id, field)))
+                .condition_expression("id = :id AND #status = :status")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":id", s(enrichment.id.to_string()))
+                .expression_attribute_values(":status", s(enrichment.status.as_str()))
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().delete(delete).build());
+            if enrichment.status == Status::Pending {
+                items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
+            }
+        }
+        Ok(Some(items))
+    }
+
     /// Deletes the person `person_id` of the org and its enrichments in one
     /// `TransactWriteItems`; a `pending` enrichment gives its credits back in the same
     /// transaction (a `refund` credit transaction), so that its job, finding nothing, is
     /// dropped. Returns `false` when the person does not exist. The enrichments are read first
-    /// and each deletion is conditioned on what was read; a race (a worker finishing one)
-    /// makes it read and try again.
+    /// and each deletion is conditioned on what was read, an absent one on staying absent; a
+    /// race (a worker finishing one, a POST creating one: the POST's own transaction checks the
+    /// person exists) makes it read and try again.
     pub async fn delete_person(
         &self,
         org_id: &str,
@@ -187,41 +243,9 @@ impl Store {
         now: &str,
     ) -> Result<bool, StoreError> {
         for _ in 0..CONFLICT_ATTEMPTS {
-            if self.get_person(org_id, person_id).await?.is_none() {
+            let Some(items) = self.deletion(org_id, person_id, now).await? else {
                 return Ok(false);
-            }
-            let mut items = vec![
-                TransactWriteItem::builder()
-                    .delete(
-                        Delete::builder()
-                            .table_name(&self.table)
-                            .key("pk", s(org_pk(org_id)))
-                            .key("sk", s(person_sk(person_id)))
-                            .condition_expression("attribute_exists(pk)")
-                            .build()
-                            .map_err(build_error)?,
-                    )
-                    .build(),
-            ];
-            for field in [Field::Emails, Field::Phones] {
-                let Some(record) = self.get_enrichment(org_id, person_id, field).await? else {
-                    continue;
-                };
-                let enrichment = &record.enrichment;
-                let delete = Delete::builder()
-                    .table_name(&self.table)
-                    .set_key(Some(Self::enrichment_key(org_id, person_id, field)))
-                    .condition_expression("id = :id AND #status = :status")
-                    .expression_attribute_names("#status", "status")
-                    .expression_attribute_values(":id", s(enrichment.id.to_string()))
-                    .expression_attribute_values(":status", s(enrichment.status.as_str()))
-                    .build()
-                    .map_err(build_error)?;
-                items.push(TransactWriteItem::builder().delete(delete).build());
-                if enrichment.status == Status::Pending {
-                    items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
-                }
-            }
+            };
             match self.transact(items).await? {
                 None => return Ok(true),
                 Some(reasons) if reasons.iter().any(|r| r.failed) => continue,

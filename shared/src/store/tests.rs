@@ -402,3 +402,38 @@ async fn the_people_list_pages_in_creation_order() {
     let (other_org, _) = store.list_people("org_other", 10, None).await.unwrap();
     assert!(other_org.is_empty());
 }
+
+#[tokio::test]
+async fn a_deletion_read_before_a_new_enrichment_cannot_commit() {
+    let store = table().await;
+    let person = person(&store).await;
+    store.grant_credits(ORG, 10).await.unwrap();
+    // The deletion reads the person without enrichments...
+    let stale = store
+        .deletion(ORG, person.id, &now())
+        .await
+        .unwrap()
+        .unwrap();
+    // ...then a POST creates and charges one...
+    let enrichment = new_enrichment(person.id, now());
+    assert_eq!(
+        store
+            .create_enrichment(&enrichment, 5, NO_LIMIT)
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    // ...so the transaction from that read is refused: no charged enrichment of a gone person.
+    assert!(store.transact(stale).await.unwrap().is_some());
+    assert!(store.get_person(ORG, person.id).await.unwrap().is_some());
+    // The deletion itself reads again and refunds it.
+    assert!(store.delete_person(ORG, person.id, &now()).await.unwrap());
+    assert!(
+        store
+            .get_enrichment(ORG, person.id, Field::Emails)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(ledger(&store, 10).await, (10, vec![-5, 5]));
+}

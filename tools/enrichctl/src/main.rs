@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use clap::{Parser, Subcommand};
-use enrichment::domain::{Person, timestamp};
-use enrichment::people::{PersonInput, PersonView};
+use enrichment::domain::Person;
+use enrichment::people::{PersonInput, PersonView, creation_time};
 use enrichment::store::Store;
 use local_stack::{StackInfo, devkey, dynamodb_config, gateway_answers};
 use uuid::Uuid;
@@ -195,7 +195,7 @@ fn read_people(file: &Path) -> Result<Vec<Person>, String> {
                 .ok_or_else(|| format!("{}: the header has no column {column:?}", file.display()))
         })
         .collect::<Result<_, _>>()?;
-    let now = timestamp(Utc::now());
+    let started = Utc::now();
     let mut people = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| match e.position() {
@@ -234,16 +234,18 @@ fn read_people(file: &Path) -> Result<Vec<Person>, String> {
             company_domain: value(3),
             linkedin_url: value(4),
         };
-        let person = input.validate(&now).map_err(|e| {
-            let column = match e.field {
-                "firstName" => "first_name",
-                "lastName" => "last_name",
-                "companyName" => "company_name",
-                "companyDomain" => "company_domain",
-                _ => "linkedin_url",
-            };
-            bad(&format!("{column}: {}", e.message))
-        })?;
+        let person = input
+            .validate(&creation_time(started, people.len()))
+            .map_err(|e| {
+                let column = match e.field {
+                    "firstName" => "first_name",
+                    "lastName" => "last_name",
+                    "companyName" => "company_name",
+                    "companyDomain" => "company_domain",
+                    _ => "linkedin_url",
+                };
+                bad(&format!("{column}: {}", e.message))
+            })?;
         people.push(person);
     }
     if people.is_empty() {

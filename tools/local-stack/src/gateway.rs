@@ -66,6 +66,10 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// an answer (nothing was asked yet).
 pub const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a client has to send a request body once its head arrived; then the request is
+/// answered 400.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the gateway's routes share.
 pub struct Gateway {
     /// Verifies tokens against the dev JWKS.
@@ -195,12 +199,32 @@ async fn lambda_request(
     headers: &HeaderMap,
     body: axum::body::Body,
 ) -> Result<lambda_http::Request, ApiError> {
-    let body = axum::body::to_bytes(body, MAX_BODY_BYTES + 1)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge {
-            limit: MAX_BODY_BYTES,
-        })?
-        .to_vec();
+    let too_large = ApiError::PayloadTooLarge {
+        limit: MAX_BODY_BYTES,
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
+        return Err(too_large);
+    }
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_BODY_BYTES + 1),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(bytes)) => bytes.to_vec(),
+        // Without a declared length, the read stops at the limit.
+        Ok(Err(_)) if declared.is_none() => return Err(too_large),
+        Ok(Err(_)) | Err(_) => {
+            return Err(ApiError::invalid(
+                "body",
+                "the request body was cut short or not sent in time",
+            ));
+        }
+    };
     let query: Vec<(String, String)> =
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .into_owned()
