@@ -82,12 +82,7 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
 }
 
 fn respond(result: Result<Enrichment, ApiError>) -> Response<Body> {
-    match result
-        .and_then(|e| serde_json::to_string(&e).map_err(|e| ApiError::Internal(e.to_string())))
-    {
-        Ok(body) => json(200, body),
-        Err(error) => error_response(&error),
-    }
+    answer(result.map(|e| json_of(200, &e)), "GET, POST")
 }
 
 /// The invocation's deadline: the Lambda context's (`Lambda-Runtime-Deadline-Ms`), or

@@ -279,6 +279,7 @@ async fn bad_requests_get_the_spec_envelope() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(response.headers()["allow"], "GET, POST");
     stack.shutdown().await;
 }
 
