@@ -483,6 +483,11 @@ impl Store {
         Ok(())
     }
 
+    /// The key of `enrichment`'s item.
+    fn key_of(enrichment: &Enrichment) -> Item {
+        Self::enrichment_key(&enrichment.org_id, enrichment.entity_id, enrichment.field)
+    }
+
     fn enrichment_key(org_id: &str, person_id: Uuid, field: Field) -> Item {
         HashMap::from([
             ("pk".into(), s(org_pk(org_id))),

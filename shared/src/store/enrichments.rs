@@ -154,11 +154,7 @@ impl Store {
     ) -> Result<Result<Enrichment, Enrichment>, StoreError> {
         let end = Update::builder()
             .table_name(&self.table)
-            .set_key(Some(Self::enrichment_key(
-                &enrichment.org_id,
-                enrichment.entity_id,
-                enrichment.field,
-            )))
+            .set_key(Some(Self::key_of(enrichment)))
             .update_expression(
                 "SET #status = :status, #error = :error, updatedAt = :now \
                  REMOVE claimToken, claimUntil, providersAnswered",
@@ -359,11 +355,7 @@ impl Store {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::enrichment_key(
-                &enrichment.org_id,
-                enrichment.entity_id,
-                enrichment.field,
-            )))
+            .set_key(Some(Self::key_of(enrichment)))
             .update_expression("SET claimUntil = :until")
             .condition_expression("claimToken = :token AND #status = :pending")
             .expression_attribute_names("#status", "status")
@@ -386,11 +378,7 @@ impl Store {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::enrichment_key(
-                &enrichment.org_id,
-                enrichment.entity_id,
-                enrichment.field,
-            )))
+            .set_key(Some(Self::key_of(enrichment)))
             .update_expression("REMOVE claimToken, claimUntil")
             .condition_expression("claimToken = :token")
             .expression_attribute_values(":token", s(token))
@@ -413,11 +401,7 @@ impl Store {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::enrichment_key(
-                &enrichment.org_id,
-                enrichment.entity_id,
-                enrichment.field,
-            )))
+            .set_key(Some(Self::key_of(enrichment)))
             .update_expression(
                 "SET providersAnswered = list_append(if_not_exists(providersAnswered, :none), :provider)",
             )
@@ -445,11 +429,7 @@ impl Store {
         let enrichment = &record.enrichment;
         let mut update = Update::builder()
             .table_name(&self.table)
-            .set_key(Some(Self::enrichment_key(
-                &enrichment.org_id,
-                enrichment.entity_id,
-                enrichment.field,
-            )))
+            .set_key(Some(Self::key_of(enrichment)))
             .update_expression(
                 "SET #status = :status, dataFound = :dataFound, #error = :error, \
                  globalEnrichmentId = :global, updatedAt = :now REMOVE claimToken, claimUntil, providersAnswered",

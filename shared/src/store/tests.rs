@@ -72,6 +72,21 @@ fn now() -> String {
 
 const NO_LIMIT: RateLimit = RateLimit { per_minute: 0 };
 
+/// A person of the org granted 10 credits, and its `pending` emails enrichment charged 5.
+async fn charged(store: &Store) -> (Person, Enrichment) {
+    let person = person(store).await;
+    store.grant_credits(ORG, 10).await.unwrap();
+    let enrichment = new_enrichment(person.id, now());
+    assert_eq!(
+        store
+            .create_enrichment(&enrichment, 5, NO_LIMIT)
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    (person, enrichment)
+}
+
 /// The org's balance and the signed amounts of its credit transactions; asserts the ledger
 /// holds (balance = grants − debits + refunds, `granted` being the grants).
 async fn ledger(store: &Store, granted: i64) -> (i64, Vec<i64>) {
@@ -148,13 +163,7 @@ async fn an_unknown_person_is_refused_and_charges_nothing() {
 #[tokio::test]
 async fn a_refund_is_given_once_per_enrichment() {
     let store = table().await;
-    let person = person(&store).await;
-    store.grant_credits(ORG, 10).await.unwrap();
-    let enrichment = new_enrichment(person.id, now());
-    store
-        .create_enrichment(&enrichment, 5, NO_LIMIT)
-        .await
-        .unwrap();
+    let (person, enrichment) = charged(&store).await;
     let record = store
         .get_enrichment(ORG, person.id, Field::Emails)
         .await
@@ -179,13 +188,7 @@ async fn a_refund_is_given_once_per_enrichment() {
 #[tokio::test]
 async fn a_lost_claim_cannot_write() {
     let store = table().await;
-    let person = person(&store).await;
-    store.grant_credits(ORG, 10).await.unwrap();
-    let enrichment = new_enrichment(person.id, now());
-    store
-        .create_enrichment(&enrichment, 5, NO_LIMIT)
-        .await
-        .unwrap();
+    let (person, enrichment) = charged(&store).await;
     let job = Job::from(&enrichment);
     // Worker A's claim lapsed (it died); worker B takes the job over.
     let lapsed = timestamp_before(Utc::now(), Duration::from_secs(1));
@@ -213,29 +216,20 @@ async fn a_lost_claim_cannot_write() {
         "A's refund was not written"
     );
 
-    let found = Completion {
-        status: Status::Finished,
-        data_found: Some(false),
-        ..failed
-    };
-    let found = Completion {
-        error: None,
-        ..found
-    };
-    assert!(store.complete(&record, "b", &found, &now()).await.unwrap());
+    let nothing = Completion::searched(None, None);
+    assert!(
+        store
+            .complete(&record, "b", &nothing, &now())
+            .await
+            .unwrap()
+    );
     assert_eq!(ledger(&store, 10).await, (5, vec![-5]));
 }
 
 #[tokio::test]
 async fn a_live_claim_defers_a_duplicate_and_an_ended_job_is_gone() {
     let store = table().await;
-    let person = person(&store).await;
-    store.grant_credits(ORG, 10).await.unwrap();
-    let enrichment = new_enrichment(person.id, now());
-    store
-        .create_enrichment(&enrichment, 5, NO_LIMIT)
-        .await
-        .unwrap();
+    let (_, enrichment) = charged(&store).await;
     let job = Job::from(&enrichment);
     let until = timestamp(Utc::now() + chrono::Duration::seconds(60));
     let Claim::Claimed(record) = store.claim(&job, "a", &now(), &until).await.unwrap() else {
@@ -336,13 +330,7 @@ async fn the_rate_limit_counts_new_enrichments_only() {
 #[tokio::test]
 async fn deleting_a_person_refunds_its_pending_enrichment_once() {
     let store = table().await;
-    let person = person(&store).await;
-    store.grant_credits(ORG, 10).await.unwrap();
-    let enrichment = new_enrichment(person.id, now());
-    store
-        .create_enrichment(&enrichment, 5, NO_LIMIT)
-        .await
-        .unwrap();
+    let (person, enrichment) = charged(&store).await;
     assert!(store.delete_person(ORG, person.id, &now()).await.unwrap());
     assert!(store.get_person(ORG, person.id).await.unwrap().is_none());
     assert!(

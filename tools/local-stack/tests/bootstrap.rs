@@ -92,32 +92,29 @@ async fn survives(function: &mut FunctionProcess, malformed: Value, panic_messag
     assert!(function.is_alive());
 }
 
+/// A POST whose body is flagged base64 but is not: aws_lambda_events 1.2.1,
+/// src/encodings/http.rs:89, `Body::from_maybe_encoded`: `.expect("failed to decode aws base64
+/// encoded body")`. The process must survive it ([`survives`]).
+async fn survives_bad_base64(function: &mut FunctionProcess, body: &str) {
+    let mut malformed = post_event(&Uuid::new_v4().to_string(), "field=emails", None);
+    malformed["isBase64Encoded"] = json!(true);
+    malformed["body"] = json!(body);
+    survives(
+        function,
+        malformed,
+        "failed to decode aws base64 encoded body",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn bootstrap_survives_a_body_flagged_base64_that_is_not_base64() {
     let (public_pem, _) = key_pair();
     let mut function = start_trigger(&public_pem).await;
     let scenario = async {
-        let mut malformed = post_event(&Uuid::new_v4().to_string(), "field=emails", None);
-        malformed["isBase64Encoded"] = json!(true);
-        malformed["body"] = json!("%%% this is not base64 %%%");
-        // aws_lambda_events 1.2.1, src/encodings/http.rs:89, Body::from_maybe_encoded:
-        // `.expect("failed to decode aws base64 encoded body")`.
-        survives(
-            &mut function,
-            malformed,
-            "failed to decode aws base64 encoded body",
-        )
-        .await;
+        survives_bad_base64(&mut function, "%%% this is not base64 %%%").await;
         // Twice in a row: still the same process.
-        let mut again = post_event(&Uuid::new_v4().to_string(), "field=emails", None);
-        again["isBase64Encoded"] = json!(true);
-        again["body"] = json!("not base64!");
-        survives(
-            &mut function,
-            again,
-            "failed to decode aws base64 encoded body",
-        )
-        .await;
+        survives_bad_base64(&mut function, "not base64!").await;
     };
     tokio::time::timeout(SCENARIO_TIMEOUT, scenario)
         .await
@@ -223,15 +220,7 @@ async fn bootstrap_release_build_survives_a_malformed_event() {
         .await
         .expect("the trigger starts");
     let scenario = async {
-        let mut malformed = post_event(&Uuid::new_v4().to_string(), "field=emails", None);
-        malformed["isBase64Encoded"] = json!(true);
-        malformed["body"] = json!("%%% this is not base64 %%%");
-        survives(
-            &mut function,
-            malformed,
-            "failed to decode aws base64 encoded body",
-        )
-        .await;
+        survives_bad_base64(&mut function, "%%% this is not base64 %%%").await;
     };
     tokio::time::timeout(SCENARIO_TIMEOUT, scenario)
         .await

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
-use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
@@ -41,7 +40,7 @@ use enrichment::providers::cascade::Cascade;
 use enrichment::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact};
 use enrichment::queue::{JobQueue, QueueError, SqsJobQueue, StepFunctionsJobQueue};
 use enrichment::secrets::{SECRET_SUFFIX, SecretsClient, resolve_api_keys};
-use enrichment::store::{CacheLease, Store, TIMEOUT_MESSAGE, org_pk};
+use enrichment::store::{CacheLease, Store, TIMEOUT_MESSAGE};
 use enrichment::worker::{GAVE_UP_MESSAGE, Worker, WorkerEvent};
 use local_stack::{Options, Stack, dynamodb_config, sdk_config, sqs_config};
 use serde_json::{Value as Json, json};
@@ -1713,36 +1712,9 @@ impl Env {
     /// The org's ledger holds: balance == grants − debits + refunds, from its credit
     /// transactions (`CREDITTX#` items of `ORG#{org}`; amounts signed, negative for a debit).
     async fn assert_ledger(&self) {
-        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-            dynamodb_config(&self.h.stack.info.dynamodb_url).build(),
-        );
-        let (mut debits, mut refunds) = (0i64, 0i64);
-        let mut start = None;
-        loop {
-            let page = dynamodb
-                .query()
-                .table_name(self.h.stack.store.table())
-                .key_condition_expression("pk = :pk AND begins_with(sk, :tx)")
-                .expression_attribute_values(":pk", AttributeValue::S(org_pk(&self.org)))
-                .expression_attribute_values(":tx", AttributeValue::S("CREDITTX#".into()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .unwrap();
-            for item in page.items() {
-                let amount: i64 = item["amount"].as_n().unwrap().parse().unwrap();
-                if amount < 0 {
-                    debits -= amount;
-                } else {
-                    refunds += amount;
-                }
-            }
-            start = page.last_evaluated_key.filter(|key| !key.is_empty());
-            if start.is_none() {
-                break;
-            }
-        }
+        let amounts = self.h.stack.store.credit_amounts(&self.org).await.unwrap();
+        let debits: i64 = -amounts.iter().filter(|a| **a < 0).sum::<i64>();
+        let refunds: i64 = amounts.iter().filter(|a| **a > 0).sum();
         let grants = self.granted.load(Ordering::SeqCst);
         assert_eq!(
             self.balance().await,
