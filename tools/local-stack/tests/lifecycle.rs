@@ -83,7 +83,7 @@ async fn an_enrichment_left_pending_by_a_stopped_stack_finishes_after_a_restart(
     assert_eq!(last["status"], "finished", "{last}");
     assert_eq!(last["dataFound"], true);
     assert_eq!(last["id"], pending["id"]);
-    assert_eq!(stack.store.credit_balance(ORG).await.unwrap(), 95);
+    assert_eq!(ledger(&stack.store, ORG, 100).await, (95, vec![-5]));
     stack.shutdown().await;
 
     // Nothing pending any more: a third start queues nothing.
@@ -194,6 +194,8 @@ async fn requeue_sends_one_job_per_pending_enrichment_across_scan_pages() {
     expected.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(sent, 5);
     assert_eq!(jobs, expected);
+    ledger(&stack.store, ORG, 1000).await;
+    ledger(&stack.store, "org_other", 1000).await;
     stack.shutdown().await;
 }
 
