@@ -64,6 +64,22 @@ pub const MAX_DEFER: Duration = Duration::from_secs(10);
 /// The longest delay SQS accepts on a message (`DelaySeconds`, 900 s).
 pub const MAX_SQS_DELAY: Duration = Duration::from_secs(900);
 
+/// How long after its request's deadline a batch or bulk job becomes visible to the worker: an
+/// SDK call in flight when the invocation ends (at most [`SDK_OPERATION_TIMEOUT`]) has been
+/// answered or abandoned by then. Jobs are sent before the enrichments are written and held
+/// until the request can no longer write, so a job never runs against a write that may still
+/// be undone, and a crash at any point leaves no written enrichment without its job
+/// ([`crate::batch`]).
+pub const HOLD_MARGIN: Duration = SDK_OPERATION_TIMEOUT;
+
+/// The time before which the jobs of a request with `deadline` must not run: the deadline plus
+/// [`HOLD_MARGIN`], as a wall-clock time (what SQS `DelaySeconds` and a Step Functions `Wait`
+/// take).
+pub fn held_until(deadline: Instant) -> chrono::DateTime<Utc> {
+    let left = deadline.saturating_duration_since(Instant::now()) + HOLD_MARGIN;
+    Utc::now() + chrono::Duration::from_std(left).unwrap_or(chrono::Duration::MAX)
+}
+
 /// The lease (claim, global cache lease, message visibility) a worker takes before a provider
 /// call that may take `call_budget` (every attempt and retry wait): the call's budget plus
 /// [`LEASE_MARGIN`]. A worker that dies during the call loses its lease that much later, so its
@@ -130,6 +146,17 @@ mod tests {
         assert!(INITIAL_CLAIM_LEASE < DEFAULT_MAX_AGE / 4);
         assert!(lease < DEFAULT_MAX_AGE / 4);
         assert!(MAX_DEFER <= MAX_SQS_DELAY);
+    }
+
+    #[test]
+    fn held_jobs_wait_out_the_request_and_fit_one_sqs_delay() {
+        let deadline = Instant::now() + API_FUNCTION_TIMEOUT;
+        let wait = held_until(deadline) - Utc::now();
+        assert!(
+            wait >= chrono::Duration::from_std(API_FUNCTION_TIMEOUT + HOLD_MARGIN).unwrap()
+                - chrono::Duration::milliseconds(50)
+        );
+        assert!(API_FUNCTION_TIMEOUT + HOLD_MARGIN <= MAX_SQS_DELAY);
     }
 
     #[test]

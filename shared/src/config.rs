@@ -430,6 +430,12 @@ pub struct QueueSettings {
     /// `STATE_MACHINE_ARN` is set; the worker sends a failed job back there with its retry
     /// backoff (without it, a failed job waits out the queue's visibility timeout).
     pub queue_url: Option<String>,
+    /// `BULK_QUEUE_URL` (no default): the queue of batch and bulk jobs, polled by its own event
+    /// source mapping with a lower maximum concurrency, so that one org's bulk leaves workers
+    /// for single enrichments (spec operations-api, "Bulk enrichment"). The batch function
+    /// sends there unless `STATE_MACHINE_ARN` is set; the worker sends a deferred or failed
+    /// bulk job back there.
+    pub bulk_queue_url: Option<String>,
     /// `STATE_MACHINE_ARN` (no default; trigger only): instead of `QUEUE_URL`, start one Step
     /// Functions execution per enrichment.
     pub state_machine_arn: Option<String>,
@@ -441,6 +447,7 @@ impl QueueSettings {
     pub fn from_vars(vars: &Vars) -> Self {
         Self {
             queue_url: vars.string("QUEUE_URL"),
+            bulk_queue_url: vars.string("BULK_QUEUE_URL"),
             state_machine_arn: vars.string("STATE_MACHINE_ARN"),
         }
     }
@@ -798,9 +805,14 @@ mod tests {
     #[test]
     fn queue_settings_take_blank_as_unset() {
         assert_eq!(
-            QueueSettings::from_vars(&vars(&[("QUEUE_URL", " "), ("STATE_MACHINE_ARN", "arn")])),
+            QueueSettings::from_vars(&vars(&[
+                ("QUEUE_URL", " "),
+                ("BULK_QUEUE_URL", "http://bulk"),
+                ("STATE_MACHINE_ARN", "arn")
+            ])),
             QueueSettings {
                 queue_url: None,
+                bulk_queue_url: Some("http://bulk".into()),
                 state_machine_arn: Some("arn".into()),
             }
         );

@@ -36,8 +36,8 @@ impl From<StoreError> for ApiError {
 
 /// The POST and GET use cases over the table. Build once per process.
 pub struct Enrichments {
-    store: Store,
-    config: Config,
+    pub(crate) store: Store,
+    pub(crate) config: Config,
 }
 
 impl Enrichments {
@@ -71,22 +71,7 @@ impl Enrichments {
         deadline: Instant,
     ) -> Result<Enrichment, ApiError> {
         let now = Utc::now();
-        let at = timestamp(now);
-        let enrichment = Enrichment {
-            id: Uuid::new_v4(),
-            created_at: at.clone(),
-            updated_at: at,
-            entity_id: person_id,
-            entity_type: "person".into(),
-            field,
-            status: Status::Pending,
-            error: None,
-            data_found: None,
-            created_by: principal.user_id.clone(),
-            org_id: principal.org_id.clone(),
-            global_enrichment_id: None,
-            credit_transaction_id: Some(Uuid::new_v4()),
-        };
+        let enrichment = self.new_pending(principal, person_id, field, &timestamp(now));
         let cost = self.config.cost(field);
         let mut outcome = self
             .store
@@ -113,7 +98,9 @@ impl Enrichments {
             }),
             CreateOutcome::InsufficientCredits => Err(ApiError::InsufficientCredits {
                 operation_type: field.operation_type(),
+                count: 1,
                 required: cost,
+                bulk: false,
             }),
             CreateOutcome::Created => {
                 self.enqueue(queue, &enrichment, cost, deadline).await?;
@@ -229,6 +216,32 @@ impl Enrichments {
         Ok(answer)
     }
 
+    /// A new `pending` enrichment of `person_id` created by `principal` at `at`, with the id of
+    /// the credit transaction that will charge it (spec operations-api, Decision 6).
+    pub(crate) fn new_pending(
+        &self,
+        principal: &Principal,
+        person_id: Uuid,
+        field: Field,
+        at: &str,
+    ) -> Enrichment {
+        Enrichment {
+            id: Uuid::new_v4(),
+            created_at: at.to_string(),
+            updated_at: at.to_string(),
+            entity_id: person_id,
+            entity_type: "person".into(),
+            field,
+            status: Status::Pending,
+            error: None,
+            data_found: None,
+            created_by: principal.user_id.clone(),
+            org_id: principal.org_id.clone(),
+            global_enrichment_id: None,
+            credit_transaction_id: Some(Uuid::new_v4()),
+        }
+    }
+
     fn rate_limit(&self) -> RateLimit {
         RateLimit {
             per_minute: self.config.org_enrichments_per_minute,
@@ -237,7 +250,7 @@ impl Enrichments {
 
     /// Whether `enrichment` is `pending` and older than the maximum age (spec, "Timeout
     /// Handling").
-    fn is_stale(&self, enrichment: &Enrichment, now: DateTime<Utc>) -> bool {
+    pub(crate) fn is_stale(&self, enrichment: &Enrichment, now: DateTime<Utc>) -> bool {
         enrichment.status == Status::Pending
             && enrichment.created_at < timestamp_before(now, self.config.max_age)
     }

@@ -45,14 +45,26 @@ pub enum ApiError {
     /// the token itself.
     #[error("{0}")]
     Unauthorized(String),
-    /// 402 `INSUFFICIENT_CREDITS`: the org's balance does not cover `required` credits.
-    #[error("Insufficient credits for {operation_type}. Required: {required} credits.")]
+    /// 402 `INSUFFICIENT_CREDITS`: the org's balance does not cover `required` credits for
+    /// `count` new enrichments; `details: {"operationType", "count", "required"}`. The message is
+    /// the spec's: `Insufficient credits for enrichment_email. Required: 15 credits.`, or for a
+    /// bulk `Not enough credits to complete the bulk enrichment` (spec operations-api, "Bulk
+    /// enrichment").
+    #[error("{}", credits_message(*.operation_type, *.required, *.bulk))]
     InsufficientCredits {
         /// `enrichment_email` or `enrichment_phone`.
         operation_type: OperationType,
-        /// Credits the operation costs.
+        /// New enrichments the request would have created.
+        count: usize,
+        /// Credits they cost together.
         required: i64,
+        /// Whether the request was a bulk enrichment (its message differs).
+        bulk: bool,
     },
+    /// 404 `NOT_FOUND` `Person not found` for a batch or bulk naming ids that are no people of
+    /// the org: `details.personIds` lists them (spec operations-api, "Batch enrichment").
+    #[error("Person not found")]
+    PeopleNotFound(Vec<uuid::Uuid>),
     /// 404 `NOT_FOUND`, with the message to show (`Enrichment not found`, `Person not found`).
     #[error("{0}")]
     NotFound(String),
@@ -73,6 +85,14 @@ pub enum ApiError {
     /// JWKS) did not answer in time; retryable. The detail goes to the logs, not to the client.
     #[error("{0}")]
     Unavailable(String),
+}
+
+fn credits_message(operation_type: OperationType, required: i64, bulk: bool) -> String {
+    if bulk {
+        "Not enough credits to complete the bulk enrichment".into()
+    } else {
+        format!("Insufficient credits for {operation_type}. Required: {required} credits.")
+    }
 }
 
 /// The body of an error response: `{"error": {...}}`.
@@ -106,7 +126,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::Unauthorized(_) => 401,
             ApiError::InsufficientCredits { .. } => 402,
-            ApiError::NotFound(_) => 404,
+            ApiError::NotFound(_) | ApiError::PeopleNotFound(_) => 404,
             ApiError::MethodNotAllowed => 405,
             ApiError::RateLimited { .. } => 429,
             ApiError::Internal(_) => 500,
@@ -121,7 +141,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::Unauthorized(_) => "UNAUTHORIZED",
             ApiError::InsufficientCredits { .. } => "INSUFFICIENT_CREDITS",
-            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::NotFound(_) | ApiError::PeopleNotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Internal(_) => "INTERNAL_ERROR",
@@ -155,11 +175,16 @@ impl ApiError {
             }
             ApiError::InsufficientCredits {
                 operation_type,
+                count,
                 required,
+                ..
             } => (
                 self.to_string(),
-                Some(json!({"operationType": operation_type, "count": 1, "required": required})),
+                Some(
+                    json!({"operationType": operation_type, "count": count, "required": required}),
+                ),
             ),
+            ApiError::PeopleNotFound(ids) => (self.to_string(), Some(json!({ "personIds": ids }))),
             other => (other.to_string(), None),
         };
         let envelope = Envelope {
@@ -183,7 +208,9 @@ mod tests {
     fn insufficient_credits_matches_the_spec_example() {
         let error = ApiError::InsufficientCredits {
             operation_type: OperationType::EnrichmentEmail,
+            count: 1,
             required: 1,
+            bulk: false,
         };
         let body: Value = serde_json::from_str(&error.to_json()).unwrap();
         assert_eq!(error.status_code(), 402);
@@ -194,6 +221,48 @@ mod tests {
                 "message": "Insufficient credits for enrichment_email. Required: 1 credits.",
                 "details": {"operationType": "enrichment_email", "count": 1, "required": 1}
             }})
+        );
+    }
+
+    #[test]
+    fn a_bulk_refused_for_credits_has_its_own_message_and_the_same_details() {
+        let error = ApiError::InsufficientCredits {
+            operation_type: OperationType::EnrichmentPhone,
+            count: 3,
+            required: 60,
+            bulk: true,
+        };
+        let body: Value = serde_json::from_str(&error.to_json()).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": {
+                "code": "INSUFFICIENT_CREDITS",
+                "message": "Not enough credits to complete the bulk enrichment",
+                "details": {"operationType": "enrichment_phone", "count": 3, "required": 60}
+            }})
+        );
+        let batch = ApiError::InsufficientCredits {
+            operation_type: OperationType::EnrichmentPhone,
+            count: 3,
+            required: 60,
+            bulk: false,
+        };
+        assert_eq!(
+            batch.to_string(),
+            "Insufficient credits for enrichment_phone. Required: 60 credits."
+        );
+    }
+
+    #[test]
+    fn unknown_people_are_listed_in_the_details() {
+        let id = uuid::Uuid::nil();
+        let error = ApiError::PeopleNotFound(vec![id]);
+        let body: Value = serde_json::from_str(&error.to_json()).unwrap();
+        assert_eq!(error.status_code(), 404);
+        assert_eq!(
+            body,
+            json!({"error": {"code": "NOT_FOUND", "message": "Person not found",
+                             "details": {"personIds": [id.to_string()]}}})
         );
     }
 

@@ -457,22 +457,50 @@ fn query_tasks(body: &serde_json::Value) -> Result<Vec<(Uuid, Field)>, ApiError>
     Ok(wanted)
 }
 
-/// The batch function's routes: today `POST` [`BATCH_QUERY_ROUTE`], a bare array of the
-/// enrichments that exist, in task order. Authentication first; 405 with `Allow` for another
-/// method. Answers before the invocation's [`deadline`].
+/// The batch enrichment route (spec operations-api, "Batch enrichment").
+pub const BATCH_ROUTE: &str = "/api/v1/operations/enrichment/batch";
+
+/// The bulk enrichment route (spec operations-api, "Bulk enrichment").
+pub const BULK_ROUTE: &str = "/api/v1/operations/enrichment/bulk";
+
+/// The batch function's routes, each `POST` only (405 with `Allow: POST` otherwise):
+/// [`BATCH_ROUTE`] and [`BULK_ROUTE`] answer a bare array of enrichments in input order, their
+/// new jobs sent to `queue` (the bulk queue); [`BATCH_QUERY_ROUTE`] a bare array of the
+/// enrichments that exist, in task order. Authentication first. Answers before the
+/// invocation's [`deadline`].
 pub async fn handle_batch(
     req: Request,
     auth: &Authenticator,
     enrichments: &Enrichments,
+    queue: &dyn JobQueue,
 ) -> Response<Body> {
-    let is_query = req.uri().path().trim_end_matches('/') == BATCH_QUERY_ROUTE;
-    let result = within(deadline(&req), async {
+    let deadline = deadline(&req);
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let result = within(deadline, async {
         let principal = auth.authenticate(authorization(&req)).await?;
-        if req.method() != Method::POST || !is_query {
+        if req.method() != Method::POST {
             return Err(ApiError::MethodNotAllowed);
         }
-        let tasks = query_tasks(&json_body(&req)?)?;
-        Ok(json_of(200, &enrichments.query(&principal, &tasks).await?))
+        let answer = match path.as_str() {
+            BATCH_QUERY_ROUTE => {
+                let tasks = query_tasks(&json_body(&req)?)?;
+                enrichments.query(&principal, &tasks).await?
+            }
+            BATCH_ROUTE => {
+                let (ids, field) = crate::batch::parse_batch(&json_body(&req)?)?;
+                enrichments
+                    .enrich_batch(queue, &principal, &ids, field, deadline)
+                    .await?
+            }
+            BULK_ROUTE => {
+                let (selection, field) = crate::batch::parse_bulk(&json_body(&req)?)?;
+                enrichments
+                    .enrich_bulk(queue, &principal, &selection, field, deadline)
+                    .await?
+            }
+            _ => return Err(ApiError::MethodNotAllowed),
+        };
+        Ok(json_of(200, &answer))
     })
     .await;
     answer(result, "POST")

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 
 use crate::config::{ConfigError, QueueSettings, Vars};
 use crate::domain::Job;
@@ -13,12 +16,44 @@ use crate::domain::Job;
 #[error("enqueue failed: {0}")]
 pub struct QueueError(pub String);
 
-/// Where jobs go. One production implementation: [`SqsJobQueue`].
+/// Where jobs go: [`SqsJobQueue`], or [`StepFunctionsJobQueue`] with the optional orchestrator.
 #[async_trait]
 pub trait JobQueue: Send + Sync {
-    /// Sends one job.
+    /// Sends one job, to run at once.
     async fn enqueue(&self, job: &Job) -> Result<(), QueueError>;
+
+    /// Sends `jobs`, none to run before `not_before` (the batch and bulk routes send their
+    /// jobs before writing the enrichments, held until the request can no longer write: see
+    /// [`crate::batch`]).
+    ///
+    /// Errors: a job could not be sent after the SDK's retries (some may have been sent: a job
+    /// whose enrichment does not exist when it runs is dropped by the worker).
+    async fn enqueue_held(&self, jobs: &[Job], not_before: DateTime<Utc>)
+    -> Result<(), QueueError>;
 }
+
+/// A job with the time before which it must not run: the Step Functions execution input
+/// (`{"enrichmentId", "orgId", "personId", "field", "notBefore"}`), which the state machine's
+/// `Hold` state waits for (`template.yaml`); the worker ignores `notBefore`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HeldJob<'a> {
+    #[serde(flatten)]
+    job: &'a Job,
+    not_before: String,
+}
+
+/// Whole seconds from now until `not_before`, rounded up, within SQS's `DelaySeconds` range
+/// (0 to 900).
+fn delay_seconds(not_before: DateTime<Utc>) -> i32 {
+    let millis = (not_before - Utc::now()).num_milliseconds().max(0);
+    let seconds = (millis + 999) / 1000;
+    i32::try_from(seconds.min(crate::budget::MAX_SQS_DELAY.as_secs() as i64)).unwrap_or(900)
+}
+
+/// How many times `SendMessageBatch` entries that failed (a partial batch failure) are sent
+/// again before the send is given up.
+const BATCH_SEND_ATTEMPTS: u32 = 3;
 
 /// The SQS jobs queue: what the trigger sends jobs to (`SendMessage`), and what the worker uses
 /// to keep, defer and retry the messages it was handed (`ChangeMessageVisibility`,
@@ -47,6 +82,12 @@ impl SqsJobQueue {
     /// A queue at `queue_url` with a client of the process's SDK configuration.
     pub fn from_sdk(sdk: &aws_config::SdkConfig, queue_url: impl Into<String>) -> Self {
         Self::new(aws_sdk_sqs::Client::new(sdk), queue_url)
+    }
+
+    /// The queue's name: the last segment of its URL (`enrichment-jobs-prod`), as the end of its
+    /// ARN.
+    pub fn name(&self) -> &str {
+        self.queue_url.rsplit('/').next().unwrap_or_default()
     }
 
     /// The same queue with another first retry delay (whole seconds; at least 1 s).
@@ -127,6 +168,55 @@ impl JobQueue for SqsJobQueue {
     async fn enqueue(&self, job: &Job) -> Result<(), QueueError> {
         self.send(job, 0).await
     }
+
+    /// `SendMessageBatch`, 10 jobs a call (its limit), each with `DelaySeconds` until
+    /// `not_before`; the entries of a partial batch failure are sent again, up to
+    /// [`BATCH_SEND_ATTEMPTS`] times (AWS docs, `SendMessageBatch`).
+    async fn enqueue_held(
+        &self,
+        jobs: &[Job],
+        not_before: DateTime<Utc>,
+    ) -> Result<(), QueueError> {
+        for group in jobs.chunks(10) {
+            let delay = delay_seconds(not_before);
+            let mut entries = group
+                .iter()
+                .enumerate()
+                .map(|(i, job)| {
+                    let body = serde_json::to_string(job).map_err(|e| QueueError(e.to_string()))?;
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body)
+                        .delay_seconds(delay)
+                        .build()
+                        .map_err(|e| QueueError(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for attempt in 1..=BATCH_SEND_ATTEMPTS {
+                let output = self
+                    .client
+                    .send_message_batch()
+                    .queue_url(&self.queue_url)
+                    .set_entries(Some(entries.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| QueueError(DisplayErrorContext(&e).to_string()))?;
+                let failed: Vec<&str> = output.failed().iter().map(|f| f.id()).collect();
+                if failed.is_empty() {
+                    break;
+                }
+                if attempt == BATCH_SEND_ATTEMPTS {
+                    return Err(QueueError(format!(
+                        "SendMessageBatch left {} jobs unsent: {:?}",
+                        failed.len(),
+                        output.failed()
+                    )));
+                }
+                entries.retain(|entry| failed.contains(&entry.id()));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The optional Step Functions orchestrator: each job starts one execution of the cascade state
@@ -151,14 +241,10 @@ impl StepFunctionsJobQueue {
     pub fn from_sdk(sdk: &aws_config::SdkConfig, state_machine_arn: impl Into<String>) -> Self {
         Self::new(aws_sdk_sfn::Client::new(sdk), state_machine_arn)
     }
-}
 
-#[async_trait]
-impl JobQueue for StepFunctionsJobQueue {
-    /// Starts the execution `{enrichmentId}` with the job as input; one that already exists
-    /// (a retry) counts as started.
-    async fn enqueue(&self, job: &Job) -> Result<(), QueueError> {
-        let input = serde_json::to_string(job).map_err(|e| QueueError(e.to_string()))?;
+    /// Starts the execution `{enrichmentId}` with `input`; one that already exists (a retry)
+    /// counts as started.
+    async fn start(&self, job: &Job, input: String) -> Result<(), QueueError> {
         let result = self
             .client
             .start_execution()
@@ -182,28 +268,86 @@ impl JobQueue for StepFunctionsJobQueue {
     }
 }
 
-/// The job queue [`QueueSettings`] chooses, read from `vars`: Step Functions when
-/// `STATE_MACHINE_ARN` is set, else SQS at `QUEUE_URL`.
+#[async_trait]
+impl JobQueue for StepFunctionsJobQueue {
+    /// Starts the execution `{enrichmentId}` with the job as input; one that already exists
+    /// (a retry) counts as started.
+    async fn enqueue(&self, job: &Job) -> Result<(), QueueError> {
+        let input = serde_json::to_string(job).map_err(|e| QueueError(e.to_string()))?;
+        self.start(job, input).await
+    }
+
+    /// One `StartExecution` per job (Step Functions has no batch start), each input carrying
+    /// `notBefore`, which the state machine's `Hold` state waits for.
+    async fn enqueue_held(
+        &self,
+        jobs: &[Job],
+        not_before: DateTime<Utc>,
+    ) -> Result<(), QueueError> {
+        let not_before = crate::domain::timestamp(not_before);
+        for job in jobs {
+            let input = serde_json::to_string(&HeldJob {
+                job,
+                not_before: not_before.clone(),
+            })
+            .map_err(|e| QueueError(e.to_string()))?;
+            self.start(job, input).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The job queue [`QueueSettings`] chooses for single enrichments, read from `vars`: Step
+/// Functions when `STATE_MACHINE_ARN` is set, else SQS at `QUEUE_URL`.
 ///
 /// Errors: [`ConfigError::MissingEither`] when neither is set.
 pub fn from_vars(
     sdk: &aws_config::SdkConfig,
     vars: &Vars,
 ) -> Result<Box<dyn JobQueue>, ConfigError> {
-    let QueueSettings {
-        queue_url,
-        state_machine_arn,
-    } = QueueSettings::from_vars(vars);
+    let settings = QueueSettings::from_vars(vars);
+    chosen(
+        sdk,
+        settings.state_machine_arn,
+        settings.queue_url,
+        "QUEUE_URL",
+    )
+}
+
+/// The job queue [`QueueSettings`] chooses for batch and bulk enrichments, read from `vars`:
+/// Step Functions when `STATE_MACHINE_ARN` is set, else SQS at `BULK_QUEUE_URL`, the queue
+/// whose event source mapping has its own maximum concurrency, so that a bulk never holds every
+/// worker (spec operations-api, "Bulk enrichment").
+///
+/// Errors: [`ConfigError::MissingEither`] when neither is set.
+pub fn bulk_from_vars(
+    sdk: &aws_config::SdkConfig,
+    vars: &Vars,
+) -> Result<Box<dyn JobQueue>, ConfigError> {
+    let settings = QueueSettings::from_vars(vars);
+    chosen(
+        sdk,
+        settings.state_machine_arn,
+        settings.bulk_queue_url,
+        "BULK_QUEUE_URL",
+    )
+}
+
+fn chosen(
+    sdk: &aws_config::SdkConfig,
+    state_machine_arn: Option<String>,
+    queue_url: Option<String>,
+    queue_variable: &'static str,
+) -> Result<Box<dyn JobQueue>, ConfigError> {
     if let Some(arn) = state_machine_arn {
         Ok(Box::new(StepFunctionsJobQueue::from_sdk(sdk, arn)))
     } else if let Some(url) = queue_url {
         Ok(Box::new(SqsJobQueue::from_sdk(sdk, url)))
     } else {
         Err(ConfigError::MissingEither {
-            first: "QUEUE_URL",
+            first: queue_variable,
             second: "STATE_MACHINE_ARN",
-            why: "the trigger sends each job to the SQS worker's queue or starts a Step \
-                  Functions execution",
+            why: "jobs go to an SQS queue of the worker or start Step Functions executions",
         })
     }
 }

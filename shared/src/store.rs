@@ -36,10 +36,13 @@ use uuid::Uuid;
 
 use crate::domain::{ContactPoint, Enrichment, Field, Job, OperationType, Person, Status};
 
+mod batch;
 mod cache;
 mod credits;
 mod enrichments;
 mod people;
+
+pub use batch::{CHUNK, ChunkOutcome, PlannedEnrichment};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -493,6 +496,60 @@ impl Store {
             ("pk".into(), s(org_pk(org_id))),
             ("sk".into(), s(enrichment_sk(person_id, field))),
         ])
+    }
+
+    /// The items of `keys` that exist, read consistently with `BatchGetItem`, 100 keys a call
+    /// (its limit), unprocessed keys asked again with a growing pause (AWS docs,
+    /// `BatchGetItem`); only the attributes of `projection` when given. In no particular order.
+    ///
+    /// Errors: DynamoDB failures, or keys still unprocessed after a few tries (`Unavailable`).
+    async fn batch_get(
+        &self,
+        keys: Vec<Item>,
+        projection: Option<&str>,
+    ) -> Result<Vec<Item>, StoreError> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let mut found = Vec::with_capacity(keys.len());
+        for group in keys.chunks(100) {
+            let mut wanted = group.to_vec();
+            for attempt in 0..5u32 {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(wanted))
+                    .consistent_read(true)
+                    .set_projection_expression(projection.map(str::to_string))
+                    .build()
+                    .map_err(build_error)?;
+                let output = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(dynamo_error("BatchGetItem"))?;
+                found.extend(
+                    output
+                        .responses
+                        .and_then(|mut r| r.remove(&self.table))
+                        .unwrap_or_default(),
+                );
+                wanted = output
+                    .unprocessed_keys
+                    .and_then(|mut left| left.remove(&self.table))
+                    .map(|left| left.keys)
+                    .unwrap_or_default();
+                if wanted.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            if !wanted.is_empty() {
+                return Err(StoreError::Unavailable {
+                    operation: "BatchGetItem",
+                    message: format!("{} keys left unprocessed", wanted.len()),
+                });
+            }
+        }
+        Ok(found)
     }
 
     /// Runs a transaction, trying again while it is cancelled only by `TransactionConflict`.

@@ -189,6 +189,7 @@ pub struct Worker {
     cascade: Cascade,
     config: Config,
     queue: Option<SqsJobQueue>,
+    bulk_queue: Option<SqsJobQueue>,
 }
 
 impl Worker {
@@ -199,6 +200,7 @@ impl Worker {
             cascade,
             config,
             queue: None,
+            bulk_queue: None,
         }
     }
 
@@ -208,6 +210,27 @@ impl Worker {
     pub fn with_queue(mut self, queue: SqsJobQueue) -> Self {
         self.queue = Some(queue);
         self
+    }
+
+    /// The same worker fed by the bulk queue too (`BULK_QUEUE_URL`): a record that came from it
+    /// (its `eventSourceARN` names the bulk queue) is kept, deferred and retried there, so that
+    /// a bulk's jobs stay behind the bulk queue's own concurrency limit.
+    pub fn with_bulk_queue(mut self, queue: SqsJobQueue) -> Self {
+        self.bulk_queue = Some(queue);
+        self
+    }
+
+    /// The queue `record` came from: the bulk queue when its `eventSourceARN` ends with the bulk
+    /// queue's name, else the jobs queue.
+    fn queue_of(&self, record: &SqsMessage) -> Option<&SqsJobQueue> {
+        let from_bulk = self.bulk_queue.as_ref().filter(|bulk| {
+            record
+                .event_source_arn
+                .as_deref()
+                .and_then(|arn| arn.rsplit(':').next())
+                .is_some_and(|name| name == bulk.name())
+        });
+        from_bulk.or(self.queue.as_ref())
     }
 
     /// Runs one job handed over directly (Step Functions, tests) before `deadline`: see
@@ -530,14 +553,14 @@ impl Worker {
         let mut response = SqsBatchResponse::default();
         for record in records {
             let message_id = record.message_id.clone().unwrap_or_default();
-            let delivery = self
-                .queue
-                .as_ref()
-                .zip(record.receipt_handle.as_deref())
-                .map(|(queue, receipt_handle)| Delivery {
-                    queue,
-                    receipt_handle,
-                });
+            let queue = self.queue_of(record);
+            let delivery =
+                queue
+                    .zip(record.receipt_handle.as_deref())
+                    .map(|(queue, receipt_handle)| Delivery {
+                        queue,
+                        receipt_handle,
+                    });
             let result = serde_json::from_str::<Job>(record.body.as_deref().unwrap_or_default())
                 .map_err(|e| JobError::BadMessage(e.to_string()));
             let (job, result) = match result {
@@ -547,7 +570,7 @@ impl Worker {
                 }
                 Err(e) => (None, Err(e)),
             };
-            let result = match (result, &job, &self.queue) {
+            let result = match (result, &job, queue) {
                 (Ok(JobOutcome::Deferred { delay }), Some(job), Some(queue)) => queue
                     .send_later(job, delay)
                     .await

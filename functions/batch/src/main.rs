@@ -1,5 +1,6 @@
-//! The batch Lambda: `POST /api/v1/operations/enrichment/batch/query` (the enrichments of many
-//! people at once, no credits) behind an API Gateway HTTP API. Clients and configuration are
+//! The batch Lambda behind an API Gateway HTTP API: `POST /api/v1/operations/enrichment/batch`
+//! and `/bulk` (many people enriched at once, their jobs sent to the bulk queue) and
+//! `/batch/query` (the enrichments of many people, no credits). Clients and configuration are
 //! built once per process, outside the handler.
 
 use enrichment::auth::Authenticator;
@@ -18,10 +19,11 @@ async fn main() -> Result<(), Error> {
     let config = Config::from_vars(&vars)?;
     let auth = Authenticator::from_vars(&vars, http_client())?;
     let sdk = aws_sdk_config().await;
+    let queue = enrichment::queue::bulk_from_vars(&sdk, &vars)?;
     let enrichments = Enrichments::new(Store::from_sdk(&sdk, &config.table_name), config);
-    let (auth, enrichments) = (&auth, &enrichments);
+    let (auth, enrichments, queue) = (&auth, &enrichments, queue.as_ref());
     run(service_fn(move |req: Request| async move {
-        Ok::<_, Error>(enrichment::http::handle_batch(req, auth, enrichments).await)
+        Ok::<_, Error>(enrichment::http::handle_batch(req, auth, enrichments, queue).await)
     }))
     .await
 }

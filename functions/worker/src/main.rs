@@ -32,6 +32,9 @@ async fn main() -> Result<(), Error> {
     if let Some(queue_url) = queue.queue_url {
         worker = worker.with_queue(SqsJobQueue::from_sdk(&sdk, queue_url));
     }
+    if let Some(queue_url) = queue.bulk_queue_url {
+        worker = worker.with_bulk_queue(SqsJobQueue::from_sdk(&sdk, queue_url));
+    }
     let worker = &worker;
     run(service_fn(
         move |event: LambdaEvent<WorkerEvent>| async move {

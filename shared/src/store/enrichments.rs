@@ -218,49 +218,13 @@ impl Store {
         org_id: &str,
         keys: &[(Uuid, Field)],
     ) -> Result<Vec<EnrichmentRecord>, StoreError> {
-        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let wanted = keys
+            .iter()
+            .map(|(person_id, field)| Self::enrichment_key(org_id, *person_id, *field))
+            .collect();
         let mut records = Vec::with_capacity(keys.len());
-        for group in keys.chunks(100) {
-            let mut wanted: Vec<Item> = group
-                .iter()
-                .map(|(person_id, field)| Self::enrichment_key(org_id, *person_id, *field))
-                .collect();
-            for attempt in 0..5u32 {
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(wanted))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(build_error)?;
-                let output = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(dynamo_error("BatchGetItem"))?;
-                for item in output
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    records.push(record_from_item(item)?);
-                }
-                wanted = output
-                    .unprocessed_keys
-                    .and_then(|mut left| left.remove(&self.table))
-                    .map(|left| left.keys)
-                    .unwrap_or_default();
-                if wanted.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-            }
-            if !wanted.is_empty() {
-                return Err(StoreError::Unavailable {
-                    operation: "BatchGetItem",
-                    message: format!("{} keys left unprocessed", wanted.len()),
-                });
-            }
+        for item in self.batch_get(wanted, None).await? {
+            records.push(record_from_item(item)?);
         }
         Ok(records)
     }

@@ -29,8 +29,8 @@ use enrichment::auth::Authenticator;
 use enrichment::enrichment::Enrichments;
 use enrichment::error::ApiError;
 use enrichment::http::{
-    BATCH_QUERY_ROUTE, MAX_BODY_BYTES, PEOPLE_PREFIX, api_request, handle_batch, handle_get,
-    handle_people, handle_post, http_api_request,
+    BATCH_QUERY_ROUTE, BATCH_ROUTE, BULK_ROUTE, MAX_BODY_BYTES, PEOPLE_PREFIX, api_request,
+    handle_batch, handle_get, handle_people, handle_post, http_api_request,
 };
 use enrichment::people::People;
 use enrichment::queue::SqsJobQueue;
@@ -80,6 +80,8 @@ pub struct Gateway {
     pub people: People,
     /// The jobs queue.
     pub queue: SqsJobQueue,
+    /// The bulk jobs queue, where batch and bulk enrichments send their jobs.
+    pub bulk_queue: SqsJobQueue,
     /// The dev JWKS document.
     pub jwks: String,
 }
@@ -96,6 +98,8 @@ pub fn router(state: Arc<Gateway>) -> Router {
         .route(ENRICHMENT_PREFIX, any(enrichment_without_id))
         .route(&format!("{ENRICHMENT_PREFIX}/"), any(enrichment_without_id))
         .route(BATCH_QUERY_ROUTE, any(batch))
+        .route(BATCH_ROUTE, any(batch))
+        .route(BULK_ROUTE, any(batch))
         .route(PEOPLE_PREFIX, any(people))
         .route(&format!("{PEOPLE_PREFIX}/{{*rest}}"), any(people))
         .route(JWKS_PATH, get(jwks))
@@ -185,7 +189,9 @@ async fn batch(
     body: axum::body::Body,
 ) -> Response {
     match lambda_request(method, &uri, query, &headers, body).await {
-        Ok(request) => into_axum(handle_batch(request, &state.auth, &state.enrichments).await),
+        Ok(request) => into_axum(
+            handle_batch(request, &state.auth, &state.enrichments, &state.bulk_queue).await,
+        ),
         Err(error) => error_response(&error),
     }
 }

@@ -59,6 +59,8 @@ pub const LOCAL_REGION: &str = "us-east-1";
 pub const TABLE_NAME: &str = "enrichment-local";
 /// The jobs queue name of the local stack.
 pub const QUEUE_NAME: &str = "enrichment-jobs-local";
+/// The bulk jobs queue name of the local stack (batch and bulk enrichments).
+pub const BULK_QUEUE_NAME: &str = "enrichment-bulk-jobs-local";
 /// The dead-letter queue name of the local stack.
 pub const DLQ_NAME: &str = "enrichment-jobs-dlq-local";
 /// Receives before a job goes to the DLQ, as in `template.yaml`.
@@ -80,6 +82,9 @@ pub struct StackInfo {
     pub table_name: String,
     /// The jobs queue URL.
     pub queue_url: String,
+    /// The bulk jobs queue URL (batch and bulk enrichments).
+    #[serde(default)]
+    pub bulk_queue_url: String,
     /// The dead-letter queue URL.
     pub dlq_url: String,
     /// The dev private key (PEM) that `enrichctl token` signs with.
@@ -108,6 +113,10 @@ pub struct Options {
     /// time, as the event source mapping runs batches of 1 up to the worker's maximum concurrency
     /// in `template.yaml` (default 5).
     pub worker_concurrency: usize,
+    /// How many bulk jobs run at once (`LOCAL_BULK_CONCURRENCY`): the pollers of the bulk queue,
+    /// as its event source mapping's maximum concurrency in `template.yaml` (default 2), on top
+    /// of [`Options::worker_concurrency`].
+    pub bulk_concurrency: usize,
     /// The SQS visibility timeout the poller receives with.
     pub visibility_timeout: Duration,
     /// The moto server executable (`.local/venv/bin/moto_server`).
@@ -138,6 +147,7 @@ impl Options {
             max_age: enrichment::budget::DEFAULT_MAX_AGE,
             local_worker: true,
             worker_concurrency: 5,
+            bulk_concurrency: 2,
             visibility_timeout: Duration::from_secs(60),
             moto_server: root.join(".local/venv/bin/moto_server"),
             fixture: root.join("tools/local-stack/fixtures/known-people.json"),
@@ -241,12 +251,23 @@ async fn start_moto(executable: &Path) -> Result<(Child, String), String> {
     Err("moto server did not start within 60 s".into())
 }
 
-/// Creates the jobs queue and its DLQ with the redrive policy of `template.yaml`; returns
-/// (queue URL, DLQ URL).
+/// The local stack's queues.
+#[derive(Debug, Clone)]
+pub struct Queues {
+    /// The jobs queue ([`QUEUE_NAME`]).
+    pub jobs: String,
+    /// The bulk jobs queue ([`BULK_QUEUE_NAME`]).
+    pub bulk: String,
+    /// Their DLQ ([`DLQ_NAME`]).
+    pub dlq: String,
+}
+
+/// Creates the jobs queue, the bulk jobs queue and their DLQ with the redrive policy of
+/// `template.yaml`.
 pub async fn create_queues(
     sqs: &aws_sdk_sqs::Client,
     visibility: Duration,
-) -> Result<(String, String), String> {
+) -> Result<Queues, String> {
     let err = |e: aws_sdk_sqs::error::SdkError<_, _>| {
         format!(
             "CreateQueue: {}",
@@ -278,25 +299,30 @@ pub async fn create_queues(
         .unwrap_or_default();
     let redrive =
         serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT});
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(QUEUE_NAME)
-        .attributes(
-            QueueAttributeName::VisibilityTimeout,
-            visibility.as_secs().to_string(),
-        )
-        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "CreateQueue: {}",
-                aws_sdk_sqs::error::DisplayErrorContext(&e)
+    let mut urls = Vec::new();
+    for name in [QUEUE_NAME, BULK_QUEUE_NAME] {
+        let url = sqs
+            .create_queue()
+            .queue_name(name)
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility.as_secs().to_string(),
             )
-        })?
-        .queue_url
-        .unwrap_or_default();
-    Ok((queue_url, dlq_url))
+            .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+            .send()
+            .await
+            .map_err(err)?
+            .queue_url
+            .unwrap_or_default();
+        urls.push(url);
+    }
+    let bulk = urls.pop().unwrap_or_default();
+    let jobs = urls.pop().unwrap_or_default();
+    Ok(Queues {
+        jobs,
+        bulk,
+        dlq: dlq_url,
+    })
 }
 
 /// The worker's cascade in the local stack, configured by `vars` exactly as in AWS
@@ -532,7 +558,8 @@ impl Stack {
             stopped(shutdown_rx.clone()),
         )));
         let sqs = aws_sdk_sqs::Client::from_conf(sqs_config(&sqs_url).build());
-        let (queue_url, dlq_url) = create_queues(&sqs, options.visibility_timeout).await?;
+        let queues = create_queues(&sqs, options.visibility_timeout).await?;
+        let (queue_url, bulk_queue_url, dlq_url) = (queues.jobs, queues.bulk, queues.dlq);
 
         // moto's queues live in memory: queue again what a previous run left pending.
         let requeued = requeue_pending(
@@ -560,6 +587,7 @@ impl Stack {
             enrichments: Enrichments::new(store.clone(), config.clone()),
             people: People::new(store.clone()),
             queue: SqsJobQueue::new(sqs.clone(), queue_url.clone()),
+            bulk_queue: SqsJobQueue::new(sqs.clone(), bulk_queue_url.clone()),
             jwks: devkey::jwks(&dev_key)?,
         });
         let signal = stopped(shutdown_rx.clone());
@@ -569,18 +597,31 @@ impl Stack {
 
         // SQS event source for the worker.
         if options.local_worker {
-            let worker = Worker::new(store.clone(), cascade, config.clone()).with_queue(
-                SqsJobQueue::new(sqs.clone(), queue_url.clone())
-                    .with_retry_base(Duration::from_secs(2)),
-            );
-            let poller = poller::Poller {
-                sqs: sqs.clone(),
-                queue_url: queue_url.clone(),
-                visibility_timeout: options.visibility_timeout,
-                worker: Arc::new(worker),
-            };
-            for _ in 0..options.worker_concurrency.max(1) {
-                tasks.push(tokio::spawn(poller.clone().run(shutdown_rx.clone())));
+            let worker = Worker::new(store.clone(), cascade, config.clone())
+                .with_queue(
+                    SqsJobQueue::new(sqs.clone(), queue_url.clone())
+                        .with_retry_base(Duration::from_secs(2)),
+                )
+                .with_bulk_queue(
+                    SqsJobQueue::new(sqs.clone(), bulk_queue_url.clone())
+                        .with_retry_base(Duration::from_secs(2)),
+                );
+            let worker = Arc::new(worker);
+            // One event source mapping per queue, each with its own concurrency, as in
+            // template.yaml: a bulk's backlog never stands in front of single jobs.
+            for (url, concurrency) in [
+                (&queue_url, options.worker_concurrency),
+                (&bulk_queue_url, options.bulk_concurrency),
+            ] {
+                let poller = poller::Poller {
+                    sqs: sqs.clone(),
+                    queue_url: url.clone(),
+                    visibility_timeout: options.visibility_timeout,
+                    worker: worker.clone(),
+                };
+                for _ in 0..concurrency.max(1) {
+                    tasks.push(tokio::spawn(poller.clone().run(shutdown_rx.clone())));
+                }
             }
         }
 
@@ -590,6 +631,7 @@ impl Stack {
             sqs_url,
             table_name: TABLE_NAME.into(),
             queue_url,
+            bulk_queue_url,
             dlq_url,
             dev_key_path: dev_key,
             simulator_url: simulator_url.clone(),

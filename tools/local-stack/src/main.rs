@@ -2,7 +2,8 @@
 //! Ctrl-C. Environment, read through the functions' settings reader (blank: unset; a bad value
 //! stops it with an error naming the variable): `PORT` (3000; 0 to 65535, 0: any free port),
 //! `ENRICHMENT_MAX_AGE_SECONDS` (800; 60 to 835, as in AWS), `LOCAL_WORKER` (on; `off` leaves
-//! jobs queued), `LOCAL_WORKER_CONCURRENCY` (5; 1 to 1000), `LOCAL_STATE_DIR` (`.local`),
+//! jobs queued), `LOCAL_WORKER_CONCURRENCY` (5; 1 to 1000), `LOCAL_BULK_CONCURRENCY` (2; 1 to 1000, the
+//! bulk queue's pollers), `LOCAL_STATE_DIR` (`.local`),
 //! `SIMULATOR_CONFIG` (a JSON file of per-provider latency and failure rates), and the
 //! functions' settings of README's "Configuration" table, such as the worker's cascade
 //! (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`, `PROVIDER_TIMEOUT_SECONDS`...).
@@ -28,6 +29,8 @@ fn options(root: &std::path::Path, vars: Vars<'static>) -> Result<Options, Confi
         options.worker_concurrency,
         1..=1000,
     )?;
+    options.bulk_concurrency =
+        vars.number("LOCAL_BULK_CONCURRENCY", options.bulk_concurrency, 1..=1000)?;
     if let Some(path) = vars.string("SIMULATOR_CONFIG") {
         options.simulator_config = Some(PathBuf::from(path));
     }

@@ -80,6 +80,11 @@ impl Poller {
                     })
                     .unwrap_or_else(HashMap::new);
                 record.event_source = Some("aws:sqs".into());
+                record.event_source_arn = Some(format!(
+                    "arn:aws:sqs:{}:000000000000:{}",
+                    crate::LOCAL_REGION,
+                    self.queue_url.rsplit('/').next().unwrap_or_default()
+                ));
                 record
             })
             .collect();

@@ -361,6 +361,14 @@ impl JobQueue for BrokenQueue {
     async fn enqueue(&self, _: &Job) -> Result<(), QueueError> {
         Err(QueueError("connection refused".into()))
     }
+
+    async fn enqueue_held(
+        &self,
+        _: &[Job],
+        _: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), QueueError> {
+        Err(QueueError("connection refused".into()))
+    }
 }
 
 #[tokio::test]

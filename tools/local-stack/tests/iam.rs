@@ -1901,6 +1901,14 @@ impl JobQueue for Accepted {
     async fn enqueue(&self, _: &Job) -> Result<(), QueueError> {
         Ok(())
     }
+
+    async fn enqueue_held(
+        &self,
+        _: &[Job],
+        _: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), QueueError> {
+        Ok(())
+    }
 }
 
 fn cascade(providers: Vec<Arc<Scripted>>) -> Cascade {

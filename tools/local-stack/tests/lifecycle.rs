@@ -101,6 +101,15 @@ impl JobQueue for Recorded {
         self.0.lock().unwrap().push(job.clone());
         Ok(())
     }
+
+    async fn enqueue_held(
+        &self,
+        jobs: &[Job],
+        _: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), QueueError> {
+        self.0.lock().unwrap().extend_from_slice(jobs);
+        Ok(())
+    }
 }
 
 #[tokio::test]
