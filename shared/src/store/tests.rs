@@ -425,3 +425,173 @@ async fn a_deletion_read_before_a_new_enrichment_cannot_commit() {
     );
     assert_eq!(ledger(&store, 10).await, (10, vec![-5, 5]));
 }
+
+fn planned(person_id: Uuid, replaces: Option<EnrichmentRecord>) -> PlannedEnrichment {
+    PlannedEnrichment {
+        enrichment: new_enrichment(person_id, now()),
+        replaces,
+    }
+}
+
+async fn people(store: &Store, count: usize) -> Vec<Person> {
+    let mut people = Vec::with_capacity(count);
+    for _ in 0..count {
+        people.push(person(store).await);
+    }
+    people
+}
+
+async fn current(store: &Store, person_id: Uuid) -> Option<EnrichmentRecord> {
+    store
+        .get_enrichment(ORG, person_id, Field::Emails)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_full_chunk_creates_and_charges_every_enrichment_with_one_debit() {
+    let store = table().await;
+    let people = people(&store, CHUNK).await;
+    store.grant_credits(ORG, 200).await.unwrap();
+    let chunk: Vec<_> = people.iter().map(|p| planned(p.id, None)).collect();
+    // 3 × 33 + 1 = 100 items: the transaction limit, reached and not passed.
+    assert_eq!(
+        store.create_enrichments(&chunk, 5).await.unwrap(),
+        ChunkOutcome::Created
+    );
+    let (balance, amounts) = ledger(&store, 200).await;
+    assert_eq!(balance, 200 - 5 * CHUNK as i64);
+    assert_eq!(amounts, vec![-5; CHUNK]);
+    for planned in &chunk {
+        let record = current(&store, planned.enrichment.entity_id).await.unwrap();
+        assert_eq!(record.enrichment, planned.enrichment);
+        assert_eq!(record.credits_charged, 5);
+    }
+    let one_more = planned(Uuid::new_v4(), None);
+    let too_many: Vec<_> = chunk.iter().cloned().chain([one_more]).collect();
+    assert!(matches!(
+        store.create_enrichments(&too_many, 5).await,
+        Err(StoreError::Shape(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_chunk_the_balance_does_not_cover_writes_nothing() {
+    let store = table().await;
+    let people = people(&store, 3).await;
+    store.grant_credits(ORG, 14).await.unwrap();
+    let chunk: Vec<_> = people.iter().map(|p| planned(p.id, None)).collect();
+    assert_eq!(
+        store.create_enrichments(&chunk, 5).await.unwrap(),
+        ChunkOutcome::InsufficientCredits
+    );
+    assert_eq!(ledger(&store, 14).await, (14, vec![]));
+    for person in &people {
+        assert_eq!(current(&store, person.id).await, None);
+    }
+}
+
+#[tokio::test]
+async fn a_chunk_over_a_changed_item_or_a_gone_person_writes_nothing_and_says_which() {
+    let store = table().await;
+    let (taken, existing) = charged(&store).await;
+    let free = person(&store).await;
+    // The batch read no enrichment of `taken`, but a single POST created one meanwhile.
+    let chunk = vec![planned(free.id, None), planned(taken.id, None)];
+    let ChunkOutcome::Changed(changed) = store.create_enrichments(&chunk, 5).await.unwrap() else {
+        panic!("the changed item was not reported")
+    };
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].0, 1);
+    assert_eq!(changed[0].1.as_ref().unwrap().enrichment, existing);
+    assert_eq!(current(&store, free.id).await, None);
+    let gone = Uuid::new_v4();
+    let chunk = vec![planned(free.id, None), planned(gone, None)];
+    assert_eq!(
+        store.create_enrichments(&chunk, 5).await.unwrap(),
+        ChunkOutcome::PersonNotFound(vec![gone])
+    );
+    assert_eq!(current(&store, free.id).await, None);
+    assert_eq!(ledger(&store, 10).await, (5, vec![-5]));
+}
+
+#[tokio::test]
+async fn an_undo_leaves_the_table_and_the_ledger_as_before_the_chunk() {
+    let store = table().await;
+    let (again, first) = charged(&store).await;
+    let failed = store
+        .fail_and_refund(&first, 5, "provider down", &now())
+        .await
+        .unwrap();
+    let fresh = person(&store).await;
+    let before = ledger(&store, 10).await;
+    assert_eq!(before, (10, vec![-5, 5]));
+    let replaced = current(&store, again.id).await.unwrap();
+    assert_eq!(replaced.enrichment, failed);
+    let chunk = vec![
+        planned(again.id, Some(replaced.clone())),
+        planned(fresh.id, None),
+    ];
+    assert_eq!(
+        store.create_enrichments(&chunk, 5).await.unwrap(),
+        ChunkOutcome::Created
+    );
+    assert_eq!(ledger(&store, 10).await.0, 0);
+    store.undo_enrichments(&chunk, 5).await.unwrap();
+    assert_eq!(
+        ledger(&store, 10).await,
+        before,
+        "no charge, no refund left"
+    );
+    assert_eq!(current(&store, again.id).await, Some(replaced));
+    assert_eq!(current(&store, fresh.id).await, None);
+    // An ended enrichment replaced under the batch is not what it read: refused, nothing written.
+    let stale = EnrichmentRecord {
+        enrichment: new_enrichment(again.id, now()),
+        credits_charged: 5,
+        providers_answered: Vec::new(),
+    };
+    let ChunkOutcome::Changed(changed) = store
+        .create_enrichments(&[planned(again.id, Some(stale))], 5)
+        .await
+        .unwrap()
+    else {
+        panic!("an item other than the one read was replaced")
+    };
+    assert_eq!(changed[0].1.as_ref().unwrap().enrichment, failed);
+}
+
+#[tokio::test]
+async fn an_undo_refuses_an_enrichment_a_worker_claimed() {
+    let store = table().await;
+    let person = person(&store).await;
+    store.grant_credits(ORG, 10).await.unwrap();
+    let chunk = vec![planned(person.id, None)];
+    store.create_enrichments(&chunk, 5).await.unwrap();
+    let job = Job::from(&chunk[0].enrichment);
+    let until = timestamp(Utc::now() + chrono::Duration::seconds(30));
+    assert!(matches!(
+        store.claim(&job, "worker", &now(), &until).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+    assert!(store.undo_enrichments(&chunk, 5).await.is_err());
+    assert_eq!(ledger(&store, 10).await, (5, vec![-5]));
+}
+
+#[tokio::test]
+async fn existing_people_reads_only_the_orgs_people() {
+    let store = table().await;
+    let people = people(&store, 2).await;
+    let unknown = Uuid::new_v4();
+    let ids: Vec<Uuid> = people.iter().map(|p| p.id).chain([unknown]).collect();
+    let found = store.existing_people(ORG, &ids).await.unwrap();
+    assert_eq!(found.len(), 2);
+    assert!(!found.contains(&unknown));
+    assert!(
+        store
+            .existing_people("org_other", &ids)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
