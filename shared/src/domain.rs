@@ -258,6 +258,15 @@ pub struct Job {
     pub field: Field,
 }
 
+/// Jobs sent together in one SQS message by a batch or bulk enrichment, held until the request
+/// can no longer write (`{"jobs": [Job, ...]}`); the worker sends each on as its own message
+/// ([`crate::queue::SqsJobQueue::enqueue_all`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobBatch {
+    /// The jobs, at most [`crate::queue::JOBS_PER_MESSAGE`].
+    pub jobs: Vec<Job>,
+}
+
 impl From<&Enrichment> for Job {
     fn from(e: &Enrichment) -> Self {
         Job {

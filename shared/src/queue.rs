@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{ConfigError, QueueSettings, Vars};
-use crate::domain::Job;
+use crate::domain::{Job, JobBatch};
 
 /// A failed enqueue, after the SDK's own retries.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,8 @@ pub trait JobQueue: Send + Sync {
 
     /// Sends `jobs`, none to run before `not_before` (the batch and bulk routes send their
     /// jobs before writing the enrichments, held until the request can no longer write: see
-    /// [`crate::batch`]).
+    /// [`crate::batch`]). SQS: the jobs go in [`JobBatch`] messages that the worker turns into
+    /// one message per job once the hold ends.
     ///
     /// Errors: a job could not be sent after the SDK's retries (some may have been sent: a job
     /// whose enrichment does not exist when it runs is dropped by the worker).
@@ -50,6 +51,13 @@ fn delay_seconds(not_before: DateTime<Utc>) -> i32 {
     let seconds = (millis + 999) / 1000;
     i32::try_from(seconds.min(crate::budget::MAX_SQS_DELAY.as_secs() as i64)).unwrap_or(900)
 }
+
+/// How many `SendMessageBatch` (or `StartExecution`) calls a fan-out has in flight at once.
+pub const SEND_CONCURRENCY: usize = 10;
+
+/// The most jobs one [`JobBatch`] message holds: 500 jobs of at most about 250 bytes each
+/// (an org id is at most 128 characters) stay well within SQS's 256 KiB message.
+pub const JOBS_PER_MESSAGE: usize = 500;
 
 /// How many times `SendMessageBatch` entries that failed (a partial batch failure) are sent
 /// again before the send is given up.
@@ -169,17 +177,44 @@ impl JobQueue for SqsJobQueue {
         self.send(job, 0).await
     }
 
-    /// `SendMessageBatch`, 10 jobs a call (its limit), each with `DelaySeconds` until
-    /// `not_before`; the entries of a partial batch failure are sent again, up to
-    /// [`BATCH_SEND_ATTEMPTS`] times (AWS docs, `SendMessageBatch`).
+    /// One `SendMessage` per [`JOBS_PER_MESSAGE`] jobs, a [`JobBatch`] held with
+    /// `DelaySeconds` until `not_before`: a bulk of 1000 is two calls on the request's path.
     async fn enqueue_held(
         &self,
         jobs: &[Job],
         not_before: DateTime<Utc>,
     ) -> Result<(), QueueError> {
+        let delay = delay_seconds(not_before);
+        for group in jobs.chunks(JOBS_PER_MESSAGE) {
+            let body = serde_json::to_string(&JobBatch {
+                jobs: group.to_vec(),
+            })
+            .map_err(|e| QueueError(e.to_string()))?;
+            self.client
+                .send_message()
+                .queue_url(&self.queue_url)
+                .message_body(body)
+                .delay_seconds(delay)
+                .send()
+                .await
+                .map_err(|e| QueueError(DisplayErrorContext(&e).to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl SqsJobQueue {
+    /// Sends each of `jobs` as its own message, to run at once: `SendMessageBatch`, 10 jobs a
+    /// call (its limit), [`SEND_CONCURRENCY`] calls in flight; the entries of a partial batch
+    /// failure are sent again, up to [`BATCH_SEND_ATTEMPTS`] times (AWS docs,
+    /// `SendMessageBatch`). The worker's fan-out of a [`JobBatch`].
+    ///
+    /// Errors: a call failed, or entries were still refused after the last attempt (some jobs
+    /// may have been sent: a job sent twice runs once, its claim sees to it).
+    pub async fn enqueue_all(&self, jobs: &[Job]) -> Result<(), QueueError> {
+        let mut in_flight = tokio::task::JoinSet::new();
         for group in jobs.chunks(10) {
-            let delay = delay_seconds(not_before);
-            let mut entries = group
+            let entries = group
                 .iter()
                 .enumerate()
                 .map(|(i, job)| {
@@ -187,33 +222,49 @@ impl JobQueue for SqsJobQueue {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(body)
-                        .delay_seconds(delay)
                         .build()
                         .map_err(|e| QueueError(e.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            for attempt in 1..=BATCH_SEND_ATTEMPTS {
-                let output = self
-                    .client
-                    .send_message_batch()
-                    .queue_url(&self.queue_url)
-                    .set_entries(Some(entries.clone()))
-                    .send()
-                    .await
-                    .map_err(|e| QueueError(DisplayErrorContext(&e).to_string()))?;
-                let failed: Vec<&str> = output.failed().iter().map(|f| f.id()).collect();
-                if failed.is_empty() {
-                    break;
-                }
-                if attempt == BATCH_SEND_ATTEMPTS {
-                    return Err(QueueError(format!(
-                        "SendMessageBatch left {} jobs unsent: {:?}",
-                        failed.len(),
-                        output.failed()
-                    )));
-                }
-                entries.retain(|entry| failed.contains(&entry.id()));
+            if in_flight.len() == SEND_CONCURRENCY
+                && let Some(done) = in_flight.join_next().await
+            {
+                done.map_err(|e| QueueError(e.to_string()))??;
             }
+            in_flight.spawn(self.clone().send_batch(entries));
+        }
+        while let Some(done) = in_flight.join_next().await {
+            done.map_err(|e| QueueError(e.to_string()))??;
+        }
+        Ok(())
+    }
+
+    /// One `SendMessageBatch` of `entries`, its failed entries sent again.
+    async fn send_batch(
+        self,
+        mut entries: Vec<SendMessageBatchRequestEntry>,
+    ) -> Result<(), QueueError> {
+        for attempt in 1..=BATCH_SEND_ATTEMPTS {
+            let output = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries.clone()))
+                .send()
+                .await
+                .map_err(|e| QueueError(DisplayErrorContext(&e).to_string()))?;
+            let failed: Vec<&str> = output.failed().iter().map(|f| f.id()).collect();
+            if failed.is_empty() {
+                return Ok(());
+            }
+            if attempt == BATCH_SEND_ATTEMPTS {
+                return Err(QueueError(format!(
+                    "SendMessageBatch left {} jobs unsent: {:?}",
+                    failed.len(),
+                    output.failed()
+                )));
+            }
+            entries.retain(|entry| failed.contains(&entry.id()));
         }
         Ok(())
     }
@@ -277,21 +328,32 @@ impl JobQueue for StepFunctionsJobQueue {
         self.start(job, input).await
     }
 
-    /// One `StartExecution` per job (Step Functions has no batch start), each input carrying
-    /// `notBefore`, which the state machine's `Hold` state waits for.
+    /// One `StartExecution` per job (Step Functions has no batch start), [`SEND_CONCURRENCY`]
+    /// in flight, each input carrying `notBefore`, which the state machine's `Hold` state
+    /// waits for.
     async fn enqueue_held(
         &self,
         jobs: &[Job],
         not_before: DateTime<Utc>,
     ) -> Result<(), QueueError> {
         let not_before = crate::domain::timestamp(not_before);
+        let mut in_flight = tokio::task::JoinSet::new();
         for job in jobs {
             let input = serde_json::to_string(&HeldJob {
                 job,
                 not_before: not_before.clone(),
             })
             .map_err(|e| QueueError(e.to_string()))?;
-            self.start(job, input).await?;
+            if in_flight.len() == SEND_CONCURRENCY
+                && let Some(done) = in_flight.join_next().await
+            {
+                done.map_err(|e| QueueError(e.to_string()))??;
+            }
+            let (queue, job) = (self.clone(), job.clone());
+            in_flight.spawn(async move { queue.start(&job, input).await });
+        }
+        while let Some(done) = in_flight.join_next().await {
+            done.map_err(|e| QueueError(e.to_string()))??;
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::budget;
 use crate::config::Config;
 use crate::domain::{
-    ContactPoint, Enrichment, Field, Job, Person, Status, timestamp, timestamp_before,
+    ContactPoint, Enrichment, Field, Job, JobBatch, Person, Status, timestamp, timestamp_before,
 };
 use crate::identity::fingerprint;
 use crate::providers::PersonQuery;
@@ -67,6 +67,10 @@ pub enum JobError {
     /// DynamoDB failed; the claim was given up so that a redelivery can run the job.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A batch's jobs could not all be sent on: the message is retried (a job sent twice runs
+    /// once).
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
     /// A job handed over directly (Step Functions) must run again later: the state machine's
     /// retry policy does it.
     #[error("job deferred for {0:?}: another worker holds it or runs the same person")]
@@ -506,6 +510,18 @@ impl Worker {
         }
     }
 
+    /// Sends each job of a batch or bulk's [`JobBatch`] on as its own message of the queue it
+    /// came from, now that its hold has ended (see [`crate::batch`]). A job whose enrichment
+    /// was never written, or was undone, is dropped when it runs.
+    async fn fan_out(&self, batch: &JobBatch, queue: Option<&SqsJobQueue>) -> Result<(), JobError> {
+        let queue = queue.ok_or_else(|| {
+            JobError::BadMessage("a job batch came without a queue to send its jobs to".into())
+        })?;
+        queue.enqueue_all(&batch.jobs).await?;
+        tracing::info!(jobs = batch.jobs.len(), "sent a batch's jobs on");
+        Ok(())
+    }
+
     /// The last receive of a job failed too: its message goes to the DLQ (and raises the alarm),
     /// so the enrichment, if still pending, ends `failed` with its credits refunded rather than
     /// waiting for the lazy timeout. Best effort: a store that still fails leaves that to the
@@ -561,8 +577,16 @@ impl Worker {
                         queue,
                         receipt_handle,
                     });
-            let result = serde_json::from_str::<Job>(record.body.as_deref().unwrap_or_default())
-                .map_err(|e| JobError::BadMessage(e.to_string()));
+            let body = record.body.as_deref().unwrap_or_default();
+            let result = serde_json::from_str::<Job>(body);
+            if let (Err(_), Ok(batch)) = (&result, serde_json::from_str::<JobBatch>(body)) {
+                if let Err(e) = self.fan_out(&batch, queue).await {
+                    tracing::error!(message_id = %message_id, error = %e, "could not send a batch's jobs on");
+                    response.add_failure(message_id);
+                }
+                continue;
+            }
+            let result = result.map_err(|e| JobError::BadMessage(e.to_string()));
             let (job, result) = match result {
                 Ok(job) => {
                     let result = self.run_delivered(&job, deadline, delivery.as_ref()).await;
