@@ -564,7 +564,10 @@ impl Worker {
     /// failures (by `messageId`); the others are deleted by the event source mapping. A deferred
     /// job is sent again with a delay (`SendMessage`, `DelaySeconds`) and its record deleted, so
     /// that waiting never counts against the queue's maximum receive count; when that send
-    /// fails, the record is reported failed and comes back after the retry delay.
+    /// fails, the record is reported failed and comes back after the retry delay. A record
+    /// holding a batch or bulk's [`JobBatch`] is fanned out to one message per job on the queue
+    /// it came from; when that keeps failing, its last receive ends the jobs' enrichments
+    /// `failed`, refunded, as for a job.
     pub async fn run_batch(&self, records: &[SqsMessage], deadline: Instant) -> SqsBatchResponse {
         let mut response = SqsBatchResponse::default();
         for record in records {
@@ -579,9 +582,25 @@ impl Worker {
                     });
             let body = record.body.as_deref().unwrap_or_default();
             let result = serde_json::from_str::<Job>(body);
+            let receives: u32 = record
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|count| count.parse().ok())
+                .unwrap_or(1);
             if let (Err(_), Ok(batch)) = (&result, serde_json::from_str::<JobBatch>(body)) {
                 if let Err(e) = self.fan_out(&batch, queue).await {
-                    tracing::error!(message_id = %message_id, error = %e, "could not send a batch's jobs on");
+                    tracing::error!(message_id = %message_id, receives, error = %e, "could not send a batch's jobs on");
+                    if receives >= self.config.max_receives {
+                        // The message goes to the DLQ: its enrichments end `failed`, refunded.
+                        for job in &batch.jobs {
+                            self.give_up(job).await;
+                        }
+                    } else if let Some(delivery) = &delivery {
+                        delivery
+                            .queue
+                            .retry_later(delivery.receipt_handle, receives)
+                            .await;
+                    }
                     response.add_failure(message_id);
                 }
                 continue;
@@ -607,11 +626,6 @@ impl Worker {
                 (result, _, _) => result,
             };
             if let Err(e) = result {
-                let receives: u32 = record
-                    .attributes
-                    .get("ApproximateReceiveCount")
-                    .and_then(|count| count.parse().ok())
-                    .unwrap_or(1);
                 tracing::error!(message_id = %message_id, receives, error = %e, "job failed");
                 if let Some(job) = job.filter(|_| receives >= self.config.max_receives) {
                     self.give_up(&job).await;
