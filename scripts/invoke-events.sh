@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Runs every sample event in events/ through the real function binaries (trigger, status,
-# worker) served by `cargo lambda watch`, against a private local stack, and checks each answer.
+# people, batch, worker) served by `cargo lambda watch`, against a private local stack, and
+# checks each answer.
 #
 #   1. starts target/debug/local-stack on a free loopback port, state in a fresh temp folder,
 #      with its own worker off (jobs stay queued, so the answers do not depend on timing);
 #   2. grants 100 credits to org_demo, imports tools/local-stack/fixtures/people.csv and mints a
 #      token for user_demo in org_demo; in temp copies of the events, the first imported id
-#      (Ada Quill, whom the simulator knows) replaces {{PERSON_ID}}, the token {{TOKEN}}, and
-#      the id trigger-post answers {{ENRICHMENT_ID}};
+#      (Ada Quill, whom the simulator knows) replaces {{PERSON_ID}}, the next ones
+#      {{PERSON_ID_2}} to {{PERSON_ID_4}}, the token {{TOKEN}}, and the id trigger-post answers
+#      {{ENRICHMENT_ID}};
 #   3. starts `cargo lambda watch` on another free loopback port with the functions' environment
 #      pointed at the stack (DynamoDB, SQS, the dev JWKS, the provider simulator);
 #   4. invokes each event, checks the answer, prints a table; exits 1 on any mismatch;
@@ -164,21 +166,29 @@ dynamodb_url="$(stack_field dynamodbUrl)"
 sqs_url="$(stack_field sqsUrl)"
 table_name="$(stack_field tableName)"
 queue_url="$(stack_field queueUrl)"
+bulk_queue_url="$(stack_field bulkQueueUrl)"
+[[ -n "${bulk_queue_url}" ]] || die "stack.json has no bulkQueueUrl"
 simulator_url="$(stack_field simulatorUrl)"
 [[ -n "${simulator_url}" ]] || die "stack.json has no simulatorUrl"
 
 enrichctl() { "${CARGO_TARGET_DIR:-target}/debug/enrichctl" --state-dir "${state}" "$@"; }
 enrichctl credits grant --org "${ORG}" --amount "${CREDITS}" >/dev/null
 enrichctl people import --org "${ORG}" tools/local-stack/fixtures/people.csv >"${work}/people.txt"
-person_id="$(head -n1 "${work}/people.txt")"
-[[ "${person_id}" =~ ^[0-9a-f-]{36}$ ]] || die "people import printed no person id"
+mapfile -t imported <"${work}/people.txt"
+((${#imported[@]} >= 4)) || die "people import printed fewer than 4 person ids"
+for id in "${imported[@]:0:4}"; do
+    [[ "${id}" =~ ^[0-9a-f-]{36}$ ]] || die "people import printed ${id:-nothing}, not a person id"
+done
+person_id="${imported[0]}"
 token="$(enrichctl token --user "${USER_ID}" --org "${ORG}" --expires-in 3600)"
 
 # Writes the temp copy of events/NAME.json with the placeholders filled in; prints its path.
 render() {
     local out="${work}/events/$1.json"
-    sed -e "s/{{PERSON_ID}}/${person_id}/g" -e "s/{{TOKEN}}/${token}/g" \
-        -e "s/{{ENRICHMENT_ID}}/${first_id}/g" "events/$1.json" >"${out}"
+    sed -e "s/{{PERSON_ID}}/${person_id}/g" -e "s/{{PERSON_ID_2}}/${imported[1]}/g" \
+        -e "s/{{PERSON_ID_3}}/${imported[2]}/g" -e "s/{{PERSON_ID_4}}/${imported[3]}/g" \
+        -e "s/{{TOKEN}}/${token}/g" -e "s/{{ENRICHMENT_ID}}/${first_id}/g" \
+        "events/$1.json" >"${out}"
     printf '%s\n' "${out}"
 }
 first_id=""
@@ -188,7 +198,7 @@ watch_port="$(free_port)"
 log "starting cargo lambda watch on 127.0.0.1:${watch_port}"
 (
     unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL
-    export TABLE_NAME="${table_name}" QUEUE_URL="${queue_url}"
+    export TABLE_NAME="${table_name}" QUEUE_URL="${queue_url}" BULK_QUEUE_URL="${bulk_queue_url}"
     export AUTH_JWKS_URL="${gateway_url}/.well-known/jwks.json" AUTH_ISSUER="${gateway_url}"
     export AWS_ENDPOINT_URL_DYNAMODB="${dynamodb_url}" AWS_ENDPOINT_URL_SQS="${sqs_url}"
     export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
@@ -205,8 +215,9 @@ wait_for_port "${watch_port}" "${watch_pid}" "${READY_TIMEOUT}" "cargo lambda wa
 
 # ---------------------------------------------------------------- invoke and check
 # Prints what an answer says, as one comparable line: `STATUS CODE-OR-STATE` for an API
-# Gateway response (with `dataFound=` once finished), `failures=N` for an SQS batch response,
-# `outcome=X` for a single job; the enrichment id (if any) on a second line.
+# Gateway response (with `dataFound=` once finished; `[STATE,...]` for an array of enrichments,
+# as the batch routes answer), `failures=N` for an SQS batch response, `outcome=X` for a single
+# job; the enrichment id (if any) on a second line.
 summarize() {
     python3 - "$1" <<'PY'
 import json, sys
@@ -221,6 +232,11 @@ if isinstance(answer, dict) and "statusCode" in answer:
         body = json.loads(answer.get("body") or "null")
     except ValueError:
         body = None
+    if isinstance(body, list):
+        states = [item.get("status", "?") if isinstance(item, dict) else "?" for item in body]
+        print(f"{answer['statusCode']} [{','.join(states)}]")
+        print("")
+        sys.exit(0)
     body = body if isinstance(body, dict) else {}
     error = body.get("error") if isinstance(body.get("error"), dict) else {}
     what = error.get("code") or body.get("status") or "-"
@@ -297,12 +313,19 @@ check status-get status "200 pending" same-id
 check status-bad-field status "400 VALIDATION_ERROR"
 # trigger-post charged one emails enrichment; the replay cost nothing.
 check_balance "(credits balance)" "$((CREDITS - EMAIL_COST))"
-# Its enrichment ids exist in no table: both jobs are acknowledged, none is retried.
-check batch-query batch "200 -"
+# The emails enrichment trigger-post created (the summary task is not asked for).
+check batch-query batch "200 [pending]"
+# A new enrichment of the second person, charged; its job is held in the bulk queue.
+check batch-enrich batch "200 [pending]"
+# Ada's pending enrichment reused free, the third person's created and charged, the fourth
+# excluded.
+check bulk-enrich batch "200 [pending,pending]"
+check_balance "(credits balance)" "$((CREDITS - 3 * EMAIL_COST))"
 check people-create people "201 -"
 check people-get people "200 -"
 check people-list people "200 -"
 check people-bad-body people "400 VALIDATION_ERROR"
+# Its enrichment ids exist in no table: both jobs are acknowledged, none is retried.
 check worker-sqs-batch worker "failures=0"
 # The job trigger-post queued, as the Step Functions task passes it: the worker asks the
 # simulated providers, which know Ada Quill. (cargo-lambda 1.9.2's emulator sends
@@ -311,7 +334,7 @@ check worker-sqs-batch worker "failures=0"
 check worker-job worker "outcome=finished"
 check status-get status "200 finished dataFound=true" same-id
 # A finished enrichment keeps its charge.
-check_balance "(credits balance)" "$((CREDITS - EMAIL_COST))"
+check_balance "(credits balance)" "$((CREDITS - 3 * EMAIL_COST))"
 
 printf '%-22s %-8s %-37s %-37s %5s  %s\n' event function expected got time result
 printf '%s\n' "${rows[@]}"

@@ -336,7 +336,12 @@ impl JobQueue for StepFunctionsJobQueue {
         jobs: &[Job],
         not_before: DateTime<Utc>,
     ) -> Result<(), QueueError> {
-        let not_before = crate::domain::timestamp(not_before);
+        // A Wait state reads whole seconds (AWS docs, "Wait workflow state"): rounded up, so the
+        // hold never ends early.
+        let millis = not_before.timestamp_subsec_millis();
+        let not_before = crate::domain::timestamp(
+            not_before + chrono::Duration::milliseconds(i64::from((1000 - millis) % 1000)),
+        );
         let mut in_flight = tokio::task::JoinSet::new();
         for job in jobs {
             let input = serde_json::to_string(&HeldJob {

@@ -874,7 +874,10 @@ async fn a_bulk_of_a_whole_selection_takes_the_people_list_across_pages() {
     let created: HashSet<Uuid> = ids.into_iter().collect();
     assert_eq!(listed.len(), 1500);
     assert!(listed.iter().all(|id| created.contains(id)));
-    assert!(ids_of(&answer) == listed[400..1400], "not the list's 400..1400");
+    assert!(
+        ids_of(&answer) == listed[400..1400],
+        "not the list's 400..1400"
+    );
     assert_eq!(ledger(&stack.store, ORG, 10_000).await.0, 5000);
     assert_eq!(queued(&stack).await, 2, "two held messages of 500 jobs");
     stack.shutdown().await;

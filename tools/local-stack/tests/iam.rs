@@ -1,10 +1,11 @@
 //! Least privilege, derived from the code. The emulators have no IAM, so nothing else here would
 //! notice a function whose role misses an action it uses (or holds one it never uses).
 //!
-//! Every AWS request the three functions make is recorded by an SDK interceptor on their
-//! DynamoDB, SQS, Step Functions and Secrets Manager clients, while each function's scenarios run
-//! through the same code as the Lambdas ([`Enrichments::trigger`], [`Enrichments::status`],
-//! [`Worker::handle`], [`resolve_api_keys`]) against a private local stack. Each request is mapped
+//! Every AWS request the functions make is recorded by an SDK interceptor on their DynamoDB, SQS,
+//! Step Functions and Secrets Manager clients, while each function's scenarios run through the
+//! same code as the Lambdas ([`Enrichments::trigger`], [`Enrichments::status`],
+//! [`Enrichments::query`], [`Enrichments::enrich_batch`], [`Enrichments::enrich_bulk`],
+//! [`People`], [`Worker::handle`], [`resolve_api_keys`]) against a private local stack. Each request is mapped
 //! to the IAM actions that authorize it and to the template resource it touched ([`permissions`]).
 //! `template.yaml` is then read for what each function's role allows, once per orchestrator
 //! (`Orchestrator=sqs`, the default, and `stepfunctions`), and the two must agree both ways:
@@ -14,7 +15,7 @@
 //! Adding a scenario: write an `async fn(env: &Env)` that runs the function under test through
 //! `env` (its clients are the recorded ones) and add one line to [`scenarios`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -30,6 +31,7 @@ use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterce
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use enrichment::auth::Principal;
+use enrichment::batch::{BulkFilters, Selection};
 use enrichment::domain::Job;
 use enrichment::domain::{Enrichment, Field, Person, Status};
 use enrichment::enrichment::{ENQUEUE_FAILED_MESSAGE, Enrichments};
@@ -40,7 +42,7 @@ use enrichment::providers::cascade::Cascade;
 use enrichment::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact};
 use enrichment::queue::{JobQueue, QueueError, SqsJobQueue, StepFunctionsJobQueue};
 use enrichment::secrets::{SECRET_SUFFIX, SecretsClient, resolve_api_keys};
-use enrichment::store::{CacheLease, Store, TIMEOUT_MESSAGE};
+use enrichment::store::{CHUNK, CacheLease, Store, TIMEOUT_MESSAGE};
 use enrichment::worker::{GAVE_UP_MESSAGE, Worker, WorkerEvent};
 use local_stack::{Options, Stack, dynamodb_config, sdk_config, sqs_config};
 use serde_json::{Value as Json, json};
@@ -90,14 +92,15 @@ impl Function {
     }
 }
 
-/// The template's `Orchestrator` parameter: what runs the worker, and what the trigger starts.
+/// The template's `Orchestrator` parameter: what runs the worker, and what the trigger and the
+/// batch function start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Orchestrator {
-    /// The default: the trigger sends to the jobs queue, whose event source mapping feeds the
-    /// worker (`QUEUE_URL` set in both).
+    /// The default: the trigger sends to the jobs queue and the batch function to the bulk jobs
+    /// queue, whose event source mappings feed the worker (`QUEUE_URL`, `BULK_QUEUE_URL`).
     Sqs,
-    /// The trigger starts one execution per enrichment (`STATE_MACHINE_ARN`); the state machine
-    /// invokes the worker with the job (no `QUEUE_URL`).
+    /// The trigger and the batch function start one execution per enrichment
+    /// (`STATE_MACHINE_ARN`); the state machine invokes the worker with the job (no queue).
     StepFunctions,
 }
 
@@ -134,7 +137,8 @@ impl Scenario {
         }
     }
 
-    /// Only for the SQS-fed worker (receive counts, receipt handles).
+    /// Only for the SQS-fed worker (receive counts, receipt handles, the queue a record came
+    /// from).
     fn sqs_only(mut self) -> Self {
         self.orchestrators = &[Orchestrator::Sqs];
         self
@@ -148,6 +152,32 @@ fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario::new(Batch, "query with a stale pending: refunded", |env| {
             Box::pin(batch_query(env))
+        }),
+        Scenario::new(Batch, "batch of new enrichments, two chunks", |env| {
+            Box::pin(batch_new(env))
+        }),
+        Scenario::new(Batch, "batch replay: all existing", |env| {
+            Box::pin(batch_replay(env))
+        }),
+        Scenario::new(Batch, "batch with a stale pending: replaced", |env| {
+            Box::pin(batch_replaces_stale_pending(env))
+        }),
+        Scenario::new(Batch, "batch insufficient credits", |env| {
+            Box::pin(batch_insufficient_credits(env))
+        }),
+        Scenario::new(Batch, "batch unknown person", |env| {
+            Box::pin(batch_unknown_person(env))
+        }),
+        Scenario::new(
+            Batch,
+            "batch's later chunk fails: written chunk undone",
+            |env| Box::pin(batch_undone(env)),
+        ),
+        Scenario::new(Batch, "bulk of a listed selection", |env| {
+            Box::pin(bulk_listed(env))
+        }),
+        Scenario::new(Batch, "bulk of a manual selection", |env| {
+            Box::pin(bulk_manual(env))
         }),
         Scenario::new(People, "create one", |env| Box::pin(people_create(env))),
         Scenario::new(People, "create a batch", |env| Box::pin(people_batch(env))),
@@ -211,6 +241,13 @@ fn scenarios() -> Vec<Scenario> {
         Scenario::new(Worker, "API keys from Secrets Manager", |env| {
             Box::pin(worker_secrets(env))
         }),
+        Scenario::new(Worker, "held bulk job found", |env| {
+            Box::pin(worker_bulk_found(env))
+        }),
+        Scenario::new(Worker, "bulk job, same person running: deferred", |env| {
+            Box::pin(worker_bulk_deferred(env))
+        })
+        .sqs_only(),
     ]
 }
 
@@ -230,6 +267,150 @@ async fn batch_query(env: &Env) {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].status, Status::Timeout);
     env.assert_ledger().await;
+}
+
+/// One more person than a chunk holds: two creating transactions.
+async fn batch_new(env: &Env) {
+    let people = env.add_people(CHUNK + 1).await;
+    let cost = env.config().cost(Field::Emails);
+    env.grant(cost * people.len() as i64).await;
+    let created = env.batch(env.config(), None, &ids(&people)).await.unwrap();
+    assert_eq!(created.len(), people.len());
+    assert!(created.iter().all(|e| e.status == Status::Pending));
+    assert_eq!(env.balance().await, 0);
+    env.assert_ledger().await;
+}
+
+async fn batch_replay(env: &Env) {
+    let people = env.add_people(2).await;
+    env.grant(2 * env.config().cost(Field::Emails)).await;
+    let first = env.batch(env.config(), None, &ids(&people)).await.unwrap();
+    let replay = env.batch(env.config(), None, &ids(&people)).await.unwrap();
+    assert_eq!(ids_of(&replay), ids_of(&first));
+    assert_eq!(env.balance().await, 0, "a replay costs nothing");
+    env.assert_ledger().await;
+}
+
+async fn batch_replaces_stale_pending(env: &Env) {
+    let person = env.person("Ada");
+    let stale = env.pending_job(&person).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let fresh = env
+        .batch(env.config_with_max_age(Duration::ZERO), None, &[person.id])
+        .await
+        .unwrap();
+    assert_ne!(fresh[0].id, stale.enrichment_id);
+    assert_eq!(fresh[0].status, Status::Pending);
+    assert_eq!(
+        env.balance().await,
+        0,
+        "the stale one refunded, the new one charged"
+    );
+    env.assert_ledger().await;
+}
+
+async fn batch_insufficient_credits(env: &Env) {
+    let people = env.add_people(2).await;
+    env.grant(env.config().cost(Field::Emails)).await;
+    let error = env
+        .batch(env.config(), None, &ids(&people))
+        .await
+        .unwrap_err();
+    assert_eq!(error.status_code(), 402);
+    env.assert_nothing_written(&people).await;
+    assert_eq!(env.balance().await, env.config().cost(Field::Emails));
+    env.assert_ledger().await;
+}
+
+async fn batch_unknown_person(env: &Env) {
+    let people = env.add_people(1).await;
+    env.grant(10).await;
+    let error = env
+        .batch(env.config(), None, &[people[0].id, Uuid::new_v4()])
+        .await
+        .unwrap_err();
+    assert_eq!(error.status_code(), 404);
+    env.assert_nothing_written(&people).await;
+    assert_eq!(env.balance().await, 10);
+    env.assert_ledger().await;
+}
+
+/// The second chunk's transaction fails (an outage): the first chunk is undone before the
+/// answer, its new enrichments deleted and the stale one it replaced put back (the undo's
+/// `Delete` and `Put`), the balance credited back.
+async fn batch_undone(env: &Env) {
+    let first = env.person("Ada");
+    let stale = env.pending_job(&first).await;
+    let mut people = vec![first];
+    people.extend(env.add_people(CHUNK).await);
+    let cost = env.config().cost(Field::Emails);
+    env.grant(cost * people.len() as i64).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The lazy timeout of the stale one, the first chunk, then the second chunk fails.
+    let fail = Fail::nth("TransactWriteItems", 3);
+    let error = env
+        .batch(
+            env.config_with_max_age(Duration::ZERO),
+            Some(fail),
+            &ids(&people),
+        )
+        .await
+        .unwrap_err();
+    assert!(error.status_code() >= 500, "{error:?}");
+    let put_back = env.enrichment(people[0].id).await;
+    assert_eq!(
+        (put_back.id, put_back.status),
+        (stale.enrichment_id, Status::Timeout)
+    );
+    env.assert_nothing_written(&people[1..]).await;
+    assert_eq!(
+        env.balance().await,
+        cost * people.len() as i64 + cost,
+        "only the stale one's refund is left"
+    );
+    env.assert_ledger().await;
+}
+
+/// A `bulk` selection: the people list read from the creation-order index (`Query`).
+async fn bulk_listed(env: &Env) {
+    let people = env.add_people(3).await;
+    env.grant(2 * env.config().cost(Field::Emails)).await;
+    let selection = Selection::Bulk {
+        start_index: 0,
+        target_count: 5,
+        excluded: HashSet::from([people[1].id]),
+        filters: BulkFilters {
+            company_domain: Some(env.domain()),
+            ..BulkFilters::default()
+        },
+    };
+    let created = env.bulk(&selection).await.unwrap();
+    let selected: HashSet<Uuid> = created.iter().map(|e| e.entity_id).collect();
+    assert_eq!(selected, HashSet::from([people[0].id, people[2].id]));
+    assert_eq!(env.balance().await, 0);
+    env.assert_ledger().await;
+}
+
+async fn bulk_manual(env: &Env) {
+    let people = env.add_people(3).await;
+    env.grant(2 * env.config().cost(Field::Emails)).await;
+    let selection = Selection::Manual {
+        included: ids(&people),
+        excluded: HashSet::from([people[2].id]),
+    };
+    let created = env.bulk(&selection).await.unwrap();
+    let selected: Vec<Uuid> = created.iter().map(|e| e.entity_id).collect();
+    assert_eq!(selected, [people[0].id, people[1].id]);
+    assert_eq!(env.balance().await, 0);
+    env.assert_ledger().await;
+}
+
+fn ids(people: &[Person]) -> Vec<Uuid> {
+    people.iter().map(|p| p.id).collect()
+}
+
+fn ids_of(enrichments: &[Enrichment]) -> Vec<Uuid> {
+    enrichments.iter().map(|e| e.id).collect()
 }
 
 // ------------------------------------------------------------------------------ people
@@ -631,6 +812,57 @@ async fn worker_secrets(env: &Env) {
     }
 }
 
+/// A batch's job, delivered from the bulk jobs queue (SQS: its heartbeat goes to that queue)
+/// or as the held execution input, `notBefore` included (Step Functions).
+async fn worker_bulk_found(env: &Env) {
+    let person = env.person("Ada");
+    let job = env.pending_job(&person).await;
+    let provider = Scripted::new(Answer::Found(env.email("ada")));
+    let worker = env.worker(env.config(), vec![provider.clone()], None);
+    assert_eq!(
+        env.deliver_held(&worker, &job).await,
+        Delivered::Acknowledged
+    );
+    let done = env.enrichment(person.id).await;
+    assert_eq!(
+        (done.status, done.data_found),
+        (Status::Finished, Some(true))
+    );
+    assert_eq!(provider.calls(), 1);
+    env.assert_ledger().await;
+}
+
+/// A bulk job deferred while another org's job holds the same real person: sent again to the
+/// bulk jobs queue, not the jobs queue.
+async fn worker_bulk_deferred(env: &Env) {
+    let person = env.person("Ada");
+    let job = env.pending_job(&person).await;
+    let now = chrono::Utc::now().timestamp();
+    let lease = env
+        .h
+        .stack
+        .store
+        .acquire_cache_lease(
+            &fingerprint(&person).unwrap(),
+            Field::Emails,
+            "another-enrichment",
+            now,
+            now + 120,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(lease, CacheLease::Acquired));
+    let provider = Scripted::new(Answer::Found(env.email("ada")));
+    let worker = env.worker(env.config(), vec![provider.clone()], None);
+    assert_eq!(
+        env.deliver_held(&worker, &job).await,
+        Delivered::Acknowledged
+    );
+    assert_eq!(provider.calls(), 0);
+    assert_eq!(env.enrichment(person.id).await.status, Status::Pending);
+    env.assert_ledger().await;
+}
+
 // ------------------------------------------------------------------- the test
 
 #[tokio::test]
@@ -773,12 +1005,91 @@ fn iam_template_policies_follow_the_orchestrator() {
         sends(Function::Trigger, Orchestrator::StepFunctions),
         (false, true)
     );
-    let polls = |orchestrator| {
-        platform_needs(&template, Function::Worker, orchestrator)
-            .contains_key(&Permission::new("sqs:ReceiveMessage", "JobsQueue"))
+    let sends_bulk = |orchestrator: Orchestrator| {
+        let allowed = template.allowed(Function::Batch, orchestrator);
+        (
+            allowed.contains_key(&Permission::new("sqs:SendMessage", "BulkJobsQueue")),
+            allowed.contains_key(&Permission::new(
+                "states:StartExecution",
+                "CascadeStateMachine",
+            )),
+        )
     };
-    assert!(polls(Orchestrator::Sqs));
-    assert!(!polls(Orchestrator::StepFunctions));
+    assert_eq!(sends_bulk(Orchestrator::Sqs), (true, false));
+    assert_eq!(sends_bulk(Orchestrator::StepFunctions), (false, true));
+    let polls = |orchestrator, queue: &str| {
+        platform_needs(&template, Function::Worker, orchestrator)
+            .contains_key(&Permission::new("sqs:ReceiveMessage", queue))
+    };
+    for queue in ["JobsQueue", "BulkJobsQueue"] {
+        assert!(polls(Orchestrator::Sqs, queue), "{queue}");
+        assert!(!polls(Orchestrator::StepFunctions, queue), "{queue}");
+    }
+}
+
+/// Each function gets the queue or state machine its code sends to or is fed by, under each
+/// orchestrator: the trigger `QUEUE_URL` (jobs queue), the batch function `BULK_QUEUE_URL` (bulk
+/// jobs queue), both `STATE_MACHINE_ARN` instead under Step Functions; the SQS-fed worker both
+/// queues, so that it keeps, defers and retries a record on the queue it came from.
+#[test]
+fn iam_template_queue_variables_follow_the_orchestrator() {
+    let template = Template::load();
+    let queue_variables = |function: Function, orchestrator: Orchestrator| {
+        let properties = template
+            .properties(function.logical_id(), orchestrator)
+            .unwrap();
+        properties["Environment"]["Variables"]
+            .as_mapping()
+            .map(|variables| {
+                variables
+                    .iter()
+                    .filter_map(|(name, value)| {
+                        let name = name.as_str()?;
+                        ["QUEUE_URL", "BULK_QUEUE_URL", "STATE_MACHINE_ARN"]
+                            .contains(&name)
+                            .then(|| (name.to_string(), reference(value).unwrap_or_default()))
+                    })
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .unwrap_or_default()
+    };
+    let expect = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    use Orchestrator::{Sqs, StepFunctions};
+    let machine = [("STATE_MACHINE_ARN", "CascadeStateMachine")];
+    for (function, sqs, step_functions) in [
+        (
+            Function::Trigger,
+            expect(&[("QUEUE_URL", "JobsQueue")]),
+            expect(&machine),
+        ),
+        (
+            Function::Batch,
+            expect(&[("BULK_QUEUE_URL", "BulkJobsQueue")]),
+            expect(&machine),
+        ),
+        (
+            Function::Worker,
+            expect(&[
+                ("QUEUE_URL", "JobsQueue"),
+                ("BULK_QUEUE_URL", "BulkJobsQueue"),
+            ]),
+            expect(&[]),
+        ),
+        (Function::Status, expect(&[]), expect(&[])),
+        (Function::People, expect(&[]), expect(&[])),
+    ] {
+        assert_eq!(queue_variables(function, Sqs), sqs, "{function:?}");
+        assert_eq!(
+            queue_variables(function, StepFunctions),
+            step_functions,
+            "{function:?}"
+        );
+    }
 }
 
 // ------------------------------------------------------ requests and their IAM actions
@@ -846,23 +1157,32 @@ impl Intercept for Recorder {
 #[derive(Clone, Debug)]
 struct Fail {
     operation: &'static str,
+    /// How many more to let through before failing.
+    pass: Arc<AtomicUsize>,
     /// How many more to fail.
     left: Arc<AtomicUsize>,
 }
 
 impl Fail {
-    fn always(operation: &'static str) -> Self {
+    fn new(operation: &'static str, pass: usize, fail: usize) -> Self {
         Fail {
             operation,
-            left: Arc::new(AtomicUsize::new(usize::MAX)),
+            pass: Arc::new(AtomicUsize::new(pass)),
+            left: Arc::new(AtomicUsize::new(fail)),
         }
     }
 
+    fn always(operation: &'static str) -> Self {
+        Fail::new(operation, 0, usize::MAX)
+    }
+
     fn first(operation: &'static str) -> Self {
-        Fail {
-            operation,
-            left: Arc::new(AtomicUsize::new(1)),
-        }
+        Fail::new(operation, 0, 1)
+    }
+
+    /// Only the `n`-th request (from 1).
+    fn nth(operation: &'static str, n: usize) -> Self {
+        Fail::new(operation, n.saturating_sub(1), 1)
     }
 }
 
@@ -878,12 +1198,12 @@ impl Intercept for Fail {
     ) -> Result<(), BoxError> {
         let target = context.request().headers().get("x-amz-target");
         let matches = target.and_then(|t| t.rsplit('.').next()) == Some(self.operation);
-        if matches
-            && self
-                .left
+        let take = |count: &AtomicUsize| {
+            count
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
-        {
+        };
+        if matches && !take(&self.pass) && take(&self.left) {
             return Err(format!("injected {} failure", self.operation).into());
         }
         Ok(())
@@ -1505,6 +1825,10 @@ impl Harness {
         let names = HashMap::from([
             (stack.info.table_name.clone(), "EnrichmentTable".to_string()),
             (stack.info.queue_url.clone(), "JobsQueue".to_string()),
+            (
+                stack.info.bulk_queue_url.clone(),
+                "BulkJobsQueue".to_string(),
+            ),
             (state_machine_arn.clone(), "CascadeStateMachine".to_string()),
         ]);
         Harness {
@@ -1647,6 +1971,25 @@ impl Env {
             .unwrap();
     }
 
+    /// `count` people of this org, added in one go, each a different real person, with their
+    /// creation time (so in the people list, as the people function creates them).
+    async fn add_people(&self, count: usize) -> Vec<Person> {
+        let created_at = enrichment::domain::timestamp(chrono::Utc::now());
+        let people: Vec<Person> = (0..count)
+            .map(|i| Person {
+                created_at: Some(created_at.clone()),
+                ..self.person(&format!("P{i}"))
+            })
+            .collect();
+        self.h
+            .stack
+            .store
+            .create_people(&self.org, &people)
+            .await
+            .unwrap();
+        people
+    }
+
     async fn grant(&self, amount: i64) {
         self.h
             .stack
@@ -1699,6 +2042,20 @@ impl Env {
             .enrichment
     }
 
+    /// A refused batch left no enrichment of `people`.
+    async fn assert_nothing_written(&self, people: &[Person]) {
+        for person in people {
+            let found = self
+                .h
+                .stack
+                .store
+                .get_enrichment(&self.org, person.id, Field::Emails)
+                .await
+                .unwrap();
+            assert!(found.is_none(), "{}: {found:?}", person.id);
+        }
+    }
+
     async fn stored_person(&self, person_id: Uuid) -> Person {
         self.h
             .stack
@@ -1740,6 +2097,53 @@ impl Env {
         }
     }
 
+    /// The batch function's job queue under this orchestrator (`BULK_QUEUE_URL` or
+    /// `STATE_MACHINE_ARN`).
+    fn bulk_queue(&self) -> Box<dyn JobQueue> {
+        match self.orchestrator {
+            Orchestrator::Sqs => Box::new(SqsJobQueue::new(
+                self.h.sqs(None),
+                self.h.stack.info.bulk_queue_url.clone(),
+            )),
+            Orchestrator::StepFunctions => Box::new(StepFunctionsJobQueue::new(
+                self.h.sfn(None),
+                self.h.state_machine_arn.clone(),
+            )),
+        }
+    }
+
+    /// The batch function: `POST .../enrichment/batch` for emails of `person_ids`, its store
+    /// failing as `fail` says.
+    async fn batch(
+        &self,
+        config: enrichment::config::Config,
+        fail: Option<Fail>,
+        person_ids: &[Uuid],
+    ) -> Result<Vec<Enrichment>, ApiError> {
+        Enrichments::new(self.h.store(fail), config)
+            .enrich_batch(
+                self.bulk_queue().as_ref(),
+                &self.principal(),
+                person_ids,
+                Field::Emails,
+                api_deadline(),
+            )
+            .await
+    }
+
+    /// The batch function: `POST .../enrichment/bulk` for emails of `selection`.
+    async fn bulk(&self, selection: &Selection) -> Result<Vec<Enrichment>, ApiError> {
+        Enrichments::new(self.h.store(None), self.config())
+            .enrich_bulk(
+                self.bulk_queue().as_ref(),
+                &self.principal(),
+                selection,
+                Field::Emails,
+                api_deadline(),
+            )
+            .await
+    }
+
     /// The trigger: POST for emails of `person_id`.
     async fn trigger(
         &self,
@@ -1774,8 +2178,9 @@ impl Env {
             .await
     }
 
-    /// The worker as its Lambda builds it: fed by the jobs queue (`with_queue`) when the
-    /// template gives it `QUEUE_URL`, i.e. under the SQS orchestrator.
+    /// The worker as its Lambda builds it: fed by the jobs queue and the bulk jobs queue
+    /// (`with_queue`, `with_bulk_queue`) when the template gives it `QUEUE_URL` and
+    /// `BULK_QUEUE_URL`, i.e. under the SQS orchestrator.
     fn worker(
         &self,
         config: enrichment::config::Config,
@@ -1784,10 +2189,15 @@ impl Env {
     ) -> Worker {
         let worker = Worker::new(self.h.store(fail), cascade(providers), config);
         match self.orchestrator {
-            Orchestrator::Sqs => worker.with_queue(SqsJobQueue::new(
-                self.h.sqs(None),
-                self.h.stack.info.queue_url.clone(),
-            )),
+            Orchestrator::Sqs => worker
+                .with_queue(SqsJobQueue::new(
+                    self.h.sqs(None),
+                    self.h.stack.info.queue_url.clone(),
+                ))
+                .with_bulk_queue(SqsJobQueue::new(
+                    self.h.sqs(None),
+                    self.h.stack.info.bulk_queue_url.clone(),
+                )),
             Orchestrator::StepFunctions => worker,
         }
     }
@@ -1798,47 +2208,92 @@ impl Env {
     async fn deliver(&self, worker: &Worker, job: &Job, receives: u32) -> Delivered {
         match self.orchestrator {
             Orchestrator::Sqs => {
-                let record = self.receive(job, receives).await;
-                let receipt = record.receipt_handle.clone().unwrap();
-                let mut event = SqsEvent::default();
-                event.records = vec![record];
-                let response = worker
-                    .handle(WorkerEvent::Sqs(event), deadline())
-                    .await
-                    .unwrap();
-                // Leave the queue empty for the next delivery, whatever the outcome.
-                let _ = self
-                    .h
-                    .sqs_admin
-                    .delete_message()
-                    .queue_url(&self.h.stack.info.queue_url)
-                    .receipt_handle(receipt)
-                    .send()
-                    .await;
-                let failures = response["batchItemFailures"].as_array().map_or(0, Vec::len);
-                if failures == 0 {
-                    Delivered::Acknowledged
-                } else {
-                    Delivered::Retried
-                }
+                let queue = self.h.stack.info.queue_url.clone();
+                self.deliver_sqs(worker, job, receives, &queue).await
             }
             Orchestrator::StepFunctions => {
-                match worker
-                    .handle(WorkerEvent::Job(job.clone()), deadline())
+                self.deliver_task(worker, WorkerEvent::Job(job.clone()))
                     .await
-                {
-                    Ok(_) => Delivered::Acknowledged,
-                    Err(_) => Delivered::Retried,
-                }
             }
         }
     }
 
-    /// Sends `job` to the jobs queue and receives it (deleting anything else found there: jobs
-    /// the trigger scenarios queued, deferred ones), as the event source mapping hands it over.
-    async fn receive(&self, job: &Job, receives: u32) -> SqsMessage {
-        let queue = &self.h.stack.info.queue_url;
+    /// Invokes `worker` with a batch or bulk enrichment's `job`, received once, as its
+    /// orchestrator would: an SQS record from the bulk jobs queue (its `eventSourceARN` names
+    /// that queue), or the held execution input (the job and its `notBefore`, as
+    /// `StepFunctionsJobQueue::enqueue_held` sends it) passed on by the state machine.
+    async fn deliver_held(&self, worker: &Worker, job: &Job) -> Delivered {
+        match self.orchestrator {
+            Orchestrator::Sqs => {
+                let queue = self.h.stack.info.bulk_queue_url.clone();
+                self.deliver_sqs(worker, job, 1, &queue).await
+            }
+            Orchestrator::StepFunctions => {
+                let mut input = serde_json::to_value(job).unwrap();
+                input["notBefore"] = json!(enrichment::domain::timestamp(chrono::Utc::now()));
+                let event: WorkerEvent = serde_json::from_value(input).unwrap();
+                assert!(matches!(event, WorkerEvent::Job(_)), "{event:?}");
+                self.deliver_task(worker, event).await
+            }
+        }
+    }
+
+    /// An SQS batch of one record: `job` sent to `queue` and received `receives` times.
+    async fn deliver_sqs(
+        &self,
+        worker: &Worker,
+        job: &Job,
+        receives: u32,
+        queue: &str,
+    ) -> Delivered {
+        let record = self.receive(job, receives, queue).await;
+        let receipt = record.receipt_handle.clone().unwrap();
+        let mut event = SqsEvent::default();
+        event.records = vec![record];
+        let response = worker
+            .handle(WorkerEvent::Sqs(event), deadline())
+            .await
+            .unwrap();
+        // Leave the queue empty for the next delivery, whatever the outcome.
+        let _ = self
+            .h
+            .sqs_admin
+            .delete_message()
+            .queue_url(queue)
+            .receipt_handle(receipt)
+            .send()
+            .await;
+        let failures = response["batchItemFailures"].as_array().map_or(0, Vec::len);
+        if failures == 0 {
+            Delivered::Acknowledged
+        } else {
+            Delivered::Retried
+        }
+    }
+
+    /// A Step Functions task: the state machine retries it when it fails.
+    async fn deliver_task(&self, worker: &Worker, event: WorkerEvent) -> Delivered {
+        match worker.handle(event, deadline()).await {
+            Ok(_) => Delivered::Acknowledged,
+            Err(_) => Delivered::Retried,
+        }
+    }
+
+    /// Sends `job` to `queue` and receives it (deleting anything else found there: jobs the
+    /// trigger scenarios queued, deferred ones), as the event source mapping hands it over:
+    /// with the queue's ARN as `eventSourceARN`.
+    async fn receive(&self, job: &Job, receives: u32, queue: &str) -> SqsMessage {
         let sqs = &self.h.sqs_admin;
+        let arn = sqs
+            .get_queue_attributes()
+            .queue_url(queue)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .and_then(|mut a| a.remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+            .expect("the queue's ARN");
         let sent = sqs
             .send_message()
             .queue_url(queue)
@@ -1865,6 +2320,8 @@ impl Env {
                     record.message_id = message.message_id;
                     record.receipt_handle = message.receipt_handle;
                     record.body = message.body;
+                    record.event_source = Some("aws:sqs".into());
+                    record.event_source_arn = Some(arn);
                     record
                         .attributes
                         .insert("ApproximateReceiveCount".into(), receives.to_string());

@@ -1,12 +1,27 @@
-//! The local stack creates the table and queues that `template.yaml` declares: same names (with
-//! `Stage=local`), keys, TTL attribute and redrive policy. The template is parsed, not copied.
+//! The local stack is what `template.yaml` declares: the same table and queues (names with
+//! `Stage=local`, keys, TTL attribute, redrive policy), the same routes (every route of the HTTP
+//! API reaches a handler of the local gateway, and every route the gateway serves is in the
+//! template), the same worker concurrency per queue; and the template fits the code: its
+//! timeouts are the code's budgets, and its state machine holds a batch's jobs until the
+//! `notBefore` the code writes. The template is parsed, not copied.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use enrichment::domain::{Field, Job};
+use enrichment::http::{BATCH_QUERY_ROUTE, BATCH_ROUTE, BULK_ROUTE, PEOPLE_PREFIX, ROUTE};
+use enrichment::queue::{JobQueue, StepFunctionsJobQueue};
 use local_stack::{Options, Stack};
 use serde_yaml::Value;
+use uuid::Uuid;
 
 fn template() -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../template.yaml");
@@ -111,45 +126,303 @@ async fn local_table_and_queues_match_the_template() {
         table["TimeToLiveSpecification"]["AttributeName"].as_str()
     );
 
-    let queue = properties(&template, "JobsQueue");
     let dlq = properties(&template, "JobsDeadLetterQueue");
-    assert!(
-        stack
-            .info
-            .queue_url
-            .ends_with(&format!("/{}", sub_stage(&queue["QueueName"])))
-    );
     assert!(
         stack
             .info
             .dlq_url
             .ends_with(&format!("/{}", sub_stage(&dlq["QueueName"])))
     );
-    let attributes = stack
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&stack.info.queue_url)
-        .attribute_names(QueueAttributeName::RedrivePolicy)
-        .send()
-        .await
+    // The DLQ takes the messages of exactly these queues (its redrive allow policy).
+    let allowed: BTreeSet<String> = dlq["RedriveAllowPolicy"]["sourceQueueArns"]
+        .as_sequence()
         .unwrap()
-        .attributes
-        .unwrap();
-    let redrive: serde_json::Value =
-        serde_json::from_str(&attributes[&QueueAttributeName::RedrivePolicy]).unwrap();
-    assert_eq!(
-        redrive["maxReceiveCount"].as_u64(),
-        queue["RedrivePolicy"]["maxReceiveCount"].as_u64()
-    );
-    assert!(
-        redrive["deadLetterTargetArn"]
-            .as_str()
+        .iter()
+        .map(|arn| sub_stage(arn).rsplit(':').next().unwrap().to_string())
+        .collect();
+    let mut redriven = BTreeSet::new();
+    for (resource, url) in [
+        ("JobsQueue", &stack.info.queue_url),
+        ("BulkJobsQueue", &stack.info.bulk_queue_url),
+    ] {
+        let queue = properties(&template, resource);
+        let name = sub_stage(&queue["QueueName"]);
+        assert!(url.ends_with(&format!("/{name}")), "{resource}: {url}");
+        let attributes = stack
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
             .unwrap()
-            .ends_with(&sub_stage(&dlq["QueueName"]))
-    );
+            .attributes
+            .unwrap();
+        let redrive: serde_json::Value =
+            serde_json::from_str(&attributes[&QueueAttributeName::RedrivePolicy]).unwrap();
+        assert_eq!(
+            redrive["maxReceiveCount"].as_u64(),
+            queue["RedrivePolicy"]["maxReceiveCount"].as_u64(),
+            "{resource}"
+        );
+        assert!(
+            redrive["deadLetterTargetArn"]
+                .as_str()
+                .unwrap()
+                .ends_with(&sub_stage(&dlq["QueueName"])),
+            "{resource}"
+        );
+        redriven.insert(name);
+    }
+    assert_eq!(allowed, redriven);
+
+    gateway_serves_the_template_routes(&template, &stack.info.gateway_url).await;
     tokio::time::timeout(Duration::from_secs(15), stack.shutdown())
         .await
         .unwrap();
+}
+
+/// The HTTP API's routes: `(method, path)` -> the function's logical id.
+fn template_routes(template: &Value) -> BTreeMap<(String, String), String> {
+    let mut routes = BTreeMap::new();
+    for (id, resource) in template["Resources"].as_mapping().unwrap() {
+        if resource["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let Some(events) = resource["Properties"]["Events"].as_mapping() else {
+            continue;
+        };
+        for event in events.values() {
+            if event["Type"].as_str() != Some("HttpApi") {
+                continue;
+            }
+            let method = event["Properties"]["Method"].as_str().unwrap();
+            let path = event["Properties"]["Path"].as_str().unwrap();
+            let previous = routes.insert(
+                (method.to_uppercase(), path.to_string()),
+                id.as_str().unwrap().to_string(),
+            );
+            assert!(previous.is_none(), "{method} {path} declared twice");
+        }
+    }
+    routes
+}
+
+/// Every route of the template reaches a handler of the local gateway (no `Route not found`;
+/// without a token, the handler answers 401 or rejects the input); and the paths the gateway
+/// routes are the template's, to the same functions. The gateway hands every method of the
+/// batch routes to the batch handler, which answers 405 itself: in the template they are `ANY`.
+async fn gateway_serves_the_template_routes(template: &Value, gateway_url: &str) {
+    let routes = template_routes(template);
+    let client = reqwest::Client::new();
+    let routed = |status: u16, body: &serde_json::Value| {
+        !(status == 404 && body["error"]["message"].as_str() == Some("Route not found"))
+    };
+    // What an unknown route gets, so that the probes below can tell one.
+    let unknown = client
+        .post(format!("{gateway_url}/api/v1/operations/no-such-route"))
+        .send()
+        .await
+        .unwrap();
+    let status = unknown.status().as_u16();
+    assert!(!routed(status, &unknown.json().await.unwrap()));
+    for (method, path) in routes.keys() {
+        let url = format!(
+            "{gateway_url}{}",
+            path.replace("{personId}", &Uuid::new_v4().to_string())
+        );
+        let methods = if method == "ANY" {
+            vec!["GET", "POST", "DELETE"]
+        } else {
+            vec![method.as_str()]
+        };
+        for probe in methods {
+            let response = client
+                .request(probe.parse().unwrap(), &url)
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            assert!(
+                routed(status, &body),
+                "{probe} {path} (template route {method}): the local gateway has no such route"
+            );
+        }
+    }
+    let expected = [
+        ("POST", ROUTE, "TriggerFunction"),
+        ("GET", ROUTE, "StatusFunction"),
+        ("ANY", BATCH_QUERY_ROUTE, "BatchFunction"),
+        ("ANY", BATCH_ROUTE, "BatchFunction"),
+        ("ANY", BULK_ROUTE, "BatchFunction"),
+        ("POST", PEOPLE_PREFIX, "PeopleFunction"),
+        ("GET", PEOPLE_PREFIX, "PeopleFunction"),
+    ];
+    for (method, path, function) in expected {
+        assert_eq!(
+            routes
+                .get(&(method.to_string(), path.to_string()))
+                .map(String::as_str),
+            Some(function),
+            "{method} {path}"
+        );
+    }
+}
+
+/// The worker's event sources in the template and the pollers of the local stack: one per
+/// queue, each a batch of one with partial batch responses, the bulk one with its own maximum
+/// concurrency (at least 2, Lambda's minimum for an SQS event source), as many local pollers
+/// per queue as the template's default.
+#[test]
+fn worker_event_sources_match_the_local_pollers() {
+    let template = template();
+    let defaults = Options::for_repo(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    let default_of = |parameter: &str| {
+        template["Parameters"][parameter]["Default"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{parameter} has no default"))
+    };
+    for (mapping, queue, parameter, pollers) in [
+        (
+            "WorkerJobsEventSource",
+            "JobsQueue",
+            "WorkerMaxConcurrency",
+            defaults.worker_concurrency,
+        ),
+        (
+            "WorkerBulkJobsEventSource",
+            "BulkJobsQueue",
+            "WorkerBulkMaxConcurrency",
+            defaults.bulk_concurrency,
+        ),
+    ] {
+        let resource = &template["Resources"][mapping];
+        assert_eq!(resource["Condition"].as_str(), Some("UseSqsWorker"));
+        let properties = &resource["Properties"];
+        assert_eq!(reference(&properties["EventSourceArn"]), queue);
+        assert_eq!(reference(&properties["FunctionName"]), "WorkerFunction");
+        assert_eq!(properties["BatchSize"].as_u64(), Some(1));
+        assert_eq!(
+            properties["FunctionResponseTypes"][0].as_str(),
+            Some("ReportBatchItemFailures")
+        );
+        assert_eq!(
+            reference(&properties["ScalingConfig"]["MaximumConcurrency"]),
+            parameter
+        );
+        assert!(template["Parameters"][parameter]["MinValue"].as_u64() >= Some(2));
+        assert_eq!(default_of(parameter), pollers as u64, "{parameter}");
+    }
+}
+
+/// The logical id or parameter a `!Ref X` or `!GetAtt X.Attr` names.
+fn reference(value: &Value) -> String {
+    let Value::Tagged(tagged) = value else {
+        panic!("expected !Ref or !GetAtt, got {value:?}")
+    };
+    let text = tagged.value.as_str().unwrap();
+    text.split('.').next().unwrap().to_string()
+}
+
+/// Records the body of every request and fails it before it leaves: what a client would send.
+#[derive(Clone, Debug, Default)]
+struct Capture(Arc<Mutex<Vec<serde_json::Value>>>);
+
+impl Intercept for Capture {
+    fn name(&self) -> &'static str {
+        "Capture"
+    }
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = context.request().body().bytes().unwrap_or_default();
+        self.0.lock().unwrap().push(serde_json::from_slice(body)?);
+        Err("captured, not sent".into())
+    }
+}
+
+/// The execution input the code sends for `job`, single (`enqueue`) or held until
+/// `not_before` (`enqueue_held`).
+async fn execution_input(
+    job: &Job,
+    not_before: Option<chrono::DateTime<chrono::Utc>>,
+) -> serde_json::Value {
+    let capture = Capture::default();
+    let config = aws_sdk_sfn::config::Builder::from(&local_stack::sdk_config("http://127.0.0.1:9"))
+        .interceptor(capture.clone())
+        .build();
+    let queue = StepFunctionsJobQueue::new(
+        aws_sdk_sfn::Client::from_conf(config),
+        "arn:aws:states:us-east-1:123456789012:stateMachine:enrichment-cascade-local",
+    );
+    let sent = match not_before {
+        Some(at) => queue.enqueue_held(std::slice::from_ref(job), at).await,
+        None => queue.enqueue(job).await,
+    };
+    assert!(sent.is_err(), "the capture fails every request");
+    let bodies = capture.0.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    serde_json::from_str(bodies[0]["input"].as_str().unwrap()).unwrap()
+}
+
+/// The state machine starts with `Hold`: an execution whose input has `notBefore` (a batch or
+/// bulk job, as `StepFunctionsJobQueue::enqueue_held` writes it) waits until that time, then
+/// runs the cascade; one without (a single enrichment) runs it at once. The Wait state reads
+/// the field the code writes, in the form it needs: RFC 3339 with an uppercase `T` and `Z`
+/// (AWS Step Functions Developer Guide, "Wait workflow state").
+#[tokio::test]
+async fn state_machine_holds_batch_jobs_until_their_not_before() {
+    let template = template();
+    let definition = &properties(&template, "CascadeStateMachine")["Definition"];
+    let states = &definition["States"];
+    assert_eq!(definition["StartAt"].as_str(), Some("Hold"));
+    let hold = &states["Hold"];
+    assert_eq!(hold["Type"].as_str(), Some("Choice"));
+    assert_eq!(hold["Default"].as_str(), Some("RunCascade"));
+    let choices = hold["Choices"].as_sequence().unwrap();
+    assert_eq!(choices.len(), 1);
+    let path = choices[0]["Variable"].as_str().unwrap();
+    assert_eq!(choices[0]["IsPresent"].as_bool(), Some(true));
+    let wait = &states[choices[0]["Next"].as_str().unwrap()];
+    assert_eq!(wait["Type"].as_str(), Some("Wait"));
+    assert_eq!(wait["TimestampPath"].as_str(), Some(path));
+    assert_eq!(wait["Next"].as_str(), Some("RunCascade"));
+    let field = path
+        .strip_prefix("$.")
+        .expect("a top-level field of the input");
+
+    let job = Job {
+        enrichment_id: Uuid::new_v4(),
+        org_id: "org_template".into(),
+        person_id: Uuid::new_v4(),
+        field: Field::Emails,
+    };
+    let not_before = chrono::Utc::now() + chrono::Duration::seconds(20);
+    let held = execution_input(&job, Some(not_before)).await;
+    let timestamp = held[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field} in the held input {held}"));
+    assert!(
+        timestamp.contains('T') && timestamp.ends_with('Z'),
+        "{timestamp}"
+    );
+    // Whole seconds, rounded up: a Wait state ignores the milliseconds, so the hold never
+    // ends early.
+    let parsed = chrono::DateTime::parse_from_rfc3339(timestamp).unwrap();
+    assert_eq!(parsed.timestamp_subsec_millis(), 0, "{timestamp}");
+    assert!(parsed >= not_before && parsed < not_before + chrono::Duration::seconds(1));
+    // The rest of the input is the job, which the worker reads.
+    let mut rest = held.clone();
+    rest.as_object_mut().unwrap().remove(field);
+    assert_eq!(rest, serde_json::to_value(&job).unwrap());
+    let single = execution_input(&job, None).await;
+    assert!(single.get(field).is_none(), "{single}");
 }
 
 /// The template's timeouts are the ones the code budgets with (`enrichment::budget`), and they
@@ -169,15 +442,34 @@ fn template_timeouts_are_the_budgets_the_code_uses() {
     };
     let timeout =
         |function: &str| Duration::from_secs(number(&properties(&template, function)["Timeout"]));
-    assert_eq!(timeout("TriggerFunction"), budget::API_FUNCTION_TIMEOUT);
-    assert_eq!(timeout("StatusFunction"), budget::API_FUNCTION_TIMEOUT);
+    for api in [
+        "TriggerFunction",
+        "StatusFunction",
+        "PeopleFunction",
+        "BatchFunction",
+    ] {
+        assert_eq!(timeout(api), budget::API_FUNCTION_TIMEOUT, "{api}");
+    }
     assert_eq!(timeout("WorkerFunction"), budget::WORKER_FUNCTION_TIMEOUT);
-    let visibility = number(&properties(&template, "JobsQueue")["VisibilityTimeout"]);
-    assert_eq!(
-        Duration::from_secs(visibility),
-        budget::JOBS_VISIBILITY_TIMEOUT
+    // A batch's jobs are held past its request's deadline, within what SQS can delay.
+    assert!(budget::API_FUNCTION_TIMEOUT + budget::HOLD_MARGIN <= budget::MAX_SQS_DELAY);
+    let max_receives = number(
+        &properties(&template, "WorkerFunction")["Environment"]["Variables"]["WORKER_MAX_RECEIVES"],
     );
-    assert!(visibility >= 6 * budget::WORKER_FUNCTION_TIMEOUT.as_secs());
+    for queue in ["JobsQueue", "BulkJobsQueue"] {
+        let queue = properties(&template, queue);
+        let visibility = number(&queue["VisibilityTimeout"]);
+        assert_eq!(
+            Duration::from_secs(visibility),
+            budget::JOBS_VISIBILITY_TIMEOUT
+        );
+        assert!(visibility >= 6 * budget::WORKER_FUNCTION_TIMEOUT.as_secs());
+        // The worker gives a job up on the receive after which the queue moves it to the DLQ.
+        assert_eq!(
+            number(&queue["RedrivePolicy"]["maxReceiveCount"]),
+            max_receives
+        );
+    }
 
     let max_age = &template["Parameters"]["EnrichmentMaxAgeSeconds"];
     assert_eq!(
