@@ -338,6 +338,10 @@ pub struct Config {
     /// 1 to 1000, SQS's own bounds): on a job's last receive, a worker that still fails marks
     /// the enrichment `failed` and refunds it before the message goes to the DLQ.
     pub max_receives: u32,
+    /// `REFUND_MISSES` (default `false`; `true`/`false`, the template's `RefundMisses`): an
+    /// enrichment that finishes with `dataFound: false` (a global-cache miss too) is refunded
+    /// in the same transaction that finishes it (spec operations-api, "Credits").
+    pub refund_misses: bool,
 }
 
 impl Config {
@@ -360,6 +364,7 @@ impl Config {
                 0..=100_000,
             )?,
             max_receives: vars.number("WORKER_MAX_RECEIVES", 5, 1..=1000)?,
+            refund_misses: vars.switch("REFUND_MISSES", false)?,
         })
     }
 

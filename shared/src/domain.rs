@@ -66,8 +66,6 @@ pub enum OperationType {
     EnrichmentEmail,
     /// `enrichment_phone`
     EnrichmentPhone,
-    /// `refund`: credits given back when an accepted enrichment could not be queued.
-    Refund,
 }
 
 impl OperationType {
@@ -76,7 +74,6 @@ impl OperationType {
         match self {
             OperationType::EnrichmentEmail => "enrichment_email",
             OperationType::EnrichmentPhone => "enrichment_phone",
-            OperationType::Refund => "refund",
         }
     }
 }

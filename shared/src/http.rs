@@ -505,3 +505,46 @@ pub async fn handle_batch(
     .await;
     answer(result, "POST")
 }
+
+/// The credits routes' prefix (spec operations-api, "Credits").
+pub const CREDITS_PREFIX: &str = "/api/v1/operations/credits";
+
+/// The credits function: `GET` [`CREDITS_PREFIX`]`/balance` and `/history` (query `startDate`,
+/// `endDate`, `limit`, `offset`, each at most once). Authentication first; another method is
+/// 405 with `Allow: GET`. Answers before the invocation's [`deadline`].
+pub async fn handle_credits(
+    req: Request,
+    auth: &Authenticator,
+    credits: &crate::credits::Credits,
+) -> Response<Body> {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let result = within(deadline(&req), async {
+        let principal = auth.authenticate(authorization(&req)).await?;
+        if req.method() != Method::GET {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        let query = req.query_string_parameters_ref();
+        let one = |name: &str| -> Result<Option<String>, ApiError> {
+            match query.and_then(|q| q.all(name)) {
+                None => Ok(None),
+                Some(values) if values.len() == 1 => Ok(Some(values[0].to_string())),
+                Some(_) => Err(ApiError::invalid(name, format!("{name} may be given once"))),
+            }
+        };
+        match path.strip_prefix(CREDITS_PREFIX) {
+            Some("/balance") => Ok(json_of(200, &credits.balance(&principal).await?)),
+            Some("/history") => {
+                let query = crate::credits::parse_history(
+                    one("startDate")?.as_deref(),
+                    one("endDate")?.as_deref(),
+                    one("limit")?.as_deref(),
+                    one("offset")?.as_deref(),
+                )?;
+                Ok(json_of(200, &credits.history(&principal, &query).await?))
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        }
+    })
+    .await;
+    answer(result, "GET")
+}

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod batch;
 pub mod budget;
 pub mod config;
+pub mod credits;
 pub mod domain;
 pub mod enrichment;
 pub mod error;

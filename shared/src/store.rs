@@ -3,7 +3,8 @@
 //! | item | pk | sk |
 //! |---|---|---|
 //! | credits | `ORG#{orgId}` | `CREDITS` |
-//! | credit transaction | `ORG#{orgId}` | `CREDITTX#{id}` |
+//! | credit transaction | `ORG#{orgId}` | `CREDITTX#{createdAt}#{id}` |
+//! | grant idempotency key | `ORG#{orgId}` | `GRANTKEY#{key}` |
 //! | person | `ORG#{orgId}` | `PERSON#{personId}` (and `gsi1pk` `ORG#{orgId}#PERSON`, `gsi1sk` `{createdAt}#{personId}` of the index `byCreation`) |
 //! | rate counter | `ORG#{orgId}` | `RATE#{unix minute}` |
 //! | enrichment (current) | `ORG#{orgId}` | `ENRICHMENT#{personId}#{field}` |
@@ -43,6 +44,10 @@ mod enrichments;
 mod people;
 
 pub use batch::{CHUNK, ChunkOutcome, PlannedEnrichment};
+pub use credits::{
+    CreditSource, CreditTransaction, CreditTransactionType, Grant, GrantOutcome, HistoryPage,
+    LedgerCheck,
+};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -214,20 +219,6 @@ pub struct PersonCursor {
     pub id: Uuid,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CreditTransactionItem<'a> {
-    pk: String,
-    sk: String,
-    id: Uuid,
-    operation_type: OperationType,
-    /// Signed: negative for a debit, positive for a refund.
-    amount: i64,
-    enrichment_id: Uuid,
-    created_by: &'a str,
-    created_at: &'a str,
-}
-
 /// A global cache entry: what was found for one real person and field, for every org.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -343,6 +334,9 @@ pub struct Completion {
     pub person_contacts: Option<Vec<ContactPoint>>,
     /// A new global cache entry with its fingerprint, when providers found data.
     pub cache: Option<(String, CacheEntry)>,
+    /// Refund a `finished` outcome without data too (`REFUND_MISSES`); a `failed` one always
+    /// is.
+    pub refund_miss: bool,
 }
 
 impl Completion {
@@ -356,7 +350,14 @@ impl Completion {
             global_enrichment_id: None,
             person_contacts: None,
             cache: None,
+            refund_miss: false,
         }
+    }
+
+    /// Whether the outcome gives the enrichment's credits back: `failed`, or `finished`
+    /// without data when [`Completion::refund_miss`] is set.
+    pub fn refunds(&self) -> bool {
+        self.status == Status::Failed || (self.refund_miss && self.data_found == Some(false))
     }
 
     /// `finished` from an existing global cache entry: `dataFound` as the entry says, its id as
@@ -369,6 +370,7 @@ impl Completion {
             global_enrichment_id: Some(entry.id),
             person_contacts,
             cache: None,
+            refund_miss: false,
         }
     }
 
@@ -386,6 +388,7 @@ impl Completion {
             global_enrichment_id: cache.as_ref().map(|(_, entry)| entry.id),
             person_contacts,
             cache,
+            refund_miss: false,
         }
     }
 }

@@ -462,10 +462,11 @@ impl Worker {
         &self,
         record: &EnrichmentRecord,
         token: &str,
-        completion: Completion,
+        mut completion: Completion,
     ) -> Result<JobOutcome, StoreError> {
         let enrichment = &record.enrichment;
         let now = timestamp(Utc::now());
+        completion.refund_miss = self.config.refund_misses;
         if !self
             .store
             .complete(record, token, &completion, &now)

@@ -73,9 +73,6 @@ impl Store {
             if &enrichment.org_id != org_id {
                 return Err(StoreError::Shape("a chunk belongs to one org".into()));
             }
-            let tx_id = enrichment.credit_transaction_id.ok_or_else(|| {
-                StoreError::Shape("a new enrichment needs its credit transaction id".into())
-            })?;
             let item: Item = serde_dynamo::to_item(EnrichmentItem {
                 pk: pk.clone(),
                 sk: enrichment_sk(enrichment.entity_id, enrichment.field),
@@ -111,13 +108,7 @@ impl Store {
                 .condition_expression("attribute_exists(pk)")
                 .build()
                 .map_err(build_error)?;
-            let transaction = self.credit_transaction(
-                tx_id,
-                enrichment.field.operation_type(),
-                -cost,
-                enrichment,
-                &enrichment.created_at,
-            )?;
+            let transaction = self.debit_transaction(enrichment, cost)?;
             items.push(
                 TransactWriteItem::builder()
                     .put(put.build().map_err(build_error)?)
@@ -240,16 +231,12 @@ impl Store {
                 }
             };
             items.push(item);
-            let tx_id = enrichment.credit_transaction_id.ok_or_else(|| {
-                StoreError::Shape("a created enrichment has its credit transaction id".into())
-            })?;
             items.push(
                 TransactWriteItem::builder()
                     .delete(
                         Delete::builder()
                             .table_name(&self.table)
-                            .key("pk", s(pk.clone()))
-                            .key("sk", s(format!("CREDITTX#{tx_id}")))
+                            .set_key(Some(Self::debit_key(enrichment)?))
                             .condition_expression("attribute_exists(pk)")
                             .build()
                             .map_err(build_error)?,

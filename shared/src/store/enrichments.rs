@@ -21,9 +21,6 @@ impl Store {
         rate_limit: RateLimit,
     ) -> Result<CreateOutcome, StoreError> {
         let pk = org_pk(&enrichment.org_id);
-        let tx_id = enrichment.credit_transaction_id.ok_or_else(|| {
-            StoreError::Shape("a new enrichment needs its credit transaction id".into())
-        })?;
         let item: Item = serde_dynamo::to_item(EnrichmentItem {
             pk: pk.clone(),
             sk: enrichment_sk(enrichment.entity_id, enrichment.field),
@@ -63,13 +60,7 @@ impl Store {
             .expression_attribute_values(":cost", n(cost))
             .build()
             .map_err(build_error)?;
-        let transaction = self.credit_transaction(
-            tx_id,
-            enrichment.field.operation_type(),
-            -cost,
-            enrichment,
-            &enrichment.created_at,
-        )?;
+        let transaction = self.debit_transaction(enrichment, cost)?;
         let mut items = vec![
             TransactWriteItem::builder().put(put_enrichment).build(),
             TransactWriteItem::builder()
@@ -380,8 +371,9 @@ impl Store {
 
     /// Writes a worker's outcome in one `TransactWriteItems`: the enrichment (on condition it is
     /// still `pending` and claimed by `token`), the person's merged contacts and the new global
-    /// cache entry; an enrichment that ends `failed` gives its credits back in the same
-    /// transaction (a `refund` credit transaction). Returns `false` when the claim was lost (the
+    /// cache entry; an enrichment that ends `failed` (or finishes without data, with
+    /// [`Completion::refund_miss`]) gives its credits back in the same transaction (a `refund`
+    /// credit transaction). Returns `false` when the claim was lost (the
     /// enrichment timed out or was replaced meanwhile): nothing is written then.
     pub async fn complete(
         &self,
@@ -463,7 +455,7 @@ impl Store {
                 .map_err(build_error)?;
             items.push(TransactWriteItem::builder().put(put).build());
         }
-        if completion.status == Status::Failed {
+        if completion.refunds() {
             items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
         }
         match self.transact(items).await? {

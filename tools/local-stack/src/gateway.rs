@@ -26,11 +26,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use enrichment::auth::Authenticator;
+use enrichment::credits::Credits;
 use enrichment::enrichment::Enrichments;
 use enrichment::error::ApiError;
 use enrichment::http::{
-    BATCH_QUERY_ROUTE, BATCH_ROUTE, BULK_ROUTE, MAX_BODY_BYTES, PEOPLE_PREFIX, api_request,
-    handle_batch, handle_get, handle_people, handle_post, http_api_request,
+    BATCH_QUERY_ROUTE, BATCH_ROUTE, BULK_ROUTE, CREDITS_PREFIX, MAX_BODY_BYTES, PEOPLE_PREFIX,
+    api_request, handle_batch, handle_credits, handle_get, handle_people, handle_post,
+    http_api_request,
 };
 use enrichment::people::People;
 use enrichment::queue::SqsJobQueue;
@@ -78,6 +80,8 @@ pub struct Gateway {
     pub enrichments: Enrichments,
     /// The people use cases.
     pub people: People,
+    /// The credits use cases.
+    pub credits: Credits,
     /// The jobs queue.
     pub queue: SqsJobQueue,
     /// The bulk jobs queue, where batch and bulk enrichments send their jobs.
@@ -100,6 +104,7 @@ pub fn router(state: Arc<Gateway>) -> Router {
         .route(BATCH_QUERY_ROUTE, any(batch))
         .route(BATCH_ROUTE, any(batch))
         .route(BULK_ROUTE, any(batch))
+        .route(&format!("{CREDITS_PREFIX}/{{*rest}}"), any(credits))
         .route(PEOPLE_PREFIX, any(people))
         .route(&format!("{PEOPLE_PREFIX}/{{*rest}}"), any(people))
         .route(JWKS_PATH, get(jwks))
@@ -252,6 +257,21 @@ async fn people(
 ) -> Response {
     match lambda_request(method, &uri, query, &headers, body).await {
         Ok(request) => into_axum(handle_people(request, &state.auth, &state.people).await),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// The credits routes, through the credits function's handler.
+async fn credits(
+    State(state): State<Arc<Gateway>>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    match lambda_request(method, &uri, query, &headers, body).await {
+        Ok(request) => into_axum(handle_credits(request, &state.auth, &state.credits).await),
         Err(error) => error_response(&error),
     }
 }

@@ -586,6 +586,7 @@ impl Stack {
             auth,
             enrichments: Enrichments::new(store.clone(), config.clone()),
             people: People::new(store.clone()),
+            credits: enrichment::credits::Credits::new(store.clone()),
             queue: SqsJobQueue::new(sqs.clone(), queue_url.clone()),
             bulk_queue: SqsJobQueue::new(sqs.clone(), bulk_queue_url.clone()),
             jwks: devkey::jwks(&dev_key)?,

@@ -80,18 +80,19 @@ pub fn http_answer(invocation: &Invocation, function: &FunctionProcess) -> (u64,
     (status, body)
 }
 
-/// The signed amounts of the credit transactions of `org` (a debit is negative), sorted, and
-/// its balance; asserts the ledger holds: balance = `granted` − debits + refunds.
+/// The signed amounts of the debits and refunds of `org` (a debit is negative), sorted, and its
+/// balance; asserts the ledger's invariant ([`Store::check_ledger`]: balance = added −
+/// consumed, each enrichment charged and refunded at most once) and that the grants add up to
+/// `granted`.
 pub async fn ledger(store: &Store, org: &str, granted: i64) -> (i64, Vec<i64>) {
-    let mut amounts = store.credit_amounts(org).await.unwrap();
+    let check = store
+        .check_ledger(org)
+        .await
+        .unwrap_or_else(|broken| panic!("the ledger of {org}: {broken}"));
+    assert_eq!(check.granted, granted, "the grants of {org}");
+    let mut amounts = check.enrichment_amounts;
     amounts.sort();
-    let balance = store.credit_balance(org).await.unwrap();
-    assert_eq!(
-        balance,
-        granted + amounts.iter().sum::<i64>(),
-        "the ledger of {org} does not add up: {amounts:?}"
-    );
-    (balance, amounts)
+    (check.balance, amounts)
 }
 
 /// The repository's root.
