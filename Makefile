@@ -32,10 +32,10 @@ test: setup
 invoke-events: setup
 	@scripts/invoke-events.sh
 
-# The three Lambda bootstraps, for provided.al2023 on arm64, as `sam build` makes them.
+# The Lambda bootstraps, for provided.al2023 on arm64, as `sam build` makes them.
 build-lambda:
 	@bin="$$(scripts/install-lambda-tools.sh --arm64)" && PATH="$$bin:$$PATH" && \
-		$(CARGO) lambda build --release --arm64 -p trigger -p worker -p status -p people -p batch
+		$(CARGO) lambda build --release --arm64 -p trigger -p worker -p status -p people -p batch -p credits
 	@ls -l target/lambda/*/bootstrap
 
 lint: lint-template

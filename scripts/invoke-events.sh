@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every sample event in events/ through the real function binaries (trigger, status,
-# people, batch, worker) served by `cargo lambda watch`, against a private local stack, and
-# checks each answer.
+# people, batch, credits, worker) served by `cargo lambda watch`, against a private local
+# stack, and checks each answer.
 #
 #   1. starts target/debug/local-stack on a free loopback port, state in a fresh temp folder,
 #      with its own worker off (jobs stay queued, so the answers do not depend on timing);
@@ -144,7 +144,7 @@ log "building local-stack, enrichctl and the functions (debug)"
 # which resolves features for that one package: built the same way (one at a time, into
 # target/debug), its first invoke finds the function built instead of compiling it under the
 # invoke's timeout.
-for bin in trigger status worker people batch; do
+for bin in trigger status worker people batch credits; do
     "${CARGO}" build -q --bin "${bin}"
 done
 
@@ -216,8 +216,9 @@ wait_for_port "${watch_port}" "${watch_pid}" "${READY_TIMEOUT}" "cargo lambda wa
 # ---------------------------------------------------------------- invoke and check
 # Prints what an answer says, as one comparable line: `STATUS CODE-OR-STATE` for an API
 # Gateway response (with `dataFound=` once finished; `[STATE,...]` for an array of enrichments,
-# as the batch routes answer), `failures=N` for an SQS batch response, `outcome=X` for a single
-# job; the enrichment id (if any) on a second line.
+# as the batch routes answer; `balance=N` for a credit balance; `count=N` for a page of credit
+# history, with the number of transactions if it differs), `failures=N` for an SQS batch
+# response, `outcome=X` for a single job; the enrichment id (if any) on a second line.
 summarize() {
     python3 - "$1" <<'PY'
 import json, sys
@@ -240,6 +241,12 @@ if isinstance(answer, dict) and "statusCode" in answer:
     body = body if isinstance(body, dict) else {}
     error = body.get("error") if isinstance(body.get("error"), dict) else {}
     what = error.get("code") or body.get("status") or "-"
+    if what == "-" and "balance" in body:
+        what = "balance=" + json.dumps(body["balance"])
+    elif what == "-" and isinstance(body.get("transactions"), list):
+        what = "count=" + json.dumps(body.get("count"))
+        if body.get("count") != len(body["transactions"]):
+            what += f" transactions={len(body['transactions'])}"
     if body.get("status") == "finished":
         what += " dataFound=" + json.dumps(body.get("dataFound"))
     print(f"{answer['statusCode']} {what}")
@@ -313,6 +320,8 @@ check status-get status "200 pending" same-id
 check status-bad-field status "400 VALIDATION_ERROR"
 # trigger-post charged one emails enrichment; the replay cost nothing.
 check_balance "(credits balance)" "$((CREDITS - EMAIL_COST))"
+# The same balance through the credits function.
+check credits-balance credits "200 balance=$((CREDITS - EMAIL_COST))"
 # The emails enrichment trigger-post created (the summary task is not asked for).
 check batch-query batch "200 [pending]"
 # A new enrichment of the second person, charged; its job is held in the bulk queue.
@@ -335,6 +344,10 @@ check worker-job worker "outcome=finished"
 check status-get status "200 finished dataFound=true" same-id
 # A finished enrichment keeps its charge.
 check_balance "(credits balance)" "$((CREDITS - 3 * EMAIL_COST))"
+check credits-balance credits "200 balance=$((CREDITS - 3 * EMAIL_COST))"
+# The ledger now holds the grant and the three debits (trigger-post, batch-enrich, bulk-enrich),
+# all within the event's range (2000-01-01 to 2099-12-31); offset=1 skips the newest.
+check credits-history credits "200 count=3"
 
 printf '%-22s %-8s %-37s %-37s %5s  %s\n' event function expected got time result
 printf '%s\n' "${rows[@]}"

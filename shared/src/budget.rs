@@ -14,7 +14,8 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 
-/// `Timeout` of the API functions (trigger, status) in `template.yaml`: 10 s.
+/// `Timeout` of the API functions (trigger, status, people, batch, credits) in `template.yaml`:
+/// 10 s.
 pub const API_FUNCTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `Timeout` of the worker function in `template.yaml`: the maximum age (800 s) plus a margin

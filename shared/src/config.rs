@@ -2,8 +2,8 @@
 //! ([`ConfigError`]), the settings it reads, and the AWS clients built from them.
 //!
 //! Every variable the functions read is documented once, on the field that holds it:
-//! [`Config`] (all three functions), [`AuthSettings`] (trigger and status), [`QueueSettings`]
-//! (trigger, worker) here, and [`CascadeSettings`](crate::providers::registry::CascadeSettings)
+//! [`Config`] (every function), [`AuthSettings`] (the API functions), [`QueueSettings`]
+//! (trigger, batch, worker) here, and [`CascadeSettings`](crate::providers::registry::CascadeSettings)
 //! (worker) next to the provider adapters. README's "Configuration" table is written from these
 //! doc comments. Each reader is called once at start-up: a bad value stops the function with a
 //! [`ConfigError`] naming the variable, the value and what is allowed; nothing falls back to a
@@ -303,7 +303,7 @@ pub enum ConfigError {
     },
 }
 
-/// Settings shared by the three functions. Every value has a default except the table name.
+/// Settings shared by every function. Every value has a default except the table name.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `TABLE_NAME` (required): the single DynamoDB table (see `template.yaml`).
@@ -389,7 +389,7 @@ impl Config {
     }
 }
 
-/// How the trigger and status functions verify Clerk session tokens (see
+/// How the API functions verify Clerk session tokens (see
 /// [`crate::auth::Authenticator::from_vars`], which needs a key source: `AUTH_JWT_KEY` or
 /// `AUTH_JWKS_URL`).
 #[derive(Debug, Clone, PartialEq, Eq)]

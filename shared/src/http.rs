@@ -1,4 +1,4 @@
-//! The HTTP edge shared by the trigger and status Lambdas and the local gateway:
+//! The HTTP edge shared by the API Lambdas and the local gateway:
 //! API Gateway HTTP API request in (via lambda_http), spec response or error envelope out.
 
 use std::collections::HashMap;

@@ -34,9 +34,33 @@ impl Store {
     /// limit) are written one transaction each, each person on condition its id is new, and when
     /// a group fails the groups already written are deleted before the error is returned.
     ///
+    /// A person without `createdAt` is given one (now, a millisecond apart in list order, as
+    /// [`crate::people::creation_time`] does), so that the people list and a bulk selection
+    /// find everyone.
+    ///
     /// Errors: DynamoDB failures or an id that exists (nothing is left written, unless the
     /// deletion fails too: then its error says so).
     pub async fn create_people(&self, org_id: &str, people: &[Person]) -> Result<(), StoreError> {
+        let started = chrono::Utc::now();
+        let dated: Vec<Person>;
+        let people = if people.iter().any(|p| p.created_at.is_none()) {
+            dated = people
+                .iter()
+                .enumerate()
+                .map(|(index, person)| {
+                    let mut person = person.clone();
+                    if person.created_at.is_none() {
+                        let at = crate::people::creation_time(started, index);
+                        person.updated_at.get_or_insert_with(|| at.clone());
+                        person.created_at = Some(at);
+                    }
+                    person
+                })
+                .collect();
+            &dated[..]
+        } else {
+            people
+        };
         let mut written = 0;
         for group in people.chunks(100) {
             if let Err(e) = self.put_group(org_id, group).await {

@@ -5,7 +5,8 @@
 //! Step Functions and Secrets Manager clients, while each function's scenarios run through the
 //! same code as the Lambdas ([`Enrichments::trigger`], [`Enrichments::status`],
 //! [`Enrichments::query`], [`Enrichments::enrich_batch`], [`Enrichments::enrich_bulk`],
-//! [`People`], [`Worker::handle`], [`resolve_api_keys`]) against a private local stack. Each request is mapped
+//! [`People`], [`Credits`], [`Worker::handle`], [`resolve_api_keys`]) against a private local
+//! stack. Each request is mapped
 //! to the IAM actions that authorize it and to the template resource it touched ([`permissions`]).
 //! `template.yaml` is then read for what each function's role allows, once per orchestrator
 //! (`Orchestrator=sqs`, the default, and `stepfunctions`), and the two must agree both ways:
@@ -32,6 +33,7 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use enrichment::auth::Principal;
 use enrichment::batch::{BulkFilters, Selection};
+use enrichment::credits::{Credits, parse_history};
 use enrichment::domain::Job;
 use enrichment::domain::{Enrichment, Field, Person, Status};
 use enrichment::enrichment::{ENQUEUE_FAILED_MESSAGE, Enrichments};
@@ -59,15 +61,17 @@ enum Function {
     Worker,
     People,
     Batch,
+    Credits,
 }
 
 impl Function {
-    const ALL: [Function; 5] = [
+    const ALL: [Function; 6] = [
         Function::Trigger,
         Function::Status,
         Function::Worker,
         Function::People,
         Function::Batch,
+        Function::Credits,
     ];
 
     fn name(self) -> &'static str {
@@ -77,6 +81,7 @@ impl Function {
             Function::Worker => "worker",
             Function::People => "people",
             Function::Batch => "batch",
+            Function::Credits => "credits",
         }
     }
 
@@ -88,6 +93,7 @@ impl Function {
             Function::Worker => "WorkerFunction",
             Function::People => "PeopleFunction",
             Function::Batch => "BatchFunction",
+            Function::Credits => "CreditsFunction",
         }
     }
 }
@@ -148,8 +154,20 @@ impl Scenario {
 /// Every scenario, one line each. A scenario runs once per orchestrator it applies to, in an
 /// org of its own.
 fn scenarios() -> Vec<Scenario> {
-    use Function::{Batch, People, Status, Trigger, Worker};
+    use Function::{Batch, Credits, People, Status, Trigger, Worker};
     vec![
+        Scenario::new(Credits, "balance of an org that never had credits", |env| {
+            Box::pin(credits_balance_none(env))
+        }),
+        Scenario::new(Credits, "balance of an org with credits", |env| {
+            Box::pin(credits_balance(env))
+        }),
+        Scenario::new(Credits, "history page of a date range", |env| {
+            Box::pin(credits_history_range(env))
+        }),
+        Scenario::new(Credits, "history pages by offset", |env| {
+            Box::pin(credits_history_offset(env))
+        }),
         Scenario::new(Batch, "query with a stale pending: refunded", |env| {
             Box::pin(batch_query(env))
         }),
@@ -218,6 +236,12 @@ fn scenarios() -> Vec<Scenario> {
         }),
         Scenario::new(Worker, "no match: miss cached", |env| {
             Box::pin(worker_no_match(env))
+        }),
+        Scenario::new(Worker, "no match with REFUND_MISSES: refunded", |env| {
+            Box::pin(worker_no_match_refunded(env))
+        }),
+        Scenario::new(Worker, "cached miss with REFUND_MISSES: refunded", |env| {
+            Box::pin(worker_cached_miss_refunded(env))
         }),
         Scenario::new(Worker, "providers failed: refunded", |env| {
             Box::pin(worker_providers_failed(env))
@@ -411,6 +435,85 @@ fn ids(people: &[Person]) -> Vec<Uuid> {
 
 fn ids_of(enrichments: &[Enrichment]) -> Vec<Uuid> {
     enrichments.iter().map(|e| e.id).collect()
+}
+
+// ----------------------------------------------------------------------------- credits
+
+/// The credits function as its Lambda builds it: the use cases over the recorded store.
+fn credits_api(env: &Env) -> Credits {
+    Credits::new(env.h.store(None))
+}
+
+/// No credits item yet: the balance is 0, not an error.
+async fn credits_balance_none(env: &Env) {
+    let balance = credits_api(env).balance(&env.principal()).await.unwrap();
+    assert_eq!(
+        (balance.balance, balance.organization_id.as_str()),
+        (0, env.org.as_str())
+    );
+}
+
+async fn credits_balance(env: &Env) {
+    env.grant(100).await;
+    let balance = credits_api(env).balance(&env.principal()).await.unwrap();
+    assert_eq!(balance.balance, 100);
+    env.assert_ledger().await;
+}
+
+/// A grant and an enrichment's debit, read back through a date range around today (days
+/// either side, so that midnight between the writes and the read changes nothing), newest
+/// first; a range that ends before them finds none.
+async fn credits_history_range(env: &Env) {
+    env.grant(100).await;
+    env.pending_job(&env.person("Ada")).await;
+    let today = chrono::Utc::now().date_naive();
+    let day = |days: i64| (today + chrono::Duration::days(days)).to_string();
+    let query = parse_history(Some(&day(-1)), Some(&day(1)), Some("10"), None).unwrap();
+    let history = credits_api(env)
+        .history(&env.principal(), &query)
+        .await
+        .unwrap();
+    // 100, then the job's own grant of one emails enrichment, then its debit.
+    let amounts: Vec<i64> = history
+        .transactions
+        .iter()
+        .map(|t| t.signed_amount())
+        .collect();
+    let cost = env.config().cost(Field::Emails);
+    assert_eq!(amounts, [-cost, cost, 100]);
+    assert_eq!(history.count, 3);
+    let before = parse_history(Some("2001-01-01"), Some(&day(-2)), None, None).unwrap();
+    let none = credits_api(env)
+        .history(&env.principal(), &before)
+        .await
+        .unwrap();
+    assert_eq!(none.count, 0);
+    env.assert_ledger().await;
+}
+
+/// Five grants, read as pages of two: the second page skips the two newest, the third holds the
+/// oldest alone.
+async fn credits_history_offset(env: &Env) {
+    for amount in 1..=5 {
+        env.grant(amount).await;
+        // Distinct creation times, so that newest first is one order.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let page = |offset: &'static str| async move {
+        let query = parse_history(None, None, Some("2"), Some(offset)).unwrap();
+        credits_api(env)
+            .history(&env.principal(), &query)
+            .await
+            .unwrap()
+            .transactions
+            .iter()
+            .map(|t| t.amount)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(page("0").await, [5, 4]);
+    assert_eq!(page("2").await, [3, 2]);
+    assert_eq!(page("4").await, [1]);
+    env.assert_ledger().await;
 }
 
 // ------------------------------------------------------------------------------ people
@@ -676,6 +779,59 @@ async fn worker_no_match(env: &Env) {
         (Status::Finished, Some(false))
     );
     assert!(done.global_enrichment_id.is_some(), "the miss is cached");
+    env.assert_ledger().await;
+}
+
+/// `REFUND_MISSES` on: the outcome transaction that finishes the enrichment without data also
+/// credits the balance and puts the refund's credit transaction.
+async fn worker_no_match_refunded(env: &Env) {
+    let person = env.person("Nobody");
+    let job = env.pending_job(&person).await;
+    let worker = env.worker(
+        env.config_refunding_misses(),
+        vec![Scripted::new(Answer::NoMatch)],
+        None,
+    );
+    assert_eq!(env.deliver(&worker, &job, 1).await, Delivered::Acknowledged);
+    let done = env.enrichment(person.id).await;
+    assert_eq!(
+        (done.status, done.data_found),
+        (Status::Finished, Some(false))
+    );
+    assert_eq!(
+        env.balance().await,
+        env.config().cost(Field::Emails),
+        "refunded"
+    );
+    env.assert_ledger().await;
+}
+
+/// `REFUND_MISSES` on and the person a known miss of the global cache (another run of the same
+/// real person found nothing; set-up, not recorded): served from the cache, no provider asked,
+/// and refunded in the transaction that finishes it.
+async fn worker_cached_miss_refunded(env: &Env) {
+    let first = env.person("Nobody");
+    let second = Person {
+        id: Uuid::new_v4(),
+        ..first.clone()
+    };
+    let first_job = env.pending_job(&first).await;
+    env.setup_worker(vec![Scripted::new(Answer::NoMatch)])
+        .run(&first_job, deadline())
+        .await
+        .unwrap();
+    let job = env.pending_job(&second).await;
+    let unused = Scripted::new(Answer::Fails);
+    let worker = env.worker(env.config_refunding_misses(), vec![unused.clone()], None);
+    assert_eq!(env.deliver(&worker, &job, 1).await, Delivered::Acknowledged);
+    let done = env.enrichment(second.id).await;
+    assert_eq!(
+        (done.status, done.data_found),
+        (Status::Finished, Some(false))
+    );
+    assert_eq!(unused.calls(), 0);
+    // The first run (REFUND_MISSES off) kept its charge; the second was refunded.
+    assert_eq!(env.balance().await, env.config().cost(Field::Emails));
     env.assert_ledger().await;
 }
 
@@ -1061,6 +1217,7 @@ fn iam_template_queue_variables_follow_the_orchestrator() {
     };
     use Orchestrator::{Sqs, StepFunctions};
     let machine = [("STATE_MACHINE_ARN", "CascadeStateMachine")];
+    let mut checked = BTreeSet::new();
     for (function, sqs, step_functions) in [
         (
             Function::Trigger,
@@ -1082,6 +1239,7 @@ fn iam_template_queue_variables_follow_the_orchestrator() {
         ),
         (Function::Status, expect(&[]), expect(&[])),
         (Function::People, expect(&[]), expect(&[])),
+        (Function::Credits, expect(&[]), expect(&[])),
     ] {
         assert_eq!(queue_variables(function, Sqs), sqs, "{function:?}");
         assert_eq!(
@@ -1089,6 +1247,41 @@ fn iam_template_queue_variables_follow_the_orchestrator() {
             step_functions,
             "{function:?}"
         );
+        checked.insert(function);
+    }
+    assert_eq!(checked, BTreeSet::from(Function::ALL));
+}
+
+/// The functions checked here are the template's: every `AWS::Serverless::Function` is one of
+/// [`Function::ALL`] (so a new function's role cannot go unchecked), and each has scenarios
+/// under both orchestrators.
+#[test]
+fn iam_every_template_function_has_scenarios() {
+    let template = Template::load();
+    let declared: BTreeSet<String> = template.0["Resources"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, resource)| resource["Type"].as_str() == Some("AWS::Serverless::Function"))
+        .map(|(id, _)| id.as_str().unwrap().to_string())
+        .collect();
+    let known: BTreeSet<String> = Function::ALL
+        .iter()
+        .map(|f| f.logical_id().to_string())
+        .collect();
+    assert_eq!(declared, known, "template.yaml functions vs Function::ALL");
+    let scenarios = scenarios();
+    for function in Function::ALL {
+        for orchestrator in Orchestrator::ALL {
+            assert!(
+                scenarios
+                    .iter()
+                    .any(|s| s.function == function && s.orchestrators.contains(&orchestrator)),
+                "{} has no scenario under Orchestrator={}",
+                function.name(),
+                orchestrator.parameter()
+            );
+        }
     }
 }
 
@@ -1930,6 +2123,14 @@ impl Env {
         let mut config = self.config();
         config.max_age = max_age;
         config
+    }
+
+    /// The configuration with `REFUND_MISSES=true` (the template's `RefundMisses`).
+    fn config_refunding_misses(&self) -> enrichment::config::Config {
+        enrichment::config::Config {
+            refund_misses: true,
+            ..self.config()
+        }
     }
 
     fn principal(&self) -> Principal {

@@ -2,8 +2,10 @@
 //! `Stage=local`, keys, TTL attribute, redrive policy), the same routes (every route of the HTTP
 //! API reaches a handler of the local gateway, and every route the gateway serves is in the
 //! template), the same worker concurrency per queue; and the template fits the code: its
-//! timeouts are the code's budgets, and its state machine holds a batch's jobs until the
-//! `notBefore` the code writes. The template is parsed, not copied.
+//! timeouts are the code's budgets, its state machine holds a batch's jobs until the
+//! `notBefore` the code writes, every function crate is deployed (built, logged, configured)
+//! alike, and the settings the code reads reach the function that acts on them. The template
+//! is parsed, not copied.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -16,8 +18,11 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
+use enrichment::config::{Config, Vars};
 use enrichment::domain::{Field, Job};
-use enrichment::http::{BATCH_QUERY_ROUTE, BATCH_ROUTE, BULK_ROUTE, PEOPLE_PREFIX, ROUTE};
+use enrichment::http::{
+    BATCH_QUERY_ROUTE, BATCH_ROUTE, BULK_ROUTE, CREDITS_PREFIX, PEOPLE_PREFIX, ROUTE,
+};
 use enrichment::queue::{JobQueue, StepFunctionsJobQueue};
 use local_stack::{Options, Stack};
 use serde_yaml::Value;
@@ -209,9 +214,10 @@ fn template_routes(template: &Value) -> BTreeMap<(String, String), String> {
 }
 
 /// Every route of the template reaches a handler of the local gateway (no `Route not found`;
-/// without a token, the handler answers 401 or rejects the input); and the paths the gateway
-/// routes are the template's, to the same functions. The gateway hands every method of the
-/// batch routes to the batch handler, which answers 405 itself: in the template they are `ANY`.
+/// without a token, the handler answers 401 or rejects the input); and the template's routes
+/// are exactly the paths the gateway routes, to the same functions. The gateway hands every
+/// method of the batch and credits routes to their handlers, which answer 405 themselves: in
+/// the template they are `ANY`.
 async fn gateway_serves_the_template_routes(template: &Value, gateway_url: &str) {
     let routes = template_routes(template);
     let client = reqwest::Client::new();
@@ -252,24 +258,33 @@ async fn gateway_serves_the_template_routes(template: &Value, gateway_url: &str)
             );
         }
     }
-    let expected = [
-        ("POST", ROUTE, "TriggerFunction"),
-        ("GET", ROUTE, "StatusFunction"),
-        ("ANY", BATCH_QUERY_ROUTE, "BatchFunction"),
-        ("ANY", BATCH_ROUTE, "BatchFunction"),
-        ("ANY", BULK_ROUTE, "BatchFunction"),
-        ("POST", PEOPLE_PREFIX, "PeopleFunction"),
-        ("GET", PEOPLE_PREFIX, "PeopleFunction"),
-    ];
-    for (method, path, function) in expected {
-        assert_eq!(
-            routes
-                .get(&(method.to_string(), path.to_string()))
-                .map(String::as_str),
-            Some(function),
-            "{method} {path}"
-        );
-    }
+    let person = format!("{PEOPLE_PREFIX}/{{personId}}");
+    let expected: BTreeMap<(String, String), String> = [
+        ("POST", ROUTE.to_string(), "TriggerFunction"),
+        ("GET", ROUTE.to_string(), "StatusFunction"),
+        ("ANY", BATCH_QUERY_ROUTE.to_string(), "BatchFunction"),
+        ("ANY", BATCH_ROUTE.to_string(), "BatchFunction"),
+        ("ANY", BULK_ROUTE.to_string(), "BatchFunction"),
+        ("POST", PEOPLE_PREFIX.to_string(), "PeopleFunction"),
+        ("POST", format!("{PEOPLE_PREFIX}/batch"), "PeopleFunction"),
+        ("GET", PEOPLE_PREFIX.to_string(), "PeopleFunction"),
+        ("GET", person.clone(), "PeopleFunction"),
+        ("DELETE", person, "PeopleFunction"),
+        (
+            "ANY",
+            format!("{CREDITS_PREFIX}/balance"),
+            "CreditsFunction",
+        ),
+        (
+            "ANY",
+            format!("{CREDITS_PREFIX}/history"),
+            "CreditsFunction",
+        ),
+    ]
+    .into_iter()
+    .map(|(method, path, function)| ((method.to_string(), path), function.to_string()))
+    .collect();
+    assert_eq!(routes, expected);
 }
 
 /// The worker's event sources in the template and the pollers of the local stack: one per
@@ -442,12 +457,22 @@ fn template_timeouts_are_the_budgets_the_code_uses() {
     };
     let timeout =
         |function: &str| Duration::from_secs(number(&properties(&template, function)["Timeout"]));
-    for api in [
-        "TriggerFunction",
-        "StatusFunction",
-        "PeopleFunction",
-        "BatchFunction",
-    ] {
+    // Every function but the worker serves the HTTP API.
+    let api: Vec<String> = functions(&template)
+        .into_iter()
+        .filter(|id| id != "WorkerFunction")
+        .collect();
+    assert_eq!(
+        api,
+        [
+            "BatchFunction",
+            "CreditsFunction",
+            "PeopleFunction",
+            "StatusFunction",
+            "TriggerFunction",
+        ]
+    );
+    for api in &api {
         assert_eq!(timeout(api), budget::API_FUNCTION_TIMEOUT, "{api}");
     }
     assert_eq!(timeout("WorkerFunction"), budget::WORKER_FUNCTION_TIMEOUT);
@@ -496,4 +521,164 @@ fn template_timeouts_are_the_budgets_the_code_uses() {
     let machine =
         &properties(&template, "CascadeStateMachine")["Definition"]["States"]["RunCascade"];
     assert!(number(&machine["TimeoutSeconds"]) >= budget::WORKER_FUNCTION_TIMEOUT.as_secs());
+}
+
+/// The logical ids of the template's functions (`AWS::Serverless::Function`), sorted.
+fn functions(template: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = template["Resources"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, resource)| resource["Type"].as_str() == Some("AWS::Serverless::Function"))
+        .map(|(id, _)| id.as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The binary of each function crate under `functions/` (its `[[bin]]` name).
+fn function_binaries(root: &std::path::Path) -> BTreeSet<String> {
+    let mut binaries = BTreeSet::new();
+    for entry in std::fs::read_dir(root.join("functions")).unwrap() {
+        let manifest = entry.unwrap().path().join("Cargo.toml");
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
+        let (_, bin) = text
+            .split_once("[[bin]]")
+            .unwrap_or_else(|| panic!("{}: no [[bin]]", manifest.display()));
+        let name = bin
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("name = "))
+            .unwrap_or_else(|| panic!("{}: [[bin]] without a name", manifest.display()));
+        binaries.insert(name.trim_matches('"').to_string());
+    }
+    binaries
+}
+
+/// Every function crate is a function of the template and every function of the template is
+/// one of them (`BuildProperties.Binary`, built by `sam build` with the rust-cargolambda build
+/// method), and `make build-lambda` builds them all. Each is deployed alike: the Globals'
+/// runtime, architecture, handler and `TABLE_NAME` (no function overrides them), a log group of
+/// the template named `/aws/lambda/{FunctionName}` with JSON logs (AWS Lambda Developer Guide,
+/// "Configuring advanced logging controls"), and every function of the HTTP API gets the
+/// Clerk settings from the template's parameters (each reads `Authenticator::from_vars`).
+#[test]
+fn every_function_crate_is_deployed_alike() {
+    let template = template();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let binaries = function_binaries(&root);
+    let globals = &template["Globals"]["Function"];
+    assert_eq!(globals["Runtime"].as_str(), Some("provided.al2023"));
+    assert_eq!(globals["Architectures"][0].as_str(), Some("arm64"));
+    assert_eq!(globals["Handler"].as_str(), Some("bootstrap"));
+    assert_eq!(
+        reference(&globals["Environment"]["Variables"]["TABLE_NAME"]),
+        "EnrichmentTable"
+    );
+    let mut deployed = BTreeSet::new();
+    for id in functions(&template) {
+        let resource = &template["Resources"][id.as_str()];
+        let binary = resource["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{id}: no BuildProperties.Binary"));
+        assert_eq!(
+            resource["Metadata"]["BuildMethod"].as_str(),
+            Some("rust-cargolambda"),
+            "{id}"
+        );
+        assert!(
+            deployed.insert(binary.to_string()),
+            "{binary} deployed twice"
+        );
+        let function = &resource["Properties"];
+        for global in ["Runtime", "Architectures", "Handler"] {
+            assert!(function[global].is_null(), "{id} overrides {global}");
+        }
+        let variables = &function["Environment"]["Variables"];
+        assert!(
+            variables["TABLE_NAME"].is_null(),
+            "{id} overrides TABLE_NAME"
+        );
+        let name = sub_stage(&function["FunctionName"]);
+        assert_eq!(name, format!("enrichment-{binary}-local"), "{id}");
+        assert_eq!(
+            function["LoggingConfig"]["LogFormat"].as_str(),
+            Some("JSON")
+        );
+        let group = reference(&function["LoggingConfig"]["LogGroup"]);
+        assert_eq!(
+            template["Resources"][group.as_str()]["Type"].as_str(),
+            Some("AWS::Logs::LogGroup"),
+            "{id}"
+        );
+        assert_eq!(
+            sub_stage(&properties(&template, &group)["LogGroupName"]),
+            format!("/aws/lambda/{name}"),
+            "{id}"
+        );
+        if id != "WorkerFunction" {
+            for (variable, parameter) in [
+                ("AUTH_JWKS_URL", "AuthJwksUrl"),
+                ("AUTH_ISSUER", "AuthIssuer"),
+                ("AUTH_AUTHORIZED_PARTIES", "AuthAuthorizedParties"),
+            ] {
+                assert_eq!(
+                    reference(&variables[variable]),
+                    parameter,
+                    "{id} {variable}"
+                );
+            }
+        }
+    }
+    assert_eq!(deployed, binaries, "template.yaml functions vs functions/*");
+    let makefile = std::fs::read_to_string(root.join("Makefile")).unwrap();
+    let built: BTreeSet<String> = makefile
+        .lines()
+        .filter(|line| line.contains("lambda build"))
+        .flat_map(|line| {
+            line.split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .filter(|pair| pair[0] == "-p")
+                .map(|pair| pair[1].to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(built, binaries, "make build-lambda vs functions/*");
+}
+
+/// `RefundMisses` reaches the worker, the one function that finishes enrichments, as
+/// `REFUND_MISSES`; each value the parameter allows is one `Config::from_vars` accepts, and its
+/// default is the code's (spec operations-api, "Credits": a miss is refunded only when the
+/// deployment says so).
+#[test]
+fn refund_misses_reaches_the_worker() {
+    let template = template();
+    let parameter = &template["Parameters"]["RefundMisses"];
+    assert_eq!(parameter["Type"].as_str(), Some("String"));
+    let allowed: Vec<&str> = parameter["AllowedValues"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|value| value.as_str().expect("a quoted value"))
+        .collect();
+    assert_eq!(allowed, ["true", "false"]);
+    let read = |value: Option<&str>| {
+        let mut pairs = vec![("TABLE_NAME", "t")];
+        pairs.extend(value.map(|value| ("REFUND_MISSES", value)));
+        Config::from_vars(&Vars::from_pairs(pairs))
+            .unwrap()
+            .refund_misses
+    };
+    for value in &allowed {
+        assert_eq!(read(Some(value)), *value == "true", "{value}");
+    }
+    assert_eq!(
+        read(parameter["Default"].as_str()),
+        read(None),
+        "the parameter's default is the code's"
+    );
+    let worker = &properties(&template, "WorkerFunction")["Environment"]["Variables"];
+    assert_eq!(reference(&worker["REFUND_MISSES"]), "RefundMisses");
 }
