@@ -1,32 +1,87 @@
-//! `enrichctl`: admin CLI for the local stack started by `make run`. It finds the stack through
-//! `<state>/stack.json` (state folder `.local`, or `--state-dir` / `LOCAL_STATE_DIR`), and says
-//! the stack is not running when nothing answers at the gateway that file names.
+//! `enrichctl`: admin CLI for the enrichment backend, against the local stack or a deployed one.
+//!
+//! - With neither `--stack-name` nor `--table`: the local stack started by `make run`, found
+//!   through `<state>/stack.json` (state folder `.local`, or `--state-dir` / `LOCAL_STATE_DIR`);
+//!   it says the stack is not running when nothing answers at the gateway that file names.
+//! - `--stack-name NAME`: a deployed stack; CloudFormation `DescribeStacks` gives its table (the
+//!   `TableName` output, or for a stack deployed without that output the physical id of its
+//!   `EnrichmentTable` resource).
+//! - `--table NAME`: a deployed table, by name.
+//!
+//! Against a deployed stack, the AWS SDK's default configuration applies: the standard
+//! credential chain (environment, profiles with `credential_process` or SSO, web identity,
+//! container and instance roles), the region of `AWS_REGION` or the profile, and endpoint
+//! overrides (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_DYNAMODB`, `AWS_ENDPOINT_URL_CLOUDFORMATION`).
+//! `token` is local only: a deployed stack's tokens come from its identity provider.
+//!
+//! Commands: `token`, `credits grant` (idempotent with `--idempotency-key`), `credits balance`,
+//! `credits history` (the API's JSON), `people import`, `people show`. A bad argument exits 2
+//! with clap's usage error; a failure of the command exits 1 with `enrichctl: <why>`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 use chrono::Utc;
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand};
+use enrichment::credits::{History, HistoryQuery, parse_history};
 use enrichment::domain::Person;
+use enrichment::error::ApiError;
 use enrichment::people::{PersonInput, PersonView, creation_time};
-use enrichment::store::Store;
+use enrichment::store::{CreditSource, Grant, GrantOutcome, Store};
 use local_stack::{StackInfo, devkey, dynamodb_config, gateway_answers};
 use uuid::Uuid;
 
 /// The most credits one `credits grant` adds.
 const MAX_GRANT: i64 = 1_000_000_000;
+/// The most characters a grant's description holds.
+const MAX_DESCRIPTION_CHARS: usize = 500;
+/// The most characters of a grant's idempotency key.
+const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
 /// The most characters a CSV cell may hold.
 const MAX_CELL_CHARS: usize = 1024;
 /// The most bytes the cells of one CSV row may hold together.
 const MAX_ROW_BYTES: usize = 16 * 1024;
 
+/// The stack output that names the table (`template.yaml`, `Outputs`).
+const TABLE_OUTPUT: &str = "TableName";
+/// The table's logical id in `template.yaml`: its physical id is the table name.
+const TABLE_RESOURCE: &str = "EnrichmentTable";
+
 #[derive(Parser)]
-#[command(name = "enrichctl", about = "Admin CLI for the local enrichment stack")]
+#[command(
+    name = "enrichctl",
+    about = "Admin CLI for the enrichment backend: the local stack, or a deployed one with \
+             --stack-name or --table",
+    after_help = "Against a deployed stack (--stack-name or --table), the AWS SDK's default \
+                  configuration applies: the standard credential chain (environment, profiles, \
+                  SSO, roles), AWS_REGION or the profile's region, and AWS_ENDPOINT_URL, \
+                  AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL_CLOUDFORMATION."
+)]
 struct Cli {
-    /// The local stack's state folder.
-    #[arg(long, env = "LOCAL_STATE_DIR", default_value = ".local", global = true)]
+    /// The local stack's state folder (without --stack-name or --table).
+    #[arg(
+        long,
+        env = "LOCAL_STATE_DIR",
+        default_value = ".local",
+        global = true,
+        help_heading = "Target"
+    )]
     state_dir: PathBuf,
+    /// A deployed stack's CloudFormation stack name (or id): its `TableName` output names the
+    /// table (or, without that output, its `EnrichmentTable` resource).
+    #[arg(long, global = true, value_name = "NAME", conflicts_with = "table",
+          value_parser = stack_name, help_heading = "Target")]
+    stack_name: Option<String>,
+    /// A deployed DynamoDB table, by name: 3 to 255 of A-Z a-z 0-9 _ - . (no CloudFormation
+    /// call).
+    #[arg(long, global = true, value_name = "NAME", value_parser = table_name,
+          help_heading = "Target")]
+    table: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,7 +89,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print a session token the local stack accepts (RS256, signed with its dev key). Its
-    /// issuer is the gateway's URL: a stack restarted on another PORT refuses it.
+    /// issuer is the gateway's URL: a stack restarted on another PORT refuses it. Local stack
+    /// only: refused with --stack-name or --table.
     Token {
         /// User id (`sub`, the enrichment's `createdBy`): 1 to 128 of A-Z a-z 0-9 _ -.
         #[arg(long, value_parser = identifier)]
@@ -61,8 +117,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Credits {
-    /// Add credits to an organization's balance; prints the new balance. A grant that would
-    /// take the balance above 1000000000000000 is refused.
+    /// Add credits to an organization's balance, with a `credit_added` transaction in its
+    /// history; prints the new balance. A grant that would take the balance above
+    /// 1000000000000000 is refused. With --idempotency-key, a grant sent again with the same
+    /// key for the same organization adds nothing (whatever its amount) and prints
+    /// `already granted (idempotency key KEY); balance N`.
     Grant {
         /// Organization id: 1 to 128 of A-Z a-z 0-9 _ -.
         #[arg(long, value_parser = identifier)]
@@ -70,12 +129,44 @@ enum Credits {
         /// Credits to add, 1 to 1000000000.
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..=MAX_GRANT))]
         amount: i64,
+        /// Where the credits come from: manual, signup_bonus, stripe_purchase or
+        /// stripe_subscription.
+        #[arg(long, default_value = "manual", value_parser = grant_source)]
+        source: CreditSource,
+        /// Free text shown in the history: 1 to 500 characters.
+        #[arg(long, value_parser = description)]
+        description: Option<String>,
+        /// Makes the grant safe to retry: 1 to 200 characters, no control characters.
+        #[arg(long, value_name = "KEY", value_parser = idempotency_key)]
+        idempotency_key: Option<String>,
     },
     /// Print an organization's balance.
     Balance {
         /// Organization id: 1 to 128 of A-Z a-z 0-9 _ -.
         #[arg(long, value_parser = identifier)]
         org: String,
+    },
+    /// Print a page of an organization's credit transactions, newest first, as the API answers
+    /// `GET /api/v1/operations/credits/history`: `{"transactions": [...], "count": n}`. The
+    /// options are checked as the API checks its query.
+    History {
+        /// Organization id: 1 to 128 of A-Z a-z 0-9 _ -.
+        #[arg(long, value_parser = identifier)]
+        org: String,
+        /// The first day (2026-12-01, from its first millisecond, UTC) or time
+        /// (2026-12-01T10:30:00Z, 2026-12-01T11:30:00+01:00) included [default: no lower bound].
+        #[arg(long, value_name = "DATE")]
+        start_date: Option<String>,
+        /// The last day (to its last millisecond, UTC) or time included [default: no upper
+        /// bound].
+        #[arg(long, value_name = "DATE")]
+        end_date: Option<String>,
+        /// Transactions per page, 1 to 1000 [default: 100].
+        #[arg(long, value_name = "N")]
+        limit: Option<String>,
+        /// Transactions to skip, newest first, 0 to 100000 [default: 0].
+        #[arg(long, value_name = "N")]
+        offset: Option<String>,
     },
 }
 
@@ -111,6 +202,145 @@ fn identifier(value: &str) -> Result<String, String> {
     } else {
         Err("must be 1 to 128 characters among A-Z, a-z, 0-9, '_' and '-'".into())
     }
+}
+
+/// A DynamoDB table name: 3 to 255 characters of `A-Z a-z 0-9 _ - .`.
+fn table_name(value: &str) -> Result<String, String> {
+    let valid = (3..=255).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if valid {
+        Ok(value.to_string())
+    } else {
+        Err("must be 3 to 255 characters among A-Z, a-z, 0-9, '_', '-' and '.'".into())
+    }
+}
+
+/// A CloudFormation stack name or id: not empty, at most 2048 characters (an id is an ARN),
+/// no whitespace. CloudFormation itself says whether the stack exists.
+fn stack_name(value: &str) -> Result<String, String> {
+    let valid = (1..=2048).contains(&value.len())
+        && !value.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(value.to_string())
+    } else {
+        Err("must be a stack name or id: 1 to 2048 characters, no spaces".into())
+    }
+}
+
+/// A grant's source: any [`CreditSource`] but `refund`, which only the product writes.
+fn grant_source(value: &str) -> Result<CreditSource, String> {
+    value.parse()
+}
+
+/// A grant's description: 1 to [`MAX_DESCRIPTION_CHARS`] characters.
+fn description(value: &str) -> Result<String, String> {
+    let chars = value.chars().count();
+    if (1..=MAX_DESCRIPTION_CHARS).contains(&chars) {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "must be 1 to {MAX_DESCRIPTION_CHARS} characters (it has {chars})"
+        ))
+    }
+}
+
+/// An idempotency key: 1 to [`MAX_IDEMPOTENCY_KEY_CHARS`] characters, none a control character.
+fn idempotency_key(value: &str) -> Result<String, String> {
+    let chars = value.chars().count();
+    if !(1..=MAX_IDEMPOTENCY_KEY_CHARS).contains(&chars) {
+        return Err(format!(
+            "must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters (it has {chars})"
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not hold control characters".into());
+    }
+    Ok(value.to_string())
+}
+
+/// The history query of the options, checked by the API's own rules ([`parse_history`]).
+/// Errors: the API's message, with the option it is about.
+fn history_query(
+    start_date: Option<&str>,
+    end_date: Option<&str>,
+    limit: Option<&str>,
+    offset: Option<&str>,
+) -> Result<HistoryQuery, String> {
+    parse_history(start_date, end_date, limit, offset).map_err(|e| match &e {
+        ApiError::InvalidField { field, message, .. } => {
+            let option = match field.as_str() {
+                "startDate" => "--start-date",
+                "endDate" => "--end-date",
+                "limit" => "--limit",
+                "offset" => "--offset",
+                other => other,
+            };
+            format!("invalid value for '{option}': {message}")
+        }
+        other => other.to_string(),
+    })
+}
+
+impl Cli {
+    /// The checks clap cannot make alone: `token` is local only, and the history's options
+    /// together.
+    fn check(&self) -> Result<(), clap::Error> {
+        // The error of a subcommand, with its usage (`enrichctl credits history ...`).
+        let usage = |path: &[&str], kind: ErrorKind, message: String| {
+            let mut command = Cli::command();
+            command.build();
+            let mut sub = &mut command;
+            for name in path {
+                sub = sub
+                    .find_subcommand_mut(name)
+                    .expect("the subcommands of Cli");
+            }
+            sub.error(kind, message)
+        };
+        match &self.command {
+            Command::Token { .. } if self.deployed() => Err(usage(
+                &["token"],
+                ErrorKind::ArgumentConflict,
+                TOKEN_LOCAL_ONLY.to_string(),
+            )),
+            Command::Credits {
+                command:
+                    Credits::History {
+                        start_date,
+                        end_date,
+                        limit,
+                        offset,
+                        ..
+                    },
+            } => history_query(
+                start_date.as_deref(),
+                end_date.as_deref(),
+                limit.as_deref(),
+                offset.as_deref(),
+            )
+            .map(|_| ())
+            .map_err(|message| usage(&["credits", "history"], ErrorKind::ValueValidation, message)),
+            _ => Ok(()),
+        }
+    }
+}
+
+const TOKEN_LOCAL_ONLY: &str = "`token` mints tokens for the local stack only: a deployed \
+                                stack accepts its identity provider's tokens; drop \
+                                --stack-name/--table";
+
+/// Parses the arguments (`args` starts with the program's name) and makes [`Cli::check`]'s
+/// checks.
+fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    cli.check()?;
+    Ok(cli)
 }
 
 const COLUMNS: [&str; 5] = [
@@ -150,6 +380,155 @@ fn dynamodb(info: &StackInfo) -> aws_sdk_dynamodb::Client {
 
 fn store(info: &StackInfo) -> Store {
     Store::new(dynamodb(info), &info.table_name)
+}
+
+/// The AWS SDK's default configuration (credential chain, region, endpoint overrides), with
+/// bounds fit for an operator's network: 10 s to connect, 60 s for a call and its retries.
+///
+/// Errors: no region configured.
+async fn aws_sdk_config() -> Result<aws_config::SdkConfig, String> {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .operation_timeout(Duration::from_secs(60))
+                .build(),
+        )
+        .load()
+        .await;
+    if config.region().is_none() {
+        return Err(
+            "no AWS region: set AWS_REGION, or a region in the profile of AWS_PROFILE".into(),
+        );
+    }
+    Ok(config)
+}
+
+/// A CloudFormation failure: the service's code and message when it answered, else the SDK's
+/// whole error context (no credentials, no answer...).
+fn cloudformation_error<E, R>(error: &aws_sdk_cloudformation::error::SdkError<E, R>) -> String
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match error.as_service_error() {
+        Some(service) => format!(
+            "{}: {}",
+            service.code().unwrap_or("error"),
+            service.message().unwrap_or("no message")
+        ),
+        None => DisplayErrorContext(error).to_string(),
+    }
+}
+
+/// The table named by a stack's `TableName` output, if it has one.
+fn table_output(stack: &aws_sdk_cloudformation::types::Stack) -> Option<String> {
+    stack
+        .outputs()
+        .iter()
+        .find(|output| output.output_key() == Some(TABLE_OUTPUT))
+        .and_then(|output| output.output_value())
+        .filter(|value| !value.is_empty())
+        .map(str::to_string)
+}
+
+/// The table of the deployed stack `name`: its `TableName` output (`DescribeStacks`), or for a
+/// stack without it the physical id of its `EnrichmentTable` resource
+/// (`DescribeStackResource`).
+///
+/// Errors: CloudFormation's (no such stack, no access...), or a stack with neither.
+async fn stack_table(
+    cloudformation: &aws_sdk_cloudformation::Client,
+    name: &str,
+) -> Result<String, String> {
+    let described = cloudformation
+        .describe_stacks()
+        .stack_name(name)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot describe the stack {name:?} (CloudFormation DescribeStacks): {}",
+                cloudformation_error(&e)
+            )
+        })?;
+    let stack = described
+        .stacks()
+        .first()
+        .ok_or_else(|| format!("no stack {name:?}"))?;
+    if let Some(table) = table_output(stack) {
+        return Ok(table);
+    }
+    let status = stack
+        .stack_status()
+        .map_or_else(|| "status unknown".to_string(), |s| s.as_str().to_string());
+    let neither = |why: String| {
+        format!(
+            "the stack {name:?} ({status}) has no {TABLE_OUTPUT} output and no table \
+             {TABLE_RESOURCE}: {why}"
+        )
+    };
+    let resource = cloudformation
+        .describe_stack_resource()
+        .stack_name(name)
+        .logical_resource_id(TABLE_RESOURCE)
+        .send()
+        .await
+        .map_err(|e| neither(cloudformation_error(&e)))?;
+    let detail = resource.stack_resource_detail();
+    match detail.map(|d| (d.resource_type(), d.physical_resource_id())) {
+        Some((Some("AWS::DynamoDB::Table"), Some(table))) if !table.is_empty() => {
+            Ok(table.to_string())
+        }
+        Some((Some("AWS::DynamoDB::Table"), _)) => {
+            Err(neither(format!("{TABLE_RESOURCE} has no physical id yet")))
+        }
+        Some((kind, _)) => Err(neither(format!(
+            "{TABLE_RESOURCE} is of type {}",
+            kind.unwrap_or("unknown")
+        ))),
+        None => Err(neither(format!("no {TABLE_RESOURCE} resource"))),
+    }
+}
+
+/// Where the command works.
+enum Target<'a> {
+    /// The local stack of this state folder.
+    Local(&'a Path),
+    /// A deployed stack, by CloudFormation stack name or id.
+    Stack(&'a str),
+    /// A deployed table, by name.
+    Table(&'a str),
+}
+
+impl Cli {
+    fn target(&self) -> Target<'_> {
+        match (&self.table, &self.stack_name) {
+            (Some(table), _) => Target::Table(table),
+            (None, Some(stack)) => Target::Stack(stack),
+            (None, None) => Target::Local(&self.state_dir),
+        }
+    }
+
+    /// Whether it addresses a deployed stack (`--stack-name` or `--table`).
+    fn deployed(&self) -> bool {
+        !matches!(self.target(), Target::Local(_))
+    }
+}
+
+/// The store the command works on: the local stack's, or with `--stack-name`/`--table` the
+/// deployed table's through the AWS SDK's default configuration.
+async fn open_store(cli: &Cli) -> Result<Store, String> {
+    let (sdk, table) = match cli.target() {
+        Target::Local(state_dir) => return Ok(store(&stack_info(state_dir).await?)),
+        Target::Table(table) => (aws_sdk_config().await?, table.to_string()),
+        Target::Stack(name) => {
+            let sdk = aws_sdk_config().await?;
+            let table = stack_table(&aws_sdk_cloudformation::Client::new(&sdk), name).await?;
+            (sdk, table)
+        }
+    };
+    Ok(Store::from_sdk(&sdk, table))
 }
 
 /// The line (from 1) where the record at `position` starts in `bytes`. Counted here: the csv
@@ -256,8 +635,8 @@ fn read_people(file: &Path) -> Result<Vec<Person>, String> {
 
 /// Writes `people` into the org, all or nothing, through the API's write path
 /// ([`Store::create_people`]).
-async fn import_people(info: &StackInfo, org: &str, people: &[Person]) -> Result<(), String> {
-    Store::new(dynamodb(info), &info.table_name)
+async fn import_people(store: &Store, org: &str, people: &[Person]) -> Result<(), String> {
+    store
         .create_people(org, people)
         .await
         .map_err(|e| format!("nothing was imported: {e}"))
@@ -265,37 +644,94 @@ async fn import_people(info: &StackInfo, org: &str, people: &[Person]) -> Result
 
 /// Runs a command; returns what it prints.
 async fn execute(cli: Cli) -> Result<String, String> {
-    match cli.command {
+    match &cli.command {
         Command::Token {
             user,
             org,
             expires_in,
         } => {
+            if cli.deployed() {
+                return Err(TOKEN_LOCAL_ONLY.into());
+            }
             let info = stack_info(&cli.state_dir).await?;
             devkey::sign(
                 &info.dev_key_path,
                 &info.gateway_url,
-                &user,
-                &org,
-                Duration::from_secs(expires_in),
+                user,
+                org,
+                Duration::from_secs(*expires_in),
             )
         }
-        Command::Credits { command } => {
-            let info = stack_info(&cli.state_dir).await?;
-            let store = store(&info);
-            let balance = match command {
-                Credits::Grant { org, amount } => store.grant_credits(&org, amount).await,
-                Credits::Balance { org } => store.credit_balance(&org).await,
-            }
-            .map_err(|e| e.to_string())?;
-            Ok(balance.to_string())
+        Command::Credits {
+            command:
+                Credits::Grant {
+                    org,
+                    amount,
+                    source,
+                    description,
+                    idempotency_key,
+                },
+        } => {
+            let grant = Grant {
+                amount: *amount,
+                source: *source,
+                description: description.clone(),
+                metadata: None,
+                idempotency_key: idempotency_key.clone(),
+            };
+            let outcome = open_store(&cli)
+                .await?
+                .grant(org, &grant)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(match outcome {
+                GrantOutcome::Granted { balance, .. } => balance.to_string(),
+                GrantOutcome::AlreadyGranted { balance } => format!(
+                    "already granted (idempotency key {}); balance {balance}",
+                    idempotency_key.as_deref().unwrap_or_default()
+                ),
+            })
+        }
+        Command::Credits {
+            command: Credits::Balance { org },
+        } => Ok(open_store(&cli)
+            .await?
+            .credit_balance(org)
+            .await
+            .map_err(|e| e.to_string())?
+            .to_string()),
+        Command::Credits {
+            command:
+                Credits::History {
+                    org,
+                    start_date,
+                    end_date,
+                    limit,
+                    offset,
+                },
+        } => {
+            let query = history_query(
+                start_date.as_deref(),
+                end_date.as_deref(),
+                limit.as_deref(),
+                offset.as_deref(),
+            )?;
+            let page = open_store(&cli)
+                .await?
+                .credit_history(org, &query.from, &query.to, query.offset, query.limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            let history = History {
+                count: page.transactions.len(),
+                transactions: page.transactions,
+            };
+            serde_json::to_string_pretty(&history).map_err(|e| e.to_string())
         }
         Command::People {
             command: People::Import { org, file },
         } => {
-            let people = read_people(&file)?;
-            let info = stack_info(&cli.state_dir).await?;
-            import_people(&info, &org, &people).await?;
+            let people = read_people(file)?;
+            import_people(&open_store(&cli).await?, org, &people).await?;
             Ok(people
                 .iter()
                 .map(|person| person.id.to_string())
@@ -305,11 +741,11 @@ async fn execute(cli: Cli) -> Result<String, String> {
         Command::People {
             command: People::Show { org, person_id },
         } => {
-            let id = Uuid::parse_str(&person_id)
+            let id = Uuid::parse_str(person_id)
                 .map_err(|_| format!("{person_id:?} is not a person id (UUID)"))?;
-            let info = stack_info(&cli.state_dir).await?;
-            let person = store(&info)
-                .get_person(&org, id)
+            let person = open_store(&cli)
+                .await?
+                .get_person(org, id)
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no person {id} in org {org}"))?;
@@ -320,7 +756,8 @@ async fn execute(cli: Cli) -> Result<String, String> {
 
 #[tokio::main]
 async fn main() {
-    match execute(Cli::parse()).await {
+    let cli = parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    match execute(cli).await {
         Ok(output) => {
             // A reader that stops early (`| head -1`) closes the pipe: that is not an error.
             use std::io::Write;
@@ -349,7 +786,7 @@ mod tests {
     const HEADER: &str = "first_name,last_name,company_name,company_domain,linkedin_url\n";
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("enrichctl").chain(args.iter().copied()))
+        parse_args(std::iter::once("enrichctl").chain(args.iter().copied()))
     }
 
     #[test]
@@ -520,6 +957,224 @@ mod tests {
     }
 
     #[test]
+    fn grant_options_are_bounded() {
+        let grant = |extra: &[&str]| {
+            let mut args = vec!["credits", "grant", "--org", "o", "--amount", "5"];
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let cli = grant(&[]).unwrap();
+        let Command::Credits {
+            command:
+                Credits::Grant {
+                    source,
+                    description,
+                    idempotency_key,
+                    ..
+                },
+        } = cli.command
+        else {
+            panic!("not a grant");
+        };
+        assert_eq!(source, CreditSource::Manual);
+        assert_eq!((description, idempotency_key), (None, None));
+        for good in [
+            "manual",
+            "signup_bonus",
+            "stripe_purchase",
+            "stripe_subscription",
+        ] {
+            assert!(grant(&["--source", good]).is_ok(), "{good}");
+        }
+        for bad in ["refund", "Manual", "", "bonus"] {
+            assert!(grant(&["--source", bad]).is_err(), "{bad}");
+        }
+        let longest = "é".repeat(MAX_DESCRIPTION_CHARS);
+        let over = "é".repeat(MAX_DESCRIPTION_CHARS + 1);
+        assert!(grant(&["--description", &longest]).is_ok());
+        assert!(grant(&["--description", &over]).is_err());
+        assert!(grant(&["--description", ""]).is_err());
+        let longest = "k".repeat(MAX_IDEMPOTENCY_KEY_CHARS);
+        let over = "k".repeat(MAX_IDEMPOTENCY_KEY_CHARS + 1);
+        assert!(grant(&["--idempotency-key", &longest]).is_ok());
+        assert!(grant(&["--idempotency-key", "stripe:evt_1 ü"]).is_ok());
+        for bad in ["", over.as_str(), "a\nb", "tab\there"] {
+            assert!(grant(&["--idempotency-key", bad]).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn history_options_are_checked_as_the_api_checks_its_query() {
+        let history = |extra: &[&str]| {
+            let mut args = vec!["credits", "history", "--org", "o"];
+            args.extend_from_slice(extra);
+            parse(&args).map(|_| ()).map_err(|e| {
+                assert_eq!(e.kind(), ErrorKind::ValueValidation);
+                e.to_string()
+            })
+        };
+        assert!(history(&[]).is_ok());
+        assert!(
+            history(&[
+                "--start-date",
+                "2026-12-01",
+                "--end-date",
+                "2026-12-01T23:00:00+01:00",
+                "--limit",
+                "1000",
+                "--offset",
+                "100000",
+            ])
+            .is_ok()
+        );
+        for (args, expected) in [
+            (
+                vec!["--start-date", "yesterday"],
+                "invalid value for '--start-date': startDate must be an ISO 8601 date",
+            ),
+            (
+                vec!["--end-date", "2026-13-01"],
+                "invalid value for '--end-date': endDate must be an ISO 8601 date",
+            ),
+            (
+                vec!["--start-date", "2026-12-02", "--end-date", "2026-12-01"],
+                "startDate must not be after endDate",
+            ),
+            (
+                vec!["--limit", "0"],
+                "invalid value for '--limit': limit must be a whole number from 1 to 1000",
+            ),
+            (vec!["--limit", "ten"], "limit must be a whole number"),
+            (
+                vec!["--offset", "100001"],
+                "offset must be a whole number from 0 to 100000",
+            ),
+        ] {
+            let error = history(&args).unwrap_err();
+            assert!(error.contains(expected), "{args:?}: {error}");
+            assert!(error.contains("enrichctl credits history"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_deployed_target_is_a_stack_or_a_table_and_never_mints_tokens() {
+        let cli = parse(&[
+            "--table",
+            "enrichment-prod",
+            "credits",
+            "balance",
+            "--org",
+            "o",
+        ]);
+        assert!(matches!(
+            cli.unwrap().target(),
+            Target::Table("enrichment-prod")
+        ));
+        // Global options go after the subcommand too.
+        let cli = parse(&[
+            "credits",
+            "balance",
+            "--org",
+            "o",
+            "--stack-name",
+            "enrichment",
+        ]);
+        assert!(matches!(cli.unwrap().target(), Target::Stack("enrichment")));
+        let cli = parse(&["credits", "balance", "--org", "o"]).unwrap();
+        assert!(matches!(cli.target(), Target::Local(_)));
+        let both = parse(&[
+            "--table",
+            "enrichment-prod",
+            "--stack-name",
+            "enrichment",
+            "credits",
+            "balance",
+            "--org",
+            "o",
+        ]);
+        assert_eq!(both.err().unwrap().kind(), ErrorKind::ArgumentConflict);
+        for bad in ["ab", "has space", "enrichment/prod", "tablé"] {
+            assert!(
+                parse(&["--table", bad, "credits", "balance", "--org", "o"]).is_err(),
+                "{bad}"
+            );
+        }
+        for bad in ["", "two words"] {
+            assert!(parse(&["--stack-name", bad, "credits", "balance", "--org", "o"]).is_err());
+        }
+        for target in [
+            ["--table", "enrichment-prod"],
+            ["--stack-name", "enrichment"],
+        ] {
+            let mut args = target.to_vec();
+            args.extend(["token", "--user", "u", "--org", "o"]);
+            let error = parse(&args).err().unwrap();
+            assert_eq!(error.kind(), ErrorKind::ArgumentConflict);
+            assert!(error.to_string().contains("local stack only"), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn token_refuses_a_deployed_target_before_any_call() {
+        let cli = Cli::try_parse_from([
+            "enrichctl",
+            "--stack-name",
+            "enrichment",
+            "token",
+            "--user",
+            "u",
+            "--org",
+            "o",
+        ])
+        .unwrap();
+        let error = execute(cli).await.unwrap_err();
+        assert!(error.contains("local stack only"), "{error}");
+    }
+
+    #[test]
+    fn the_table_is_the_stack_output_table_name() {
+        use aws_sdk_cloudformation::primitives::DateTime;
+        use aws_sdk_cloudformation::types::{Output, Stack, StackStatus};
+        let output = |key: &str, value: &str| {
+            Output::builder()
+                .output_key(key)
+                .output_value(value)
+                .build()
+        };
+        let stack = |outputs: Vec<Output>| {
+            Stack::builder()
+                .stack_name("enrichment")
+                .creation_time(DateTime::from_secs(0))
+                .stack_status(StackStatus::CreateComplete)
+                .set_outputs(Some(outputs))
+                .build()
+        };
+        let deployed = stack(vec![
+            output("ApiUrl", "https://api.example"),
+            output("TableName", "enrichment-prod"),
+            output("JobsQueueUrl", "https://sqs.example/jobs"),
+        ]);
+        assert_eq!(table_output(&deployed).as_deref(), Some("enrichment-prod"));
+        assert_eq!(table_output(&stack(vec![output("ApiUrl", "x")])), None);
+        assert_eq!(table_output(&stack(vec![output("TableName", "")])), None);
+        assert_eq!(table_output(&stack(Vec::new())), None);
+    }
+
+    #[test]
+    fn the_template_names_the_table_in_its_outputs() {
+        let template = std::fs::read_to_string(repo_root().join("template.yaml")).unwrap();
+        let outputs = &template[template.find("\nOutputs:").expect("Outputs")..];
+        assert!(
+            outputs.contains(&format!("\n  {TABLE_OUTPUT}:\n"))
+                && outputs.contains(&format!("Value: !Ref {TABLE_RESOURCE}")),
+            "template.yaml's Outputs must name the table as {TABLE_OUTPUT}"
+        );
+        assert!(template.contains(&format!(
+            "\n  {TABLE_RESOURCE}:\n    Type: AWS::DynamoDB::Table"
+        )));
+    }
+
+    #[test]
     fn org_and_user_ids_must_be_identifiers() {
         let max = "a".repeat(128);
         let over = "a".repeat(129);
@@ -609,6 +1264,36 @@ mod tests {
         )
         .await;
         assert_eq!(granted.unwrap(), "1000000000");
+        // The local stack takes the new options too: a keyed grant adds once, and the history
+        // shows it.
+        let keyed = [
+            "credits",
+            "grant",
+            "--org",
+            "org_new",
+            "--amount",
+            "5",
+            "--source",
+            "stripe_purchase",
+            "--idempotency-key",
+            "evt_1",
+        ];
+        assert_eq!(enrichctl(&state, &keyed).await.unwrap(), "1000000005");
+        assert_eq!(
+            enrichctl(&state, &keyed).await.unwrap(),
+            "already granted (idempotency key evt_1); balance 1000000005"
+        );
+        let history = enrichctl(&state, &["credits", "history", "--org", "org_new"]).await;
+        let history: serde_json::Value = serde_json::from_str(&history.unwrap()).unwrap();
+        assert_eq!(history["count"], 2);
+        let mut sources: Vec<&str> = history["transactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["source"].as_str().unwrap())
+            .collect();
+        sources.sort_unstable();
+        assert_eq!(sources, ["manual", "stripe_purchase"]);
         stack.shutdown().await;
     }
 
@@ -630,7 +1315,7 @@ mod tests {
             .create_people("org_a", std::slice::from_ref(&existing))
             .await
             .unwrap();
-        let error = import_people(&stack.info, "org_a", &people)
+        let error = import_people(&stack.store, "org_a", &people)
             .await
             .unwrap_err();
         assert!(error.contains("nothing was imported"), "{error}");
