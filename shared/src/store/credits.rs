@@ -387,7 +387,8 @@ impl Store {
     /// A page of the org's credit transactions created from `from` to `to` (ISO 8601 as the
     /// API writes them, both inclusive), newest first: `limit` after skipping `offset`. One
     /// `Query` (`sk BETWEEN`, backwards, `Limit` = offset + limit, more pages only past 1 MB),
-    /// eventually consistent, so a transaction written a moment ago may show a moment later.
+    /// strongly consistent: a grant or charge just made is in the page (an audit reads what the
+    /// balance says), at twice the read units of an eventually consistent one.
     ///
     /// Errors: DynamoDB failures.
     pub async fn credit_history(
@@ -413,6 +414,7 @@ impl Store {
                 // `~` sorts after every character of an id: the last one of `to` is included.
                 .expression_attribute_values(":to", s(format!("CREDITTX#{to}#~")))
                 .scan_index_forward(false)
+                .consistent_read(true)
                 .limit(i32::try_from(wanted - transactions.len()).unwrap_or(i32::MAX))
                 .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
                 .set_exclusive_start_key(start)
