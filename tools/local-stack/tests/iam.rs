@@ -2267,17 +2267,20 @@ impl Env {
             .expect("the person")
     }
 
-    /// The org's ledger holds: balance == grants − debits + refunds, from its credit
-    /// transactions (`CREDITTX#` items of `ORG#{org}`; amounts signed, negative for a debit).
+    /// The org's ledger holds ([`Store::check_ledger`]: balance = added − consumed, each
+    /// enrichment charged and refunded at most once), and its grants are the scenario's.
     async fn assert_ledger(&self) {
-        let amounts = self.h.stack.store.credit_amounts(&self.org).await.unwrap();
-        let debits: i64 = -amounts.iter().filter(|a| **a < 0).sum::<i64>();
-        let refunds: i64 = amounts.iter().filter(|a| **a > 0).sum();
-        let grants = self.granted.load(Ordering::SeqCst);
+        let check = self
+            .h
+            .stack
+            .store
+            .check_ledger(&self.org)
+            .await
+            .unwrap_or_else(|broken| panic!("{}: {broken}", self.org));
         assert_eq!(
-            self.balance().await,
-            grants - debits + refunds,
-            "{}: balance != grants {grants} − debits {debits} + refunds {refunds}",
+            check.granted,
+            self.granted.load(Ordering::SeqCst),
+            "{}: grants",
             self.org
         );
     }
