@@ -82,20 +82,110 @@ pub fn is_bare_domain(value: &str) -> bool {
             .is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// What a provider's search of a person matched on, as far as the global cache is concerned
+/// (see [`IdentityKeys::matched_by`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchBasis {
+    /// The LinkedIn profile when the query had one (a profile lookup: PDL, Prospeo, FullEnrich),
+    /// else the name and company domain.
+    LinkedinFirst,
+    /// The name and company domain only (an email finder: Hunter).
+    NameAndDomain,
+    /// Every identity the query carried (a provider whose matching is not known).
+    AllGiven,
+}
+
+/// A person's identity keys for the global cache, normalized: the LinkedIn profile
+/// (`li:linkedin.com/in/{handle}`) and the full name at the company domain
+/// (`nd:{first} {last}@{domain}`), each when known.
+///
+/// The rule (README, "Global cache"): an entry records the keys its provider matched on
+/// ([`IdentityKeys::matched_by`]) and is stored under the person's [`IdentityKeys::primary`]
+/// key; it is served to a person only when that person has every one of those keys
+/// ([`IdentityKeys::agrees_with`]). So a person imported with one person's LinkedIn URL and
+/// another's name can at worst miss the cache: it never receives, nor leaves for others, data
+/// found for an identity it does not fully share.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentityKeys {
+    /// `li:linkedin.com/in/{handle}`.
+    pub linkedin: Option<String>,
+    /// `nd:{first} {last}@{domain}`, names as [`text_key`] writes them.
+    pub name_domain: Option<String>,
+}
+
+impl IdentityKeys {
+    /// The keys of `person`.
+    pub fn of(person: &Person) -> Self {
+        let linkedin = person
+            .linkedin_url
+            .as_deref()
+            .and_then(linkedin_profile)
+            .map(|profile| format!("li:{profile}"));
+        let name =
+            |value: &Option<String>| value.as_deref().map(text_key).filter(|k| !k.is_empty());
+        let name_domain = (|| {
+            let domain = bare_domain(person.company_domain.as_deref()?)?;
+            Some(format!(
+                "nd:{} {}@{domain}",
+                name(&person.first_name)?,
+                name(&person.last_name)?
+            ))
+        })();
+        Self {
+            linkedin,
+            name_domain,
+        }
+    }
+
+    /// The key the person's cache item and single-flight lease live under: the LinkedIn
+    /// profile, else the name and domain; `None` when neither is known.
+    pub fn primary(&self) -> Option<&str> {
+        self.linkedin.as_deref().or(self.name_domain.as_deref())
+    }
+
+    /// Every key known, LinkedIn first.
+    pub fn all(&self) -> Vec<String> {
+        self.linkedin
+            .iter()
+            .chain(self.name_domain.iter())
+            .cloned()
+            .collect()
+    }
+
+    /// The keys a provider with `basis` matched on for this person: what a cache entry of its
+    /// answer records.
+    pub fn matched_by(&self, basis: MatchBasis) -> Vec<String> {
+        match basis {
+            MatchBasis::LinkedinFirst => self
+                .linkedin
+                .iter()
+                .chain(self.name_domain.iter())
+                .take(1)
+                .cloned()
+                .collect(),
+            MatchBasis::NameAndDomain if self.name_domain.is_some() => {
+                self.name_domain.iter().cloned().collect()
+            }
+            _ => self.all(),
+        }
+    }
+
+    /// Whether an entry found with `matched_on` may be served to this person: it names at
+    /// least one key, and the person has every one of them. An entry without keys (written
+    /// before entries recorded them) is served to nobody.
+    pub fn agrees_with(&self, matched_on: &[String]) -> bool {
+        !matched_on.is_empty()
+            && matched_on.iter().all(|key| {
+                self.linkedin.as_ref() == Some(key) || self.name_domain.as_ref() == Some(key)
+            })
+    }
+}
+
 /// The key identifying one real person across orgs for the global cache: the LinkedIn profile
 /// (`li:linkedin.com/in/{handle}`), else the full name and company domain
-/// (`nd:{first} {last}@{domain}`); `None` when neither is known.
+/// (`nd:{first} {last}@{domain}`); `None` when neither is known ([`IdentityKeys::primary`]).
 pub fn fingerprint(person: &Person) -> Option<String> {
-    if let Some(profile) = person.linkedin_url.as_deref().and_then(linkedin_profile) {
-        return Some(format!("li:{profile}"));
-    }
-    let domain = bare_domain(person.company_domain.as_deref()?)?;
-    let name = |value: &Option<String>| value.as_deref().map(text_key).filter(|k| !k.is_empty());
-    Some(format!(
-        "nd:{} {}@{domain}",
-        name(&person.first_name)?,
-        name(&person.last_name)?
-    ))
+    IdentityKeys::of(person).primary().map(str::to_string)
 }
 
 #[cfg(test)]
@@ -146,6 +236,49 @@ mod tests {
             fingerprint(&company_page).as_deref(),
             Some("nd:ada lovelace@a.test")
         );
+    }
+
+    #[test]
+    fn an_entry_is_served_only_to_a_person_with_every_key_it_was_found_with() {
+        let ada = IdentityKeys::of(&person("Ada", "Quill", "northwind.example", ""));
+        let bruno = IdentityKeys::of(&person(
+            "Bruno",
+            "Okafor",
+            "tidewater.test",
+            "https://www.linkedin.com/in/bruno-okafor/",
+        ));
+        // Org B's import: Ada's name and domain, Bruno's LinkedIn.
+        let mixed = IdentityKeys::of(&person(
+            "Ada",
+            "Quill",
+            "northwind.example",
+            "linkedin.com/in/bruno-okafor",
+        ));
+        assert_eq!(mixed.primary(), bruno.primary(), "stored under Bruno's key");
+        // Hunter searched the mixed person by name and domain: found Ada's email.
+        let by_hunter = mixed.matched_by(MatchBasis::NameAndDomain);
+        assert_eq!(
+            by_hunter,
+            vec!["nd:ada quill@northwind.example".to_string()]
+        );
+        assert!(
+            !bruno.agrees_with(&by_hunter),
+            "the real Bruno is not served Ada's email"
+        );
+        assert!(ada.agrees_with(&by_hunter));
+        // A profile lookup matched on the LinkedIn profile: served to that profile, whatever
+        // the name's spelling.
+        let by_profile = mixed.matched_by(MatchBasis::LinkedinFirst);
+        assert_eq!(
+            by_profile,
+            vec!["li:linkedin.com/in/bruno-okafor".to_string()]
+        );
+        assert!(bruno.agrees_with(&by_profile));
+        assert!(!ada.agrees_with(&by_profile));
+        // Unknown matching: every key; an entry without keys: nobody.
+        assert_eq!(mixed.matched_by(MatchBasis::AllGiven).len(), 2);
+        assert!(!bruno.agrees_with(&mixed.matched_by(MatchBasis::AllGiven)));
+        assert!(!ada.agrees_with(&[]));
     }
 
     #[test]

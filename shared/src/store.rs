@@ -234,6 +234,12 @@ pub struct CacheEntry {
     /// Expiry in Unix seconds: DynamoDB's TTL attribute, also checked on read because TTL
     /// deletion lags (AWS docs, "Time to Live").
     pub expires_at: i64,
+    /// The identity keys the provider's search matched on
+    /// ([`crate::identity::IdentityKeys::matched_by`]): the entry is served only to a person
+    /// with every one of them. Empty on entries written before keys were recorded: served to
+    /// nobody.
+    #[serde(default)]
+    pub matched_on: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::domain::{
     ContactPoint, Enrichment, Field, Job, JobBatch, Person, Status, timestamp, timestamp_before,
 };
-use crate::identity::fingerprint;
+use crate::identity::IdentityKeys;
 use crate::providers::PersonQuery;
 use crate::providers::cascade::{Cascade, CascadeJournal, CascadeOutcome};
 use crate::queue::SqsJobQueue;
@@ -337,11 +337,18 @@ impl Worker {
         let cascade_deadline = deadline
             .checked_sub(budget::WRITE_MARGIN)
             .unwrap_or(deadline);
-        let fingerprint = fingerprint(&person);
+        let keys = IdentityKeys::of(&person);
+        let fingerprint = keys.primary().map(str::to_string);
         let owner = enrichment.id.to_string();
         let mut leased = false;
         if let Some(fp) = &fingerprint {
             match self.single_flight(fp, field, &owner).await? {
+                SingleFlight::Cached(entry) if !self.servable(&entry, &keys, field).await? => {
+                    // Found for an identity this person does not fully share: the providers
+                    // are asked (without the lease: the item holds a fresh entry), and their
+                    // answer replaces it.
+                    tracing::warn!(enrichment_id = %enrichment.id, global_enrichment_id = %entry.id, "global cache entry not served: the person's identity disagrees with what it was found with");
+                }
                 SingleFlight::Cached(entry) => {
                     tracing::info!(enrichment_id = %enrichment.id, global_enrichment_id = %entry.id, data_found = !entry.contacts.is_empty(), "global cache hit");
                     let contacts = (!entry.contacts.is_empty())
@@ -374,7 +381,10 @@ impl Worker {
             .run_with(field, &query_of(&person), cascade_deadline, &journal)
             .await;
         let now = Utc::now();
-        let cache_entry = |contacts: Vec<ContactPoint>, provider: String, ttl: Duration| {
+        let cache_entry = |contacts: Vec<ContactPoint>,
+                           provider: String,
+                           ttl: Duration,
+                           matched_on: Vec<String>| {
             fingerprint.clone().map(|fp| {
                 let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
                 let entry = CacheEntry {
@@ -383,19 +393,38 @@ impl Worker {
                     provider,
                     found_at: timestamp(now),
                     expires_at: now.timestamp().saturating_add(ttl),
+                    matched_on,
                 };
                 (fp, entry)
             })
         };
         let completion = match outcome {
-            CascadeOutcome::Found { provider, contacts } => {
-                let cache = cache_entry(contacts.clone(), provider, self.config.cache_ttl);
+            CascadeOutcome::Found {
+                provider,
+                contacts,
+                basis,
+            } => {
+                let cache = cache_entry(
+                    contacts.clone(),
+                    provider,
+                    self.config.cache_ttl,
+                    keys.matched_by(basis),
+                );
                 Completion::searched(Some(person.merged_contacts(field, &contacts)), cache)
             }
             CascadeOutcome::NoMatch => {
                 // Every provider asked answered: "nobody knows this person" is worth keeping.
+                // Each provider searched with what the person carried: the miss holds for
+                // people with every one of those keys.
                 let cache = (!self.config.cache_miss_ttl.is_zero())
-                    .then(|| cache_entry(Vec::new(), String::new(), self.config.cache_miss_ttl))
+                    .then(|| {
+                        cache_entry(
+                            Vec::new(),
+                            String::new(),
+                            self.config.cache_miss_ttl,
+                            keys.all(),
+                        )
+                    })
                     .flatten();
                 Completion::searched(None, cache)
             }
@@ -456,6 +485,33 @@ impl Worker {
                 CacheLease::Busy { until_unix } => SingleFlight::Busy { until_unix },
             },
         )
+    }
+
+    /// Whether a fresh cache `entry` (found under the person's primary key) may be served to a
+    /// person with `keys` (README, "Global cache"): the person has every key the entry was found
+    /// with, and the person's other key does not hold a different identity's entry. One more
+    /// `GetItem` only for a person with both keys served an entry matched on one.
+    async fn servable(
+        &self,
+        entry: &CacheEntry,
+        keys: &IdentityKeys,
+        field: Field,
+    ) -> Result<bool, StoreError> {
+        if !keys.agrees_with(&entry.matched_on) {
+            return Ok(false);
+        }
+        let Some(other) = keys
+            .all()
+            .into_iter()
+            .find(|key| !entry.matched_on.contains(key))
+        else {
+            return Ok(true);
+        };
+        let now = Utc::now().timestamp();
+        Ok(match self.store.cache_entry_at(&other, field, now).await? {
+            Some(elsewhere) => elsewhere.id == entry.id,
+            None => true,
+        })
     }
 
     async fn complete(

@@ -23,7 +23,7 @@ use crate::config::{ConfigError, Vars};
 use crate::domain::{ContactPoint, Field, timestamp};
 use crate::providers::normalize::normalize;
 use crate::providers::registry;
-use crate::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError};
+use crate::providers::{MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError};
 
 /// The region of national phone numbers when none is configured (`PHONE_DEFAULT_REGION`).
 pub const DEFAULT_PHONE_REGION: Id = Id::US;
@@ -40,6 +40,8 @@ pub enum CascadeOutcome {
         provider: String,
         /// The normalized values, each recording `provider` and when it was found.
         contacts: Vec<ContactPoint>,
+        /// What the provider's search matched on ([`Provider::match_basis`]).
+        basis: MatchBasis,
     },
     /// Every provider that was asked answered no match (or none could search).
     NoMatch,
@@ -273,6 +275,7 @@ impl Cascade {
                     return CascadeOutcome::Found {
                         provider: name.to_string(),
                         contacts,
+                        basis: provider.match_basis(),
                     };
                 }
                 Ok(ProviderAnswer::NoMatch) => {
@@ -458,7 +461,10 @@ mod tests {
 
         let outcome = cascade.run(Field::Emails, &person(), far_deadline()).await;
 
-        let CascadeOutcome::Found { provider, contacts } = &outcome else {
+        let CascadeOutcome::Found {
+            provider, contacts, ..
+        } = &outcome
+        else {
             panic!("expected Found, got {outcome:?}");
         };
         assert_eq!(provider, "second");

@@ -66,8 +66,8 @@ use serde::{Deserialize, Serialize};
 use crate::domain::Field;
 use crate::identity::bare_domain;
 use crate::providers::{
-    Endpoint, JobPoll, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, non_blank,
-    poll_until_done, read_body, read_error_body, request_error, retry_after,
+    Endpoint, JobPoll, MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError,
+    RawContact, non_blank, poll_until_done, read_body, read_error_body, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
@@ -378,6 +378,12 @@ impl FullEnrichProvider {
 impl Provider for FullEnrichProvider {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// A profile lookup: with a LinkedIn URL, FullEnrich matches the profile (FullEnrich docs,
+    /// "Start enrichment"); without one, name and company.
+    fn match_basis(&self) -> MatchBasis {
+        MatchBasis::LinkedinFirst
     }
 
     /// True, for either field, when the person has a LinkedIn URL, or a first and last name

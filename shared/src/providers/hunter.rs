@@ -42,8 +42,8 @@ use serde::Deserialize;
 use crate::domain::Field;
 use crate::identity::bare_domain;
 use crate::providers::{
-    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, non_blank,
-    read_body, request_error, retry_after,
+    Endpoint, MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact,
+    non_blank, read_body, request_error, retry_after,
 };
 
 /// The request header that carries the API key (Hunter's documentation, "Authentication").
@@ -111,6 +111,12 @@ struct Verification {
 impl Provider for HunterProvider {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// Hunter's Email Finder searches by first name, last name and company domain only (Hunter API
+    /// docs, "Email Finder").
+    fn match_basis(&self) -> MatchBasis {
+        MatchBasis::NameAndDomain
     }
 
     /// True for [`Field::Emails`] when the person has a first name, a last name and a company

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use crate::domain::Field;
+pub use crate::identity::MatchBasis;
 
 pub mod cascade;
 pub mod dropcontact;
@@ -112,6 +113,14 @@ pub trait Provider: Send + Sync {
     /// an email finder needs a name and a company domain). The cascade skips it without a call
     /// otherwise.
     fn can_search(&self, field: Field, person: &PersonQuery) -> bool;
+
+    /// What a search of this provider matches on, for the global cache: an entry of its answer
+    /// is served only to people who share those identity keys
+    /// ([`crate::identity::IdentityKeys`]). Default: every identity the query carried, the
+    /// safe choice for a provider whose matching is not documented.
+    fn match_basis(&self) -> MatchBasis {
+        MatchBasis::AllGiven
+    }
 
     /// Asks the provider for `field` values of `person`.
     async fn find(

@@ -45,8 +45,8 @@ use serde_json::Value;
 use crate::domain::Field;
 use crate::identity::bare_domain;
 use crate::providers::{
-    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, non_blank,
-    read_body, read_error_body, request_error, retry_after,
+    Endpoint, MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact,
+    non_blank, read_body, read_error_body, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
@@ -226,6 +226,12 @@ fn collect(field: Field, data: &PersonData) -> Result<Collected, String> {
 impl Provider for PdlProvider {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// A profile lookup: with a LinkedIn URL, PDL matches the profile (PDL docs, "Person
+    /// Enrichment API": `profile` is its strongest identifier); without one, name and company.
+    fn match_basis(&self) -> MatchBasis {
+        MatchBasis::LinkedinFirst
     }
 
     /// True, for either field, when the person has a LinkedIn URL, or a first and last name

@@ -57,8 +57,8 @@ use serde::{Deserialize, Serialize};
 use crate::domain::Field;
 use crate::identity::bare_domain;
 use crate::providers::{
-    Endpoint, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, non_blank,
-    read_body, read_error_body, request_error, retry_after,
+    Endpoint, MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact,
+    non_blank, read_body, read_error_body, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
@@ -239,6 +239,12 @@ fn by_error_code(
 impl Provider for ProspeoProvider {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// A profile lookup: with a LinkedIn URL, Prospeo matches the profile (Prospeo docs,
+    /// "Enrich Person"); without one, name and company.
+    fn match_basis(&self) -> MatchBasis {
+        MatchBasis::LinkedinFirst
     }
 
     /// True, for either field, when the person has a LinkedIn URL, or a first and last name

@@ -54,6 +54,32 @@ impl Store {
         }
     }
 
+    /// The fresh entry of the global cache item of (key, field) at `now_unix`, if any: one
+    /// `GetItem` (eventually consistent: an entry is written once and read for days).
+    ///
+    /// Errors: DynamoDB failures.
+    pub async fn cache_entry_at(
+        &self,
+        key: &str,
+        field: Field,
+        now_unix: i64,
+    ) -> Result<Option<CacheEntry>, StoreError> {
+        let (pk, sk) = cache_key(key, field);
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .send()
+            .await
+            .map_err(dynamo_error("GetItem"))?;
+        Ok(match output.item {
+            Some(item) => cache_entry(item, now_unix)?,
+            None => None,
+        })
+    }
+
     /// Extends `owner`'s lease on the global cache item of (fingerprint, field) to `until_unix`
     /// (seconds) before a provider call. Returns `false` when the lease is no longer `owner`'s
     /// (it lapsed and another worker took it): the caller goes on without it.
