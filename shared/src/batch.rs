@@ -21,6 +21,7 @@
 //! whose enrichment was never written, or was undone, finds nothing to claim and is dropped.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::Value;
@@ -140,6 +141,25 @@ fn ids_at(
         .collect()
 }
 
+/// Refuses a key of `object` (at `path`) that is not one of `known`: in a selection or its
+/// filters, a misspelt key would silently select, and charge, more people than meant.
+fn only_known(
+    object: &serde_json::Map<String, Value>,
+    path: &str,
+    known: &[&str],
+) -> Result<(), ApiError> {
+    match object.keys().find(|key| !known.contains(&key.as_str())) {
+        None => Ok(()),
+        Some(key) => Err(invalid(
+            format!("{path}.{key}"),
+            format!(
+                "{path}.{key} is not a field of {path}: expected {}",
+                known.join(", ")
+            ),
+        )),
+    }
+}
+
 fn object(body: &Value) -> Result<&serde_json::Map<String, Value>, ApiError> {
     body.as_object()
         .ok_or_else(|| invalid("body", "the request body must be a JSON object"))
@@ -184,6 +204,18 @@ pub fn parse_bulk(body: &Value) -> Result<(Selection, Field), ApiError> {
         .get("selection")
         .and_then(Value::as_object)
         .ok_or_else(|| invalid("selection", "selection must be an object"))?;
+    only_known(
+        selection,
+        "selection",
+        &[
+            "mode",
+            "includedIds",
+            "excludedIds",
+            "startIndex",
+            "targetCount",
+            "filters",
+        ],
+    )?;
     let excluded = match selection.get("excludedIds") {
         None | Some(Value::Null) => HashSet::new(),
         value => ids_at(value, "selection.excludedIds", 0..=MAX_EXCLUDED)?
@@ -243,6 +275,11 @@ fn parse_filters(value: Option<&Value>) -> Result<BulkFilters, ApiError> {
             .as_object()
             .ok_or_else(|| invalid("selection.filters", "selection.filters must be an object"))?,
     };
+    only_known(
+        filters,
+        "selection.filters",
+        &["companyDomain", "companyName", "missing"],
+    )?;
     let text = |name: &str| -> Result<Option<String>, ApiError> {
         match filters.get(name) {
             None | Some(Value::Null) => Ok(None),
@@ -504,7 +541,7 @@ impl Enrichments {
         }
         let mut created: Vec<Vec<PlannedEnrichment>> = Vec::new();
         let result = self
-            .write_chunks(&mut plan, &mut created, answer, cost, origin)
+            .write_chunks(&mut plan, &mut created, answer, cost, origin, deadline)
             .await;
         match result {
             Ok(()) => {
@@ -532,6 +569,11 @@ impl Enrichments {
     /// Writes `plan` chunk by chunk, keeping the written chunks in `created`. An enrichment
     /// that another request created meanwhile is reused (its slot of `answer` filled, its plan
     /// dropped); one deleted from a listed selection is dropped.
+    ///
+    /// It stops before a chunk that might not leave the time to undo everything written (the
+    /// time spent writing so far, the undo being no larger than the writes, plus one more chunk
+    /// and [`budget::RESPONSE_MARGIN`]): the caller then undoes the written chunks and answers
+    /// `503`, so a request told it failed has charged nothing.
     async fn write_chunks(
         &self,
         plan: &mut Vec<(usize, PlannedEnrichment)>,
@@ -539,9 +581,24 @@ impl Enrichments {
         answer: &mut [Option<Enrichment>],
         cost: i64,
         origin: Origin,
+        deadline: Instant,
     ) -> Result<(), ChunkError> {
+        let started = Instant::now();
         let mut start = 0;
         while start < plan.len() {
+            let spent = started.elapsed();
+            // Before the first chunk, a guess: a transaction of 100 items takes tens of
+            // milliseconds on DynamoDB.
+            let per_chunk = if created.is_empty() {
+                Duration::from_millis(250)
+            } else {
+                spent / u32::try_from(created.len()).unwrap_or(u32::MAX)
+            };
+            if budget::left_before(deadline, budget::RESPONSE_MARGIN) < spent + 2 * per_chunk {
+                return Err(ChunkError::Api(ApiError::Unavailable(
+                    "not enough time left to write the rest of the batch".into(),
+                )));
+            }
             let mut attempts = 0;
             loop {
                 attempts += 1;
@@ -737,6 +794,16 @@ mod tests {
         assert_eq!(
             bad(json!({"mode": "bulk", "targetCount": 1, "filters": []})),
             "selection.filters"
+        );
+        // A misspelt key would select, and charge, everyone: refused.
+        assert_eq!(
+            bad(json!({"mode": "bulk", "targetCount": 1,
+                       "filters": {"company_domain": "northwind.example"}})),
+            "selection.filters.company_domain"
+        );
+        assert_eq!(
+            bad(json!({"mode": "bulk", "targetCount": 1, "exclude": []})),
+            "selection.exclude"
         );
         assert_eq!(
             field_of(

@@ -60,7 +60,10 @@ pub struct HistoryQuery {
 /// (`2026-12-01T10:30:00Z`, `2026-12-01T11:30:00+01:00`), as the API writes times.
 fn range_end(name: &str, text: &str, end: bool) -> Result<String, ApiError> {
     let text = text.trim();
-    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        && (0..=9999).contains(&chrono::Datelike::year(&date))
+        && text.len() == 10
+    {
         let time = if end {
             date.and_hms_milli_opt(23, 59, 59, 999)
         } else {
@@ -71,8 +74,12 @@ fn range_end(name: &str, text: &str, end: bool) -> Result<String, ApiError> {
         }
     }
     DateTime::parse_from_rfc3339(text)
-        .map(|at| timestamp(at.with_timezone(&Utc)))
-        .map_err(|_| {
+        .ok()
+        .map(|at| at.with_timezone(&Utc))
+        // Years 0 to 9999 only: the range is compared as text, as the API writes times.
+        .filter(|at| (0..=9999).contains(&chrono::Datelike::year(at)))
+        .map(timestamp)
+        .ok_or_else(|| {
             ApiError::invalid(
                 name,
                 format!(
@@ -239,6 +246,13 @@ mod tests {
         assert_eq!(bad(None, None, Some("1001"), None), "limit");
         assert_eq!(bad(None, None, Some("ten"), None), "limit");
         assert_eq!(bad(None, None, None, Some("-1")), "offset");
+        // Years past 9999 (or written with a sign), and dates not written in full.
+        assert_eq!(bad(Some("+12026-01-01"), None, None, None), "startDate");
+        assert_eq!(
+            bad(None, Some("+12026-01-01T00:00:00Z"), None, None),
+            "endDate"
+        );
+        assert_eq!(bad(Some("2026-2-3"), None, None, None), "startDate");
         // The same day as start and end is that whole day.
         assert!(parse_history(Some("2026-12-01"), Some("2026-12-01"), None, None).is_ok());
     }

@@ -568,14 +568,47 @@ impl Worker {
     }
 
     /// Sends each job of a batch or bulk's [`JobBatch`] on as its own message of the queue it
-    /// came from, now that its hold has ended (see [`crate::batch`]). A job whose enrichment
-    /// was never written, or was undone, is dropped when it runs.
+    /// came from, now that its hold has ended (see [`crate::batch`]): only the jobs whose
+    /// enrichment exists and is still `pending` (one `BatchGetItem` per 100 jobs), so that the
+    /// jobs of a request that was refused or undone, or that lost a race to another request,
+    /// never queue up in front of others.
     async fn fan_out(&self, batch: &JobBatch, queue: Option<&SqsJobQueue>) -> Result<(), JobError> {
         let queue = queue.ok_or_else(|| {
             JobError::BadMessage("a job batch came without a queue to send its jobs to".into())
         })?;
-        queue.enqueue_all(&batch.jobs).await?;
-        tracing::info!(jobs = batch.jobs.len(), "sent a batch's jobs on");
+        let mut live = Vec::with_capacity(batch.jobs.len());
+        let mut orgs: Vec<&str> = batch.jobs.iter().map(|j| j.org_id.as_str()).collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        for org in orgs {
+            let keys: Vec<(Uuid, Field)> = batch
+                .jobs
+                .iter()
+                .filter(|j| j.org_id == org)
+                .map(|j| (j.person_id, j.field))
+                .collect();
+            let pending: std::collections::HashSet<Uuid> = self
+                .store
+                .get_enrichments(org, &keys)
+                .await?
+                .into_iter()
+                .filter(|r| r.enrichment.status == Status::Pending)
+                .map(|r| r.enrichment.id)
+                .collect();
+            live.extend(
+                batch
+                    .jobs
+                    .iter()
+                    .filter(|j| j.org_id == org && pending.contains(&j.enrichment_id))
+                    .cloned(),
+            );
+        }
+        queue.enqueue_all(&live).await?;
+        tracing::info!(
+            jobs = batch.jobs.len(),
+            sent = live.len(),
+            "sent a batch's live jobs on"
+        );
         Ok(())
     }
 

@@ -17,6 +17,7 @@ use aws_smithy_runtime_api::client::interceptors::context::{
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use enrichment::auth::Principal;
+use enrichment::batch::Selection;
 use enrichment::domain::{ContactPoint, Field, Person, timestamp};
 use enrichment::enrichment::Enrichments;
 use enrichment::error::ApiError;
@@ -880,5 +881,66 @@ async fn a_bulk_of_a_whole_selection_takes_the_people_list_across_pages() {
     );
     assert_eq!(ledger(&stack.store, ORG, 10_000).await.0, 5000);
     assert_eq!(queued(&stack).await, 2, "two held messages of 500 jobs");
+    stack.shutdown().await;
+}
+
+/// Holds each `TransactWriteItems` back for `delay` before it is sent: a slow table.
+#[derive(Debug)]
+struct SlowTransactions {
+    delay: Duration,
+}
+
+impl Intercept for SlowTransactions {
+    fn name(&self) -> &'static str {
+        "SlowTransactions"
+    }
+
+    fn read_before_execution(
+        &self,
+        context: &BeforeSerializationInterceptorContextRef<'_>,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if context
+            .input()
+            .downcast_ref::<TransactWriteItemsInput>()
+            .is_some()
+        {
+            std::thread::sleep(self.delay);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_that_cannot_finish_before_its_deadline_undoes_what_it_wrote_and_answers_503() {
+    let stack = stack(false).await;
+    let api = Api::new(&stack, ORG);
+    let mut ids = api.create_people(&named(150, "northwind.example")).await;
+    ids.extend(api.create_people(&named(150, "contoso.example")).await);
+    stack.store.grant_credits(ORG, 5000).await.unwrap();
+    let store = intercepted_store(
+        &stack,
+        SlowTransactions {
+            delay: Duration::from_millis(200),
+        },
+    );
+    let enrichments = Enrichments::new(store, stack.config.clone());
+    let queue = SqsJobQueue::new(stack.sqs.clone(), stack.info.bulk_queue_url.clone());
+    let selection = Selection::Manual {
+        included: ids.clone(),
+        excluded: HashSet::new(),
+    };
+    // 10 chunks at 200 ms each do not fit in 3 s with the time to undo them kept back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let error = enrichments
+        .enrich_bulk(&queue, &principal(ORG), &selection, Field::Emails, deadline)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ApiError::Unavailable(_)), "{error:?}");
+    assert!(
+        current(&api, &ids).await.is_empty(),
+        "what was written was undone"
+    );
+    assert_eq!(ledger(&stack.store, ORG, 5000).await, (5000, vec![]));
     stack.shutdown().await;
 }

@@ -272,6 +272,10 @@ fn scenarios() -> Vec<Scenario> {
             Box::pin(worker_bulk_deferred(env))
         })
         .sqs_only(),
+        Scenario::new(Worker, "a bulk's held jobs fanned out", |env| {
+            Box::pin(worker_bulk_fan_out(env))
+        })
+        .sqs_only(),
     ]
 }
 
@@ -1016,6 +1020,69 @@ async fn worker_bulk_deferred(env: &Env) {
     );
     assert_eq!(provider.calls(), 0);
     assert_eq!(env.enrichment(person.id).await.status, Status::Pending);
+    env.assert_ledger().await;
+}
+
+/// A bulk's held message of jobs, delivered from the bulk jobs queue once its hold ended: the
+/// live job is sent on to the bulk queue (`SendMessageBatch`), the job of an enrichment that
+/// was never written is not.
+async fn worker_bulk_fan_out(env: &Env) {
+    let person = env.person("Ada");
+    let live = env.pending_job(&person).await;
+    let never_written = Job {
+        enrichment_id: Uuid::new_v4(),
+        person_id: Uuid::new_v4(),
+        ..live.clone()
+    };
+    let body = serde_json::to_string(&enrichment::domain::JobBatch {
+        jobs: vec![live.clone(), never_written],
+    })
+    .unwrap();
+    let queue = env.h.stack.info.bulk_queue_url.clone();
+    let record = env.receive_body(body, 1, &queue).await;
+    let receipt = record.receipt_handle.clone().unwrap();
+    let worker = env.worker(env.config(), vec![], None);
+    let mut event = SqsEvent::default();
+    event.records = vec![record];
+    let response = worker
+        .handle(WorkerEvent::Sqs(event), deadline())
+        .await
+        .unwrap();
+    assert_eq!(response["batchItemFailures"], serde_json::json!([]));
+    env.h
+        .sqs_admin
+        .delete_message()
+        .queue_url(&queue)
+        .receipt_handle(receipt)
+        .send()
+        .await
+        .unwrap();
+    let sent = env
+        .h
+        .sqs_admin
+        .receive_message()
+        .queue_url(&queue)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    let jobs: Vec<Job> = sent
+        .iter()
+        .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
+        .collect();
+    assert_eq!(jobs, vec![live]);
+    for message in sent {
+        env.h
+            .sqs_admin
+            .delete_message()
+            .queue_url(&queue)
+            .receipt_handle(message.receipt_handle.unwrap_or_default())
+            .send()
+            .await
+            .unwrap();
+    }
     env.assert_ledger().await;
 }
 
@@ -2487,6 +2554,12 @@ impl Env {
     /// trigger scenarios queued, deferred ones), as the event source mapping hands it over:
     /// with the queue's ARN as `eventSourceARN`.
     async fn receive(&self, job: &Job, receives: u32, queue: &str) -> SqsMessage {
+        self.receive_body(serde_json::to_string(job).unwrap(), receives, queue)
+            .await
+    }
+
+    /// Sends `body` to `queue` and receives it, as [`Env::receive`] does for a job.
+    async fn receive_body(&self, body: String, receives: u32, queue: &str) -> SqsMessage {
         let sqs = &self.h.sqs_admin;
         let arn = sqs
             .get_queue_attributes()
@@ -2501,7 +2574,7 @@ impl Env {
         let sent = sqs
             .send_message()
             .queue_url(queue)
-            .message_body(serde_json::to_string(job).unwrap())
+            .message_body(body)
             .send()
             .await
             .unwrap()
