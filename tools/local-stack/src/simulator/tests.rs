@@ -288,7 +288,9 @@ async fn the_configured_cascade_runs_against_the_simulator() {
     // Hunter is rate limited for Hiro: PDL answers.
     let hiro = query("Hiro", "Tanabe", None, Some("kestrel-dynamics.test"), None);
     match cascade.run(Field::Emails, &hiro, deadline).await {
-        CascadeOutcome::Found { provider, contacts } => {
+        CascadeOutcome::Found {
+            provider, contacts, ..
+        } => {
             assert_eq!(provider, "pdl");
             let values: Vec<&str> = contacts.iter().map(|c| c.value.as_str()).collect();
             assert_eq!(values, vec!["hiro.tanabe@kestrel-dynamics.test"]);
@@ -871,7 +873,9 @@ async fn the_cascade_runs_the_new_providers_against_the_simulator() {
     // Prospeo knows Ada: the first provider answers.
     let ada = query("Ada", "Quill", None, Some("northwind.example"), None);
     match cascade.run(Field::Emails, &ada, deadline).await {
-        CascadeOutcome::Found { provider, contacts } => {
+        CascadeOutcome::Found {
+            provider, contacts, ..
+        } => {
             assert_eq!(provider, "prospeo");
             assert_eq!(contacts[0].value, "ada.quill@northwind.example");
         }
@@ -884,7 +888,9 @@ async fn the_cascade_runs_the_new_providers_against_the_simulator() {
         ..PersonQuery::default()
     };
     match cascade.run(Field::Phones, &bruno, deadline).await {
-        CascadeOutcome::Found { provider, contacts } => {
+        CascadeOutcome::Found {
+            provider, contacts, ..
+        } => {
             assert_eq!(provider, "fullenrich");
             let values: Vec<&str> = contacts.iter().map(|c| c.value.as_str()).collect();
             assert_eq!(values, vec!["+442079460321"]);
