@@ -45,10 +45,28 @@ pub fn normalize(
         if contacts.iter().any(|c| c.value == value) {
             continue;
         }
+        let (kind, status) = match field {
+            Field::Emails => {
+                let status = email_status(contact.status.as_deref());
+                if status == "invalid" {
+                    // The provider itself says it bounces: not stored, not found.
+                    tracing::debug!(provider, "dropped an email its provider marks invalid");
+                    continue;
+                }
+                (
+                    Some(email_type(contact.kind.as_deref()).to_string()),
+                    Some(status.to_string()),
+                )
+            }
+            Field::Phones => (
+                phone_type(contact.kind.as_deref(), &value).map(str::to_string),
+                None,
+            ),
+        };
         contacts.push(ContactPoint {
             value,
-            kind: clean_label(contact.kind.as_deref()),
-            status: clean_label(contact.status.as_deref()),
+            kind,
+            status,
             provider: provider.to_string(),
             found_at: found_at.to_string(),
         });
@@ -150,12 +168,58 @@ fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str>
         .then(|| &value[prefix.len()..])
 }
 
-/// A provider label (`kind`, `status`) trimmed and lower-cased; `None` when blank.
-fn clean_label(label: Option<&str>) -> Option<String> {
-    label
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_lowercase)
+/// A provider's email verification result in the one vocabulary the API shows (`valid`,
+/// `accept_all`, `unknown`, `invalid`): Hunter's `verification.status` (`valid`, `accept_all`,
+/// `webmail`, `disposable`, `invalid`, `unknown`), Prospeo's (`VERIFIED`, `CATCH_ALL`,
+/// `INVALID`...), FullEnrich's grade (`DELIVERABLE`, `HIGH_PROBABILITY`, `CATCH_ALL`,
+/// `INVALID`...), Dropcontact's qualification (`nominative@pro`, `catch_all@pro`, `invalid`...).
+/// None given, or one this does not know: `unknown`.
+pub fn email_status(raw: Option<&str>) -> &'static str {
+    let label = raw.map(|l| l.trim().to_lowercase()).unwrap_or_default();
+    let has = |word: &str| label.contains(word);
+    if has("invalid") || has("undeliverable") || has("disposable") || has("bounce") {
+        "invalid"
+    } else if has("accept") || has("catch") || has("probab") || has("risky") {
+        "accept_all"
+    } else if has("unverified") || has("unknown") || has("webmail") {
+        "unknown"
+    } else if has("valid") || has("verified") || has("deliverable") || has("nominative") {
+        "valid"
+    } else {
+        "unknown"
+    }
+}
+
+/// A provider's email kind as the API shows it: `personal` for a personal address, else
+/// `work` (`work`, `professional`, `current_professional`, none given).
+pub fn email_type(raw: Option<&str>) -> &'static str {
+    match raw.map(|l| l.trim().to_lowercase()) {
+        Some(label) if label.contains("personal") => "personal",
+        _ => "work",
+    }
+}
+
+/// A phone's type as the API shows it: `mobile`, `landline` or `voip` as the provider gives
+/// it, else from `phonenumber`'s number type for the E.164 `value` (libphonenumber metadata);
+/// `None` when neither says (a number that may be either).
+pub fn phone_type(raw: Option<&str>, value: &str) -> Option<&'static str> {
+    let label = raw.map(|l| l.trim().to_lowercase()).unwrap_or_default();
+    if label.contains("mobile") || label.contains("cell") {
+        return Some("mobile");
+    }
+    if label.contains("landline") || label.contains("fixed") {
+        return Some("landline");
+    }
+    if label.contains("voip") {
+        return Some("voip");
+    }
+    let number = phonenumber::parse(None, value).ok()?;
+    match number.number_type(&phonenumber::metadata::DATABASE) {
+        phonenumber::Type::Mobile => Some("mobile"),
+        phonenumber::Type::FixedLine => Some("landline"),
+        phonenumber::Type::Voip => Some("voip"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +238,60 @@ mod tests {
 
     fn values(contacts: &[ContactPoint]) -> Vec<&str> {
         contacts.iter().map(|c| c.value.as_str()).collect()
+    }
+
+    #[test]
+    fn provider_statuses_map_to_one_vocabulary_and_invalid_is_not_stored() {
+        for (given, expected) in [
+            (Some("valid"), "valid"),
+            (Some("VERIFIED"), "valid"),
+            (Some("DELIVERABLE"), "valid"),
+            (Some("nominative@pro"), "valid"),
+            (Some("accept_all"), "accept_all"),
+            (Some("CATCH_ALL"), "accept_all"),
+            (Some("catch_all@pro"), "accept_all"),
+            (Some("HIGH_PROBABILITY"), "accept_all"),
+            (Some("webmail"), "unknown"),
+            (Some("UNVERIFIED"), "unknown"),
+            (None, "unknown"),
+            (Some("invalid"), "invalid"),
+            (Some("UNDELIVERABLE"), "invalid"),
+            (Some("disposable"), "invalid"),
+        ] {
+            assert_eq!(email_status(given), expected, "{given:?}");
+        }
+        let found = normalize(
+            Field::Emails,
+            "hunter",
+            &[
+                RawContact {
+                    value: "bounces@acme.test".into(),
+                    kind: Some("work".into()),
+                    status: Some("invalid".into()),
+                },
+                RawContact {
+                    value: "home@mail.example".into(),
+                    kind: Some("personal".into()),
+                    status: None,
+                },
+            ],
+            AT,
+            Id::US,
+        );
+        assert_eq!(values(&found), vec!["home@mail.example"]);
+        assert_eq!(found[0].kind.as_deref(), Some("personal"));
+        assert_eq!(found[0].status.as_deref(), Some("unknown"));
+    }
+
+    #[test]
+    fn phone_types_come_from_the_provider_or_the_numbering_plan() {
+        // A UK mobile (07911) and a London landline (020), without a provider's word.
+        assert_eq!(phone_type(None, "+447911123456"), Some("mobile"));
+        assert_eq!(phone_type(None, "+442079460958"), Some("landline"));
+        assert_eq!(phone_type(Some("MOBILE"), "+442079460958"), Some("mobile"));
+        assert_eq!(phone_type(Some("voip"), "+14155550132"), Some("voip"));
+        // A US number may be either: no type.
+        assert_eq!(phone_type(None, "+14155550132"), None);
     }
 
     #[test]
@@ -359,10 +477,11 @@ mod tests {
                     provider: "pdl".into(),
                     found_at: AT.into(),
                 },
+                // No kind or status given: a work address of unknown deliverability.
                 ContactPoint {
                     value: "jd@personal.example".into(),
-                    kind: None,
-                    status: None,
+                    kind: Some("work".into()),
+                    status: Some("unknown".into()),
                     provider: "pdl".into(),
                     found_at: AT.into(),
                 },
