@@ -357,18 +357,7 @@ impl Enrichments {
     ) -> Result<Vec<Enrichment>, ApiError> {
         match selection {
             Selection::Manual { included, excluded } => {
-                let known = self
-                    .store
-                    .existing_people(&principal.org_id, included)
-                    .await?;
-                let unknown: Vec<Uuid> = included
-                    .iter()
-                    .filter(|id| !known.contains(id))
-                    .copied()
-                    .collect();
-                if !unknown.is_empty() {
-                    return Err(ApiError::PeopleNotFound(unknown));
-                }
+                self.refuse_unknown(principal, included).await?;
                 let ids: Vec<Uuid> = included
                     .iter()
                     .filter(|id| !excluded.contains(id))
@@ -389,6 +378,31 @@ impl Enrichments {
                 self.enrich_many(queue, principal, &ids, field, Origin::Listed, deadline)
                     .await
             }
+        }
+    }
+
+    /// Refuses the request when one of `person_ids` is no person of the org (spec
+    /// operations-api, Decision 5): one `BatchGetItem` of the people's keys per 100 ids.
+    ///
+    /// Errors: 404 `Person not found` listing them, in the order given.
+    async fn refuse_unknown(
+        &self,
+        principal: &Principal,
+        person_ids: &[Uuid],
+    ) -> Result<(), ApiError> {
+        let known = self
+            .store
+            .existing_people(&principal.org_id, person_ids)
+            .await?;
+        let unknown: Vec<Uuid> = person_ids
+            .iter()
+            .filter(|id| !known.contains(id))
+            .copied()
+            .collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::PeopleNotFound(unknown))
         }
     }
 
@@ -443,15 +457,7 @@ impl Enrichments {
             return Ok(Vec::new());
         }
         if origin == Origin::Batch {
-            let known = self.store.existing_people(org_id, person_ids).await?;
-            let unknown: Vec<Uuid> = person_ids
-                .iter()
-                .filter(|id| !known.contains(id))
-                .copied()
-                .collect();
-            if !unknown.is_empty() {
-                return Err(ApiError::PeopleNotFound(unknown));
-            }
+            self.refuse_unknown(principal, person_ids).await?;
         }
         let keys: Vec<(Uuid, Field)> = person_ids.iter().map(|id| (*id, field)).collect();
         let mut current = self.store.get_enrichments(org_id, &keys).await?;

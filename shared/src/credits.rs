@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::auth::Principal;
 use crate::domain::timestamp;
-use crate::error::ApiError;
+use crate::error::{ApiError, whole_number};
 use crate::store::{CreditTransaction, Store};
 
 /// The most transactions one history page returns (spec operations-api, Decision 3).
@@ -90,32 +90,6 @@ fn range_end(name: &str, text: &str, end: bool) -> Result<String, ApiError> {
         })
 }
 
-fn whole(
-    name: &str,
-    text: Option<&str>,
-    default: usize,
-    range: std::ops::RangeInclusive<usize>,
-) -> Result<usize, ApiError> {
-    match text {
-        None => Ok(default),
-        Some(text) => text
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    name,
-                    format!(
-                        "{name} must be a whole number from {} to {}",
-                        range.start(),
-                        range.end()
-                    ),
-                )
-            }),
-    }
-}
-
 /// The history query of `startDate`, `endDate`, `limit` and `offset` (each optional).
 ///
 /// Errors: 400 naming the parameter: a date that is not ISO 8601, `startDate` after
@@ -143,8 +117,8 @@ pub fn parse_history(
     Ok(HistoryQuery {
         from,
         to,
-        limit: whole("limit", limit, DEFAULT_HISTORY_LIMIT, 1..=MAX_HISTORY_LIMIT)?,
-        offset: whole("offset", offset, 0, 0..=MAX_HISTORY_OFFSET)?,
+        limit: whole_number("limit", limit, DEFAULT_HISTORY_LIMIT, 1..=MAX_HISTORY_LIMIT)?,
+        offset: whole_number("offset", offset, 0, 0..=MAX_HISTORY_OFFSET)?,
     })
 }
 

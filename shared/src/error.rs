@@ -95,6 +95,36 @@ fn credits_message(operation_type: OperationType, required: i64, bulk: bool) -> 
     }
 }
 
+/// The whole number `text` of the parameter `name` (trimmed), within `range`; `default` when
+/// not given.
+///
+/// Errors: 400 naming `name`: `limit must be a whole number from 1 to 1000`.
+pub(crate) fn whole_number(
+    name: &str,
+    text: Option<&str>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, ApiError> {
+    match text {
+        None => Ok(default),
+        Some(text) => text
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    name,
+                    format!(
+                        "{name} must be a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            }),
+    }
+}
+
 /// The body of an error response: `{"error": {...}}`.
 #[derive(Debug, Serialize)]
 struct Envelope<'a> {

@@ -269,6 +269,17 @@ fn answer(result: Result<Response<Body>, ApiError>, allow: &'static str) -> Resp
     })
 }
 
+/// The query parameter `name` of `req`, when given.
+///
+/// Errors: 400 naming it when it is given more than once: which one would count is ambiguous.
+fn query_once(req: &Request, name: &str) -> Result<Option<String>, ApiError> {
+    match req.query_string_parameters_ref().and_then(|q| q.all(name)) {
+        None => Ok(None),
+        Some(values) if values.len() == 1 => Ok(Some(values[0].to_string())),
+        Some(_) => Err(ApiError::invalid(name, format!("{name} may be given once"))),
+    }
+}
+
 /// A canonical, hyphenated UUID (either case) as a path's `personId`.
 fn person_id(text: &str) -> Result<Uuid, ApiError> {
     Some(text)
@@ -297,15 +308,8 @@ pub async fn handle_people(req: Request, auth: &Authenticator, people: &People) 
     let method = req.method().clone();
     let result = within(deadline(&req), async {
         let principal = auth.authenticate(authorization(&req)).await?;
-        let query = req.query_string_parameters_ref();
         // A parameter given twice is ambiguous: 400, as for `field` on the enrichment route.
-        let one = |name: &str| -> Result<Option<String>, ApiError> {
-            match query.and_then(|q| q.all(name)) {
-                None => Ok(None),
-                Some(values) if values.len() == 1 => Ok(Some(values[0].to_string())),
-                Some(_) => Err(ApiError::invalid(name, format!("{name} may be given once"))),
-            }
-        };
+        let one = |name: &str| query_once(&req, name);
         Ok(match (method.clone(), rest.as_str()) {
             (Method::POST, "") => {
                 json_of(201, &people.create(&principal, &json_body(&req)?).await?)
@@ -523,14 +527,7 @@ pub async fn handle_credits(
         if req.method() != Method::GET {
             return Err(ApiError::MethodNotAllowed);
         }
-        let query = req.query_string_parameters_ref();
-        let one = |name: &str| -> Result<Option<String>, ApiError> {
-            match query.and_then(|q| q.all(name)) {
-                None => Ok(None),
-                Some(values) if values.len() == 1 => Ok(Some(values[0].to_string())),
-                Some(_) => Err(ApiError::invalid(name, format!("{name} may be given once"))),
-            }
-        };
+        let one = |name: &str| query_once(&req, name);
         match path.strip_prefix(CREDITS_PREFIX) {
             Some("/balance") => Ok(json_of(200, &credits.balance(&principal).await?)),
             Some("/history") => {

@@ -393,20 +393,7 @@ impl People {
         limit: Option<&str>,
         cursor: Option<&str>,
     ) -> Result<PersonPage, ApiError> {
-        let limit = match limit {
-            None => DEFAULT_PAGE,
-            Some(text) => text
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_PAGE).contains(n))
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "limit",
-                        format!("limit must be a whole number from 1 to {MAX_PAGE}"),
-                    )
-                })?,
-        };
+        let limit = crate::error::whole_number("limit", limit, DEFAULT_PAGE, 1..=MAX_PAGE)?;
         let after = cursor.map(decode_cursor).transpose()?;
         let (people, next) = self
             .store

@@ -59,6 +59,28 @@ pub const SEND_CONCURRENCY: usize = 10;
 /// (an org id is at most 128 characters) stay well within SQS's 256 KiB message.
 pub const JOBS_PER_MESSAGE: usize = 500;
 
+/// Runs `sends`, at most [`SEND_CONCURRENCY`] at once.
+///
+/// Errors: the first failure met; the sends still in flight are then aborted.
+async fn in_flight<F>(sends: Vec<F>) -> Result<(), QueueError>
+where
+    F: std::future::Future<Output = Result<(), QueueError>> + Send + 'static,
+{
+    let mut running = tokio::task::JoinSet::new();
+    for send in sends {
+        if running.len() == SEND_CONCURRENCY
+            && let Some(done) = running.join_next().await
+        {
+            done.map_err(|e| QueueError(e.to_string()))??;
+        }
+        running.spawn(send);
+    }
+    while let Some(done) = running.join_next().await {
+        done.map_err(|e| QueueError(e.to_string()))??;
+    }
+    Ok(())
+}
+
 /// How many times `SendMessageBatch` entries that failed (a partial batch failure) are sent
 /// again before the send is given up.
 const BATCH_SEND_ATTEMPTS: u32 = 3;
@@ -212,7 +234,7 @@ impl SqsJobQueue {
     /// Errors: a call failed, or entries were still refused after the last attempt (some jobs
     /// may have been sent: a job sent twice runs once, its claim sees to it).
     pub async fn enqueue_all(&self, jobs: &[Job]) -> Result<(), QueueError> {
-        let mut in_flight = tokio::task::JoinSet::new();
+        let mut sends = Vec::with_capacity(jobs.len().div_ceil(10));
         for group in jobs.chunks(10) {
             let entries = group
                 .iter()
@@ -226,17 +248,9 @@ impl SqsJobQueue {
                         .map_err(|e| QueueError(e.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            if in_flight.len() == SEND_CONCURRENCY
-                && let Some(done) = in_flight.join_next().await
-            {
-                done.map_err(|e| QueueError(e.to_string()))??;
-            }
-            in_flight.spawn(self.clone().send_batch(entries));
+            sends.push(self.clone().send_batch(entries));
         }
-        while let Some(done) = in_flight.join_next().await {
-            done.map_err(|e| QueueError(e.to_string()))??;
-        }
-        Ok(())
+        in_flight(sends).await
     }
 
     /// One `SendMessageBatch` of `entries`, its failed entries sent again.
@@ -342,25 +356,17 @@ impl JobQueue for StepFunctionsJobQueue {
         let not_before = crate::domain::timestamp(
             not_before + chrono::Duration::milliseconds(i64::from((1000 - millis) % 1000)),
         );
-        let mut in_flight = tokio::task::JoinSet::new();
+        let mut starts = Vec::with_capacity(jobs.len());
         for job in jobs {
             let input = serde_json::to_string(&HeldJob {
                 job,
                 not_before: not_before.clone(),
             })
             .map_err(|e| QueueError(e.to_string()))?;
-            if in_flight.len() == SEND_CONCURRENCY
-                && let Some(done) = in_flight.join_next().await
-            {
-                done.map_err(|e| QueueError(e.to_string()))??;
-            }
             let (queue, job) = (self.clone(), job.clone());
-            in_flight.spawn(async move { queue.start(&job, input).await });
+            starts.push(async move { queue.start(&job, input).await });
         }
-        while let Some(done) = in_flight.join_next().await {
-            done.map_err(|e| QueueError(e.to_string()))??;
-        }
-        Ok(())
+        in_flight(starts).await
     }
 }
 

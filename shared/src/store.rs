@@ -500,6 +500,49 @@ impl Store {
         Self::enrichment_key(&enrichment.org_id, enrichment.entity_id, enrichment.field)
     }
 
+    /// The item of `enrichment`, unclaimed, with the credits it `charged` and the providers
+    /// that already `answered`: what a creation writes (and an undo puts back).
+    fn enrichment_item(
+        enrichment: &Enrichment,
+        charged: i64,
+        answered: &[String],
+    ) -> Result<Item, StoreError> {
+        serde_dynamo::to_item(EnrichmentItem {
+            pk: org_pk(&enrichment.org_id),
+            sk: enrichment_sk(enrichment.entity_id, enrichment.field),
+            enrichment: enrichment.clone(),
+            claim_token: None,
+            claim_until: None,
+            providers_answered: answered.to_vec(),
+            credits_charged: charged,
+        })
+        .map_err(shape_error)
+    }
+
+    /// The check, inside a creating transaction, that `enrichment`'s person exists in its org.
+    fn person_exists(&self, enrichment: &Enrichment) -> Result<ConditionCheck, StoreError> {
+        ConditionCheck::builder()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(&enrichment.org_id)))
+            .key("sk", s(person_sk(enrichment.entity_id)))
+            .condition_expression("attribute_exists(pk)")
+            .build()
+            .map_err(build_error)
+    }
+
+    /// The debit of `total` credits from the org's balance, on condition it covers them.
+    fn debit_balance(&self, org_id: &str, total: i64) -> Result<Update, StoreError> {
+        Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org_id)))
+            .key("sk", s(CREDITS_SK))
+            .update_expression("SET balance = balance - :total")
+            .condition_expression("balance >= :total")
+            .expression_attribute_values(":total", n(total))
+            .build()
+            .map_err(build_error)
+    }
+
     fn enrichment_key(org_id: &str, person_id: Uuid, field: Field) -> Item {
         HashMap::from([
             ("pk".into(), s(org_pk(org_id))),

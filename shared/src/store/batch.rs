@@ -66,26 +66,15 @@ impl Store {
             )));
         }
         let org_id = &chunk[0].enrichment.org_id;
-        let pk = org_pk(org_id);
         let mut items = Vec::with_capacity(3 * chunk.len() + 1);
         for planned in chunk {
             let enrichment = &planned.enrichment;
             if &enrichment.org_id != org_id {
                 return Err(StoreError::Shape("a chunk belongs to one org".into()));
             }
-            let item: Item = serde_dynamo::to_item(EnrichmentItem {
-                pk: pk.clone(),
-                sk: enrichment_sk(enrichment.entity_id, enrichment.field),
-                enrichment: enrichment.clone(),
-                claim_token: None,
-                claim_until: None,
-                providers_answered: Vec::new(),
-                credits_charged: cost,
-            })
-            .map_err(shape_error)?;
             let put = Put::builder()
                 .table_name(&self.table)
-                .set_item(Some(item))
+                .set_item(Some(Self::enrichment_item(enrichment, cost, &[])?))
                 .return_values_on_condition_check_failure(
                     ReturnValuesOnConditionCheckFailure::AllOld,
                 );
@@ -101,13 +90,7 @@ impl Store {
                     .expression_attribute_values(":timeout", s(Status::Timeout.as_str()))
                     .expression_attribute_values(":cancelled", s(Status::Cancelled.as_str())),
             };
-            let person_exists = ConditionCheck::builder()
-                .table_name(&self.table)
-                .key("pk", s(pk.clone()))
-                .key("sk", s(person_sk(enrichment.entity_id)))
-                .condition_expression("attribute_exists(pk)")
-                .build()
-                .map_err(build_error)?;
+            let person_exists = self.person_exists(enrichment)?;
             let transaction = self.debit_transaction(enrichment, cost)?;
             items.push(
                 TransactWriteItem::builder()
@@ -121,16 +104,7 @@ impl Store {
             );
             items.push(TransactWriteItem::builder().put(transaction).build());
         }
-        let total = cost * chunk.len() as i64;
-        let debit = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .key("sk", s(CREDITS_SK))
-            .update_expression("SET balance = balance - :total")
-            .condition_expression("balance >= :total")
-            .expression_attribute_values(":total", n(total))
-            .build()
-            .map_err(build_error)?;
+        let debit = self.debit_balance(org_id, cost * chunk.len() as i64)?;
         items.push(TransactWriteItem::builder().update(debit).build());
         let Some(reasons) = self.transact(items).await? else {
             return Ok(ChunkOutcome::Created);
@@ -202,16 +176,11 @@ impl Store {
                     )
                     .build(),
                 Some(old) => {
-                    let item: Item = serde_dynamo::to_item(EnrichmentItem {
-                        pk: pk.clone(),
-                        sk: enrichment_sk(enrichment.entity_id, enrichment.field),
-                        enrichment: old.enrichment.clone(),
-                        claim_token: None,
-                        claim_until: None,
-                        providers_answered: old.providers_answered.clone(),
-                        credits_charged: old.credits_charged,
-                    })
-                    .map_err(shape_error)?;
+                    let item = Self::enrichment_item(
+                        &old.enrichment,
+                        old.credits_charged,
+                        &old.providers_answered,
+                    )?;
                     TransactWriteItem::builder()
                         .put(
                             Put::builder()

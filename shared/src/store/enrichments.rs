@@ -21,19 +21,9 @@ impl Store {
         rate_limit: RateLimit,
     ) -> Result<CreateOutcome, StoreError> {
         let pk = org_pk(&enrichment.org_id);
-        let item: Item = serde_dynamo::to_item(EnrichmentItem {
-            pk: pk.clone(),
-            sk: enrichment_sk(enrichment.entity_id, enrichment.field),
-            enrichment: enrichment.clone(),
-            claim_token: None,
-            claim_until: None,
-            providers_answered: Vec::new(),
-            credits_charged: cost,
-        })
-        .map_err(shape_error)?;
         let put_enrichment = Put::builder()
             .table_name(&self.table)
-            .set_item(Some(item))
+            .set_item(Some(Self::enrichment_item(enrichment, cost, &[])?))
             .condition_expression(
                 "attribute_not_exists(pk) OR #status IN (:failed, :timeout, :cancelled)",
             )
@@ -44,22 +34,8 @@ impl Store {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .map_err(build_error)?;
-        let person_exists = ConditionCheck::builder()
-            .table_name(&self.table)
-            .key("pk", s(pk.clone()))
-            .key("sk", s(person_sk(enrichment.entity_id)))
-            .condition_expression("attribute_exists(pk)")
-            .build()
-            .map_err(build_error)?;
-        let debit = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(pk.clone()))
-            .key("sk", s(CREDITS_SK))
-            .update_expression("SET balance = balance - :cost")
-            .condition_expression("balance >= :cost")
-            .expression_attribute_values(":cost", n(cost))
-            .build()
-            .map_err(build_error)?;
+        let person_exists = self.person_exists(enrichment)?;
+        let debit = self.debit_balance(&enrichment.org_id, cost)?;
         let transaction = self.debit_transaction(enrichment, cost)?;
         let mut items = vec![
             TransactWriteItem::builder().put(put_enrichment).build(),
