@@ -215,6 +215,14 @@ async fn the_same_name_and_domain_with_another_linkedin_is_no_hit() {
         provider_requests(&stack).await,
         json!({"hunter": 0, "pdl": 0})
     );
+    assert_eq!(
+        ledger(&stack.store, "org_cache_a", 100).await,
+        (95, vec![-5])
+    );
+    assert_eq!(
+        ledger(&stack.store, "org_cache_b", 100).await,
+        (90, vec![-5, -5])
+    );
     stack.shutdown().await;
 }
 

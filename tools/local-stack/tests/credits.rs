@@ -397,5 +397,6 @@ async fn a_page_of_100_transactions_costs_a_few_read_units() {
     if page.read_units > 0.0 {
         assert!(page.read_units <= 10.0, "{}", page.read_units);
     }
+    assert_eq!(ledger(&stack.store, ORG, 120).await, (120, vec![]));
     stack.shutdown().await;
 }
