@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every sample event in events/ through the real function binaries (trigger, status,
-# people, batch, credits, worker) served by `cargo lambda watch`, against a private local
+# people, batch, credits, cancel, worker) served by `cargo lambda watch`, against a private local
 # stack, and checks each answer.
 #
 #   1. starts target/debug/local-stack on a free loopback port, state in a fresh temp folder,
@@ -144,7 +144,7 @@ log "building local-stack, enrichctl and the functions (debug)"
 # which resolves features for that one package: built the same way (one at a time, into
 # target/debug), its first invoke finds the function built instead of compiling it under the
 # invoke's timeout.
-for bin in trigger status worker people batch credits; do
+for bin in trigger status worker people batch credits cancel; do
     "${CARGO}" build -q --bin "${bin}"
 done
 
@@ -348,6 +348,12 @@ check credits-balance credits "200 balance=$((CREDITS - 3 * EMAIL_COST))"
 # The ledger now holds the grant and the three debits (trigger-post, batch-enrich, bulk-enrich),
 # all within the event's range (2000-01-01 to 2099-12-31); offset=1 skips the newest.
 check credits-history credits "200 count=3"
+# The second person's pending enrichment (batch-enrich's) cancelled and refunded; cancelled
+# again: the same, nothing more refunded. Ada's, finished, cannot be cancelled.
+check cancel-pending cancel "200 cancelled"
+check cancel-pending cancel "200 cancelled"
+check_balance "(credits balance)" "$((CREDITS - 2 * EMAIL_COST))"
+check cancel-finished cancel "409 CONFLICT"
 
 printf '%-22s %-8s %-37s %-37s %5s  %s\n' event function expected got time result
 printf '%s\n' "${rows[@]}"

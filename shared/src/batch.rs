@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::budget;
-use crate::domain::{Enrichment, Field, Job, Status, timestamp};
+use crate::domain::{CacheUse, Enrichment, Field, Job, Status, timestamp};
 use crate::enrichment::Enrichments;
 use crate::error::ApiError;
 use crate::identity;
@@ -335,9 +335,11 @@ impl Enrichments {
         principal: &Principal,
         person_ids: &[Uuid],
         field: Field,
+        cache: CacheUse,
         deadline: Instant,
     ) -> Result<Vec<Enrichment>, ApiError> {
-        self.enrich_many(queue, principal, person_ids, field, Origin::Batch, deadline)
+        let ask = (field, cache);
+        self.enrich_many(queue, principal, person_ids, ask, Origin::Batch, deadline)
             .await
     }
 
@@ -353,8 +355,10 @@ impl Enrichments {
         principal: &Principal,
         selection: &Selection,
         field: Field,
+        cache: CacheUse,
         deadline: Instant,
     ) -> Result<Vec<Enrichment>, ApiError> {
+        let ask = (field, cache);
         match selection {
             Selection::Manual { included, excluded } => {
                 self.refuse_unknown(principal, included).await?;
@@ -363,7 +367,7 @@ impl Enrichments {
                     .filter(|id| !excluded.contains(id))
                     .copied()
                     .collect();
-                self.enrich_many(queue, principal, &ids, field, Origin::Manual, deadline)
+                self.enrich_many(queue, principal, &ids, ask, Origin::Manual, deadline)
                     .await
             }
             Selection::Bulk {
@@ -375,7 +379,7 @@ impl Enrichments {
                 let ids = self
                     .select(principal, *start_index, *target_count, excluded, filters)
                     .await?;
-                self.enrich_many(queue, principal, &ids, field, Origin::Listed, deadline)
+                self.enrich_many(queue, principal, &ids, ask, Origin::Listed, deadline)
                     .await
             }
         }
@@ -448,7 +452,7 @@ impl Enrichments {
         queue: &dyn JobQueue,
         principal: &Principal,
         person_ids: &[Uuid],
-        field: Field,
+        (field, cache): (Field, CacheUse),
         origin: Origin,
         deadline: Instant,
     ) -> Result<Vec<Enrichment>, ApiError> {
@@ -500,7 +504,8 @@ impl Enrichments {
             ));
         }
         if !plan.is_empty() {
-            self.create_planned(queue, principal, field, origin, plan, &mut answer, deadline)
+            let ask = (field, cache);
+            self.create_planned(queue, principal, ask, origin, plan, &mut answer, deadline)
                 .await?;
         }
         Ok(answer.into_iter().flatten().collect())
@@ -512,7 +517,7 @@ impl Enrichments {
         &self,
         queue: &dyn JobQueue,
         principal: &Principal,
-        field: Field,
+        (field, cache): (Field, CacheUse),
         origin: Origin,
         mut plan: Vec<(usize, PlannedEnrichment)>,
         answer: &mut [Option<Enrichment>],
@@ -529,7 +534,10 @@ impl Enrichments {
         if balance < cost * plan.len() as i64 {
             return Err(refused(plan.len()));
         }
-        let jobs: Vec<Job> = plan.iter().map(|(_, p)| Job::from(&p.enrichment)).collect();
+        let jobs: Vec<Job> = plan
+            .iter()
+            .map(|(_, p)| Job::from(&p.enrichment).with_cache(cache))
+            .collect();
         let left = budget::left_before(deadline, budget::RESPONSE_MARGIN);
         match tokio::time::timeout(
             left,

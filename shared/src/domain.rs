@@ -239,9 +239,39 @@ pub fn timestamp_before(now: DateTime<Utc>, age: std::time::Duration) -> String 
     )
 }
 
+/// Whether a new enrichment may be served from the global cache: the request's `cache` query
+/// flag (`?cache=false` asks for [`CacheUse::Fresh`]; README, "Global cache").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheUse {
+    /// A fresh global cache entry that agrees with the person is served (the default).
+    #[default]
+    Allowed,
+    /// The providers are asked whatever the cache holds, at full cost; what they find still
+    /// replaces the person's cache entry.
+    Fresh,
+}
+
+impl CacheUse {
+    /// The flag's value in a query string: `true` (or absent) allows the cache, `false` asks
+    /// for fresh data; `None` for anything else.
+    pub fn from_query(value: &str) -> Option<Self> {
+        match value {
+            "true" => Some(Self::Allowed),
+            "false" => Some(Self::Fresh),
+            _ => None,
+        }
+    }
+
+    fn is_allowed(&self) -> bool {
+        *self == Self::Allowed
+    }
+}
+
 /// One enrichment job: what the trigger queues and the worker runs (the SQS message body or the
 /// Step Functions execution input), as JSON
-/// (`{"enrichmentId", "orgId", "personId", "field"}`).
+/// (`{"enrichmentId", "orgId", "personId", "field"}`, and `"cache": "fresh"` for a request
+/// that opted out of the global cache).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
@@ -253,6 +283,9 @@ pub struct Job {
     pub person_id: Uuid,
     /// `emails` or `phones`.
     pub field: Field,
+    /// Whether the worker may serve it from the global cache.
+    #[serde(default, skip_serializing_if = "CacheUse::is_allowed")]
+    pub cache: CacheUse,
 }
 
 /// Jobs sent together in one SQS message by a batch or bulk enrichment, held until the request
@@ -271,7 +304,15 @@ impl From<&Enrichment> for Job {
             org_id: e.org_id.clone(),
             person_id: e.entity_id,
             field: e.field,
+            cache: CacheUse::Allowed,
         }
+    }
+}
+
+impl Job {
+    /// The same job with `cache` use.
+    pub fn with_cache(self, cache: CacheUse) -> Self {
+        Self { cache, ..self }
     }
 }
 

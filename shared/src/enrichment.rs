@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::budget;
 use crate::config::Config;
-use crate::domain::{Enrichment, Field, Job, Status, timestamp, timestamp_before};
+use crate::domain::{CacheUse, Enrichment, Field, Job, Status, timestamp, timestamp_before};
 use crate::error::ApiError;
 use crate::queue::JobQueue;
 use crate::store::{CreateOutcome, RateLimit, Store, StoreError};
@@ -47,7 +47,9 @@ impl Enrichments {
     }
 
     /// POST: returns the current `pending`/`finished` enrichment of (org, person, field) without
-    /// charge, or creates a new `pending` one, charges its cost and queues its job.
+    /// charge, or creates a new `pending` one, charges its cost and queues its job; with
+    /// [`CacheUse::Fresh`] (`?cache=false`) its job asks the providers whatever the global cache
+    /// holds.
     ///
     /// DynamoDB calls: one `TransactWriteItems` for a new enrichment and for a replay; one SQS
     /// `SendMessage` for a new one.
@@ -68,6 +70,7 @@ impl Enrichments {
         principal: &Principal,
         person_id: Uuid,
         field: Field,
+        cache: CacheUse,
         deadline: Instant,
     ) -> Result<Enrichment, ApiError> {
         let now = Utc::now();
@@ -103,7 +106,8 @@ impl Enrichments {
                 bulk: false,
             }),
             CreateOutcome::Created => {
-                self.enqueue(queue, &enrichment, cost, deadline).await?;
+                self.enqueue(queue, &enrichment, cost, cache, deadline)
+                    .await?;
                 Ok(enrichment)
             }
         }
@@ -114,9 +118,10 @@ impl Enrichments {
         queue: &dyn JobQueue,
         enrichment: &Enrichment,
         cost: i64,
+        cache: CacheUse,
         deadline: Instant,
     ) -> Result<(), ApiError> {
-        let job = Job::from(enrichment);
+        let job = Job::from(enrichment).with_cache(cache);
         let reserve = budget::REFUND_RESERVE + budget::RESPONSE_MARGIN;
         let mut last_error = String::from("no time left before the deadline");
         for attempt in 1..=ENQUEUE_ATTEMPTS {

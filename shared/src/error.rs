@@ -71,6 +71,10 @@ pub enum ApiError {
     /// 405 `METHOD_NOT_ALLOWED`: a method the route does not serve.
     #[error("Method not allowed")]
     MethodNotAllowed,
+    /// 409 `CONFLICT`: the request cannot apply to the resource as it now is, with the message
+    /// to show (`Enrichment is already finished`; spec operations-api, "Cancel").
+    #[error("{0}")]
+    Conflict(String),
     /// 429 `RATE_LIMITED`: the org sent more requests than its limit allows; the response
     /// carries `Retry-After` with `retry_after_seconds` (spec operations-api, "Common rules").
     #[error("Too many requests; retry after {retry_after_seconds} seconds")]
@@ -158,6 +162,7 @@ impl ApiError {
             ApiError::InsufficientCredits { .. } => 402,
             ApiError::NotFound(_) | ApiError::PeopleNotFound(_) => 404,
             ApiError::MethodNotAllowed => 405,
+            ApiError::Conflict(_) => 409,
             ApiError::RateLimited { .. } => 429,
             ApiError::Internal(_) => 500,
             ApiError::Unavailable(_) => 503,
@@ -173,6 +178,7 @@ impl ApiError {
             ApiError::InsufficientCredits { .. } => "INSUFFICIENT_CREDITS",
             ApiError::NotFound(_) | ApiError::PeopleNotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiError::Conflict(_) => "CONFLICT",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Internal(_) => "INTERNAL_ERROR",
             ApiError::Unavailable(_) => "UNAVAILABLE",
@@ -327,6 +333,17 @@ mod tests {
         assert_eq!(body["error"]["code"], "RATE_LIMITED");
         assert_eq!(limited.retry_after_seconds(), Some(7));
         assert_eq!(ApiError::NotFound("x".into()).retry_after_seconds(), None);
+    }
+
+    #[test]
+    fn conflict_is_409_with_its_message() {
+        let error = ApiError::Conflict("Enrichment is already finished".into());
+        let body: Value = serde_json::from_str(&error.to_json()).unwrap();
+        assert_eq!(error.status_code(), 409);
+        assert_eq!(
+            body,
+            json!({"error": {"code": "CONFLICT", "message": "Enrichment is already finished"}})
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::{Authenticator, Principal};
 use crate::budget;
-use crate::domain::{Enrichment, Field};
+use crate::domain::{CacheUse, Enrichment, Field};
 use crate::enrichment::Enrichments;
 use crate::error::{ApiError, FIELD_MESSAGE};
 use crate::people::People;
@@ -128,8 +128,9 @@ pub async fn handle_post(
     let deadline = deadline(&req);
     let result = within(deadline, async {
         let (principal, person_id, field) = accept(&req, Method::POST, auth).await?;
+        let cache = cache_use(&req)?;
         enrichments
-            .trigger(queue, &principal, person_id, field, deadline)
+            .trigger(queue, &principal, person_id, field, cache, deadline)
             .await
     });
     respond(result.await)
@@ -277,6 +278,18 @@ fn query_once(req: &Request, name: &str) -> Result<Option<String>, ApiError> {
         None => Ok(None),
         Some(values) if values.len() == 1 => Ok(Some(values[0].to_string())),
         Some(_) => Err(ApiError::invalid(name, format!("{name} may be given once"))),
+    }
+}
+
+/// The `cache` query flag of an enrichment request (README, "Global cache"): absent or `true`
+/// allows the global cache, `false` asks for fresh data.
+///
+/// Errors: 400 naming `cache` for another value or a repeated flag.
+fn cache_use(req: &Request) -> Result<CacheUse, ApiError> {
+    match query_once(req, "cache")? {
+        None => Ok(CacheUse::Allowed),
+        Some(value) => CacheUse::from_query(&value)
+            .ok_or_else(|| ApiError::invalid("cache", "cache must be true or false")),
     }
 }
 
@@ -492,14 +505,16 @@ pub async fn handle_batch(
             }
             BATCH_ROUTE => {
                 let (ids, field) = crate::batch::parse_batch(&json_body(&req)?)?;
+                let cache = cache_use(&req)?;
                 enrichments
-                    .enrich_batch(queue, &principal, &ids, field, deadline)
+                    .enrich_batch(queue, &principal, &ids, field, cache, deadline)
                     .await?
             }
             BULK_ROUTE => {
                 let (selection, field) = crate::batch::parse_bulk(&json_body(&req)?)?;
+                let cache = cache_use(&req)?;
                 enrichments
-                    .enrich_bulk(queue, &principal, &selection, field, deadline)
+                    .enrich_bulk(queue, &principal, &selection, field, cache, deadline)
                     .await?
             }
             _ => return Err(ApiError::MethodNotAllowed),
@@ -544,4 +559,26 @@ pub async fn handle_credits(
     })
     .await;
     answer(result, "GET")
+}
+
+/// The cancel route (spec operations-api, "Cancel").
+pub const CANCEL_ROUTE: &str = "/api/v1/operations/enrichment/{personId}/cancel";
+
+/// The cancel function: `POST` of [`CANCEL_ROUTE`]`?field=emails|phones` (spec operations-api,
+/// "Cancel"), its `personId` path parameter and `field` query parameter read and checked as on
+/// [`ROUTE`]. Answers `200` with the enrichment (the API object), now or already `cancelled`;
+/// `409 CONFLICT` `Enrichment is already <status>` when it ended otherwise; `404 NOT_FOUND`
+/// `Enrichment not found`. Another method is 405 with `Allow: POST`; authentication comes
+/// before validation (401 before 400). Answers before the invocation's [`deadline`].
+pub async fn handle_cancel(
+    req: Request,
+    auth: &Authenticator,
+    enrichments: &Enrichments,
+) -> Response<Body> {
+    let result = within(deadline(&req), async {
+        let (principal, person_id, field) = accept(&req, Method::POST, auth).await?;
+        let enrichment = enrichments.cancel(&principal, person_id, field).await?;
+        Ok(json_of(200, &enrichment))
+    });
+    answer(result.await, "POST")
 }

@@ -82,6 +82,27 @@ pub fn is_bare_domain(value: &str) -> bool {
             .is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The identity key of a LinkedIn profile URL: `li:linkedin.com/in/{handle}` (see
+/// [`linkedin_handle`]); `None` for a URL that is no profile.
+pub fn linkedin_key(url: &str) -> Option<String> {
+    linkedin_profile(url).map(|profile| format!("li:{profile}"))
+}
+
+/// The identity key of a full name at a company domain: `nd:{full name}@{domain}`, the name as
+/// [`text_key`] writes it and the domain as [`bare_domain`] does; `None` when either is blank.
+pub fn name_domain_key(full_name: &str, domain: &str) -> Option<String> {
+    let name = text_key(full_name);
+    let domain = bare_domain(domain)?;
+    (!name.is_empty()).then(|| format!("nd:{name}@{domain}"))
+}
+
+/// The key of an email address, as suppressions and the value index write it:
+/// `em:{address}`, normalized as stored values are
+/// ([`crate::providers::normalize::normalize_email`]); `None` for no valid address.
+pub fn email_key(email: &str) -> Option<String> {
+    crate::providers::normalize::normalize_email(email).map(|address| format!("em:{address}"))
+}
+
 /// What a provider's search of a person matched on, as far as the global cache is concerned
 /// (see [`IdentityKeys::matched_by`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,20 +137,12 @@ pub struct IdentityKeys {
 impl IdentityKeys {
     /// The keys of `person`.
     pub fn of(person: &Person) -> Self {
-        let linkedin = person
-            .linkedin_url
-            .as_deref()
-            .and_then(linkedin_profile)
-            .map(|profile| format!("li:{profile}"));
+        let linkedin = person.linkedin_url.as_deref().and_then(linkedin_key);
         let name =
             |value: &Option<String>| value.as_deref().map(text_key).filter(|k| !k.is_empty());
         let name_domain = (|| {
-            let domain = bare_domain(person.company_domain.as_deref()?)?;
-            Some(format!(
-                "nd:{} {}@{domain}",
-                name(&person.first_name)?,
-                name(&person.last_name)?
-            ))
+            let full_name = format!("{} {}", name(&person.first_name)?, name(&person.last_name)?);
+            name_domain_key(&full_name, person.company_domain.as_deref()?)
         })();
         Self {
             linkedin,

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod batch;
 pub mod budget;
+pub mod cancel;
 pub mod config;
 pub mod credits;
 pub mod domain;

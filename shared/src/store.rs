@@ -39,15 +39,18 @@ use crate::domain::{ContactPoint, Enrichment, Field, Job, OperationType, Person,
 
 mod batch;
 mod cache;
+mod cancel;
 mod credits;
 mod enrichments;
 mod people;
+mod suppression;
 
 pub use batch::{CHUNK, ChunkOutcome, PlannedEnrichment};
 pub use credits::{
     CreditSource, CreditTransaction, CreditTransactionType, Grant, GrantOutcome, HistoryPage,
     LedgerCheck,
 };
+pub use suppression::{HeldValues, SuppressionReport};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -343,6 +346,11 @@ pub struct Completion {
     /// Refund a `finished` outcome without data too (`REFUND_MISSES`); a `failed` one always
     /// is.
     pub refund_miss: bool,
+    /// A suppressed person's outcome: `finished` without data, refunded whatever
+    /// `refund_miss` says.
+    pub suppressed: bool,
+    /// The values added to the person, for the value index (see [`Store::suppress`]).
+    pub held: Option<HeldValues>,
 }
 
 impl Completion {
@@ -357,13 +365,29 @@ impl Completion {
             person_contacts: None,
             cache: None,
             refund_miss: false,
+            suppressed: false,
+            held: None,
         }
     }
 
-    /// Whether the outcome gives the enrichment's credits back: `failed`, or `finished`
-    /// without data when [`Completion::refund_miss`] is set.
+    /// `finished` without data for a suppressed person (README, "Suppression and erasure"):
+    /// nothing added, nothing cached, the credits refunded.
+    pub fn suppressed() -> Self {
+        Self {
+            status: Status::Finished,
+            data_found: Some(false),
+            error: None,
+            suppressed: true,
+            ..Self::failed("")
+        }
+    }
+
+    /// Whether the outcome gives the enrichment's credits back: `failed`, suppressed, or
+    /// `finished` without data when [`Completion::refund_miss`] is set.
     pub fn refunds(&self) -> bool {
-        self.status == Status::Failed || (self.refund_miss && self.data_found == Some(false))
+        self.status == Status::Failed
+            || self.suppressed
+            || (self.refund_miss && self.data_found == Some(false))
     }
 
     /// `finished` from an existing global cache entry: `dataFound` as the entry says, its id as
@@ -377,6 +401,8 @@ impl Completion {
             person_contacts,
             cache: None,
             refund_miss: false,
+            suppressed: false,
+            held: None,
         }
     }
 
@@ -395,6 +421,8 @@ impl Completion {
             person_contacts,
             cache,
             refund_miss: false,
+            suppressed: false,
+            held: None,
         }
     }
 }
@@ -548,6 +576,51 @@ impl Store {
             ("pk".into(), s(org_pk(org_id))),
             ("sk".into(), s(enrichment_sk(person_id, field))),
         ])
+    }
+
+    /// Deletes the items of `keys` (those that exist), 25 per `BatchWriteItem` (its limit),
+    /// unprocessed ones sent again with a growing pause (AWS docs, `BatchWriteItem`). Returns the
+    /// calls made.
+    ///
+    /// Errors: DynamoDB failures, or deletions still unprocessed after a few tries.
+    async fn batch_delete(&self, keys: Vec<Item>) -> Result<u32, StoreError> {
+        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+        let mut calls = 0;
+        for group in keys.chunks(25) {
+            let mut requests = Vec::with_capacity(group.len());
+            for key in group {
+                let delete = DeleteRequest::builder()
+                    .set_key(Some(key.clone()))
+                    .build()
+                    .map_err(build_error)?;
+                requests.push(WriteRequest::builder().delete_request(delete).build());
+            }
+            for attempt in 0..5 {
+                calls += 1;
+                let output = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(dynamo_error("BatchWriteItem"))?;
+                requests = output
+                    .unprocessed_items
+                    .and_then(|mut left| left.remove(&self.table))
+                    .unwrap_or_default();
+                if requests.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            if !requests.is_empty() {
+                return Err(StoreError::Dynamo {
+                    operation: "BatchWriteItem",
+                    message: format!("{} deletions left unprocessed", requests.len()),
+                });
+            }
+        }
+        Ok(calls)
     }
 
     /// The items of `keys` that exist, read consistently with `BatchGetItem`, 100 keys a call

@@ -13,14 +13,15 @@ use uuid::Uuid;
 use crate::budget;
 use crate::config::Config;
 use crate::domain::{
-    ContactPoint, Enrichment, Field, Job, JobBatch, Person, Status, timestamp, timestamp_before,
+    CacheUse, ContactPoint, Enrichment, Field, Job, JobBatch, Person, Status, timestamp,
+    timestamp_before,
 };
-use crate::identity::IdentityKeys;
+use crate::identity::{IdentityKeys, email_key};
 use crate::providers::PersonQuery;
 use crate::providers::cascade::{Cascade, CascadeJournal, CascadeOutcome};
 use crate::queue::SqsJobQueue;
 use crate::store::{
-    CacheEntry, CacheLease, Claim, Completion, EnrichmentRecord, Store, StoreError,
+    CacheEntry, CacheLease, Claim, Completion, EnrichmentRecord, HeldValues, Store, StoreError,
 };
 
 /// The `error` of an enrichment whose job failed on every delivery (its credits are refunded).
@@ -170,6 +171,25 @@ impl CascadeJournal for Journal<'_> {
     }
 }
 
+/// The value index entries of `contacts` added to a person with `keys`: under each identity
+/// key and each email's key, pointing at the cache item `cache_key` (see [`Store::suppress`]).
+fn held(
+    keys: &IdentityKeys,
+    field: Field,
+    contacts: &[ContactPoint],
+    cache_key: Option<&str>,
+) -> HeldValues {
+    let mut index = keys.all();
+    if field == Field::Emails {
+        index.extend(contacts.iter().filter_map(|c| email_key(&c.value)));
+    }
+    HeldValues {
+        keys: index,
+        values: contacts.iter().map(|c| c.value.clone()).collect(),
+        cache_key: cache_key.map(str::to_string),
+    }
+}
+
 /// Whole seconds of `d`, saturated.
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
@@ -297,7 +317,10 @@ impl Worker {
             tracing::warn!(enrichment_id = %ended.id, status = %ended.status.as_str(), "job ran past the maximum age");
             return Ok(JobOutcome::Completed(Box::new(ended)));
         }
-        match self.run_claimed(&claimed, &token, deadline, delivery).await {
+        match self
+            .run_claimed(&claimed, job.cache, &token, deadline, delivery)
+            .await
+        {
             Ok(JobOutcome::Completed(done)) => Ok(JobOutcome::Completed(done)),
             Ok(other) => {
                 self.release_claim(&claimed, &token).await;
@@ -319,6 +342,7 @@ impl Worker {
     async fn run_claimed(
         &self,
         claimed: &EnrichmentRecord,
+        cache: CacheUse,
         token: &str,
         deadline: Instant,
         delivery: Option<&Delivery<'_>>,
@@ -338,10 +362,19 @@ impl Worker {
             .checked_sub(budget::WRITE_MARGIN)
             .unwrap_or(deadline);
         let keys = IdentityKeys::of(&person);
+        // Before the cache and any provider: a suppressed identity or email ends the job.
+        let mut identity = keys.all();
+        identity.extend(person.emails.iter().filter_map(|c| email_key(&c.value)));
+        if self.is_suppressed(enrichment, &identity).await? {
+            return self
+                .complete(claimed, token, Completion::suppressed())
+                .await;
+        }
         let fingerprint = keys.primary().map(str::to_string);
         let owner = enrichment.id.to_string();
         let mut leased = false;
-        if let Some(fp) = &fingerprint {
+        // A fresh request skips single flight: its answer replaces the entry in any case.
+        if let Some(fp) = fingerprint.as_ref().filter(|_| cache == CacheUse::Allowed) {
             match self.single_flight(fp, field, &owner).await? {
                 SingleFlight::Cached(entry) if !self.servable(&entry, &keys, field).await? => {
                     // Found for an identity this person does not fully share: the providers
@@ -353,7 +386,12 @@ impl Worker {
                     tracing::info!(enrichment_id = %enrichment.id, global_enrichment_id = %entry.id, data_found = !entry.contacts.is_empty(), "global cache hit");
                     let contacts = (!entry.contacts.is_empty())
                         .then(|| person.merged_contacts(field, &entry.contacts));
-                    let completion = Completion::from_cache(&entry, contacts);
+                    let completion = Completion {
+                        held: contacts
+                            .is_some()
+                            .then(|| held(&keys, field, &entry.contacts, Some(fp))),
+                        ..Completion::from_cache(&entry, contacts)
+                    };
                     return self.complete(claimed, token, completion).await;
                 }
                 SingleFlight::Leased => leased = true,
@@ -404,13 +442,31 @@ impl Worker {
                 contacts,
                 basis,
             } => {
+                let found: Vec<String> = contacts
+                    .iter()
+                    .filter(|_| field == Field::Emails)
+                    .filter_map(|c| email_key(&c.value))
+                    .collect();
+                if self.is_suppressed(enrichment, &found).await? {
+                    // The address found is a suppressed person's: neither stored nor cached.
+                    if leased && let Some(fp) = &fingerprint {
+                        self.release_cache_lease(fp, field, &owner).await;
+                    }
+                    return self
+                        .complete(claimed, token, Completion::suppressed())
+                        .await;
+                }
+                let index = held(&keys, field, &contacts, fingerprint.as_deref());
                 let cache = cache_entry(
                     contacts.clone(),
                     provider,
                     self.config.cache_ttl,
                     keys.matched_by(basis),
                 );
-                Completion::searched(Some(person.merged_contacts(field, &contacts)), cache)
+                Completion {
+                    held: Some(index),
+                    ..Completion::searched(Some(person.merged_contacts(field, &contacts)), cache)
+                }
             }
             CascadeOutcome::NoMatch => {
                 // Every provider asked answered: "nobody knows this person" is worth keeping.
@@ -450,6 +506,20 @@ impl Worker {
             self.release_cache_lease(fp, field, &owner).await;
         }
         result
+    }
+
+    /// Whether one of `keys` is suppressed (README, "Suppression and erasure"): one
+    /// `BatchGetItem`, none for no keys.
+    async fn is_suppressed(
+        &self,
+        enrichment: &Enrichment,
+        keys: &[String],
+    ) -> Result<bool, StoreError> {
+        let suppressed = self.store.suppressed(keys).await?;
+        if !suppressed.is_empty() {
+            tracing::info!(enrichment_id = %enrichment.id, "person suppressed: finished without data, refunded");
+        }
+        Ok(!suppressed.is_empty())
     }
 
     async fn release_cache_lease(&self, fingerprint: &str, field: Field, owner: &str) {

@@ -581,6 +581,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_email_its_provider_marks_invalid_is_not_stored_and_the_next_provider_is_asked() {
+        let invalid = Fake::new(
+            "a",
+            Ok(ProviderAnswer::Found(vec![RawContact {
+                value: "ada@northwind.example".into(),
+                kind: None,
+                status: Some("invalid".into()),
+            }])),
+        );
+        let next = Fake::found("b", &["ada.quill@northwind.example"]);
+        let outcome = email_cascade(&[invalid.clone(), next.clone()])
+            .run(Field::Emails, &person(), far_deadline())
+            .await;
+        assert_eq!(values(&outcome), vec!["ada.quill@northwind.example"]);
+        assert!(
+            matches!(&outcome, CascadeOutcome::Found { provider, .. } if provider == "b"),
+            "{outcome:?}"
+        );
+        assert_eq!((invalid.calls(), next.calls()), (1, 1));
+    }
+
+    #[tokio::test]
     async fn phones_use_the_phone_providers_and_the_default_region() {
         let email = Fake::found("email-only", &["ada@northwind.example"]);
         let phone = Fake::found("phones", &["020 7946 0958", "+1 (555) 010-0199"]);

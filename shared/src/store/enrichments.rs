@@ -415,6 +415,14 @@ impl Store {
                 .build()
                 .map_err(build_error)?;
             items.push(TransactWriteItem::builder().update(person).build());
+            if let Some(held) = &completion.held {
+                items.extend(self.holder_puts(
+                    &enrichment.org_id,
+                    enrichment.entity_id,
+                    enrichment.field,
+                    held,
+                )?);
+            }
         }
         if let Some((fingerprint, entry)) = &completion.cache {
             let (pk, sk) = cache_key(fingerprint, enrichment.field);

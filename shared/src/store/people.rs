@@ -100,45 +100,18 @@ impl Store {
         }
     }
 
-    /// Deletes people just created (the undo of a failed [`Store::create_people`]), 25 per
-    /// `BatchWriteItem`, trying the unprocessed ones again a few times.
+    /// Deletes people just created (the undo of a failed [`Store::create_people`]).
     async fn delete_people(&self, org_id: &str, people: &[Person]) -> Result<(), StoreError> {
-        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
-        for group in people.chunks(25) {
-            let mut requests = Vec::with_capacity(group.len());
-            for person in group {
-                let delete = DeleteRequest::builder()
-                    .key("pk", s(org_pk(org_id)))
-                    .key("sk", s(person_sk(person.id)))
-                    .build()
-                    .map_err(build_error)?;
-                requests.push(WriteRequest::builder().delete_request(delete).build());
-            }
-            for attempt in 0..5 {
-                let output = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, requests)
-                    .send()
-                    .await
-                    .map_err(dynamo_error("BatchWriteItem"))?;
-                requests = output
-                    .unprocessed_items
-                    .and_then(|mut left| left.remove(&self.table))
-                    .unwrap_or_default();
-                if requests.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-            }
-            if !requests.is_empty() {
-                return Err(StoreError::Dynamo {
-                    operation: "BatchWriteItem",
-                    message: format!("{} deletions left unprocessed", requests.len()),
-                });
-            }
-        }
-        Ok(())
+        let keys = people
+            .iter()
+            .map(|person| {
+                HashMap::from([
+                    ("pk".to_string(), s(org_pk(org_id))),
+                    ("sk".to_string(), s(person_sk(person.id))),
+                ])
+            })
+            .collect();
+        self.batch_delete(keys).await.map(|_calls| ())
     }
 
     /// A page of the org's people, oldest first: at most `limit` after `after`, and the cursor

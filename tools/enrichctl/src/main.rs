@@ -15,7 +15,8 @@
 //! `token` is local only: a deployed stack's tokens come from its identity provider.
 //!
 //! Commands: `token`, `credits grant` (idempotent with `--idempotency-key`), `credits balance`,
-//! `credits history` (the API's JSON), `people import`, `people show`. A bad argument exits 2
+//! `credits history` (the API's JSON), `people import`, `people show`, `suppress` and `erase`
+//! (GDPR; the report as JSON). A bad argument exits 2
 //! with clap's usage error; a failure of the command exits 1 with `enrichctl: <why>`.
 
 use std::collections::HashSet;
@@ -29,8 +30,9 @@ use chrono::Utc;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand};
 use enrichment::credits::{History, HistoryQuery, parse_history};
-use enrichment::domain::Person;
+use enrichment::domain::{Person, timestamp};
 use enrichment::error::ApiError;
+use enrichment::identity::{email_key, linkedin_key, name_domain_key};
 use enrichment::people::{PersonInput, PersonView, creation_time};
 use enrichment::store::{CreditSource, Grant, GrantOutcome, Store};
 use local_stack::{StackInfo, devkey, dynamodb_config, gateway_answers};
@@ -113,6 +115,74 @@ enum Command {
         #[command(subcommand)]
         command: People,
     },
+    /// Suppress a person (GDPR objection): the worker enriches nobody with this email,
+    /// LinkedIn profile or name at this domain any more (it finishes `dataFound: false`,
+    /// refunded, before any provider call), and the global cache entries that may hold the
+    /// person's data are deleted now. Prints what was done and the DynamoDB calls it took, as
+    /// JSON. Idempotent.
+    Suppress {
+        #[command(flatten)]
+        subject: Subject,
+    },
+    /// Suppress and erase a person (GDPR erasure): as `suppress`, and the values found for the
+    /// person are removed from every organization's person records. Idempotent.
+    Erase {
+        #[command(flatten)]
+        subject: Subject,
+    },
+}
+
+/// Whom a suppression names: exactly one of an email, a LinkedIn profile, or a full name with
+/// its company domain.
+#[derive(clap::Args)]
+struct Subject {
+    /// An email address (`ada@example.com`).
+    #[arg(long, value_parser = email_subject,
+          required_unless_present_any = ["linkedin", "name"],
+          conflicts_with_all = ["linkedin", "name"])]
+    email: Option<String>,
+    /// A LinkedIn profile URL (`https://www.linkedin.com/in/ada-l`).
+    #[arg(long, value_parser = linkedin_subject, conflicts_with = "name")]
+    linkedin: Option<String>,
+    /// A full name (`"Ada Lovelace"`), with --domain.
+    #[arg(long, requires = "domain", value_parser = full_name)]
+    name: Option<String>,
+    /// The company domain of --name (`example.com`).
+    #[arg(long, requires = "name")]
+    domain: Option<String>,
+}
+
+impl Subject {
+    /// The suppression key ([`enrichment::identity`]).
+    fn key(&self) -> Result<String, String> {
+        match (&self.email, &self.linkedin, &self.name, &self.domain) {
+            (Some(key), _, _, _) | (_, Some(key), _, _) => Ok(key.clone()),
+            (_, _, Some(name), Some(domain)) => name_domain_key(name, domain)
+                .ok_or_else(|| format!("{domain:?} is not a company domain")),
+            _ => Err("give --email, --linkedin, or --name with --domain".into()),
+        }
+    }
+}
+
+/// An email address as its suppression key (`em:...`).
+fn email_subject(value: &str) -> Result<String, String> {
+    email_key(value).ok_or_else(|| "must be an email address".into())
+}
+
+/// A LinkedIn profile URL as its suppression key (`li:...`).
+fn linkedin_subject(value: &str) -> Result<String, String> {
+    linkedin_key(value)
+        .ok_or_else(|| "must be a LinkedIn profile URL (linkedin.com/in/<handle>)".into())
+}
+
+/// A full name: a first and a last name at least, 1 to 256 characters.
+fn full_name(value: &str) -> Result<String, String> {
+    let words = value.split_whitespace().count();
+    if words >= 2 && value.chars().count() <= 256 {
+        Ok(value.to_string())
+    } else {
+        Err("must be a first and a last name (\"Ada Lovelace\"), at most 256 characters".into())
+    }
 }
 
 #[derive(Subcommand)]
@@ -737,6 +807,15 @@ async fn execute(cli: Cli) -> Result<String, String> {
                 .map(|person| person.id.to_string())
                 .collect::<Vec<_>>()
                 .join("\n"))
+        }
+        Command::Suppress { subject } | Command::Erase { subject } => {
+            let erase = matches!(&cli.command, Command::Erase { .. });
+            let report = open_store(&cli)
+                .await?
+                .suppress(&subject.key()?, erase, &timestamp(Utc::now()))
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())
         }
         Command::People {
             command: People::Show { org, person_id },

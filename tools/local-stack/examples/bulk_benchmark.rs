@@ -51,7 +51,7 @@ use enrichment::auth::Principal;
 use enrichment::batch::{BulkFilters, Selection};
 use enrichment::budget;
 use enrichment::config::Vars;
-use enrichment::domain::{Enrichment, Field, Job, JobBatch, Person, Status, timestamp};
+use enrichment::domain::{CacheUse, Enrichment, Field, Job, JobBatch, Person, Status, timestamp};
 use enrichment::enrichment::Enrichments;
 use enrichment::queue::{JOBS_PER_MESSAGE, SqsJobQueue};
 use enrichment::store::Store;
@@ -521,6 +521,7 @@ async fn calls_section(
             &principal(org),
             &ids,
             Field::Emails,
+            CacheUse::Allowed,
             request_deadline(),
         )
         .await
@@ -540,6 +541,7 @@ async fn calls_section(
             &principal(org),
             &ids,
             Field::Emails,
+            CacheUse::Allowed,
             request_deadline(),
         )
         .await
@@ -565,6 +567,7 @@ async fn calls_section(
             &principal(org),
             &selection,
             Field::Emails,
+            CacheUse::Allowed,
             request_deadline(),
         )
         .await
@@ -594,6 +597,7 @@ async fn calls_section(
             &principal(org),
             &selection,
             Field::Emails,
+            CacheUse::Allowed,
             request_deadline(),
         )
         .await

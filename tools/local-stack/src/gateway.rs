@@ -30,9 +30,9 @@ use enrichment::credits::Credits;
 use enrichment::enrichment::Enrichments;
 use enrichment::error::ApiError;
 use enrichment::http::{
-    BATCH_QUERY_ROUTE, BATCH_ROUTE, BULK_ROUTE, CREDITS_PREFIX, MAX_BODY_BYTES, PEOPLE_PREFIX,
-    api_request, handle_batch, handle_credits, handle_get, handle_people, handle_post,
-    http_api_request,
+    BATCH_QUERY_ROUTE, BATCH_ROUTE, BULK_ROUTE, CANCEL_ROUTE, CREDITS_PREFIX, MAX_BODY_BYTES,
+    PEOPLE_PREFIX, api_request, handle_batch, handle_cancel, handle_credits, handle_get,
+    handle_people, handle_post, http_api_request,
 };
 use enrichment::people::People;
 use enrichment::queue::SqsJobQueue;
@@ -91,8 +91,8 @@ pub struct Gateway {
 }
 
 /// The routes: the enrichment route (any method; the handlers answer 405 themselves), the same
-/// path without a personId (the handlers answer 401 or 400), the dev JWKS, and the envelope for
-/// anything else.
+/// path without a personId (the handlers answer 401 or 400), its `/cancel`, the batch, people
+/// and credits routes (any method each), the dev JWKS, and the envelope for anything else.
 pub fn router(state: Arc<Gateway>) -> Router {
     Router::new()
         .route(
@@ -101,6 +101,7 @@ pub fn router(state: Arc<Gateway>) -> Router {
         )
         .route(ENRICHMENT_PREFIX, any(enrichment_without_id))
         .route(&format!("{ENRICHMENT_PREFIX}/"), any(enrichment_without_id))
+        .route(CANCEL_ROUTE, any(cancel))
         .route(BATCH_QUERY_ROUTE, any(batch))
         .route(BATCH_ROUTE, any(batch))
         .route(BULK_ROUTE, any(batch))
@@ -258,6 +259,40 @@ async fn people(
 ) -> Response {
     match lambda_request(method, &uri, query, &headers, body).await {
         Ok(request) => into_axum(handle_people(request, &state.auth, &state.people).await),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// The cancel route, through the cancel function's handler: the request API Gateway would
+/// hand it, with its `personId` path parameter. A segment that does not decode to UTF-8 goes to
+/// the handler as received, still encoded: not a UUID either way.
+async fn cancel(
+    State(state): State<Arc<Gateway>>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    person_id: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let person_id = match person_id {
+        Ok(Path(id)) => id,
+        Err(_) => uri
+            .path()
+            .strip_prefix(ENRICHMENT_PREFIX)
+            .and_then(|rest| rest.strip_suffix("/cancel"))
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+    };
+    match lambda_request(method, &uri, query, &headers, body).await {
+        Ok(request) => {
+            let request = lambda_http::RequestExt::with_path_parameters(
+                request,
+                std::collections::HashMap::from([("personId".to_string(), person_id)]),
+            );
+            into_axum(handle_cancel(request, &state.auth, &state.enrichments).await)
+        }
         Err(error) => error_response(&error),
     }
 }

@@ -468,6 +468,7 @@ fn pending_job(item: &HashMap<String, AttributeValue>) -> Option<Job> {
         org_id: text("orgId")?.clone(),
         person_id: Uuid::parse_str(text("entityId")?).ok()?,
         field: text("field")?.parse::<Field>().ok()?,
+        cache: Default::default(),
     })
 }
 

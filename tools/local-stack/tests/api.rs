@@ -14,7 +14,7 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use enrichment::auth::Principal;
 use enrichment::domain::Job;
-use enrichment::domain::{Field, Person, Status};
+use enrichment::domain::{CacheUse, Field, Person, Status};
 use enrichment::enrichment::{ENQUEUE_FAILED_MESSAGE, Enrichments};
 use enrichment::providers::cascade::Cascade;
 use enrichment::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact};
@@ -385,6 +385,7 @@ async fn failed_enqueue_marks_failed_and_refunds_then_a_new_post_is_charged_agai
             &principal(ORG),
             person.id,
             Field::Emails,
+            CacheUse::Allowed,
             api_deadline(),
         )
         .await
@@ -437,6 +438,7 @@ async fn an_org_over_its_enrichments_per_minute_gets_429_and_pays_nothing_for_it
                     &principal(ORG),
                     person.id,
                     Field::Emails,
+                    CacheUse::Allowed,
                     api_deadline(),
                 )
                 .await,
@@ -457,6 +459,7 @@ async fn an_org_over_its_enrichments_per_minute_gets_429_and_pays_nothing_for_it
             &principal(ORG),
             people[0].id,
             Field::Emails,
+            CacheUse::Allowed,
             api_deadline(),
         )
         .await
@@ -584,6 +587,7 @@ async fn pending_job(stack: &Stack, org: &str, person: &Person) -> Job {
         org_id: org.into(),
         person_id: person.id,
         field: Field::Emails,
+        cache: Default::default(),
     }
 }
 
@@ -762,6 +766,7 @@ async fn duplicate_delivery_runs_the_providers_once() {
         org_id: ORG.into(),
         person_id: person.id,
         field: Field::Emails,
+        cache: Default::default(),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let (a, b) = tokio::join!(worker.run(&job, deadline), worker.run(&job, deadline));
@@ -902,14 +907,28 @@ async fn a_new_post_makes_one_dynamodb_and_one_sqs_call_a_replay_one_and_get_one
     let caller = principal(ORG);
 
     enrichments
-        .trigger(&queue, &caller, person.id, Field::Emails, api_deadline())
+        .trigger(
+            &queue,
+            &caller,
+            person.id,
+            Field::Emails,
+            CacheUse::Allowed,
+            api_deadline(),
+        )
         .await
         .unwrap();
     assert_eq!(dynamodb_calls.take(), ["TransactWriteItems"]);
     assert_eq!(sqs_calls.take(), ["SendMessage"]);
 
     enrichments
-        .trigger(&queue, &caller, person.id, Field::Emails, api_deadline())
+        .trigger(
+            &queue,
+            &caller,
+            person.id,
+            Field::Emails,
+            CacheUse::Allowed,
+            api_deadline(),
+        )
         .await
         .unwrap();
     assert_eq!(dynamodb_calls.take(), ["TransactWriteItems"]);
@@ -991,6 +1010,7 @@ async fn the_step_functions_orchestrator_starts_one_execution_per_enrichment() {
             &principal(ORG),
             person.id,
             Field::Emails,
+            CacheUse::Allowed,
             api_deadline(),
         )
         .await

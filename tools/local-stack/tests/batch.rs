@@ -18,7 +18,7 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use enrichment::auth::Principal;
 use enrichment::batch::Selection;
-use enrichment::domain::{ContactPoint, Field, Person, timestamp};
+use enrichment::domain::{CacheUse, ContactPoint, Field, Person, timestamp};
 use enrichment::enrichment::Enrichments;
 use enrichment::error::ApiError;
 use enrichment::queue::SqsJobQueue;
@@ -726,6 +726,7 @@ async fn a_balance_spent_during_a_batch_undoes_its_written_chunks_before_the_402
             &principal(ORG),
             &ids,
             Field::Emails,
+            CacheUse::Allowed,
             tokio::time::Instant::now() + Duration::from_secs(10),
         )
         .await
@@ -772,7 +773,7 @@ async fn a_crash_between_writes_leaves_each_written_enrichment_charged_once_with
         // after that (the future is dropped), whether or not that chunk reached the table.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         tokio::select! {
-            result = enrichments.enrich_batch(&queue, &principal, &ids, Field::Emails, deadline) => {
+            result = enrichments.enrich_batch(&queue, &principal, &ids, Field::Emails, CacheUse::Allowed, deadline) => {
                 panic!("the request ended before its crash point: {result:?}")
             }
             _ = reached.notified() => {}
@@ -933,7 +934,14 @@ async fn a_bulk_that_cannot_finish_before_its_deadline_undoes_what_it_wrote_and_
     // 10 chunks at 200 ms each do not fit in 3 s with the time to undo them kept back.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     let error = enrichments
-        .enrich_bulk(&queue, &principal(ORG), &selection, Field::Emails, deadline)
+        .enrich_bulk(
+            &queue,
+            &principal(ORG),
+            &selection,
+            Field::Emails,
+            CacheUse::Allowed,
+            deadline,
+        )
         .await
         .unwrap_err();
     assert!(matches!(error, ApiError::Unavailable(_)), "{error:?}");

@@ -5,8 +5,8 @@
 //! Step Functions and Secrets Manager clients, while each function's scenarios run through the
 //! same code as the Lambdas ([`Enrichments::trigger`], [`Enrichments::status`],
 //! [`Enrichments::query`], [`Enrichments::enrich_batch`], [`Enrichments::enrich_bulk`],
-//! [`People`], [`Credits`], [`Worker::handle`], [`resolve_api_keys`]) against a private local
-//! stack. Each request is mapped
+//! [`Enrichments::cancel`], [`People`], [`Credits`], [`Worker::handle`], [`resolve_api_keys`])
+//! against a private local stack. Each request is mapped
 //! to the IAM actions that authorize it and to the template resource it touched ([`permissions`]).
 //! `template.yaml` is then read for what each function's role allows, once per orchestrator
 //! (`Orchestrator=sqs`, the default, and `stepfunctions`), and the two must agree both ways:
@@ -35,7 +35,7 @@ use enrichment::auth::Principal;
 use enrichment::batch::{BulkFilters, Selection};
 use enrichment::credits::{Credits, parse_history};
 use enrichment::domain::Job;
-use enrichment::domain::{Enrichment, Field, Person, Status};
+use enrichment::domain::{CacheUse, Enrichment, Field, Person, Status};
 use enrichment::enrichment::{ENQUEUE_FAILED_MESSAGE, Enrichments};
 use enrichment::error::ApiError;
 use enrichment::identity::fingerprint;
@@ -62,16 +62,18 @@ enum Function {
     People,
     Batch,
     Credits,
+    Cancel,
 }
 
 impl Function {
-    const ALL: [Function; 6] = [
+    const ALL: [Function; 7] = [
         Function::Trigger,
         Function::Status,
         Function::Worker,
         Function::People,
         Function::Batch,
         Function::Credits,
+        Function::Cancel,
     ];
 
     fn name(self) -> &'static str {
@@ -82,6 +84,7 @@ impl Function {
             Function::People => "people",
             Function::Batch => "batch",
             Function::Credits => "credits",
+            Function::Cancel => "cancel",
         }
     }
 
@@ -94,6 +97,7 @@ impl Function {
             Function::People => "PeopleFunction",
             Function::Batch => "BatchFunction",
             Function::Credits => "CreditsFunction",
+            Function::Cancel => "CancelFunction",
         }
     }
 }
@@ -154,8 +158,22 @@ impl Scenario {
 /// Every scenario, one line each. A scenario runs once per orchestrator it applies to, in an
 /// org of its own.
 fn scenarios() -> Vec<Scenario> {
-    use Function::{Batch, Credits, People, Status, Trigger, Worker};
+    use Function::{Batch, Cancel, Credits, People, Status, Trigger, Worker};
     vec![
+        Scenario::new(
+            Cancel,
+            "cancel a pending one: refunded, then again",
+            |env| Box::pin(cancel_pending(env)),
+        ),
+        Scenario::new(Cancel, "cancel an ended one: conflict", |env| {
+            Box::pin(cancel_ended(env))
+        }),
+        Scenario::new(Cancel, "cancel a stale pending one: timed out", |env| {
+            Box::pin(cancel_stale(env))
+        }),
+        Scenario::new(Cancel, "cancel without an enrichment", |env| {
+            Box::pin(cancel_not_found(env))
+        }),
         Scenario::new(Credits, "balance of an org that never had credits", |env| {
             Box::pin(credits_balance_none(env))
         }),
@@ -439,6 +457,76 @@ fn ids(people: &[Person]) -> Vec<Uuid> {
 
 fn ids_of(enrichments: &[Enrichment]) -> Vec<Uuid> {
     enrichments.iter().map(|e| e.id).collect()
+}
+
+// ------------------------------------------------------------------------------ cancel
+
+/// The cancel function as its Lambda builds it: `POST .../cancel` for emails of `person_id`,
+/// the use case over the recorded store.
+async fn cancel_emails(
+    env: &Env,
+    config: enrichment::config::Config,
+    person_id: Uuid,
+) -> Result<Enrichment, ApiError> {
+    Enrichments::new(env.h.store(None), config)
+        .cancel(&env.principal(), person_id, Field::Emails)
+        .await
+}
+
+/// Read, then one transaction: the enrichment and the balance updated, the refund's credit
+/// transaction put. Cancelled again: read only.
+async fn cancel_pending(env: &Env) {
+    let person = env.person("Ada");
+    env.pending_job(&person).await;
+    let cancelled = cancel_emails(env, env.config(), person.id).await.unwrap();
+    assert_eq!(cancelled.status, Status::Cancelled);
+    assert_eq!(env.balance().await, 5, "refunded");
+    let again = cancel_emails(env, env.config(), person.id).await.unwrap();
+    assert_eq!(again, cancelled);
+    assert_eq!(env.balance().await, 5, "refunded once");
+    env.assert_ledger().await;
+}
+
+async fn cancel_ended(env: &Env) {
+    let person = env.person("Ada");
+    env.pending_job(&person).await;
+    let failed = env.enrichment(person.id).await;
+    let now = enrichment::domain::timestamp(chrono::Utc::now());
+    env.h
+        .stack
+        .store
+        .fail_and_refund(&failed, 5, "providers down", &now)
+        .await
+        .unwrap();
+    let error = cancel_emails(env, env.config(), person.id)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        ApiError::Conflict("Enrichment is already failed".into())
+    );
+    env.assert_ledger().await;
+}
+
+/// A pending enrichment past the maximum age is timed out (and refunded) as GET does.
+async fn cancel_stale(env: &Env) {
+    let person = env.person("Ada");
+    env.pending_job(&person).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let error = cancel_emails(env, env.config_with_max_age(Duration::ZERO), person.id)
+        .await
+        .unwrap_err();
+    assert_eq!(error.status_code(), 409, "{error:?}");
+    assert_eq!(env.enrichment(person.id).await.status, Status::Timeout);
+    assert_eq!(env.balance().await, 5);
+    env.assert_ledger().await;
+}
+
+async fn cancel_not_found(env: &Env) {
+    let error = cancel_emails(env, env.config(), Uuid::new_v4())
+        .await
+        .unwrap_err();
+    assert_eq!(error.status_code(), 404);
 }
 
 // ----------------------------------------------------------------------------- credits
@@ -1307,6 +1395,7 @@ fn iam_template_queue_variables_follow_the_orchestrator() {
         (Function::Status, expect(&[]), expect(&[])),
         (Function::People, expect(&[]), expect(&[])),
         (Function::Credits, expect(&[]), expect(&[])),
+        (Function::Cancel, expect(&[]), expect(&[])),
     ] {
         assert_eq!(queue_variables(function, Sqs), sqs, "{function:?}");
         assert_eq!(
@@ -2279,6 +2368,7 @@ impl Env {
                 &self.principal(),
                 person.id,
                 Field::Emails,
+                CacheUse::Allowed,
                 api_deadline(),
             )
             .await
@@ -2397,6 +2487,7 @@ impl Env {
                 &self.principal(),
                 person_ids,
                 Field::Emails,
+                CacheUse::Allowed,
                 api_deadline(),
             )
             .await
@@ -2410,6 +2501,7 @@ impl Env {
                 &self.principal(),
                 selection,
                 Field::Emails,
+                CacheUse::Allowed,
                 api_deadline(),
             )
             .await
@@ -2428,6 +2520,7 @@ impl Env {
                 &self.principal(),
                 person_id,
                 Field::Emails,
+                CacheUse::Allowed,
                 api_deadline(),
             )
             .await

@@ -21,7 +21,7 @@ use aws_smithy_types::config_bag::ConfigBag;
 use enrichment::config::{Config, Vars};
 use enrichment::domain::{Field, Job};
 use enrichment::http::{
-    BATCH_QUERY_ROUTE, BATCH_ROUTE, BULK_ROUTE, CREDITS_PREFIX, PEOPLE_PREFIX, ROUTE,
+    BATCH_QUERY_ROUTE, BATCH_ROUTE, BULK_ROUTE, CANCEL_ROUTE, CREDITS_PREFIX, PEOPLE_PREFIX, ROUTE,
 };
 use enrichment::queue::{JobQueue, StepFunctionsJobQueue};
 use local_stack::{Options, Stack};
@@ -216,8 +216,8 @@ fn template_routes(template: &Value) -> BTreeMap<(String, String), String> {
 /// Every route of the template reaches a handler of the local gateway (no `Route not found`;
 /// without a token, the handler answers 401 or rejects the input); and the template's routes
 /// are exactly the paths the gateway routes, to the same functions. The gateway hands every
-/// method of the batch and credits routes to their handlers, which answer 405 themselves: in
-/// the template they are `ANY`.
+/// method of the batch, credits and cancel routes to their handlers, which answer 405
+/// themselves: in the template they are `ANY`.
 async fn gateway_serves_the_template_routes(template: &Value, gateway_url: &str) {
     let routes = template_routes(template);
     let client = reqwest::Client::new();
@@ -265,6 +265,7 @@ async fn gateway_serves_the_template_routes(template: &Value, gateway_url: &str)
         ("ANY", BATCH_QUERY_ROUTE.to_string(), "BatchFunction"),
         ("ANY", BATCH_ROUTE.to_string(), "BatchFunction"),
         ("ANY", BULK_ROUTE.to_string(), "BatchFunction"),
+        ("ANY", CANCEL_ROUTE.to_string(), "CancelFunction"),
         ("POST", PEOPLE_PREFIX.to_string(), "PeopleFunction"),
         ("POST", format!("{PEOPLE_PREFIX}/batch"), "PeopleFunction"),
         ("GET", PEOPLE_PREFIX.to_string(), "PeopleFunction"),
@@ -417,6 +418,7 @@ async fn state_machine_holds_batch_jobs_until_their_not_before() {
         org_id: "org_template".into(),
         person_id: Uuid::new_v4(),
         field: Field::Emails,
+        cache: Default::default(),
     };
     let not_before = chrono::Utc::now() + chrono::Duration::seconds(20);
     let held = execution_input(&job, Some(not_before)).await;
@@ -466,6 +468,7 @@ fn template_timeouts_are_the_budgets_the_code_uses() {
         api,
         [
             "BatchFunction",
+            "CancelFunction",
             "CreditsFunction",
             "PeopleFunction",
             "StatusFunction",
