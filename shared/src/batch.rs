@@ -487,6 +487,7 @@ impl Enrichments {
                         enrichment: ended,
                         credits_charged: record.credits_charged,
                         providers_answered: Vec::new(),
+                        provider_jobs: Vec::new(),
                     })
                 }
                 Some(record) if reusable(&record.enrichment) => {

@@ -162,6 +162,12 @@ pub struct ContactPoint {
     pub provider: String,
     /// When it was found, see [`timestamp`].
     pub found_at: String,
+    /// The provider's confidence that the value is the person's, as a whole number from 0
+    /// (none) to 100 (certain), when the provider gives one: Hunter's `score` (0-100) as sent,
+    /// People Data Labs' match `likelihood` (1-10) times ten. Absent for the providers that
+    /// give no score (Prospeo, FullEnrich, Dropcontact) and on values found before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<u8>,
 }
 
 /// A person of an organization's workspace: what the providers search with, and the contacts
@@ -343,6 +349,7 @@ mod tests {
             status: None,
             provider: provider.into(),
             found_at: "2024-01-15T10:30:00.000Z".into(),
+            confidence: None,
         };
         let person = Person {
             emails: vec![contact("a@x.com", "hunter")],

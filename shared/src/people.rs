@@ -191,6 +191,11 @@ pub struct ContactDetail {
     pub provider: String,
     /// When it was found.
     pub found_at: String,
+    /// The provider's confidence that the value is the person's, 0 to 100 (Hunter's `score`;
+    /// People Data Labs' `likelihood`, 1-10, times ten); `null` when the provider gives none
+    /// (see [`ContactPoint::confidence`]).
+    #[serde(default)]
+    pub confidence: Option<u8>,
 }
 
 fn is_phone_status(status: &Option<Option<String>>) -> bool {
@@ -238,6 +243,7 @@ impl From<Person> for PersonView {
                     status: with_status.then(|| c.status.clone()),
                     provider: c.provider.clone(),
                     found_at: c.found_at.clone(),
+                    confidence: c.confidence,
                 })
                 .collect()
         };
@@ -518,6 +524,7 @@ mod tests {
             status: Some("valid".into()),
             provider: "hunter".into(),
             found_at: "2024-01-15T10:35:00.000Z".into(),
+            confidence: Some(96),
         });
         person.phones.push(ContactPoint {
             value: "+14155550123".into(),
@@ -525,6 +532,7 @@ mod tests {
             status: None,
             provider: "pdl".into(),
             found_at: "2024-01-15T10:35:00.000Z".into(),
+            confidence: None,
         });
         let json = serde_json::to_value(PersonView::from(person)).unwrap();
         assert_eq!(json["emails"], serde_json::json!(["ada@northwind.example"]));
@@ -532,12 +540,13 @@ mod tests {
         assert_eq!(
             json["emailDetails"],
             serde_json::json!([{"value": "ada@northwind.example", "type": "work", "status": "valid",
-                                "provider": "hunter", "foundAt": "2024-01-15T10:35:00.000Z"}])
+                                "provider": "hunter", "foundAt": "2024-01-15T10:35:00.000Z",
+                                "confidence": 96}])
         );
         assert_eq!(
             json["phoneDetails"],
             serde_json::json!([{"value": "+14155550123", "type": null, "provider": "pdl",
-                                "foundAt": "2024-01-15T10:35:00.000Z"}])
+                                "foundAt": "2024-01-15T10:35:00.000Z", "confidence": null}])
         );
         assert_eq!(json["companyDomain"], Value::Null);
     }

@@ -171,6 +171,9 @@ struct EnrichmentItem {
     claim_until: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     providers_answered: Vec<String>,
+    /// Asynchronous providers' jobs, `{provider}:{job_id}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    provider_jobs: Vec<String>,
     #[serde(default)]
     credits_charged: i64,
 }
@@ -296,6 +299,9 @@ pub struct EnrichmentRecord {
     pub credits_charged: i64,
     /// Providers that answered "no match" in earlier attempts of its job.
     pub providers_answered: Vec<String>,
+    /// Asynchronous providers' jobs recorded in earlier attempts, `{provider}:{job_id}`
+    /// ([`Store::record_provider_job`]).
+    pub provider_jobs: Vec<String>,
 }
 
 /// What a worker learns when it asks for the global cache lease of a person and field.
@@ -542,6 +548,7 @@ impl Store {
             claim_token: None,
             claim_until: None,
             providers_answered: answered.to_vec(),
+            provider_jobs: Vec::new(),
             credits_charged: charged,
         })
         .map_err(shape_error)
@@ -754,6 +761,7 @@ fn record_from_item(item: Item) -> Result<EnrichmentRecord, StoreError> {
         enrichment: item.enrichment,
         credits_charged: item.credits_charged,
         providers_answered: item.providers_answered,
+        provider_jobs: item.provider_jobs,
     })
 }
 

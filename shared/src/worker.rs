@@ -39,8 +39,9 @@ pub enum JobOutcome {
     Dropped,
     /// The outcome was written; the enrichment as the client will now see it.
     Completed(Box<Enrichment>),
-    /// Another worker holds the job or is running the providers for the same person: the job
-    /// is to run again after `delay` (nothing was written and no provider asked).
+    /// Another worker holds the job or is running the providers for the same person (nothing
+    /// was written and no provider asked), or an asynchronous provider works on the job
+    /// recorded in its journal: the job is to run again after `delay`.
     Deferred {
         /// When to look at the job again: when the other worker's lease lapses, at most
         /// [`budget::MAX_DEFER`].
@@ -168,6 +169,38 @@ impl CascadeJournal for Journal<'_> {
                 .await;
         }
         true
+    }
+
+    /// Jobs are kept when the job came from SQS: a waiting enrichment is sent back with a
+    /// delay. Handed over directly (Step Functions), an asynchronous provider is polled within
+    /// its call.
+    fn keeps_jobs(&self) -> bool {
+        self.delivery.is_some()
+    }
+
+    fn job_of(&self, provider: &str) -> Option<&str> {
+        self.record.provider_jobs.iter().find_map(|entry| {
+            entry
+                .split_once(':')
+                .filter(|(name, _)| *name == provider)
+                .map(|(_, job_id)| job_id)
+        })
+    }
+
+    async fn record_job(&self, provider: &str, job_id: &str) -> bool {
+        match self
+            .store
+            .record_provider_job(&self.record.enrichment, self.token, provider, job_id)
+            .await
+        {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                // Unrecorded, a later attempt would submit again (and pay twice): stop, and let
+                // the redelivery find the provider's job lost instead.
+                tracing::error!(provider, job_id, error = %e, "could not record the provider's job");
+                false
+            }
+        }
     }
 }
 
@@ -492,6 +525,20 @@ impl Worker {
                     self.release_cache_lease(fp, field, &owner).await;
                 }
                 return Ok(JobOutcome::Dropped);
+            }
+            CascadeOutcome::Waiting { delay, .. } => {
+                // No worker waits on the provider: the job comes back after `delay`, and the
+                // cache lease outlives it so that another org's job for the same person waits
+                // for this answer rather than submitting a second paid job.
+                if leased && let Some(fp) = &fingerprint {
+                    let until = Utc::now()
+                        .timestamp()
+                        .saturating_add(secs(delay + self.config.lease_margin));
+                    if let Err(e) = self.store.renew_cache_lease(fp, field, &owner, until).await {
+                        tracing::warn!(error = %e, "could not extend the global cache lease");
+                    }
+                }
+                return Ok(JobOutcome::Deferred { delay });
             }
         };
         let caches = completion.cache.is_some();

@@ -23,7 +23,9 @@ use crate::config::{ConfigError, Vars};
 use crate::domain::{ContactPoint, Field, timestamp};
 use crate::providers::normalize::normalize;
 use crate::providers::registry;
-use crate::providers::{MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError};
+use crate::providers::{
+    JobPoll, MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError, ProviderJobs,
+};
 
 /// The region of national phone numbers when none is configured (`PHONE_DEFAULT_REGION`).
 pub const DEFAULT_PHONE_REGION: Id = Id::US;
@@ -53,6 +55,14 @@ pub enum CascadeOutcome {
     /// The journal said to stop before a provider call (the worker lost its claim on the job):
     /// nothing is to be written.
     Stopped,
+    /// An asynchronous provider is working on the job recorded in the journal: the enrichment
+    /// is to be looked at again after `delay` (nothing is to be written; no worker waits).
+    Waiting {
+        /// The provider whose job runs.
+        provider: String,
+        /// When to poll it: the cascade's poll delay, or the provider's longer `Retry-After`.
+        delay: Duration,
+    },
 }
 
 impl CascadeOutcome {
@@ -78,6 +88,7 @@ pub struct Cascade {
     retries: u32,
     budgets: std::collections::HashMap<String, Budget>,
     default_region: Id,
+    poll_delay: Duration,
 }
 
 /// One provider's time and retry budget, overriding the cascade's defaults.
@@ -107,6 +118,15 @@ pub const SERVER_ERROR_RETRY_WAIT: Duration = Duration::from_millis(500);
 /// Retries per provider call when unset ([`Cascade::with_retries`]).
 pub const DEFAULT_RETRIES: u32 = 1;
 
+/// The wait between two polls of an asynchronous provider's job when unset
+/// ([`Cascade::with_poll_delay`]): FullEnrich documents 30 to 90 s per contact, answers "try
+/// again in 30 seconds" while it works, and counts polls in its 60 calls a minute.
+pub const DEFAULT_POLL_DELAY: Duration = Duration::from_secs(20);
+
+/// The longest wait between two polls: SQS's longest `DelaySeconds` (AWS docs, "Amazon SQS
+/// delay queues").
+pub const MAX_POLL_DELAY: Duration = Duration::from_secs(900);
+
 /// Where the cascade keeps, per enrichment, which providers already answered "no match", so that
 /// a redelivered job (SQS at-least-once delivery, or a worker that died mid-cascade) does not ask
 /// them again.
@@ -121,6 +141,32 @@ pub trait CascadeJournal: Send + Sync {
     /// ([`Budget::span`]): the worker renews its claim and leases for that long. `false` stops
     /// the cascade ([`CascadeOutcome::Stopped`]) without asking the provider.
     async fn before_call(&self, provider: &str, span: Duration) -> bool;
+    /// Whether the journal keeps asynchronous providers' jobs between attempts
+    /// ([`CascadeJournal::record_job`]): then such a provider is submitted once and polled
+    /// once per attempt ([`CascadeOutcome::Waiting`] in between); otherwise it is polled
+    /// inside its call. Default: no.
+    fn keeps_jobs(&self) -> bool {
+        false
+    }
+    /// The job `provider` was given for this enrichment in an earlier attempt.
+    fn job_of(&self, _provider: &str) -> Option<&str> {
+        None
+    }
+    /// Records that `provider` was given job `job_id`, so that no later attempt submits again.
+    /// `false`: it could not be recorded (the claim was lost); the cascade stops.
+    async fn record_job(&self, _provider: &str, _job_id: &str) -> bool {
+        true
+    }
+}
+
+/// What one step of an asynchronous provider's job came to.
+enum JobStep {
+    /// An answer, as a synchronous call's.
+    Answer(Result<ProviderAnswer, ProviderError>),
+    /// The job runs on: poll again after this delay.
+    Wait(Duration),
+    /// The job could not be recorded: stop.
+    Stop,
 }
 
 /// The journal of a job run once: nothing answered before, nothing kept.
@@ -154,7 +200,15 @@ impl Cascade {
             retries: DEFAULT_RETRIES,
             budgets: std::collections::HashMap::new(),
             default_region: DEFAULT_PHONE_REGION,
+            poll_delay: DEFAULT_POLL_DELAY,
         }
+    }
+
+    /// The same cascade, waiting `delay` (at most [`MAX_POLL_DELAY`]) between two polls of an
+    /// asynchronous provider's job.
+    pub fn with_poll_delay(mut self, delay: Duration) -> Self {
+        self.poll_delay = delay.min(MAX_POLL_DELAY);
+        self
     }
 
     /// The same cascade, with `provider`'s own time and retry budget.
@@ -259,9 +313,26 @@ impl Cascade {
                 tracing::warn!(provider = name, field = %field, "cascade stopped before the provider call");
                 return CascadeOutcome::Stopped;
             }
-            let answer = self
-                .ask(provider.as_ref(), budget, field, person, deadline)
-                .await;
+            let answer = match provider.jobs().filter(|_| journal.keeps_jobs()) {
+                Some(jobs) => match self
+                    .step_job(jobs, name, budget, field, person, journal)
+                    .await
+                {
+                    JobStep::Answer(answer) => answer,
+                    JobStep::Wait(delay) => {
+                        tracing::info!(provider = name, field = %field, outcome = "waiting", delay_s = delay.as_secs(), "provider job running: deferred");
+                        return CascadeOutcome::Waiting {
+                            provider: name.to_string(),
+                            delay,
+                        };
+                    }
+                    JobStep::Stop => return CascadeOutcome::Stopped,
+                },
+                None => {
+                    self.ask(provider.as_ref(), budget, field, person, deadline)
+                        .await
+                }
+            };
             let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             match answer {
                 Ok(ProviderAnswer::Found(raw)) => {
@@ -292,6 +363,54 @@ impl Cascade {
             CascadeOutcome::NoMatch
         } else {
             CascadeOutcome::Failed { errors }
+        }
+    }
+
+    /// One step of an asynchronous provider's job, bounded by the provider timeout: the submit
+    /// when the journal has no job for it (recorded before anything else happens), else one
+    /// poll. A poll that is rate limited, times out or meets a 5xx or a transport error waits
+    /// and polls again later: it never submits again.
+    async fn step_job(
+        &self,
+        jobs: &dyn ProviderJobs,
+        name: &str,
+        budget: Budget,
+        field: Field,
+        person: &PersonQuery,
+        journal: &dyn CascadeJournal,
+    ) -> JobStep {
+        let Some(job_id) = journal.job_of(name) else {
+            let submitted = tokio::time::timeout(budget.timeout, jobs.submit_job(field, person))
+                .await
+                .unwrap_or(Err(ProviderError::Timeout));
+            return match submitted {
+                Ok(None) => JobStep::Answer(Ok(ProviderAnswer::NoMatch)),
+                Ok(Some(job_id)) if journal.record_job(name, &job_id).await => {
+                    JobStep::Wait(self.poll_delay)
+                }
+                Ok(Some(_)) => JobStep::Stop,
+                Err(error) => JobStep::Answer(Err(error)),
+            };
+        };
+        let polled = tokio::time::timeout(budget.timeout, jobs.poll_job(field, job_id))
+            .await
+            .unwrap_or(Err(ProviderError::Timeout));
+        match polled {
+            Ok(JobPoll::Pending) => JobStep::Wait(self.poll_delay),
+            Ok(JobPoll::Done(raw)) if raw.is_empty() => {
+                JobStep::Answer(Ok(ProviderAnswer::NoMatch))
+            }
+            Ok(JobPoll::Done(raw)) => JobStep::Answer(Ok(ProviderAnswer::Found(raw))),
+            Err(ProviderError::RateLimited { retry_after }) => JobStep::Wait(
+                retry_after
+                    .unwrap_or_default()
+                    .clamp(self.poll_delay, MAX_POLL_DELAY),
+            ),
+            Err(ProviderError::Timeout | ProviderError::Transport(_)) => {
+                JobStep::Wait(self.poll_delay)
+            }
+            Err(ProviderError::Status(status)) if status >= 500 => JobStep::Wait(self.poll_delay),
+            Err(error) => JobStep::Answer(Err(error)),
         }
     }
 
@@ -367,6 +486,7 @@ mod tests {
                     value: v.to_string(),
                     kind: None,
                     status: None,
+                    confidence: None,
                 })
                 .collect();
             Self::new(name, Ok(ProviderAnswer::Found(raw)))
@@ -588,6 +708,7 @@ mod tests {
                 value: "ada@northwind.example".into(),
                 kind: None,
                 status: Some("invalid".into()),
+                confidence: None,
             }])),
         );
         let next = Fake::found("b", &["ada.quill@northwind.example"]);
@@ -600,6 +721,218 @@ mod tests {
             "{outcome:?}"
         );
         assert_eq!((invalid.calls(), next.calls()), (1, 1));
+    }
+
+    /// An asynchronous provider answering each poll from a script.
+    struct FakeJobs {
+        submits: AtomicUsize,
+        polls: AtomicUsize,
+        script: std::sync::Mutex<std::collections::VecDeque<Result<JobPoll, ProviderError>>>,
+    }
+
+    impl FakeJobs {
+        fn new(script: Vec<Result<JobPoll, ProviderError>>) -> Arc<Self> {
+            Arc::new(Self {
+                submits: AtomicUsize::new(0),
+                polls: AtomicUsize::new(0),
+                script: std::sync::Mutex::new(script.into()),
+            })
+        }
+
+        fn counts(&self) -> (usize, usize) {
+            (
+                self.submits.load(Ordering::SeqCst),
+                self.polls.load(Ordering::SeqCst),
+            )
+        }
+    }
+
+    #[async_trait]
+    impl Provider for FakeJobs {
+        fn name(&self) -> &'static str {
+            "async"
+        }
+        fn can_search(&self, _field: Field, _person: &PersonQuery) -> bool {
+            true
+        }
+        async fn find(
+            &self,
+            _field: Field,
+            _person: &PersonQuery,
+        ) -> Result<ProviderAnswer, ProviderError> {
+            panic!("a journal that keeps jobs never calls find on an asynchronous provider")
+        }
+        fn jobs(&self) -> Option<&dyn ProviderJobs> {
+            Some(self)
+        }
+    }
+
+    #[async_trait]
+    impl ProviderJobs for FakeJobs {
+        async fn submit_job(
+            &self,
+            _field: Field,
+            _person: &PersonQuery,
+        ) -> Result<Option<String>, ProviderError> {
+            let n = self.submits.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(format!("job-{n}")))
+        }
+        async fn poll_job(&self, _field: Field, job_id: &str) -> Result<JobPoll, ProviderError> {
+            assert_eq!(job_id, "job-0", "only the recorded job is polled");
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            self.script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a scripted poll")
+        }
+    }
+
+    /// One attempt's journal over what earlier attempts recorded, as the worker's is over the
+    /// enrichment item it claimed.
+    #[derive(Default)]
+    struct Attempt {
+        answered: Vec<String>,
+        jobs: Vec<(String, String)>,
+        recorded: std::sync::Mutex<Vec<(String, String)>>,
+        no_match: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Attempt {
+        /// The next attempt: this one's records and what it read.
+        fn next(self) -> Self {
+            let mut jobs = self.jobs;
+            jobs.extend(self.recorded.into_inner().unwrap());
+            let mut answered = self.answered;
+            answered.extend(self.no_match.into_inner().unwrap());
+            Self {
+                answered,
+                jobs,
+                ..Self::default()
+            }
+        }
+    }
+
+    #[async_trait]
+    impl CascadeJournal for Attempt {
+        fn answered(&self) -> &[String] {
+            &self.answered
+        }
+        async fn record_no_match(&self, provider: &str) {
+            self.no_match.lock().unwrap().push(provider.to_string());
+        }
+        async fn before_call(&self, _provider: &str, _span: Duration) -> bool {
+            true
+        }
+        fn keeps_jobs(&self) -> bool {
+            true
+        }
+        fn job_of(&self, provider: &str) -> Option<&str> {
+            self.jobs
+                .iter()
+                .find(|(name, _)| name == provider)
+                .map(|(_, id)| id.as_str())
+        }
+        async fn record_job(&self, provider: &str, job_id: &str) -> bool {
+            self.recorded
+                .lock()
+                .unwrap()
+                .push((provider.to_string(), job_id.to_string()));
+            true
+        }
+    }
+
+    fn async_cascade(first: &Arc<FakeJobs>, then: &Arc<Fake>) -> Cascade {
+        let providers: Vec<Arc<dyn Provider>> = vec![
+            Arc::clone(first) as Arc<dyn Provider>,
+            Arc::clone(then) as Arc<dyn Provider>,
+        ];
+        Cascade::new(providers, Vec::new(), TIMEOUT).with_poll_delay(Duration::from_secs(20))
+    }
+
+    fn waiting(delay: u64) -> CascadeOutcome {
+        CascadeOutcome::Waiting {
+            provider: "async".into(),
+            delay: Duration::from_secs(delay),
+        }
+    }
+
+    async fn run_attempt(cascade: &Cascade, attempt: &Attempt) -> CascadeOutcome {
+        cascade
+            .run_with(Field::Emails, &person(), far_deadline(), attempt)
+            .await
+    }
+
+    #[tokio::test]
+    async fn an_asynchronous_provider_is_submitted_once_and_polled_across_attempts() {
+        let provider = FakeJobs::new(vec![
+            Ok(JobPoll::Pending),
+            Err(ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(60)),
+            }),
+            Err(ProviderError::Status(503)),
+            Err(ProviderError::Timeout),
+            Ok(JobPoll::Done(vec![RawContact {
+                value: "ada@northwind.example".into(),
+                kind: None,
+                status: None,
+                confidence: None,
+            }])),
+        ]);
+        let next = Fake::found("next", &["other@northwind.example"]);
+        let cascade = async_cascade(&provider, &next);
+        // Submitted and recorded: deferred by the poll delay.
+        let mut attempt = Attempt::default();
+        assert_eq!(run_attempt(&cascade, &attempt).await, waiting(20));
+        assert_eq!(provider.counts(), (1, 0));
+        // Still running; then a 429 on a poll waits its Retry-After; a 503 and a timeout poll
+        // again later: none of them submits again.
+        for expected in [20, 60, 20, 20] {
+            attempt = attempt.next();
+            assert_eq!(run_attempt(&cascade, &attempt).await, waiting(expected));
+        }
+        assert_eq!(provider.counts(), (1, 4));
+        attempt = attempt.next();
+        assert_eq!(
+            values(&run_attempt(&cascade, &attempt).await),
+            vec!["ada@northwind.example"]
+        );
+        assert_eq!(provider.counts(), (1, 5), "one submit in all");
+        assert_eq!(next.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_job_that_ends_without_data_or_with_a_lasting_error_moves_on_without_a_new_submit() {
+        let missed = FakeJobs::new(vec![Ok(JobPoll::Done(Vec::new()))]);
+        let next = Fake::found("next", &["other@northwind.example"]);
+        let cascade = async_cascade(&missed, &next);
+        let attempt = Attempt::default();
+        cascade
+            .run_with(Field::Emails, &person(), far_deadline(), &attempt)
+            .await;
+        let attempt = attempt.next();
+        let outcome = cascade
+            .run_with(Field::Emails, &person(), far_deadline(), &attempt)
+            .await;
+        assert_eq!(values(&outcome), vec!["other@northwind.example"]);
+        assert_eq!(*attempt.no_match.lock().unwrap(), vec!["async".to_string()]);
+        assert_eq!(missed.counts(), (1, 1));
+
+        let refused = FakeJobs::new(vec![Err(ProviderError::Unauthorized)]);
+        let next = Fake::miss("next");
+        let cascade = async_cascade(&refused, &next);
+        let attempt = Attempt::default();
+        cascade
+            .run_with(Field::Emails, &person(), far_deadline(), &attempt)
+            .await;
+        let outcome = cascade
+            .run_with(Field::Emails, &person(), far_deadline(), &attempt.next())
+            .await;
+        assert!(
+            matches!(&outcome, CascadeOutcome::Failed { errors } if errors[0].0 == "async"),
+            "{outcome:?}"
+        );
+        assert_eq!((refused.counts(), next.calls()), ((1, 1), 1));
     }
 
     #[tokio::test]
@@ -923,6 +1256,7 @@ mod tests {
                 value: "ok@example.com".into(),
                 kind: None,
                 status: None,
+                confidence: None,
             }]))
         }
     }

@@ -27,10 +27,18 @@
 //!               "linkedin": "...", "job": "...", ... } ],
 //!   "error": false, "success": true, "credits_left": 15276 }
 //! ```
-//! An email's `qualification` is `local@domain`: local part `nominative`, `catch_all`,
-//! `generic` (`contact@...`), `random` or `invalid`; domain `pro`, `perso` or `invalid`. Generic
-//! and invalid addresses are not the person's and are dropped. A record without an email
-//! (Dropcontact gives the credit back) is the no match.
+//! An email's `qualification` is `local@domain`: local part `nominative`, `catch_all` (written
+//! `catch-all` in Dropcontact's qualification guide, `non_confirm` in its older API),
+//! `generic` (`contact@...`), `random` or `invalid`; domain `pro`, `perso` or `invalid`. Some
+//! answers carry a whole-address label instead: `invalid domain`, or `Do_Not_Contact` for a
+//! person who asked not to be contacted. Case, `-`, `_` and spaces are not told apart (see
+//! [`email_status`]). Kept: `nominative` (`valid`) and catch-all (`accept_all`) addresses, as
+//! `work` for a `pro` domain, `personal` for a `perso` one. Dropped, neither stored nor counted
+//! as found: `generic` and `random` addresses (not the person's), anything `invalid` (local
+//! part, domain, or `invalid domain`), and `Do_Not_Contact` (a compliance matter: storing it is
+//! the fault, whatever its deliverability). A record without an email left (Dropcontact gives
+//! the credit back for one without any) is the no match, and the cascade asks the next
+//! provider.
 //!
 //! **Emails only**: Dropcontact's `phone` is the *company's* phone number, not the person's, so
 //! this adapter does not search phones.
@@ -64,6 +72,7 @@ use serde_json::Value;
 
 use crate::domain::Field;
 use crate::identity::bare_domain;
+use crate::providers::normalize::{email_status, forbids_contact, is_storable_email};
 use crate::providers::{
     Endpoint, JobPoll, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, non_blank,
     poll_until_done, read_body, read_error_body, request_error, retry_after,
@@ -203,8 +212,9 @@ fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Provide
 }
 
 /// The person's emails in an output record's `email`: `[{"email", "qualification"}]` (or
-/// `null`), without generic and invalid addresses. `kind` is `work` for a `pro` domain,
-/// `personal` for a `perso` one; `status` is the qualification.
+/// `null`), without the addresses the module docs list as dropped (generic, random, invalid,
+/// do-not-contact). `kind` is `work` for a `pro` domain, `personal` for a `perso` one; `status`
+/// is the qualification as Dropcontact wrote it.
 fn emails(email: Option<&Value>) -> Result<Vec<RawContact>, String> {
     let items = match email {
         None | Some(Value::Null) => return Ok(Vec::new()),
@@ -229,10 +239,17 @@ fn emails(email: Option<&Value>) -> Result<Vec<RawContact>, String> {
             .and_then(Value::as_str)
             .map(str::trim)
             .filter(|q| !q.is_empty());
-        let (local, domain) = qualification
-            .and_then(|q| q.split_once('@'))
-            .unwrap_or_default();
-        if matches!(local, "generic" | "invalid") || domain == "invalid" {
+        let label = qualification.unwrap_or_default().to_lowercase();
+        let (local, domain) = label.split_once('@').unwrap_or((label.as_str(), ""));
+        let (local, domain) = (local.trim(), domain.trim());
+        if local == "generic" || !is_storable_email(qualification) {
+            tracing::debug!(
+                provider = NAME,
+                status = email_status(qualification),
+                do_not_contact = forbids_contact(qualification),
+                generic = local == "generic",
+                "dropped an address that is not the person's usable one"
+            );
             continue;
         }
         let kind = match domain {
@@ -244,6 +261,7 @@ fn emails(email: Option<&Value>) -> Result<Vec<RawContact>, String> {
             value: address.to_string(),
             kind,
             status: qualification.map(str::to_string),
+            confidence: None,
         });
     }
     Ok(contacts)
@@ -417,6 +435,7 @@ mod tests {
             value: value.into(),
             kind: kind.map(str::to_string),
             status: Some(qualification.into()),
+            confidence: None,
         }
     }
 
@@ -546,6 +565,101 @@ mod tests {
             provider(&server).find(Field::Emails, &by_name()).await,
             Ok(ProviderAnswer::NoMatch)
         );
+    }
+
+    #[tokio::test]
+    async fn invalid_domain_and_do_not_contact_addresses_are_not_found() {
+        for qualification in [
+            "invalid domain",
+            "Do_Not_Contact",
+            "do-not-contact",
+            "nominative@invalid",
+            "invalid@pro",
+            "random@pro",
+        ] {
+            let only =
+                json!([{ "email": "ada.quill@northwind.example", "qualification": qualification }]);
+            let server = server_with_result(done(only)).await;
+            assert_eq!(
+                provider(&server).find(Field::Emails, &by_name()).await,
+                Ok(ProviderAnswer::NoMatch),
+                "{qualification}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn catch_all_is_kept_however_it_is_written() {
+        let server = server_with_result(done(json!([
+            { "email": "ada@northwind.example", "qualification": "catch-all@pro" },
+            { "email": "a.quill@northwind.example", "qualification": "non_confirm@pro" },
+            { "email": "aq@northwind.example", "qualification": "Do_Not_Contact" },
+            { "email": "quill@northwind.example", "qualification": "invalid domain" }
+        ])))
+        .await;
+        assert_eq!(
+            provider(&server).find(Field::Emails, &by_name()).await,
+            Ok(ProviderAnswer::Found(vec![
+                contact("ada@northwind.example", Some("work"), "catch-all@pro"),
+                contact("a.quill@northwind.example", Some("work"), "non_confirm@pro"),
+            ]))
+        );
+        assert_eq!(email_status(Some("catch-all@pro")), "accept_all");
+        assert_eq!(email_status(Some("non_confirm@pro")), "accept_all");
+    }
+
+    #[tokio::test]
+    async fn the_cascade_asks_the_next_provider_after_a_do_not_contact_address() {
+        use crate::providers::cascade::{Cascade, CascadeOutcome};
+        use crate::providers::hunter::HunterProvider;
+        use std::sync::Arc;
+
+        for qualification in ["Do_Not_Contact", "invalid domain"] {
+            let only =
+                json!([{ "email": "ada.quill@northwind.example", "qualification": qualification }]);
+            let dropcontact = server_with_result(done(only)).await;
+            let hunter = MockServer::start().await;
+            Mock::given(method("GET"))
+                .and(path("/v2/email-finder"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                    "data": { "email": "ada@northwind.example", "score": 88,
+                              "verification": { "status": "valid" } }
+                })))
+                .expect(1)
+                .mount(&hunter)
+                .await;
+            let cascade = Cascade::new(
+                vec![
+                    Arc::new(provider(&dropcontact)),
+                    Arc::new(HunterProvider::new(
+                        reqwest::Client::new(),
+                        hunter.uri(),
+                        "k",
+                    )),
+                ],
+                vec![],
+                Duration::from_secs(5),
+            );
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+
+            let outcome = cascade.run(Field::Emails, &by_name(), deadline).await;
+
+            let CascadeOutcome::Found {
+                provider, contacts, ..
+            } = outcome
+            else {
+                panic!("{qualification}: expected Hunter's hit, got {outcome:?}");
+            };
+            assert_eq!(provider, "hunter", "{qualification}");
+            assert_eq!(
+                contacts
+                    .iter()
+                    .map(|c| c.value.as_str())
+                    .collect::<Vec<_>>(),
+                vec!["ada@northwind.example"]
+            );
+            assert_eq!(contacts[0].confidence, Some(88));
+        }
     }
 
     #[tokio::test]

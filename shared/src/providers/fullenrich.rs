@@ -48,9 +48,11 @@
 //! | `status: CANCELED` | the enrichment was canceled | `Malformed` (no data will come) |
 //! | other 4xx, 5xx | | `Status(code)` |
 //!
-//! All polling happens inside one [`Provider::find`] call, every poll interval, until the
-//! enrichment is finished: the cascade's per-provider timeout (and the Lambda deadline behind
-//! it) is what stops an enrichment that never finishes, as a [`ProviderError::Timeout`].
+//! The worker fed by SQS submits once and polls once per attempt through [`ProviderJobs`], the
+//! job deferred on the queue in between (see [`crate::providers::cascade::CascadeJournal`]).
+//! [`Provider::find`] polls inside one call, every poll interval, until the enrichment is
+//! finished: the cascade's per-provider timeout (and the Lambda deadline behind it) is what
+//! stops an enrichment that never finishes there, as a [`ProviderError::Timeout`].
 //!
 //! A body is read up to [`MAX_PROVIDER_BODY_BYTES`](crate::providers::MAX_PROVIDER_BODY_BYTES)
 //! (1 MiB): a longer success body is [`ProviderError::BodyTooLarge`]; a longer error body is
@@ -67,7 +69,8 @@ use crate::domain::Field;
 use crate::identity::bare_domain;
 use crate::providers::{
     Endpoint, JobPoll, MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError,
-    RawContact, non_blank, poll_until_done, read_body, read_error_body, request_error, retry_after,
+    ProviderJobs, RawContact, non_blank, poll_until_done, read_body, read_error_body,
+    request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
@@ -209,6 +212,8 @@ struct EmailResult {
 #[derive(Debug, Deserialize)]
 struct PhoneResult {
     number: Option<String>,
+    /// The number's country, ISO 3166 alpha-2 (`US`): the region a national writing is read in.
+    region: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +255,7 @@ fn collect(field: Field, info: &ContactInfo) -> Vec<RawContact> {
                     value: value.to_string(),
                     kind: Some(kind.into()),
                     status: email.status.clone(),
+                    confidence: None,
                 });
             }
         }
@@ -265,10 +271,16 @@ fn collect(field: Field, info: &ContactInfo) -> Vec<RawContact> {
                     .map(str::trim)
                     .filter(|v| !v.is_empty())
                 {
+                    // FullEnrich's `region` reads a national writing in the person's country.
+                    let value = crate::providers::normalize::with_region_hint(
+                        value,
+                        phone.region.as_deref(),
+                    );
                     contacts.push(RawContact {
-                        value: value.to_string(),
+                        value,
                         kind: Some("mobile".into()),
                         status: None,
+                        confidence: None,
                     });
                 }
             }
@@ -404,12 +416,37 @@ impl Provider for FullEnrichProvider {
         field: Field,
         person: &PersonQuery,
     ) -> Result<ProviderAnswer, ProviderError> {
-        let Some(contact) = contact(field, person) else {
+        let Some(id) = self.submit_job(field, person).await? else {
             return Ok(ProviderAnswer::NoMatch);
+        };
+        poll_until_done(NAME, &id, self.poll_interval, || self.poll(field, &id)).await
+    }
+
+    fn jobs(&self) -> Option<&dyn ProviderJobs> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ProviderJobs for FullEnrichProvider {
+    /// Starts an enrichment of the person for `field` (paid when it finds data); its
+    /// `enrichment_id`.
+    async fn submit_job(
+        &self,
+        field: Field,
+        person: &PersonQuery,
+    ) -> Result<Option<String>, ProviderError> {
+        let Some(contact) = contact(field, person) else {
+            return Ok(None);
         };
         let id = self.start(contact).await?;
         tracing::debug!(provider = NAME, enrichment_id = %id, "enrichment started");
-        poll_until_done(NAME, &id, self.poll_interval, || self.poll(field, &id)).await
+        Ok(Some(id))
+    }
+
+    /// One `GET` of the enrichment's result.
+    async fn poll_job(&self, field: Field, job_id: &str) -> Result<JobPoll, ProviderError> {
+        self.poll(field, job_id).await
     }
 }
 
@@ -492,6 +529,7 @@ mod tests {
             value: value.into(),
             kind: Some(kind.into()),
             status: status.map(str::to_string),
+            confidence: None,
         }
     }
 

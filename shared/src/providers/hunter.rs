@@ -13,10 +13,12 @@
 //!             "sources": [...], "verification": { "date": "2024-01-10", "status": "valid" } },
 //!   "meta": { "params": { ... } } }
 //! ```
-//! `score` is Hunter's confidence, 0-100; `verification.status` is one of `valid`, `accept_all`,
-//! `unknown`, `invalid`, `webmail`, `disposable`. When Hunter finds no address the answer is
-//! still 200, with `data.email` (and `data.score`, `data.verification.status`) `null`: that is
-//! the no match. A 404 is *not* taken as a no match: in Hunter's status table it means the
+//! `score` is Hunter's confidence, 0-100, kept as the address's `confidence`;
+//! `verification.status` is one of `valid`, `accept_all`, `unknown`, `invalid`, `webmail`,
+//! `disposable` ([`email_status`] maps them to the API's vocabulary). An address Hunter marks
+//! `invalid` or `disposable` is not the person's usable address: it is the no match, and so is
+//! a 200 whose `data.email` (and `data.score`, `data.verification.status`) is `null`, Hunter's
+//! answer when it finds no address. A 404 is *not* taken as a no match: in Hunter's status table it means the
 //! requested resource does not exist, which is what a wrong base URL gives.
 //!
 //! Errors come as `{ "errors": [ { "id": "wrong_params", "code": 400, "details": "..." } ] }`
@@ -41,9 +43,10 @@ use serde::Deserialize;
 
 use crate::domain::Field;
 use crate::identity::bare_domain;
+use crate::providers::normalize::{email_status, is_storable_email};
 use crate::providers::{
     Endpoint, MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact,
-    non_blank, read_body, request_error, retry_after,
+    confidence_of_score, non_blank, read_body, request_error, retry_after,
 };
 
 /// The request header that carries the API key (Hunter's documentation, "Authentication").
@@ -127,7 +130,8 @@ impl Provider for HunterProvider {
 
     /// One Email Finder call. A person it cannot search (see [`Self::can_search`]) is a
     /// [`ProviderAnswer::NoMatch`] without a call. A found address comes back with `kind`
-    /// `work` and Hunter's `verification.status`.
+    /// `work`, Hunter's `verification.status` and its `score` as `confidence`; one Hunter
+    /// marks `invalid` or `disposable` is a [`ProviderAnswer::NoMatch`].
     ///
     /// Errors: see the module docs; an unreadable 200 body is [`ProviderError::Malformed`], one
     /// past the 1 MiB cap is [`ProviderError::BodyTooLarge`].
@@ -183,11 +187,21 @@ impl Provider for HunterProvider {
         let Some(email) = data.email.filter(|e| !e.trim().is_empty()) else {
             return Ok(ProviderAnswer::NoMatch);
         };
-        tracing::debug!(provider = NAME, score = ?data.score, "email finder answered");
+        let status = data.verification.and_then(|v| v.status);
+        tracing::debug!(provider = NAME, score = ?data.score, status = ?status, "email finder answered");
+        if !is_storable_email(status.as_deref()) {
+            tracing::info!(
+                provider = NAME,
+                status = email_status(status.as_deref()),
+                "the address found is not usable: no match"
+            );
+            return Ok(ProviderAnswer::NoMatch);
+        }
         Ok(ProviderAnswer::Found(vec![RawContact {
             value: email,
             kind: Some("work".into()),
-            status: data.verification.and_then(|v| v.status),
+            status,
+            confidence: confidence_of_score(data.score),
         }]))
     }
 }
@@ -271,8 +285,57 @@ mod tests {
                 value: "ada@northwind.example".into(),
                 kind: Some("work".into()),
                 status: Some("valid".into()),
+                confidence: Some(94),
             }])
         );
+    }
+
+    fn answer_with(score: serde_json::Value, status: &str) -> serde_json::Value {
+        let mut body = found_body(json!("ada@northwind.example"));
+        body["data"]["score"] = score;
+        body["data"]["verification"]["status"] = json!(status);
+        body
+    }
+
+    #[tokio::test]
+    async fn the_score_is_kept_as_the_confidence() {
+        for (score, confidence) in [
+            (json!(97), Some(97)),
+            (json!(0), Some(0)),
+            (json!(71.6), Some(72)),
+            (json!(140), Some(100)),
+            (json!(null), None),
+        ] {
+            let (_server, provider) = provider_for(200, answer_with(score.clone(), "valid")).await;
+            match provider.find(Field::Emails, &person()).await {
+                Ok(ProviderAnswer::Found(found)) => {
+                    assert_eq!(found[0].confidence, confidence, "score {score}")
+                }
+                other => panic!("score {score}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_or_disposable_address_is_a_miss() {
+        for status in ["invalid", "disposable"] {
+            let (_server, provider) = provider_for(200, answer_with(json!(12), status)).await;
+            assert_eq!(
+                provider.find(Field::Emails, &person()).await,
+                Ok(ProviderAnswer::NoMatch),
+                "{status}"
+            );
+        }
+        for status in ["accept_all", "webmail", "unknown"] {
+            let (_server, provider) = provider_for(200, answer_with(json!(40), status)).await;
+            assert!(
+                matches!(
+                    provider.find(Field::Emails, &person()).await,
+                    Ok(ProviderAnswer::Found(_))
+                ),
+                "{status}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -39,7 +39,7 @@ pub struct PersonQuery {
 }
 
 /// A contact value as a provider returned it, before normalization.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawContact {
     /// The email address or phone number as the provider wrote it.
     pub value: String,
@@ -47,6 +47,25 @@ pub struct RawContact {
     pub kind: Option<String>,
     /// Email deliverability as the provider reported it, when it gives one.
     pub status: Option<String>,
+    /// The provider's confidence that the value is the person's, on a 0-100 scale, when it
+    /// gives one: Hunter's `score` as sent, PDL's `likelihood` (1-10) times ten (see
+    /// [`confidence_of_likelihood`]). Kept as the stored value's
+    /// [`confidence`](crate::domain::ContactPoint::confidence).
+    pub confidence: Option<u8>,
+}
+
+/// A 0-100 confidence from a provider's 0-100 score (Hunter's `score`): rounded, clamped to
+/// 0-100; `None` for none or a value that is not a finite number.
+pub(crate) fn confidence_of_score(score: Option<f64>) -> Option<u8> {
+    let score = score.filter(|s| s.is_finite())?;
+    // In range after the clamp, so the cast neither wraps nor saturates.
+    Some(score.round().clamp(0.0, 100.0) as u8)
+}
+
+/// A 0-100 confidence from PDL's `likelihood` (1-10, "how confident we are that the returned
+/// profile is the same as the person you requested"): ten times it, clamped to 0-100.
+pub(crate) fn confidence_of_likelihood(likelihood: Option<f64>) -> Option<u8> {
+    confidence_of_score(likelihood.map(|l| l * 10.0))
 }
 
 /// A provider's answer that is not an error.
@@ -128,11 +147,40 @@ pub trait Provider: Send + Sync {
         field: Field,
         person: &PersonQuery,
     ) -> Result<ProviderAnswer, ProviderError>;
+
+    /// The provider's submit-then-poll protocol, for an asynchronous provider (FullEnrich):
+    /// the cascade then submits once, records the job and defers the enrichment between polls
+    /// instead of polling inside [`Provider::find`] (see [`ProviderJobs`]). Default: none.
+    fn jobs(&self) -> Option<&dyn ProviderJobs> {
+        None
+    }
+}
+
+/// An asynchronous provider's job protocol, step by step, so that no worker waits while the
+/// provider works: a submit starts a paid job (never sent twice for one enrichment: the
+/// provider has no idempotency key), each poll says whether it is done.
+#[async_trait]
+pub trait ProviderJobs: Send + Sync {
+    /// Starts a job searching `field` for `person`; its id. A person the provider cannot
+    /// search is `Ok(None)` without a call.
+    ///
+    /// Errors: as [`Provider::find`].
+    async fn submit_job(
+        &self,
+        field: Field,
+        person: &PersonQuery,
+    ) -> Result<Option<String>, ProviderError>;
+
+    /// One poll of job `job_id`: still running, or done with the values found.
+    ///
+    /// Errors: as [`Provider::find`]; a rate limit, a 5xx or a timeout here is the poll's
+    /// alone: the job runs on and is polled again.
+    async fn poll_job(&self, field: Field, job_id: &str) -> Result<JobPoll, ProviderError>;
 }
 
 /// What one poll of an asynchronous provider's job says (FullEnrich's enrichment, Dropcontact's
 /// batch).
-pub(crate) enum JobPoll {
+pub enum JobPoll {
     /// Still running: poll again.
     Pending,
     /// Done, with the values found (none: the provider's no match).

@@ -22,9 +22,12 @@ use crate::providers::RawContact;
 /// - `default_region`: the region of phone numbers written without an international prefix
 ///   (configuration `PHONE_DEFAULT_REGION`).
 ///
-/// Values that fail [`normalize_email`] / [`normalize_phone`] are dropped. Duplicates (equal
-/// after normalization) are merged: the first occurrence, with its `kind` and `status`, wins.
-/// The order of `raw` is kept otherwise. An empty result means the provider found nothing usable.
+/// Values that fail [`normalize_email`] / [`normalize_phone`] are dropped, and so are emails
+/// whose provider marks them invalid ([`email_status`]) or not to be contacted
+/// ([`forbids_contact`]): neither stored nor counted as found. Duplicates (equal after
+/// normalization) are merged: the first occurrence, with its `kind`, `status` and
+/// `confidence`, wins. The order of `raw` is kept otherwise. An empty result means the provider
+/// found nothing usable.
 pub fn normalize(
     field: Field,
     provider: &str,
@@ -53,6 +56,15 @@ pub fn normalize(
                     tracing::debug!(provider, "dropped an email its provider marks invalid");
                     continue;
                 }
+                if forbids_contact(contact.status.as_deref()) {
+                    // The person asked not to be contacted: storing it is the compliance
+                    // problem, whatever its deliverability.
+                    tracing::debug!(
+                        provider,
+                        "dropped an email its provider marks do-not-contact"
+                    );
+                    continue;
+                }
                 (
                     Some(email_type(contact.kind.as_deref()).to_string()),
                     Some(status.to_string()),
@@ -69,6 +81,7 @@ pub fn normalize(
             status,
             provider: provider.to_string(),
             found_at: found_at.to_string(),
+            confidence: contact.confidence.map(|c| c.min(100)),
         });
     }
     contacts
@@ -122,6 +135,36 @@ pub fn normalize_phone(raw: &str, default_region: Id) -> Option<String> {
     Some(parsed.format().mode(Mode::E164).to_string())
 }
 
+/// A provider's phone number with the region it gives for it (FullEnrich's `region`, Prospeo's
+/// `mobile_country_code`: ISO 3166 alpha-2 codes such as `US`, `GB`, any case): the number in
+/// E.164 when it is written nationally and [`normalize_phone`] reads it as valid in that
+/// region, so that a national number (`020 7946 0958` with `GB`) is not read in the worker's
+/// `PHONE_DEFAULT_REGION`. Otherwise (written internationally, which carries its own country
+/// code; no region; a code that is not a region; a number not valid there) `raw` unchanged,
+/// for [`normalize`] to read with the default region as before.
+pub fn with_region_hint(raw: &str, region: Option<&str>) -> String {
+    let region = region
+        .map(str::trim)
+        .filter(|code| code.len() == 2)
+        .and_then(|code| code.to_uppercase().parse::<Id>().ok());
+    let value = raw.trim();
+    let value = strip_prefix_ignore_case(value, "tel:").map_or(value, str::trim);
+    region
+        .filter(|region| international_form(value, *region).is_none())
+        .and_then(|region| normalize_phone(raw, region))
+        .unwrap_or_else(|| raw.to_string())
+}
+
+/// The ISO 3166 region (`US`, `GB`) of a number written as [`normalize_phone`] accepts it
+/// (national numbers read in `default_region`), from libphonenumber's metadata: what FullEnrich
+/// sends as a phone's `region` and Prospeo as `mobile_country_code`. `None` when the number is
+/// not valid or its country code spans regions without telling which.
+pub fn phone_region(raw: &str, default_region: Id) -> Option<String> {
+    let e164 = normalize_phone(raw, default_region)?;
+    let parsed = phonenumber::parse(None, e164).ok()?;
+    parsed.country().id().map(|id| id.as_ref().to_string())
+}
+
 /// `value` rewritten with a leading `+` when it is written internationally (`+`, `00`, or the
 /// region's international prefix such as `011`); `None` for a national number.
 fn international_form(value: &str, region: Id) -> Option<String> {
@@ -169,25 +212,77 @@ fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str>
 }
 
 /// A provider's email verification result in the one vocabulary the API shows (`valid`,
-/// `accept_all`, `unknown`, `invalid`): Hunter's `verification.status` (`valid`, `accept_all`,
-/// `webmail`, `disposable`, `invalid`, `unknown`), Prospeo's (`VERIFIED`, `CATCH_ALL`,
-/// `INVALID`...), FullEnrich's grade (`DELIVERABLE`, `HIGH_PROBABILITY`, `CATCH_ALL`,
-/// `INVALID`...), Dropcontact's qualification (`nominative@pro`, `catch_all@pro`, `invalid`...).
-/// None given, or one this does not know: `unknown`.
+/// `accept_all`, `unknown`, `invalid`), from the values each provider documents:
+///
+/// | provider | field | `valid` | `accept_all` | `unknown` | `invalid` |
+/// |---|---|---|---|---|---|
+/// | Hunter | `verification.status` | `valid` | `accept_all` | `unknown`, `webmail` | `invalid`, `disposable` |
+/// | Prospeo | `email.status` | `VERIFIED` | | `UNAVAILABLE` | |
+/// | FullEnrich | email `status` | `DELIVERABLE` | `HIGH_PROBABILITY`, `CATCH_ALL` | | `INVALID`, `INVALID_DOMAIN` |
+/// | Dropcontact | `qualification` (`local@domain`) | `nominative@pro`, `nominative@perso` | `catch_all@pro` (also written `catch-all@pro`), `non_confirm@pro` | `no_validated@pro` | `invalid@…`, `…@invalid`, `invalid domain`, `random@…` |
+///
+/// Case, `-` and spaces do not matter (`catch-all` is `catch_all`). None given, or one this
+/// does not know: `unknown`. An `invalid` address is not stored ([`normalize`]); a
+/// do-not-contact one neither, whatever its status ([`forbids_contact`]).
 pub fn email_status(raw: Option<&str>) -> &'static str {
-    let label = raw.map(|l| l.trim().to_lowercase()).unwrap_or_default();
+    let label = label_key(raw);
     let has = |word: &str| label.contains(word);
-    if has("invalid") || has("undeliverable") || has("disposable") || has("bounce") {
+    let local = label
+        .split_once('@')
+        .map_or(label.as_str(), |(local, _)| local);
+    if has("invalid")
+        || has("undeliverable")
+        || has("disposable")
+        || has("bounce")
+        || local == "random"
+    {
         "invalid"
-    } else if has("accept") || has("catch") || has("probab") || has("risky") {
-        "accept_all"
-    } else if has("unverified") || has("unknown") || has("webmail") {
+    } else if has("unverified")
+        || has("no_validated")
+        || has("not_validated")
+        || has("unknown")
+        || has("webmail")
+        || has("unavailable")
+    {
         "unknown"
+    } else if has("accept") || has("catch") || has("non_confirm") || has("probab") || has("risky") {
+        "accept_all"
     } else if has("valid") || has("verified") || has("deliverable") || has("nominative") {
         "valid"
     } else {
         "unknown"
     }
+}
+
+/// Whether a provider's quality label says the person must not be contacted at that address
+/// (Dropcontact's `Do_Not_Contact`; also written `do-not-contact`, `do not contact`, any
+/// case). Such an address is neither stored nor counted as found ([`normalize`]), whatever
+/// its deliverability: keeping it is a compliance problem, not a quality one.
+pub fn forbids_contact(raw: Option<&str>) -> bool {
+    label_key(raw).contains("do_not_contact")
+}
+
+/// Whether an email with the provider's quality label `raw` may be stored and counted as found:
+/// not [`email_status`] `invalid`, not [`forbids_contact`]. The adapters drop the others before
+/// answering, so that an answer with nothing else is the provider's no match.
+pub fn is_storable_email(raw: Option<&str>) -> bool {
+    email_status(raw) != "invalid" && !forbids_contact(raw)
+}
+
+/// A quality label compared by its words: trimmed, lower-cased, `-` and spaces as `_`.
+fn label_key(raw: Option<&str>) -> String {
+    raw.unwrap_or_default()
+        .trim()
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c == '-' || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// A provider's email kind as the API shows it: `personal` for a personal address, else
@@ -231,8 +326,7 @@ mod tests {
     fn raw(value: &str) -> RawContact {
         RawContact {
             value: value.into(),
-            kind: None,
-            status: None,
+            ..RawContact::default()
         }
     }
 
@@ -257,6 +351,18 @@ mod tests {
             (Some("invalid"), "invalid"),
             (Some("UNDELIVERABLE"), "invalid"),
             (Some("disposable"), "invalid"),
+            // Dropcontact, as documented and as the issue quotes it.
+            (Some("catch-all@pro"), "accept_all"),
+            (Some("Catch-All@Pro"), "accept_all"),
+            (Some("non_confirm@pro"), "accept_all"),
+            (Some("nominative@perso"), "valid"),
+            (Some("no_validated@pro"), "unknown"),
+            (Some("invalid domain"), "invalid"),
+            (Some("nominative@invalid"), "invalid"),
+            (Some("random@pro"), "invalid"),
+            // FullEnrich and Prospeo.
+            (Some("INVALID_DOMAIN"), "invalid"),
+            (Some("UNAVAILABLE"), "unknown"),
         ] {
             assert_eq!(email_status(given), expected, "{given:?}");
         }
@@ -268,11 +374,13 @@ mod tests {
                     value: "bounces@acme.test".into(),
                     kind: Some("work".into()),
                     status: Some("invalid".into()),
+                    confidence: Some(90),
                 },
                 RawContact {
                     value: "home@mail.example".into(),
                     kind: Some("personal".into()),
                     status: None,
+                    confidence: None,
                 },
             ],
             AT,
@@ -457,12 +565,14 @@ mod tests {
                 value: "John.DOE@Example.COM ".into(),
                 kind: Some("Work".into()),
                 status: Some("valid".into()),
+                confidence: Some(80),
             },
             raw("not an email"),
             RawContact {
                 value: "john.doe@example.com".into(),
                 kind: Some("personal".into()),
                 status: None,
+                confidence: Some(30),
             },
             raw("jd@personal.example"),
         ];
@@ -476,6 +586,7 @@ mod tests {
                     status: Some("valid".into()),
                     provider: "pdl".into(),
                     found_at: AT.into(),
+                    confidence: Some(80),
                 },
                 // No kind or status given: a work address of unknown deliverability.
                 ContactPoint {
@@ -484,9 +595,125 @@ mod tests {
                     status: Some("unknown".into()),
                     provider: "pdl".into(),
                     found_at: AT.into(),
+                    confidence: None,
                 },
             ]
         );
+    }
+
+    #[test]
+    fn do_not_contact_addresses_are_not_stored_whatever_their_status() {
+        for label in ["Do_Not_Contact", "do-not-contact", "DO NOT CONTACT"] {
+            assert!(forbids_contact(Some(label)), "{label}");
+            assert!(!is_storable_email(Some(label)), "{label}");
+        }
+        assert!(!forbids_contact(Some("nominative@pro")));
+        assert!(!forbids_contact(None));
+        assert!(is_storable_email(Some("catch-all@pro")));
+        assert!(!is_storable_email(Some("invalid domain")));
+        let found = normalize(
+            Field::Emails,
+            "dropcontact",
+            &[
+                RawContact {
+                    value: "ada@northwind.example".into(),
+                    status: Some("Do_Not_Contact".into()),
+                    ..RawContact::default()
+                },
+                RawContact {
+                    value: "quill@northwind.example".into(),
+                    status: Some("invalid domain".into()),
+                    ..RawContact::default()
+                },
+            ],
+            AT,
+            Id::US,
+        );
+        assert!(found.is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn the_confidence_is_kept_and_at_most_100() {
+        let found = normalize(
+            Field::Phones,
+            "pdl",
+            &[
+                RawContact {
+                    value: "+1 (415) 555-0132".into(),
+                    confidence: Some(70),
+                    ..RawContact::default()
+                },
+                RawContact {
+                    value: "+44 20 7946 0958".into(),
+                    confidence: Some(250),
+                    ..RawContact::default()
+                },
+            ],
+            AT,
+            Id::US,
+        );
+        assert_eq!(
+            found.iter().map(|c| c.confidence).collect::<Vec<_>>(),
+            vec![Some(70), Some(100)]
+        );
+    }
+
+    #[test]
+    fn the_providers_region_reads_a_national_number() {
+        assert_eq!(
+            with_region_hint("020 7946 0958", Some("GB")),
+            "+442079460958"
+        );
+        assert_eq!(
+            with_region_hint("020 7946 0958", Some(" gb ")),
+            "+442079460958"
+        );
+        // Without a region, or with one that is not a region, the number is left for the
+        // default region.
+        assert_eq!(with_region_hint("020 7946 0958", None), "020 7946 0958");
+        assert_eq!(
+            with_region_hint("020 7946 0958", Some("XX")),
+            "020 7946 0958"
+        );
+        assert_eq!(
+            with_region_hint("020 7946 0958", Some("United Kingdom")),
+            "020 7946 0958"
+        );
+        // Not valid in the region given: as written.
+        assert_eq!(
+            with_region_hint("(415) 555-0132", Some("GB")),
+            "(415) 555-0132"
+        );
+        assert_eq!(
+            phone_region("+44 20 7946 0958", Id::US).as_deref(),
+            Some("GB")
+        );
+        assert_eq!(
+            phone_region("(415) 555-0132", Id::US).as_deref(),
+            Some("US")
+        );
+        assert_eq!(phone_region("n/a", Id::US), None);
+        // An international writing carries its own country code: left as written.
+        assert_eq!(
+            with_region_hint("+1 415 555 0132", Some("GB")),
+            "+1 415 555 0132"
+        );
+        assert_eq!(
+            with_region_hint("00 1 415 555 0132", Some("GB")),
+            "00 1 415 555 0132"
+        );
+    }
+
+    #[test]
+    fn confidences_are_on_a_0_to_100_scale() {
+        use crate::providers::{confidence_of_likelihood, confidence_of_score};
+        assert_eq!(confidence_of_score(Some(97.0)), Some(97));
+        assert_eq!(confidence_of_score(Some(-3.0)), Some(0));
+        assert_eq!(confidence_of_score(Some(f64::NAN)), None);
+        assert_eq!(confidence_of_score(None), None);
+        assert_eq!(confidence_of_likelihood(Some(6.0)), Some(60));
+        assert_eq!(confidence_of_likelihood(Some(10.0)), Some(100));
+        assert_eq!(confidence_of_likelihood(Some(12.0)), Some(100));
     }
 
     #[test]

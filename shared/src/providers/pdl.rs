@@ -4,8 +4,10 @@
 //!
 //! Request: `GET {base}/v5/person/enrich` with header `X-Api-Key: KEY` and query parameters
 //! `profile` (a LinkedIn URL), `first_name`, `last_name`, `company` (a company name or website),
-//! and `required`, so that a profile without the wanted field is a 404, which PDL does not
-//! charge (it charges per match).
+//! `required`, so that a profile without the wanted field is a 404, which PDL does not charge
+//! (it charges per match), and `min_likelihood` (1-10, `PDL_MIN_LIKELIHOOD`, default
+//! [`DEFAULT_MIN_LIKELIHOOD`]), so that a weaker match is PDL's 404 too instead of someone
+//! else's contacts.
 //!
 //! Answer (200):
 //! ```json
@@ -15,11 +17,15 @@
 //!             "emails": [ { "address": "sean@peopledatalabs.com", "type": "current_professional" } ],
 //!             "mobile_phone": "+14155550132", "phone_numbers": ["+14155550132"], ... } }
 //! ```
-//! `likelihood` is PDL's confidence, 1-10. Fields without data are `null`. On free plans the
-//! contact fields hold `true`/`false` (whether a value exists) instead of values: they give
-//! nothing to store, so such an answer is a no match (logged as a warning).
+//! `likelihood` is PDL's confidence that the record is the person asked about, 1-10 (PDL docs,
+//! "Output Response"); each value found keeps it, times ten, as its 0-100 `confidence`. A 200
+//! whose `likelihood` is below `min_likelihood` (PDL applies the parameter itself; this guards
+//! against a server that does not) is a no match. Fields without data are `null`. On free
+//! plans the contact fields hold `true`/`false` (whether a value exists) instead of values:
+//! they give nothing to store, so such an answer is a no match (logged as a warning).
 //!
-//! Errors are `{ "status": 404, "error": { "type": "not_found", "message": "..." } }`, mapped as:
+//! Errors are `{ "status": 404, "error": { "type": "not_found", "message": "..." } }`; `type`
+//! may also come as a list (`["not_found"]`), read as the same error. Mapped as:
 //!
 //! | status | PDL's `error.type` | result |
 //! |---|---|---|
@@ -46,21 +52,30 @@ use crate::domain::Field;
 use crate::identity::bare_domain;
 use crate::providers::{
     Endpoint, MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact,
-    non_blank, read_body, read_error_body, request_error, retry_after,
+    confidence_of_likelihood, non_blank, read_body, read_error_body, request_error, retry_after,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
 /// contacts.
 pub const NAME: &str = "pdl";
 
+/// The `min_likelihood` sent when none is configured (`PDL_MIN_LIKELIHOOD`): 6. PDL's
+/// likelihood is logarithmic; below 6 a match is too often someone else to store its contacts.
+pub const DEFAULT_MIN_LIKELIHOOD: u8 = 6;
+
+/// The range of `min_likelihood`, PDL's likelihood scale: 1 to 10.
+pub const LIKELIHOOD_RANGE: std::ops::RangeInclusive<u8> = 1..=10;
+
 /// People Data Labs' Person Enrichment: one-to-one match of a person from a LinkedIn URL, or
 /// from a name and an employer. Finds emails and phones.
 pub struct PdlProvider {
     endpoint: Endpoint,
+    min_likelihood: u8,
 }
 
 impl PdlProvider {
-    /// A provider calling `{base_url}/v5/person/enrich` with `api_key` in `X-Api-Key`.
+    /// A provider calling `{base_url}/v5/person/enrich` with `api_key` in `X-Api-Key`, asking
+    /// for matches of likelihood [`DEFAULT_MIN_LIKELIHOOD`] or more.
     ///
     /// `base_url` is the API origin without the version (`https://api.peopledatalabs.com`, or
     /// the local simulator's `http://127.0.0.1:PORT/pdl`); a trailing `/` is ignored.
@@ -71,7 +86,21 @@ impl PdlProvider {
     ) -> Self {
         Self {
             endpoint: Endpoint::new(http, base_url, api_key),
+            min_likelihood: DEFAULT_MIN_LIKELIHOOD,
         }
+    }
+
+    /// The same provider, sending `min_likelihood` (clamped to [`LIKELIHOOD_RANGE`]): PDL
+    /// answers a weaker match as its 404 `not_found`, a no match it does not charge.
+    pub fn with_min_likelihood(mut self, min_likelihood: u8) -> Self {
+        self.min_likelihood =
+            min_likelihood.clamp(*LIKELIHOOD_RANGE.start(), *LIKELIHOOD_RANGE.end());
+        self
+    }
+
+    /// The `min_likelihood` it sends.
+    pub fn min_likelihood(&self) -> u8 {
+        self.min_likelihood
     }
 }
 
@@ -131,10 +160,22 @@ struct ErrorResponse {
     error: ErrorBody,
 }
 
+/// PDL's `error`: its `type` is a string (`"not_found"`) or a list of them (`["not_found"]`).
 #[derive(Debug, Deserialize)]
 struct ErrorBody {
-    #[serde(rename = "type")]
-    kind: String,
+    #[serde(rename = "type", default)]
+    kind: Value,
+}
+
+impl ErrorBody {
+    /// Whether `type` is, or lists, `not_found`.
+    fn is_not_found(&self) -> bool {
+        match &self.kind {
+            Value::String(kind) => kind == "not_found",
+            Value::Array(kinds) => kinds.iter().any(|k| k.as_str() == Some("not_found")),
+            _ => false,
+        }
+    }
 }
 
 /// Values found in one field, and whether the field held only a free-plan boolean `true`.
@@ -152,6 +193,7 @@ impl Collected {
                 value: value.to_string(),
                 kind: kind.map(str::to_string),
                 status: None,
+                confidence: None,
             });
         }
     }
@@ -243,7 +285,8 @@ impl Provider for PdlProvider {
     /// One Person Enrichment call. A person it cannot search is a [`ProviderAnswer::NoMatch`]
     /// without a call. Emails come back with `kind` `work` (`work_email`, or an `emails` entry of
     /// type `current_professional`), `professional` (a former employer's), or `personal`; phones
-    /// with `kind` `mobile` (`mobile_phone`) or none.
+    /// with `kind` `mobile` (`mobile_phone`) or none; each with the match's `likelihood` times
+    /// ten as `confidence`. A match below `min_likelihood` is a [`ProviderAnswer::NoMatch`].
     ///
     /// Errors: see the module docs; an unreadable 200 body, or contact fields of the wrong
     /// JSON type, is [`ProviderError::Malformed`].
@@ -252,9 +295,10 @@ impl Provider for PdlProvider {
         field: Field,
         person: &PersonQuery,
     ) -> Result<ProviderAnswer, ProviderError> {
-        let Some(params) = query(field, person) else {
+        let Some(mut params) = query(field, person) else {
             return Ok(ProviderAnswer::NoMatch);
         };
+        params.push(("min_likelihood", self.min_likelihood.to_string()));
         let response = self
             .endpoint
             .http
@@ -271,7 +315,7 @@ impl Provider for PdlProvider {
             StatusCode::NOT_FOUND => {
                 let body = read_error_body(response).await?;
                 return match serde_json::from_slice::<ErrorResponse>(&body) {
-                    Ok(error) if error.error.kind == "not_found" => Ok(ProviderAnswer::NoMatch),
+                    Ok(error) if error.error.is_not_found() => Ok(ProviderAnswer::NoMatch),
                     _ => Err(ProviderError::Status(404)),
                 };
             }
@@ -292,8 +336,24 @@ impl Provider for PdlProvider {
         let data = parsed
             .data
             .ok_or_else(|| ProviderError::Malformed("person/enrich body has no `data`".into()))?;
-        let collected = collect(field, &data).map_err(ProviderError::Malformed)?;
+        let mut collected = collect(field, &data).map_err(ProviderError::Malformed)?;
         tracing::debug!(provider = NAME, likelihood = ?parsed.likelihood, "person enrichment answered");
+        if parsed
+            .likelihood
+            .is_some_and(|likelihood| likelihood < f64::from(self.min_likelihood))
+        {
+            tracing::info!(
+                provider = NAME,
+                likelihood = ?parsed.likelihood,
+                min_likelihood = self.min_likelihood,
+                "a match below min_likelihood: no match"
+            );
+            return Ok(ProviderAnswer::NoMatch);
+        }
+        let confidence = confidence_of_likelihood(parsed.likelihood);
+        for contact in &mut collected.contacts {
+            contact.confidence = confidence;
+        }
         if collected.contacts.is_empty() {
             if collected.hidden {
                 tracing::warn!(
@@ -362,11 +422,13 @@ mod tests {
         })
     }
 
+    /// A value of [`record`], whose likelihood 9 is a confidence of 90.
     fn contact(value: &str, kind: Option<&str>) -> RawContact {
         RawContact {
             value: value.into(),
             kind: kind.map(str::to_string),
             status: None,
+            confidence: Some(90),
         }
     }
 
@@ -395,6 +457,7 @@ mod tests {
             .and(query_param("last_name", "Okafor"))
             .and(query_param("company", "tidewater.test"))
             .and(query_param("required", "emails"))
+            .and(query_param("min_likelihood", "6"))
             .and(query_param_is_missing("profile"))
             .and(query_param_is_missing("api_key"))
             .respond_with(ResponseTemplate::new(200).set_body_json(record()))
@@ -445,6 +508,99 @@ mod tests {
                 contact("+14155550132", None),
                 contact("(212) 555-0100", None),
             ])
+        );
+    }
+
+    #[tokio::test]
+    async fn the_configured_min_likelihood_is_sent() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v5/person/enrich"))
+            .and(query_param("min_likelihood", "8"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(record()))
+            .expect(2)
+            .mount(&server)
+            .await;
+        let provider =
+            PdlProvider::new(reqwest::Client::new(), server.uri(), KEY).with_min_likelihood(8);
+        assert_eq!(provider.min_likelihood(), 8);
+        assert!(matches!(
+            provider.find(Field::Emails, &by_name()).await,
+            Ok(ProviderAnswer::Found(_))
+        ));
+        assert!(matches!(
+            provider.find(Field::Phones, &by_profile()).await,
+            Ok(ProviderAnswer::Found(_))
+        ));
+        // Outside PDL's 1-10 scale: clamped.
+        let make = || PdlProvider::new(reqwest::Client::new(), server.uri(), KEY);
+        assert_eq!(make().with_min_likelihood(0).min_likelihood(), 1);
+        assert_eq!(make().with_min_likelihood(11).min_likelihood(), 10);
+        assert_eq!(make().min_likelihood(), DEFAULT_MIN_LIKELIHOOD);
+    }
+
+    #[tokio::test]
+    async fn the_likelihood_is_kept_as_the_confidence_of_every_value() {
+        let mut body = record();
+        body["likelihood"] = json!(7);
+        let (_server, provider) = provider_for(200, body).await;
+        let Ok(ProviderAnswer::Found(found)) = provider.find(Field::Phones, &by_name()).await
+        else {
+            panic!("expected a hit");
+        };
+        assert_eq!(found.len(), 3);
+        assert!(found.iter().all(|c| c.confidence == Some(70)), "{found:?}");
+
+        let mut body = record();
+        body.as_object_mut().unwrap().remove("likelihood");
+        let (_server, provider) = provider_for(200, body).await;
+        let Ok(ProviderAnswer::Found(found)) = provider.find(Field::Emails, &by_name()).await
+        else {
+            panic!("expected a hit");
+        };
+        assert!(found.iter().all(|c| c.confidence.is_none()), "{found:?}");
+    }
+
+    #[tokio::test]
+    async fn a_match_below_min_likelihood_is_a_miss_even_if_pdl_sends_it() {
+        let mut body = record();
+        body["likelihood"] = json!(5);
+        let (_server, provider) = provider_for(200, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+        let mut body = record();
+        body["likelihood"] = json!(3);
+        let (server, _) = provider_for(200, body).await;
+        let lenient =
+            PdlProvider::new(reqwest::Client::new(), server.uri(), KEY).with_min_likelihood(3);
+        assert!(matches!(
+            lenient.find(Field::Emails, &by_name()).await,
+            Ok(ProviderAnswer::Found(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_error_type_given_as_a_list_is_read() {
+        let body = json!({"status": 404, "error": {"type": ["not_found"], "message": "No records were found matching your request"}});
+        let (_server, provider) = provider_for(404, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+        let body =
+            json!({"status": 404, "error": {"type": ["invalid_request_error"], "message": "..."}});
+        let (_server, provider) = provider_for(404, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Err(ProviderError::Status(404))
+        );
+        let body = json!({"status": 402, "error": {"type": ["payment_required"], "message": "You have hit your account maximum"}});
+        let (_server, provider) = provider_for(402, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Err(ProviderError::QuotaExhausted)
         );
     }
 

@@ -29,7 +29,14 @@
 //! ```
 //! `status` is `VERIFIED` or `UNAVAILABLE`. A value that was not revealed (not paid for) comes
 //! masked (`"+1 415-3**-****"`, `"eoghan.*****@intercom.com"`, which is still a syntactically
-//! valid address): only `revealed: true` values without a `*` are taken.
+//! valid address): only `revealed: true` values without a `*` are taken. The mobile is read
+//! from `mobile`, else `mobile_international`, else `mobile_national`, with
+//! `mobile_country_code` (ISO 3166 alpha-2) as its region
+//! ([`with_region_hint`]): a national writing is put in E.164 in the person's country, not the
+//! worker's `PHONE_DEFAULT_REGION`.
+//!
+//! A miss may also come as a 200 `{ "error": false, "person": null }`: a no match like
+//! `NO_MATCH` (a 200 without any `person` key is not Prospeo's shape: malformed).
 //!
 //! Errors: every answer has `error` (`true` on failure) and, on failure, `error_code`. Prospeo
 //! sends most of them as a 400 with the code deciding what happened, so the code is read first:
@@ -56,6 +63,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::Field;
 use crate::identity::bare_domain;
+use crate::providers::normalize::{is_storable_email, with_region_hint};
 use crate::providers::{
     Endpoint, MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact,
     non_blank, read_body, read_error_body, request_error, retry_after,
@@ -151,7 +159,19 @@ struct EnrichResponse {
     #[serde(default)]
     error: bool,
     error_code: Option<String>,
-    person: Option<Person>,
+    /// `None`: no `person` key; `Some(None)`: `"person": null`, Prospeo's 200 miss.
+    #[serde(default, deserialize_with = "present")]
+    person: Option<Option<Person>>,
+}
+
+/// A key that is present, `null` or not: `Some` of its value, so that a missing key (`None`,
+/// through `#[serde(default)]`) and a `null` one differ.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +193,8 @@ struct MobileDetails {
     revealed: Option<bool>,
     mobile: Option<String>,
     mobile_international: Option<String>,
+    mobile_national: Option<String>,
+    mobile_country_code: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,10 +216,11 @@ fn collect(field: Field, person: &Person) -> Vec<RawContact> {
             .as_ref()
             .and_then(|e| {
                 let value = revealed(e.revealed, e.email.as_deref())?;
-                Some(RawContact {
+                is_storable_email(e.status.as_deref()).then(|| RawContact {
                     value,
                     kind: Some("work".into()),
                     status: e.status.clone(),
+                    confidence: None,
                 })
             })
             .into_iter()
@@ -206,12 +229,16 @@ fn collect(field: Field, person: &Person) -> Vec<RawContact> {
             .mobile
             .as_ref()
             .and_then(|m| {
-                let number = m.mobile.as_deref().or(m.mobile_international.as_deref());
+                let number = [&m.mobile, &m.mobile_international, &m.mobile_national]
+                    .into_iter()
+                    .filter_map(|v| v.as_deref())
+                    .find(|v| !v.trim().is_empty());
                 let value = revealed(m.revealed, number)?;
                 Some(RawContact {
-                    value,
+                    value: with_region_hint(&value, m.mobile_country_code.as_deref()),
                     kind: Some("mobile".into()),
                     status: m.status.clone(),
+                    confidence: None,
                 })
             })
             .into_iter()
@@ -257,7 +284,9 @@ impl Provider for ProspeoProvider {
     /// without a call. A found email comes back with `kind` `work`, a mobile with `kind`
     /// `mobile`, each with Prospeo's `status` (`VERIFIED`).
     ///
-    /// Errors: see the module docs; an unreadable 200 body, or one without `person`, is
+    /// A 200 with `"person": null` is a [`ProviderAnswer::NoMatch`].
+    ///
+    /// Errors: see the module docs; an unreadable 200 body, or one without a `person` key, is
     /// [`ProviderError::Malformed`].
     async fn find(
         &self,
@@ -312,6 +341,13 @@ impl Provider for ProspeoProvider {
         let person = parsed
             .person
             .ok_or_else(|| ProviderError::Malformed("enrich-person body has no `person`".into()))?;
+        let Some(person) = person else {
+            tracing::debug!(
+                provider = NAME,
+                "enrich-person answered person: null: no match"
+            );
+            return Ok(ProviderAnswer::NoMatch);
+        };
         let contacts = collect(field, &person);
         if contacts.is_empty() {
             return Ok(ProviderAnswer::NoMatch);
@@ -436,6 +472,7 @@ mod tests {
                 value: "ada.quill@northwind.example".into(),
                 kind: Some("work".into()),
                 status: Some("VERIFIED".into()),
+                confidence: None,
             }])
         );
     }
@@ -467,8 +504,64 @@ mod tests {
                 value: "+14155550132".into(),
                 kind: Some("mobile".into()),
                 status: Some("VERIFIED".into()),
+                confidence: None,
             }])
         );
+    }
+
+    #[tokio::test]
+    async fn person_null_is_a_miss() {
+        let body = json!({ "error": false, "free_enrichment": false, "person": null });
+        let (_server, provider) = provider_for(200, body).await;
+        assert_eq!(
+            provider.find(Field::Emails, &by_name()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+        assert_eq!(
+            provider.find(Field::Phones, &by_profile()).await,
+            Ok(ProviderAnswer::NoMatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_mobile_country_code_is_the_region_of_a_national_number() {
+        let uk_national = json!({ "status": "VERIFIED", "revealed": true, "mobile": null,
+            "mobile_national": "07911 123456", "mobile_international": null,
+            "mobile_country": "United Kingdom", "mobile_country_code": "GB" });
+        let (_server, provider) = provider_for(200, matched(verified_email(), uk_national)).await;
+        let Ok(ProviderAnswer::Found(found)) = provider.find(Field::Phones, &by_profile()).await
+        else {
+            panic!("expected the mobile");
+        };
+        assert_eq!(found[0].value, "+447911123456");
+        // Read in the worker's default region (US), the same digits are no number at all.
+        assert_eq!(
+            crate::providers::normalize::normalize_phone(
+                "07911 123456",
+                phonenumber::country::Id::US
+            ),
+            None
+        );
+
+        // An international writing is kept; a country code that is no region leaves the
+        // number as written, for the cascade's default region.
+        let lowercase = json!({ "status": "VERIFIED", "revealed": true, "mobile": "(415) 555-0132",
+            "mobile_country_code": "us" });
+        let unknown = json!({ "status": "VERIFIED", "revealed": true, "mobile": "(415) 555-0132",
+            "mobile_country_code": "Unknown" });
+        for (mobile, expected) in [
+            (revealed_mobile(), "+14155550132"),
+            (lowercase, "+14155550132"),
+            (unknown, "(415) 555-0132"),
+        ] {
+            let (_server, provider) = provider_for(200, matched(verified_email(), mobile)).await;
+            let Ok(ProviderAnswer::Found(found)) =
+                provider.find(Field::Phones, &by_profile()).await
+            else {
+                panic!("expected the mobile");
+            };
+            assert_eq!(found[0].value, expected);
+        }
     }
 
     #[tokio::test]

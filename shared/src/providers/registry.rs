@@ -13,7 +13,9 @@ use phonenumber::country::Id;
 
 use crate::config::{ConfigError, Vars};
 use crate::providers::Provider;
-use crate::providers::cascade::{Budget, Cascade, DEFAULT_PHONE_REGION, DEFAULT_RETRIES};
+use crate::providers::cascade::{
+    Budget, Cascade, DEFAULT_PHONE_REGION, DEFAULT_POLL_DELAY, DEFAULT_RETRIES,
+};
 use crate::providers::dropcontact::{self, DropcontactProvider};
 use crate::providers::fullenrich::{self, FullEnrichProvider};
 use crate::providers::hunter::{self, HunterProvider};
@@ -144,8 +146,17 @@ pub struct CascadeSettings {
     /// `PHONE_DEFAULT_REGION` (default `US`; an ISO 3166 two-letter region, any case): the
     /// region of national phone numbers.
     pub phone_region: Id,
+    /// `PROVIDER_POLL_SECONDS` (default 20; whole seconds from 1 to 900, SQS's longest
+    /// `DelaySeconds`): how long an enrichment waiting on an asynchronous provider's job is
+    /// deferred before the next poll ([`Cascade::with_poll_delay`]).
+    pub poll_delay: Duration,
     /// Every provider of [`REGISTRY`], in its order, with its own variables.
     pub providers: Vec<ProviderSettings>,
+    /// `PDL_MIN_LIKELIHOOD` (default 6, [`pdl::DEFAULT_MIN_LIKELIHOOD`]; a whole number from 1
+    /// to 10, PDL's likelihood scale): the `min_likelihood` sent to People Data Labs; a weaker
+    /// match is its no match rather than, too often, someone else's contacts
+    /// ([`PdlProvider::with_min_likelihood`]).
+    pub pdl_min_likelihood: u8,
 }
 
 /// One provider's settings, from the variables of its [`Registered`] entry (`<NAME>` is its
@@ -232,13 +243,20 @@ impl CascadeSettings {
             })?,
         };
 
+        let poll_delay = vars.seconds("PROVIDER_POLL_SECONDS", DEFAULT_POLL_DELAY, 1..=900)?;
         Ok(Self {
             email_providers,
             phone_providers,
             provider_timeout,
             retries,
             phone_region,
+            poll_delay,
             providers: settings,
+            pdl_min_likelihood: vars.number(
+                "PDL_MIN_LIKELIHOOD",
+                pdl::DEFAULT_MIN_LIKELIHOOD,
+                pdl::LIKELIHOOD_RANGE,
+            )?,
         })
     }
 
@@ -257,7 +275,14 @@ impl CascadeSettings {
                 provider: provider.entry.name,
                 var: provider.entry.key_var,
             })?;
-            let adapter = (provider.entry.build)(http.clone(), provider.base_url.clone(), key);
+            let adapter: Arc<dyn Provider> = if provider.entry.name == pdl::NAME {
+                Arc::new(
+                    PdlProvider::new(http.clone(), provider.base_url.clone(), key)
+                        .with_min_likelihood(self.pdl_min_likelihood),
+                )
+            } else {
+                (provider.entry.build)(http.clone(), provider.base_url.clone(), key)
+            };
             built.push((provider.entry.name, adapter));
         }
         let pick = |names: &[&'static str]| -> Vec<Arc<dyn Provider>> {
@@ -277,7 +302,8 @@ impl CascadeSettings {
             self.provider_timeout,
         )
         .with_retries(self.retries)
-        .with_default_region(self.phone_region);
+        .with_default_region(self.phone_region)
+        .with_poll_delay(self.poll_delay);
         Ok(self.providers.iter().fold(cascade, |cascade, provider| {
             cascade.with_budget(provider.entry.name, provider.budget)
         }))
@@ -487,6 +513,31 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn pdl_min_likelihood_is_from_1_to_10_and_6_by_default() {
+        let read = |value| settings(&[("PDL_MIN_LIKELIHOOD", value)]);
+        assert_eq!(settings(&[]).unwrap().pdl_min_likelihood, 6);
+        assert_eq!(read(" ").unwrap().pdl_min_likelihood, 6);
+        assert_eq!(read("1").unwrap().pdl_min_likelihood, 1);
+        assert_eq!(read("10").unwrap().pdl_min_likelihood, 10);
+        assert_eq!(
+            read("11").unwrap_err().to_string(),
+            "PDL_MIN_LIKELIHOOD=\"11\": expected a whole number from 1 to 10"
+        );
+        for bad in ["0", "-1", "6.5", "high"] {
+            assert!(
+                matches!(
+                    read(bad),
+                    Err(ConfigError::Invalid {
+                        var: "PDL_MIN_LIKELIHOOD",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

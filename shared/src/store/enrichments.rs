@@ -124,7 +124,7 @@ impl Store {
             .set_key(Some(Self::key_of(enrichment)))
             .update_expression(
                 "SET #status = :status, #error = :error, updatedAt = :now \
-                 REMOVE claimToken, claimUntil, providersAnswered",
+                 REMOVE claimToken, claimUntil, providersAnswered, providerJobs",
             )
             .condition_expression("id = :id AND #status = :pending")
             .expression_attribute_names("#status", "status")
@@ -328,17 +328,45 @@ impl Store {
         token: &str,
         provider: &str,
     ) -> Result<bool, StoreError> {
+        self.journal_append(enrichment, token, "providersAnswered", provider)
+            .await
+    }
+
+    /// Records on a claimed enrichment that the asynchronous `provider` was given job `job_id`
+    /// (`providerJobs`, as `{provider}:{job_id}`), so that no later attempt submits again: the
+    /// cascade journal of [`crate::providers::cascade::CascadeJournal::record_job`]. Returns
+    /// `false` when the claim is no longer `token`'s.
+    pub async fn record_provider_job(
+        &self,
+        enrichment: &Enrichment,
+        token: &str,
+        provider: &str,
+        job_id: &str,
+    ) -> Result<bool, StoreError> {
+        let entry = format!("{provider}:{job_id}");
+        self.journal_append(enrichment, token, "providerJobs", &entry)
+            .await
+    }
+
+    /// Appends `value` to the journal list `attribute` of a claimed enrichment: one conditional
+    /// `UpdateItem`; `false` when the claim is no longer `token`'s.
+    async fn journal_append(
+        &self,
+        enrichment: &Enrichment,
+        token: &str,
+        attribute: &str,
+        value: &str,
+    ) -> Result<bool, StoreError> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(Self::key_of(enrichment)))
-            .update_expression(
-                "SET providersAnswered = list_append(if_not_exists(providersAnswered, :none), :provider)",
-            )
+            .update_expression("SET #list = list_append(if_not_exists(#list, :none), :value)")
             .condition_expression("claimToken = :token")
+            .expression_attribute_names("#list", attribute)
             .expression_attribute_values(":none", AttributeValue::L(Vec::new()))
-            .expression_attribute_values(":provider", AttributeValue::L(vec![s(provider)]))
+            .expression_attribute_values(":value", AttributeValue::L(vec![s(value)]))
             .expression_attribute_values(":token", s(token))
             .send()
             .await;
@@ -364,7 +392,7 @@ impl Store {
             .set_key(Some(Self::key_of(enrichment)))
             .update_expression(
                 "SET #status = :status, dataFound = :dataFound, #error = :error, \
-                 globalEnrichmentId = :global, updatedAt = :now REMOVE claimToken, claimUntil, providersAnswered",
+                 globalEnrichmentId = :global, updatedAt = :now REMOVE claimToken, claimUntil, providersAnswered, providerJobs",
             )
             .condition_expression("id = :id AND #status = :pending AND claimToken = :token")
             .expression_attribute_names("#status", "status")

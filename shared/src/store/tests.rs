@@ -549,6 +549,7 @@ async fn an_undo_leaves_the_table_and_the_ledger_as_before_the_chunk() {
         enrichment: new_enrichment(again.id, now()),
         credits_charged: 5,
         providers_answered: Vec::new(),
+        provider_jobs: Vec::new(),
     };
     let ChunkOutcome::Changed(changed) = store
         .create_enrichments(&[planned(again.id, Some(stale))], 5)

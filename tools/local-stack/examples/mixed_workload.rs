@@ -495,6 +495,8 @@ struct OrgRun {
     outcomes: Vec<Outcome>,
     requests: RequestStats,
     wall: Duration,
+    /// Worker invocations and their handler time during the run (what Lambda bills).
+    worker: (u64, Duration),
 }
 
 #[derive(Clone)]
@@ -573,6 +575,7 @@ async fn run_org(
         token: stack.token(USER, org, Duration::from_secs(4 * 3600))?,
     };
     let before = request_stats(http, &stack.simulator_url).await?;
+    let usage_before = stack.worker_usage.get();
     let started = Instant::now();
     let limit = Arc::new(Semaphore::new(concurrency));
 
@@ -663,10 +666,15 @@ async fn run_org(
     }
     let wall = started.elapsed();
     let after = request_stats(http, &stack.simulator_url).await?;
+    let usage_after = stack.worker_usage.get();
     Ok(OrgRun {
         outcomes,
         requests: delta(&after, &before),
         wall,
+        worker: (
+            usage_after.0 - usage_before.0,
+            usage_after.1.saturating_sub(usage_before.1),
+        ),
     })
 }
 
@@ -701,6 +709,9 @@ struct Summary {
     worker_times: Vec<f64>,
     errors: BTreeMap<String, usize>,
     wall: Duration,
+    /// Submits of the asynchronous providers (paid jobs started).
+    submits: u64,
+    worker: (u64, Duration),
 }
 
 fn summarize(run: &OrgRun) -> Summary {
@@ -785,6 +796,8 @@ fn summarize(run: &OrgRun) -> Summary {
         worker_times,
         errors,
         wall: run.wall,
+        submits: run.requests.values().filter_map(|s| s.submits).sum(),
+        worker: run.worker,
     }
 }
 
@@ -866,6 +879,28 @@ fn print_report(
         "provider calls per found contact",
         ratio(a.calls, a.found),
         ratio(b.calls, b.found),
+    );
+    row(
+        "async provider submits (paid jobs)",
+        a.submits.to_string(),
+        b.submits.to_string(),
+    );
+    let per_enrichment = |s: &Summary, value: f64| {
+        if s.enrichments == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.2}", value / s.enrichments as f64)
+        }
+    };
+    row(
+        "worker invocations per enrichment",
+        per_enrichment(a, a.worker.0 as f64),
+        per_enrichment(b, b.worker.0 as f64),
+    );
+    row(
+        "worker Lambda-seconds per enrichment",
+        per_enrichment(a, a.worker.1.as_secs_f64()),
+        per_enrichment(b, b.worker.1.as_secs_f64()),
     );
     row(
         "global cache hits (same id as in A)",

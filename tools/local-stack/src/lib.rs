@@ -175,6 +175,8 @@ pub struct Stack {
     /// How many `pending` enrichments found in the table at start-up were queued again (the SQS
     /// emulator keeps its messages in memory: a restart loses them).
     pub requeued: usize,
+    /// The local worker's invocations and handler time (none without a local worker).
+    pub worker_usage: Arc<poller::WorkerUsage>,
     shutdown: watch::Sender<bool>,
     failure: watch::Receiver<Option<String>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -328,21 +330,55 @@ pub async fn create_queues(
 /// The worker's cascade in the local stack, configured by `vars` exactly as in AWS
 /// (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`, `PROVIDER_TIMEOUT_SECONDS`...; see
 /// [`registry::CascadeSettings`]), except that every provider's base URL is the simulator's
-/// (`{simulator}/hunter`, `{simulator}/pdl`...) and its API key a dummy.
+/// (`{simulator}/hunter`, `{simulator}/pdl`...) and its API key a dummy, but for the providers
+/// [`off_simulator`] names, which keep their own.
 ///
-/// Errors: the text of the [`enrichment::config::ConfigError`] of a bad setting.
+/// Errors: the text of the [`enrichment::config::ConfigError`] of a bad setting, or of
+/// [`off_simulator`].
 pub fn simulator_cascade(simulator_url: &str, vars: &Vars<'static>) -> Result<Cascade, String> {
-    let simulator = REGISTRY.iter().flat_map(|entry| {
-        [
-            (
-                entry.base_url_var,
-                format!("{simulator_url}/{}", entry.name),
-            ),
-            (entry.key_var, "local".to_string()),
-        ]
-    });
+    let own = off_simulator(vars)?;
+    let simulator = REGISTRY
+        .iter()
+        .filter(|entry| !own.contains(&entry.name))
+        .flat_map(|entry| {
+            [
+                (
+                    entry.base_url_var,
+                    format!("{simulator_url}/{}", entry.name),
+                ),
+                (entry.key_var, "local".to_string()),
+            ]
+        });
+    for name in &own {
+        tracing::info!(
+            provider = name,
+            "provider off the simulator: its own base URL and key"
+        );
+    }
     registry::cascade(http_client(), &Vars::from_pairs(simulator).or(vars.clone()))
         .map_err(|e| e.to_string())
+}
+
+/// The providers whose `<NAME>_BASE_URL` and `<NAME>_API_KEY` are both set in `vars`: the local
+/// stack sends them to that address (a recorded fake, or the real service) with that key, one
+/// provider at a time, the others staying on the simulator.
+///
+/// Errors: a provider with only one of the two set (which one is missing is named).
+pub fn off_simulator(vars: &Vars<'static>) -> Result<Vec<&'static str>, String> {
+    let mut own = Vec::new();
+    for entry in &REGISTRY {
+        match (vars.string(entry.base_url_var), vars.string(entry.key_var)) {
+            (Some(_), Some(_)) => own.push(entry.name),
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(format!(
+                    "{} off the simulator needs both {} and {}",
+                    entry.name, entry.base_url_var, entry.key_var
+                ));
+            }
+        }
+    }
+    Ok(own)
 }
 
 /// The configuration of the stack's API and worker: [`Config::from_vars`] over `vars`, with
@@ -598,6 +634,7 @@ impl Stack {
         }));
 
         // SQS event source for the worker.
+        let worker_usage = Arc::new(poller::WorkerUsage::default());
         if options.local_worker {
             let worker = Worker::new(store.clone(), cascade, config.clone())
                 .with_queue(
@@ -620,6 +657,7 @@ impl Stack {
                     queue_url: url.clone(),
                     visibility_timeout: options.visibility_timeout,
                     worker: worker.clone(),
+                    usage: worker_usage.clone(),
                 };
                 for _ in 0..concurrency.max(1) {
                     tasks.push(tokio::spawn(poller.clone().run(shutdown_rx.clone())));
@@ -645,6 +683,7 @@ impl Stack {
             simulator_url,
             config,
             requeued,
+            worker_usage,
             shutdown,
             failure,
             tasks,

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsMessage;
@@ -26,6 +27,32 @@ pub struct Poller {
     pub visibility_timeout: Duration,
     /// The handler's use case, shared by the pollers.
     pub worker: Arc<Worker>,
+    /// Invocations and handler time, shared by the pollers.
+    pub usage: Arc<WorkerUsage>,
+}
+
+/// What the worker handler was invoked for: what Lambda would bill (AWS docs, "Lambda
+/// pricing": duration from the handler's start to its return, per invocation).
+#[derive(Debug, Default)]
+pub struct WorkerUsage {
+    invocations: AtomicU64,
+    busy_micros: AtomicU64,
+}
+
+impl WorkerUsage {
+    /// Invocations so far, and their handler time in all.
+    pub fn get(&self) -> (u64, Duration) {
+        (
+            self.invocations.load(Ordering::Relaxed),
+            Duration::from_micros(self.busy_micros.load(Ordering::Relaxed)),
+        )
+    }
+
+    fn add(&self, busy: Duration) {
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(busy.as_micros()).unwrap_or(u64::MAX);
+        self.busy_micros.fetch_add(micros, Ordering::Relaxed);
+    }
 }
 
 impl Poller {
@@ -88,13 +115,15 @@ impl Poller {
                 record
             })
             .collect();
+        let started = Instant::now();
         let response = self
             .worker
             .run_batch(
                 &records,
-                Instant::now() + enrichment::budget::WORKER_FUNCTION_TIMEOUT,
+                started + enrichment::budget::WORKER_FUNCTION_TIMEOUT,
             )
             .await;
+        self.usage.add(started.elapsed());
         let failed: Vec<&str> = response
             .batch_item_failures
             .iter()

@@ -10,9 +10,9 @@
 //!   `api_key`) (also `full_name`, `company`, `linkedin_handle`). Found: 200 with `data.email`;
 //!   anyone else: 200 with `data.email: null`, Hunter's no match.
 //! - `GET /pdl/v5/person/enrich` with `X-Api-Key` (or `api_key`) and `profile`, or
-//!   `first_name` + `last_name` + `company` (name or domain), and `required`. Found: 200 with
-//!   `status`, `likelihood`, `data`; anyone else (or a record without the `required` fields):
-//!   404 `not_found`.
+//!   `first_name` + `last_name` + `company` (name or domain), `required` and `min_likelihood`.
+//!   Found: 200 with `status`, `likelihood`, `data`; anyone else (or a record without the
+//!   `required` fields, or whose `likelihood` is below `min_likelihood`): 404 `not_found`.
 //! - `POST /prospeo/enrich-person` with `X-KEY` and `{"data": {...}, "enrich_mobile": ...}`.
 //!   Found: 200 with `person.email` / `person.mobile` (the mobile revealed only when
 //!   `enrich_mobile` or `only_verified_mobile` is set, masked otherwise); anyone else, or a
@@ -236,7 +236,9 @@ pub struct DropcontactRecord {
 pub struct DropcontactEmail {
     /// The address.
     pub email: String,
-    /// `local@domain` qualification: `nominative@pro`, `catch_all@pro`, `generic@pro`...
+    /// Dropcontact's qualification, passed through as written: `local@domain`
+    /// (`nominative@pro`, `catch-all@pro`, `generic@pro`, `invalid@pro`...) or a whole-address
+    /// label (`invalid domain`, `Do_Not_Contact`).
     #[serde(default = "default_qualification")]
     pub qualification: String,
 }
@@ -281,6 +283,16 @@ fn default_qualification() -> String {
 
 fn is_zero(value: &u64) -> bool {
     *value == 0
+}
+
+/// The ISO 3166 region of a phone number as the fixture writes it (read in `US` when written
+/// nationally), as FullEnrich's `region` and Prospeo's `mobile_country_code` give it; `None`
+/// when it is not a valid number.
+fn phone_region(number: &str) -> Option<String> {
+    enrichment::providers::normalize::phone_region(
+        number,
+        enrichment::providers::cascade::DEFAULT_PHONE_REGION,
+    )
 }
 
 /// Reads a fixture: a JSON array of [`KnownPerson`]. Errors (as text naming the file): the file

@@ -521,6 +521,7 @@ impl Provider for FakeProvider {
                 value: email.into(),
                 kind: Some("work".into()),
                 status: None,
+                confidence: None,
             }]),
             None => ProviderAnswer::NoMatch,
         })

@@ -312,6 +312,7 @@ async fn a_bulk_selection_takes_the_people_list_filtered_less_exclusions_from_st
         status: None,
         provider: "hunter".into(),
         found_at: timestamp(chrono::Utc::now()),
+        confidence: None,
     }];
     stack
         .store

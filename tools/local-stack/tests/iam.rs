@@ -2788,7 +2788,7 @@ impl Provider for Scripted {
             Answer::Found(email) => Ok(ProviderAnswer::Found(vec![RawContact {
                 value: email.clone(),
                 kind: Some("work".into()),
-                status: None,
+                ..RawContact::default()
             }])),
             Answer::NoMatch => Ok(ProviderAnswer::NoMatch),
             Answer::Fails => Err(ProviderError::Status(503)),

@@ -235,7 +235,8 @@ mod tests {
             Ok(ProviderAnswer::Found(vec![RawContact {
                 value: "chiara@bellwether-analytics.example".into(),
                 kind: Some("work".into()),
-                status: Some("catch_all@pro".into()),
+                status: Some("catch-all@pro".into()),
+                confidence: None,
             }]))
         );
         // Elif's generic address is dropped by the adapter, her own kept.

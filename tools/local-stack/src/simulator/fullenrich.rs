@@ -89,7 +89,7 @@ fn contact_result(
         record
             .phones
             .iter()
-            .map(|p| json!({ "number": p, "region": null }))
+            .map(|p| json!({ "number": p, "region": super::phone_region(p) }))
             .collect()
     } else {
         Vec::new()

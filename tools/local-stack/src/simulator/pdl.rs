@@ -161,6 +161,15 @@ pub(super) async fn pdl_person_enrich(
         };
         return with_retry_after(pdl_error(status, kind, message), &record.simulate);
     }
+    let min_likelihood = param(&params, "min_likelihood").and_then(|m| m.parse::<u8>().ok());
+    if min_likelihood.is_some_and(|min| record.likelihood < min) {
+        tracing::debug!(
+            likelihood = record.likelihood,
+            ?min_likelihood,
+            "simulated pdl: match below min_likelihood"
+        );
+        return pdl_not_found();
+    }
     let data = pdl_data(person, record);
     if !meets_required(&data, param(&params, "required")) {
         tracing::debug!(person = %data["full_name"], "simulated pdl: record lacks the required fields");

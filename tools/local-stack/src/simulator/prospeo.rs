@@ -50,12 +50,12 @@ fn person_object(person: &KnownPerson, record: &ProspeoRecord, reveal_mobile: bo
         Some(mobile) if reveal_mobile => json!({
             "status": "VERIFIED", "revealed": true, "mobile": mobile,
             "mobile_national": null, "mobile_international": mobile,
-            "mobile_country": null, "mobile_country_code": null,
+            "mobile_country": null, "mobile_country_code": super::phone_region(mobile),
         }),
         Some(mobile) => json!({
             "status": "VERIFIED", "revealed": false, "mobile": masked(mobile),
             "mobile_national": null, "mobile_international": masked(mobile),
-            "mobile_country": null, "mobile_country_code": null,
+            "mobile_country": null, "mobile_country_code": super::phone_region(mobile),
         }),
         None => json!({
             "status": "UNAVAILABLE", "revealed": false, "mobile": null,
@@ -211,6 +211,7 @@ mod tests {
                 value: "ada.quill@northwind.example".into(),
                 kind: Some("work".into()),
                 status: Some("VERIFIED".into()),
+                confidence: None,
             }]))
         );
         let by_profile = PersonQuery {
@@ -223,6 +224,7 @@ mod tests {
                 value: "+16465550199".into(),
                 kind: Some("mobile".into()),
                 status: Some("VERIFIED".into()),
+                confidence: None,
             }]))
         );
     }

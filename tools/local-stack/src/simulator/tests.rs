@@ -77,6 +77,7 @@ async fn hunter_finds_a_known_person_by_name_and_domain() {
             value: "ada.quill@northwind.example".into(),
             kind: Some("work".into()),
             status: Some("valid".into()),
+            confidence: Some(96),
         }])
     );
 }
@@ -897,4 +898,92 @@ async fn the_cascade_runs_the_new_providers_against_the_simulator() {
         }
         other => panic!("expected Found, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn pdl_answers_a_match_below_min_likelihood_as_not_found() {
+    let address = start().await;
+    // Katya's record has likelihood 6, Dmitri's 7.
+    let katya = query("Katya", "Orlov", None, Some("gridline.example"), None);
+    let dmitri = query("Dmitri", "Hallan", None, Some("quarrypike.test"), None);
+    let default = pdl(address, "local");
+    let strict = pdl(address, "local").with_min_likelihood(7);
+    let ProviderAnswer::Found(found) = default.find(Field::Emails, &katya).await.unwrap() else {
+        panic!("the default min_likelihood 6 takes Katya's match");
+    };
+    assert!(found.iter().all(|c| c.confidence == Some(60)), "{found:?}");
+    assert_eq!(
+        strict.find(Field::Emails, &katya).await,
+        Ok(ProviderAnswer::NoMatch)
+    );
+    let ProviderAnswer::Found(found) = strict.find(Field::Phones, &dmitri).await.unwrap() else {
+        panic!("Dmitri's match is likelihood 7");
+    };
+    assert_eq!(found[0].confidence, Some(70));
+}
+
+#[tokio::test]
+async fn dropcontact_quality_labels_come_back_as_dropcontact_writes_them() {
+    use enrichment::providers::dropcontact::DropcontactProvider;
+
+    let people: Vec<KnownPerson> = serde_json::from_value(serde_json::json!([
+        { "first_name": "Nadia", "last_name": "Invalid", "company_domain": "nowhere.example",
+          "dropcontact": { "emails": [ { "email": "nadia@nowhere.example", "qualification": "invalid domain" } ] } },
+        { "first_name": "Otto", "last_name": "Optout", "company_domain": "optout.example",
+          "dropcontact": { "emails": [ { "email": "otto@optout.example", "qualification": "Do_Not_Contact" } ] } },
+        { "first_name": "Chiara", "last_name": "Vasquez-Lind", "company_domain": "bellwether-analytics.example",
+          "dropcontact": { "emails": [ { "email": "chiara@bellwether-analytics.example", "qualification": "catch-all@pro" } ] } }
+    ]))
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(people)).await });
+    let provider = DropcontactProvider::new(
+        reqwest::Client::new(),
+        format!("http://{address}/dropcontact"),
+        "local",
+    )
+    .with_poll_interval(Duration::from_millis(10));
+
+    for (first, last, domain) in [
+        ("Nadia", "Invalid", "nowhere.example"),
+        ("Otto", "Optout", "optout.example"),
+    ] {
+        assert_eq!(
+            provider
+                .find(Field::Emails, &query(first, last, None, Some(domain), None))
+                .await,
+            Ok(ProviderAnswer::NoMatch),
+            "{first}: neither stored nor found"
+        );
+    }
+    let chiara = query(
+        "Chiara",
+        "Vasquez-Lind",
+        None,
+        Some("bellwether-analytics.example"),
+        None,
+    );
+    let ProviderAnswer::Found(found) = provider.find(Field::Emails, &chiara).await.unwrap() else {
+        panic!("a catch-all address is kept");
+    };
+    assert_eq!(found[0].status.as_deref(), Some("catch-all@pro"));
+}
+
+#[tokio::test]
+async fn phones_carry_their_region_as_the_providers_send_it() {
+    let address = start().await;
+    let http = reqwest::Client::new();
+    let answer: serde_json::Value = http
+        .post(format!("http://{address}/prospeo/enrich-person"))
+        .header("X-KEY", "local")
+        .json(&serde_json::json!({ "enrich_mobile": true,
+            "data": { "linkedin_url": "https://www.linkedin.com/in/ada-quill-nw/" } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["person"]["mobile"]["mobile_country_code"], "US");
 }

@@ -1,0 +1,158 @@
+//! Asynchronous providers as the worker runs them from the jobs queue: one submit, the job
+//! recorded in the enrichment's cascade journal, the enrichment deferred on the queue between
+//! polls (no worker waits), and the provider's answer written when its job is done; and one
+//! provider taken off the simulator. Whole flow: the gateway, SQS (moto), the worker's pollers
+//! and the provider simulator.
+
+use std::time::Duration;
+
+use enrichment::config::Vars;
+use local_stack::Stack;
+use serde_json::{Value, json};
+
+mod helpers;
+use helpers::{ledger, private_options};
+
+const ORG: &str = "org_async";
+
+const BRUNO: &str = r#"{"firstName": "Bruno", "lastName": "Okafor", "companyDomain": "tidewater.test",
+                       "linkedinUrl": "https://www.linkedin.com/in/bruno-okafor-demo/"}"#;
+
+/// A stack whose worker reads the jobs queue, with `vars` over the environment; `ORG` holds 10
+/// credits.
+async fn stack(vars: &[(&'static str, String)]) -> Stack {
+    let mut options = private_options();
+    options.local_worker = true;
+    options.vars = Vars::from_pairs(vars.iter().cloned()).or(Vars::env());
+    let stack = Stack::start(options).await.expect("local stack starts");
+    stack.store.grant_credits(ORG, 10).await.unwrap();
+    stack
+}
+
+/// Creates `person` in `ORG`, enriches its emails, and waits for the outcome: the enrichment
+/// and the person as the API shows them.
+async fn enrich(stack: &Stack, person: &str) -> (Value, Value) {
+    let http = reqwest::Client::new();
+    let token = stack
+        .token("user_async", ORG, Duration::from_secs(600))
+        .unwrap();
+    let base = &stack.info.gateway_url;
+    let created: Value = http
+        .post(format!("{base}/api/v1/entities/persons"))
+        .bearer_auth(&token)
+        .json(&serde_json::from_str::<Value>(person).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let url = format!("{base}/api/v1/operations/enrichment/{id}?field=emails");
+    let accepted = http.post(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(accepted.status().as_u16(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let body: Value = http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["status"] != "pending" {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still pending");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let person: Value = http
+        .get(format!("{base}/api/v1/entities/persons/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (done, person)
+}
+
+async fn simulator_stats(stack: &Stack) -> Value {
+    reqwest::get(format!("{}/stats", stack.simulator_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_fullenrich_hit_is_submitted_once_deferred_between_polls_and_finished_with_data() {
+    let stack = stack(&[
+        ("EMAIL_PROVIDERS", "fullenrich".into()),
+        ("PROVIDER_POLL_SECONDS", "1".into()),
+    ])
+    .await;
+    let (done, person) = enrich(&stack, BRUNO).await;
+    assert_eq!(done["status"], "finished", "{done}");
+    assert_eq!(done["dataFound"], true, "{done}");
+    assert_eq!(
+        person["emailDetails"][0]["provider"], "fullenrich",
+        "{person}"
+    );
+    // The simulator's job answers "in progress" to its first poll: submitted once, polled
+    // twice, each poll by a job that came back from the queue.
+    let stats = simulator_stats(&stack).await;
+    assert_eq!(stats["fullenrich"]["submits"], 1, "{stats}");
+    assert_eq!(stats["fullenrich"]["polls"], 2, "{stats}");
+    assert_eq!(ledger(&stack.store, ORG, 10).await, (5, vec![-5]));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_provider_goes_off_the_simulator_with_its_own_base_url_and_key() {
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    // A recorded FullEnrich: the submit, then the finished result.
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v2/contact/enrich/bulk"))
+        .and(header("authorization", "Bearer recorded-key"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"enrichment_id": "rec-1"})))
+        .expect(1)
+        .mount(&fake)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/contact/enrich/bulk/rec-1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "rec-1", "status": "FINISHED", "cost": {"credits": 1},
+            "data": [{"contact_info": {"work_emails": [
+                {"email": "bruno@recorded.test", "status": "DELIVERABLE"}]}}]
+        })))
+        .mount(&fake)
+        .await;
+    let stack = stack(&[
+        ("EMAIL_PROVIDERS", "fullenrich".into()),
+        ("PROVIDER_POLL_SECONDS", "1".into()),
+        ("FULLENRICH_BASE_URL", fake.uri()),
+        ("FULLENRICH_API_KEY", "recorded-key".into()),
+    ])
+    .await;
+    let (done, person) = enrich(&stack, BRUNO).await;
+    assert_eq!(done["dataFound"], true, "{done}");
+    assert_eq!(person["emails"], json!(["bruno@recorded.test"]), "{person}");
+    let stats = simulator_stats(&stack).await;
+    assert_eq!(stats["fullenrich"]["requests"], 0, "{stats}");
+    ledger(&stack.store, ORG, 10).await;
+    stack.shutdown().await;
+
+    // Half a setting is refused at start, naming what is missing.
+    let mut options = private_options();
+    options.vars = Vars::from_pairs([("PDL_API_KEY", "k")]);
+    let refused = Stack::start(options).await.err().expect("refused");
+    assert!(refused.contains("PDL_BASE_URL"), "{refused}");
+}
