@@ -15,9 +15,14 @@ help:
 setup:
 	@scripts/install-local-tools.sh
 
+# Says what it does at each step; cargo shows its progress (the first build takes about 7 minutes
+# on 2 cores). `exec`: make's child is the stack itself, which gets the SIGTERM make passes on when
+# it is stopped (`kill -TERM`), and stops as on Ctrl-C.
 run: setup
-	$(CARGO) build -q -p local-stack -p enrichctl
-	exec "$${CARGO_TARGET_DIR:-target}/debug/local-stack"
+	@echo "make run: building local-stack and enrichctl (debug; the first build takes several minutes)"
+	$(CARGO) build -p local-stack -p enrichctl
+	@echo "make run: starting the local stack (DynamoDB, SQS, provider simulator, gateway, worker)"
+	@exec "$${CARGO_TARGET_DIR:-target}/debug/local-stack"
 
 # The function binaries first: the bootstrap and fault tests run them under the Lambda Runtime
 # API emulator.

@@ -83,6 +83,10 @@ pub enum StoreError {
     /// An item could not be converted to or from its domain type.
     #[error("item shape: {0}")]
     Shape(String),
+    /// A completion adding values found that one of their keys was suppressed after the
+    /// worker's check ([`Store::complete`]): nothing was written.
+    #[error("a key of the values found was suppressed meanwhile; nothing was written")]
+    Suppressed,
 }
 
 fn dynamo_error<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> StoreError
@@ -585,23 +589,33 @@ impl Store {
         ])
     }
 
-    /// Deletes the items of `keys` (those that exist), 25 per `BatchWriteItem` (its limit),
+    /// Deletes the items of `keys` (those that exist) with [`Store::batch_write`]. Returns the
+    /// calls made.
+    async fn batch_delete(&self, keys: Vec<Item>) -> Result<u32, StoreError> {
+        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+        let mut requests = Vec::with_capacity(keys.len());
+        for key in keys {
+            let delete = DeleteRequest::builder()
+                .set_key(Some(key))
+                .build()
+                .map_err(build_error)?;
+            requests.push(WriteRequest::builder().delete_request(delete).build());
+        }
+        self.batch_write(requests).await
+    }
+
+    /// Sends `requests` (puts and deletes, no conditions), 25 per `BatchWriteItem` (its limit),
     /// unprocessed ones sent again with a growing pause (AWS docs, `BatchWriteItem`). Returns the
     /// calls made.
     ///
-    /// Errors: DynamoDB failures, or deletions still unprocessed after a few tries.
-    async fn batch_delete(&self, keys: Vec<Item>) -> Result<u32, StoreError> {
-        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+    /// Errors: DynamoDB failures, or requests still unprocessed after a few tries.
+    async fn batch_write(
+        &self,
+        all: Vec<aws_sdk_dynamodb::types::WriteRequest>,
+    ) -> Result<u32, StoreError> {
         let mut calls = 0;
-        for group in keys.chunks(25) {
-            let mut requests = Vec::with_capacity(group.len());
-            for key in group {
-                let delete = DeleteRequest::builder()
-                    .set_key(Some(key.clone()))
-                    .build()
-                    .map_err(build_error)?;
-                requests.push(WriteRequest::builder().delete_request(delete).build());
-            }
+        for group in all.chunks(25) {
+            let mut requests = group.to_vec();
             for attempt in 0..5 {
                 calls += 1;
                 let output = self
@@ -623,7 +637,7 @@ impl Store {
             if !requests.is_empty() {
                 return Err(StoreError::Dynamo {
                     operation: "BatchWriteItem",
-                    message: format!("{} deletions left unprocessed", requests.len()),
+                    message: format!("{} writes left unprocessed", requests.len()),
                 });
             }
         }

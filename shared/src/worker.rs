@@ -204,8 +204,9 @@ impl CascadeJournal for Journal<'_> {
     }
 }
 
-/// The value index entries of `contacts` added to a person with `keys`: under each identity
-/// key and each email's key, pointing at the cache item `cache_key` (see [`Store::suppress`]).
+/// The value index entries of a person with `keys` whose `field` list becomes `contacts` (what
+/// it held and what was added): under each identity key and each email's key, pointing at the
+/// cache item `cache_key` (see [`Store::suppress`]).
 fn held(
     keys: &IdentityKeys,
     field: Field,
@@ -306,6 +307,10 @@ impl Worker {
     /// from SQS) lasts [`budget::INITIAL_CLAIM_LEASE`], then is renewed before each provider call
     /// for that call's budget: a worker that dies is replaced within about one provider budget,
     /// and the replacement resumes after the providers that already answered.
+    ///
+    /// Every line it logs is in the span `job` with the field `enrichment_id` (under the Lambda
+    /// runtime's span with the `requestId`).
+    #[tracing::instrument(name = "job", skip_all, fields(enrichment_id = %job.enrichment_id))]
     async fn run_delivered(
         &self,
         job: &Job,
@@ -421,8 +426,8 @@ impl Worker {
                         .then(|| person.merged_contacts(field, &entry.contacts));
                     let completion = Completion {
                         held: contacts
-                            .is_some()
-                            .then(|| held(&keys, field, &entry.contacts, Some(fp))),
+                            .as_deref()
+                            .map(|merged| held(&keys, field, merged, Some(fp))),
                         ..Completion::from_cache(&entry, contacts)
                     };
                     return self.complete(claimed, token, completion).await;
@@ -489,16 +494,17 @@ impl Worker {
                         .complete(claimed, token, Completion::suppressed())
                         .await;
                 }
-                let index = held(&keys, field, &contacts, fingerprint.as_deref());
+                let merged = person.merged_contacts(field, &contacts);
+                let index = held(&keys, field, &merged, fingerprint.as_deref());
                 let cache = cache_entry(
-                    contacts.clone(),
+                    contacts,
                     provider,
                     self.config.cache_ttl,
                     keys.matched_by(basis),
                 );
                 Completion {
                     held: Some(index),
-                    ..Completion::searched(Some(person.merged_contacts(field, &contacts)), cache)
+                    ..Completion::searched(Some(merged), cache)
                 }
             }
             CascadeOutcome::NoMatch => {
@@ -640,11 +646,21 @@ impl Worker {
         let enrichment = &record.enrichment;
         let now = timestamp(Utc::now());
         completion.refund_miss = self.config.refund_misses;
-        if !self
-            .store
-            .complete(record, token, &completion, &now)
-            .await?
-        {
+        let written = match self.store.complete(record, token, &completion, &now).await {
+            Err(StoreError::Suppressed) => {
+                // Suppressed between the check and the write: nothing of it is kept.
+                tracing::info!(enrichment_id = %enrichment.id, "person suppressed meanwhile: finished without data, refunded");
+                completion = Completion {
+                    refund_miss: self.config.refund_misses,
+                    ..Completion::suppressed()
+                };
+                self.store
+                    .complete(record, token, &completion, &now)
+                    .await?
+            }
+            other => other?,
+        };
+        if !written {
             tracing::warn!(enrichment_id = %enrichment.id, "claim lost before the outcome was written");
             return Ok(JobOutcome::Dropped);
         }
@@ -833,7 +849,10 @@ impl Worker {
                 (result, _, _) => result,
             };
             if let Err(e) = result {
-                tracing::error!(message_id = %message_id, receives, error = %e, "job failed");
+                let enrichment_id = job
+                    .as_ref()
+                    .map(|j| tracing::field::display(j.enrichment_id));
+                tracing::error!(message_id = %message_id, enrichment_id, receives, error = %e, "job failed");
                 if let Some(job) = job.filter(|_| receives >= self.config.max_receives) {
                     self.give_up(&job).await;
                 } else if let Some(delivery) = &delivery {

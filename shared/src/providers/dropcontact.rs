@@ -51,12 +51,22 @@
 //! | 401 | missing or wrong access token | `Unauthorized` |
 //! | 403 | not enough credits for the records of the request; a `reason` without "credit" | `QuotaExhausted`; `Unauthorized` |
 //! | 402 | (not documented) payment required | `QuotaExhausted` |
-//! | 429 | (not documented) rate limited | `RateLimited` (with `Retry-After` if sent) |
+//! | 429 | rate limited (60 requests per second) | `RateLimited`: a `Retry-After` if sent, else the next second |
 //! | 400, 404, 422, 5xx | | `Status(code)` |
 //!
-//! All polling happens inside one [`Provider::find`] call, every poll interval, until the
-//! result is ready: the cascade's per-provider timeout (and the Lambda deadline behind it) is
-//! what stops a request that never completes, as a [`ProviderError::Timeout`].
+//! **Rate limit** (<https://developer.dropcontact.com/en/rate-limits/>): 60 requests per second;
+//! past that, 429s for a while. Dropcontact sends no header saying when to come back, so a
+//! 429's wait is the next whole second; a `Retry-After` a server sends anyway is honoured.
+//!
+//! The worker fed by SQS sends the record once and fetches the result once per attempt
+//! through [`ProviderJobs`], the job deferred on the queue in between (Dropcontact asks for a
+//! fetch every 30 seconds; see [`crate::providers::cascade::CascadeJournal`]). A fetch that is
+//! rate limited, meets a 5xx or times out is the fetch's alone: the batch is fetched again,
+//! never sent again (Dropcontact charges per record sent with an email found). An unknown
+//! `request_id` reads as "not ready", so only the enrichment's maximum age ends such a wait.
+//! [`Provider::find`] fetches inside one call, every poll interval, until the result is ready:
+//! the cascade's per-provider timeout (and the Lambda deadline behind it) is what stops a
+//! request that never completes there, as a [`ProviderError::Timeout`].
 //!
 //! A body is read up to [`MAX_PROVIDER_BODY_BYTES`](crate::providers::MAX_PROVIDER_BODY_BYTES)
 //! (1 MiB): a longer success body is [`ProviderError::BodyTooLarge`]; a longer error body is
@@ -65,6 +75,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::Utc;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
@@ -74,8 +85,9 @@ use crate::domain::Field;
 use crate::identity::bare_domain;
 use crate::providers::normalize::{email_status, forbids_contact, is_storable_email};
 use crate::providers::{
-    Endpoint, JobPoll, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact, non_blank,
-    poll_until_done, read_body, read_error_body, request_error, retry_after,
+    Endpoint, JobPoll, PersonQuery, Provider, ProviderAnswer, ProviderError, ProviderJobs,
+    RawContact, non_blank, poll_until_done, read_body, read_error_body, request_error, retry_after,
+    until_next_second,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`) and on stored contacts.
@@ -205,7 +217,7 @@ fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Provide
         StatusCode::FORBIDDEN => ProviderError::Unauthorized,
         StatusCode::PAYMENT_REQUIRED => ProviderError::QuotaExhausted,
         StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited {
-            retry_after: retry_after(headers),
+            retry_after: retry_after(headers).or_else(|| Some(until_next_second(Utc::now()))),
         },
         other => ProviderError::Status(other.as_u16()),
     }
@@ -371,15 +383,41 @@ impl Provider for DropcontactProvider {
         field: Field,
         person: &PersonQuery,
     ) -> Result<ProviderAnswer, ProviderError> {
-        let Some(record) = record(person).filter(|_| field == Field::Emails) else {
+        let Some(request_id) = self.submit_job(field, person).await? else {
             return Ok(ProviderAnswer::NoMatch);
         };
-        let request_id = self.send(record).await?;
-        tracing::debug!(provider = NAME, request_id = %request_id, "batch sent");
         poll_until_done(NAME, &request_id, self.poll_interval, || {
             self.fetch(&request_id)
         })
         .await
+    }
+
+    fn jobs(&self) -> Option<&dyn ProviderJobs> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ProviderJobs for DropcontactProvider {
+    /// Sends the person's record for [`Field::Emails`] (paid when an email is found); its
+    /// `request_id`. `Ok(None)` without a call for phones, or a person it cannot search.
+    async fn submit_job(
+        &self,
+        field: Field,
+        person: &PersonQuery,
+    ) -> Result<Option<String>, ProviderError> {
+        let Some(record) = record(person).filter(|_| field == Field::Emails) else {
+            return Ok(None);
+        };
+        let request_id = self.send(record).await?;
+        tracing::debug!(provider = NAME, request_id = %request_id, "batch sent");
+        Ok(Some(request_id))
+    }
+
+    /// One `GET` of the batch's result: [`JobPoll::Pending`] while Dropcontact answers "not
+    /// ready", else the person's emails.
+    async fn poll_job(&self, _field: Field, job_id: &str) -> Result<JobPoll, ProviderError> {
+        self.fetch(job_id).await
     }
 }
 
@@ -723,10 +761,108 @@ mod tests {
                 retry_after: Some(Duration::from_secs(5))
             })
         );
+        // Without one: the next second, where the per-second window starts again.
         let server = server_with_result(ResponseTemplate::new(429)).await;
+        let answer = provider(&server).find(Field::Emails, &by_name()).await;
+        assert!(
+            matches!(answer, Err(ProviderError::RateLimited { retry_after: Some(wait) }) if wait <= Duration::from_secs(1)),
+            "{answer:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn submit_job_returns_the_request_id_and_poll_job_maps_pending_and_done() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/enrich/all"))
+            .and(header("X-Access-Token", KEY))
+            .respond_with(sent())
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path(format!("/v1/enrich/all/{REQUEST_ID}")))
+            .respond_with(not_ready())
+            .up_to_n_times(1)
+            .expect(1)
+            .mount(&server)
+            .await;
+        mount_fetch(
+            &server,
+            done(json!([{ "email": "ada.quill@northwind.example", "qualification": "nominative@pro" }])),
+        )
+        .await;
+        let dropcontact = provider(&server);
+        let jobs = dropcontact.jobs().expect("Dropcontact is asynchronous");
+
+        let request_id = jobs.submit_job(Field::Emails, &by_name()).await;
+        assert_eq!(request_id, Ok(Some(REQUEST_ID.to_string())));
+        assert!(matches!(
+            jobs.poll_job(Field::Emails, REQUEST_ID).await,
+            Ok(JobPoll::Pending)
+        ));
+        let Ok(JobPoll::Done(found)) = jobs.poll_job(Field::Emails, REQUEST_ID).await else {
+            panic!("expected the batch done");
+        };
         assert_eq!(
-            provider(&server).find(Field::Emails, &by_name()).await,
-            Err(ProviderError::RateLimited { retry_after: None })
+            found,
+            vec![contact(
+                "ada.quill@northwind.example",
+                Some("work"),
+                "nominative@pro"
+            )]
+        );
+        // A done batch without the person's email is done with nothing: the no match.
+        let server = server_with_result(done(json!(null))).await;
+        assert!(matches!(
+            provider(&server).poll_job(Field::Emails, REQUEST_ID).await,
+            Ok(JobPoll::Done(found)) if found.is_empty()
+        ));
+    }
+
+    #[tokio::test]
+    async fn submit_job_sends_nothing_for_phones_or_an_unsearchable_person() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(sent())
+            .expect(0)
+            .mount(&server)
+            .await;
+        let provider = provider(&server);
+        assert_eq!(
+            provider.submit_job(Field::Phones, &by_name()).await,
+            Ok(None)
+        );
+        let nameless = PersonQuery {
+            first_name: None,
+            ..by_name()
+        };
+        assert_eq!(
+            provider.submit_job(Field::Emails, &nameless).await,
+            Ok(None)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rate_limited_or_failing_fetch_is_the_polls_error() {
+        let server =
+            server_with_result(ResponseTemplate::new(429).insert_header("Retry-After", "4")).await;
+        assert_eq!(
+            provider(&server)
+                .poll_job(Field::Emails, REQUEST_ID)
+                .await
+                .err(),
+            Some(ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(4))
+            })
+        );
+        let server = server_with_result(ResponseTemplate::new(503)).await;
+        assert_eq!(
+            provider(&server)
+                .poll_job(Field::Emails, REQUEST_ID)
+                .await
+                .err(),
+            Some(ProviderError::Status(503))
         );
     }
 

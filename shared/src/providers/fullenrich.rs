@@ -43,10 +43,17 @@
 //! |---|---|---|
 //! | 401, 403 | `error.authorization.*`, `error.api.key` | `Unauthorized` |
 //! | 402, or `status: CREDITS_INSUFFICIENT` | out of credits | `QuotaExhausted` |
-//! | 429, or `status: RATE_LIMIT` | `error.rate.limit` | `RateLimited` (with `Retry-After` if sent) |
+//! | 429, or `status: RATE_LIMIT` | `error.rate.limit` | `RateLimited`: a `Retry-After` if sent, else the next calendar minute |
 //! | 404 on the result | `error.enrichment.not_found` | `Status(404)` |
 //! | `status: CANCELED` | the enrichment was canceled | `Malformed` (no data will come) |
 //! | other 4xx, 5xx | | `Status(code)` |
+//!
+//! **Rate limit** (<https://docs.fullenrich.com/api/v2/general/ratelimit> and "Rate Limits &
+//! Volume"): 60 calls per minute for the whole account, polls included, counted in a fixed
+//! window per calendar minute that starts again at the top of each minute. FullEnrich sends no
+//! header saying when to come back, so the wait of its 429 (or of an enrichment whose `status`
+//! is `RATE_LIMIT`) is the time left until the next minute starts (UTC); a `Retry-After` a
+//! server sends anyway is honoured.
 //!
 //! The worker fed by SQS submits once and polls once per attempt through [`ProviderJobs`], the
 //! job deferred on the queue in between (see [`crate::providers::cascade::CascadeJournal`]).
@@ -61,6 +68,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::Utc;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
@@ -70,7 +78,7 @@ use crate::identity::bare_domain;
 use crate::providers::{
     Endpoint, JobPoll, MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError,
     ProviderJobs, RawContact, non_blank, poll_until_done, read_body, read_error_body,
-    request_error, retry_after,
+    request_error, retry_after, until_next_minute,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
@@ -295,7 +303,7 @@ fn status_error(status: StatusCode, headers: &HeaderMap) -> ProviderError {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Unauthorized,
         StatusCode::PAYMENT_REQUIRED => ProviderError::QuotaExhausted,
         StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited {
-            retry_after: retry_after(headers),
+            retry_after: retry_after(headers).or_else(|| Some(until_next_minute(Utc::now()))),
         },
         other => ProviderError::Status(other.as_u16()),
     }
@@ -362,7 +370,11 @@ impl FullEnrichProvider {
             "FINISHED" => {}
             "CREATED" | "IN_PROGRESS" | "UNKNOWN" => return Ok(JobPoll::Pending),
             "CREDITS_INSUFFICIENT" => return Err(ProviderError::QuotaExhausted),
-            "RATE_LIMIT" => return Err(ProviderError::RateLimited { retry_after: None }),
+            "RATE_LIMIT" => {
+                return Err(ProviderError::RateLimited {
+                    retry_after: Some(until_next_minute(Utc::now())),
+                });
+            }
             "CANCELED" => {
                 return Err(ProviderError::Malformed(format!(
                     "enrichment {id} was canceled"
@@ -757,19 +769,40 @@ mod tests {
                 retry_after: Some(Duration::from_secs(60))
             })
         );
+    }
+
+    /// The wait of a rate-limited answer, which must be there and within a minute.
+    fn wait_of(answer: Result<ProviderAnswer, ProviderError>) -> Duration {
+        let Err(ProviderError::RateLimited {
+            retry_after: Some(wait),
+        }) = answer
+        else {
+            panic!("expected a rate limit with a wait, got {answer:?}");
+        };
+        assert!(wait <= Duration::from_secs(60), "{wait:?}");
+        wait
+    }
+
+    #[tokio::test]
+    async fn a_429_without_retry_after_waits_for_the_next_calendar_minute() {
+        let limited =
+            json!({"code": "error.rate.limit", "message": "Too many requests. Try again in 1m"});
         let server = server_with_result(ResponseTemplate::new(429).set_body_json(limited)).await;
-        assert_eq!(
-            provider(&server).find(Field::Emails, &by_name()).await,
-            Err(ProviderError::RateLimited { retry_after: None })
-        );
+        let before = Utc::now();
+        let wait = wait_of(provider(&server).find(Field::Emails, &by_name()).await);
+        let after = Utc::now();
+        // The wait ends at the top of the minute (unless a minute began during the call).
+        let top = crate::providers::until_next_minute(before);
+        let elapsed = (after - before).to_std().unwrap();
+        if crate::providers::until_next_minute(after) <= top {
+            assert!(wait <= top && top <= wait + elapsed, "{wait:?} vs {top:?}");
+        }
+
         let server = server_with_result(
             ResponseTemplate::new(200).set_body_json(result("RATE_LIMIT", empty_info())),
         )
         .await;
-        assert_eq!(
-            provider(&server).find(Field::Emails, &by_name()).await,
-            Err(ProviderError::RateLimited { retry_after: None })
-        );
+        wait_of(provider(&server).find(Field::Emails, &by_name()).await);
     }
 
     #[tokio::test]

@@ -27,17 +27,27 @@
 //! | status | Hunter's meaning | [`ProviderError`] |
 //! |---|---|---|
 //! | 401 | no valid API key | `Unauthorized` |
-//! | 403 | "You have reached the rate limit" | `RateLimited` (with `Retry-After` if sent) |
+//! | 403 | "You have reached the rate limit" | `RateLimited`: a `Retry-After` if sent, else the next second |
 //! | 429 | "You have reached your usage limit" | `QuotaExhausted`; `RateLimited` when a `Retry-After` says when to come back |
 //! | 402 | (not documented by Hunter) payment required | `QuotaExhausted` |
 //! | 451 | the person asked not to be processed | not an error: no match |
 //! | other, 5xx | | `Status(code)` |
+//!
+//! **Rate limits** (the documentation's "Rate limits" and "Errors" sections): most endpoints,
+//! the Email Finder among them, take 15 requests per second and 500 per minute per API key;
+//! past that Hunter answers 403. Its 429 is a different thing, the plan's searches for the
+//! billing period used up, which comes back only with the next period: `QuotaExhausted`.
+//! Hunter documents no header saying when to come back (no `Retry-After`, no
+//! `X-RateLimit-*`), so a 403's wait is the next whole second, where the per-second window
+//! a burst runs into restarts; a 403 from the minute window comes back on the retry, and the
+//! cascade moves on. A `Retry-After` a server sends anyway is honoured, on either status.
 //!
 //! Only the 200 body is read, and one longer than
 //! [`MAX_PROVIDER_BODY_BYTES`](crate::providers::MAX_PROVIDER_BODY_BYTES) (1 MiB) is
 //! [`ProviderError::BodyTooLarge`].
 
 use async_trait::async_trait;
+use chrono::Utc;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
@@ -46,7 +56,7 @@ use crate::identity::bare_domain;
 use crate::providers::normalize::{email_status, is_storable_email};
 use crate::providers::{
     Endpoint, MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact,
-    confidence_of_score, non_blank, read_body, request_error, retry_after,
+    confidence_of_score, non_blank, read_body, request_error, retry_after, until_next_second,
 };
 
 /// The request header that carries the API key (Hunter's documentation, "Authentication").
@@ -163,7 +173,8 @@ impl Provider for HunterProvider {
             StatusCode::UNAUTHORIZED => return Err(ProviderError::Unauthorized),
             StatusCode::FORBIDDEN => {
                 return Err(ProviderError::RateLimited {
-                    retry_after: retry_after(&headers),
+                    retry_after: retry_after(&headers)
+                        .or_else(|| Some(until_next_second(Utc::now()))),
                 });
             }
             StatusCode::TOO_MANY_REQUESTS => {
@@ -386,6 +397,20 @@ mod tests {
                 retry_after: Some(Duration::from_secs(7))
             })
         );
+    }
+
+    #[tokio::test]
+    async fn status_403_without_retry_after_waits_for_the_next_second() {
+        let body = json!({"errors": [{"id": "rate_limit", "code": 403, "details": "You have reached the rate limit"}]});
+        let (_server, provider) = provider_for(403, body).await;
+        let answer = provider.find(Field::Emails, &person()).await;
+        let Err(ProviderError::RateLimited {
+            retry_after: Some(wait),
+        }) = answer
+        else {
+            panic!("expected a rate limit with a wait, got {answer:?}");
+        };
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
     }
 
     #[tokio::test]

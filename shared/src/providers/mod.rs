@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use crate::domain::Field;
@@ -86,10 +86,14 @@ pub enum ProviderError {
     /// HTTP 402 or the provider's quota signal: the account is out of credits.
     #[error("quota exhausted")]
     QuotaExhausted,
-    /// HTTP 429: rate limited, with the `Retry-After` delay when given.
+    /// The provider's rate-limit signal (HTTP 429 for most; Hunter's 403; Prospeo's
+    /// `RATE_LIMITED`), with the wait before asking again when it is known.
     #[error("rate limited")]
     RateLimited {
-        /// The `Retry-After` delay, when the provider sent one.
+        /// How long to wait: a `Retry-After` the server sent, else what the provider's own
+        /// documented signal says (PDL's `x-ratelimit-reset`, Prospeo's
+        /// `x-minute-reset-seconds`, the end of FullEnrich's calendar minute...; see each
+        /// adapter's module docs). `None` when nothing tells.
         retry_after: Option<Duration>,
     },
     /// No answer within the provider's timeout.
@@ -148,9 +152,10 @@ pub trait Provider: Send + Sync {
         person: &PersonQuery,
     ) -> Result<ProviderAnswer, ProviderError>;
 
-    /// The provider's submit-then-poll protocol, for an asynchronous provider (FullEnrich):
-    /// the cascade then submits once, records the job and defers the enrichment between polls
-    /// instead of polling inside [`Provider::find`] (see [`ProviderJobs`]). Default: none.
+    /// The provider's submit-then-poll protocol, for an asynchronous provider (FullEnrich,
+    /// Dropcontact): the cascade then submits once, records the job and defers the enrichment
+    /// between polls instead of polling inside [`Provider::find`] (see [`ProviderJobs`]).
+    /// Default: none.
     fn jobs(&self) -> Option<&dyn ProviderJobs> {
         None
     }
@@ -258,6 +263,25 @@ fn retry_after_at(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     }
     let at = DateTime::<Utc>::from(httpdate::parse_http_date(value).ok()?);
     Some((at - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// The wait until the next whole second after `now`: the rate-limit wait of a provider that
+/// documents a per-second limit and no header saying when to come back (Hunter's 15 requests
+/// per second, Dropcontact's 60). Never zero: at least one millisecond.
+pub(crate) fn until_next_second(now: DateTime<Utc>) -> Duration {
+    let into_second = Duration::from_nanos(u64::from(now.timestamp_subsec_nanos() % 1_000_000_000));
+    (Duration::from_secs(1) - into_second).max(Duration::from_millis(1))
+}
+
+/// The wait until the next calendar minute after `now` (UTC): the rate-limit wait of a provider
+/// whose limit is a fixed window per calendar minute and that sends no header saying when to
+/// come back (FullEnrich's 60 calls per minute). Never zero: at least one millisecond.
+pub(crate) fn until_next_minute(now: DateTime<Utc>) -> Duration {
+    let into_minute = Duration::from_secs(u64::from(now.second()))
+        + Duration::from_nanos(u64::from(now.timestamp_subsec_nanos() % 1_000_000_000));
+    Duration::from_secs(60)
+        .saturating_sub(into_minute)
+        .max(Duration::from_millis(1))
 }
 
 /// Maps a reqwest failure: its timeout to [`ProviderError::Timeout`], an undecodable body to
@@ -452,6 +476,17 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
         headers
+    }
+
+    #[test]
+    fn the_next_second_and_minute_are_counted_from_now() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 2, 8, 10, 45).unwrap()
+            + chrono::Duration::milliseconds(250);
+        assert_eq!(until_next_second(now), Duration::from_millis(750));
+        assert_eq!(until_next_minute(now), Duration::from_millis(14_750));
+        let on_the_minute = Utc.with_ymd_and_hms(2026, 12, 2, 8, 11, 0).unwrap();
+        assert_eq!(until_next_minute(on_the_minute), Duration::from_secs(60));
+        assert_eq!(until_next_second(on_the_minute), Duration::from_secs(1));
     }
 
     #[test]

@@ -32,8 +32,22 @@
 //! | 404 | `not_found`: no record matches | no match (not an error) |
 //! | 401 | `authentication_error` | `Unauthorized` (403 too) |
 //! | 402 | `payment_required`: all matches of the account used | `QuotaExhausted` |
-//! | 429 | `rate_limit_error` | `RateLimited` (with `Retry-After` if sent) |
+//! | 429 | `rate_limit_error` | `RateLimited`, the wait read from the headers below |
 //! | other, 5xx | `invalid_request_error`, `api_error` | `Status(code)` |
+//!
+//! **Rate limits** (<https://docs.peopledatalabs.com/docs/usage-limits>, "Fix 429 rate limit
+//! errors" at <https://docs.peopledatalabs.com/support/troubleshooting/rate-limit-errors>): a
+//! fixed window per API key and endpoint; PDL sends no `Retry-After` but, on every answer,
+//! `x-ratelimit-reset`, the UTC time the window resets (`"2022-02-23T20:19:55Z"` in the docs'
+//! sample), and `x-ratelimit-remaining` / `x-ratelimit-limit`, an object per window
+//! (`{"minute": 0, "day": null, "month": null}`, written in the docs' sample as Python prints it,
+//! `None` for `null`). A 429's wait ([`rate_limit_wait`]) is a `Retry-After` if a server sends
+//! one anyway; else the time until `x-ratelimit-reset`, which is read as an RFC 3339 or HTTP
+//! date (UTC when it has no offset), as epoch seconds (the header's pre-2022 form, or
+//! milliseconds when that large), as a number of seconds to wait when small, or as an object
+//! of those per window: then the window(s) `x-ratelimit-remaining` shows at 0 decide (the
+//! latest of their resets), else the earliest reset given. A reset in the past waits nothing;
+//! no readable reset leaves the wait unknown.
 //!
 //! A 404 whose body is not PDL's `not_found` error (a wrong base URL, a proxy page) is
 //! `Status(404)`, so that a misconfiguration is not taken for "nobody is ever found" (so is a
@@ -43,8 +57,13 @@
 //! (1 MiB): a longer success body is [`ProviderError::BodyTooLarge`]; a longer error body is
 //! ignored and the status decides.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use async_trait::async_trait;
+use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -325,7 +344,7 @@ impl Provider for PdlProvider {
             StatusCode::PAYMENT_REQUIRED => return Err(ProviderError::QuotaExhausted),
             StatusCode::TOO_MANY_REQUESTS => {
                 return Err(ProviderError::RateLimited {
-                    retry_after: retry_after(&headers),
+                    retry_after: rate_limit_wait(&headers, Utc::now()),
                 });
             }
             other => return Err(ProviderError::Status(other.as_u16())),
@@ -368,9 +387,99 @@ impl Provider for PdlProvider {
     }
 }
 
+/// The header with the time PDL's rate-limit window resets.
+pub const RATE_LIMIT_RESET: &str = "x-ratelimit-reset";
+
+/// The header with the requests left in each rate-limit window.
+pub const RATE_LIMIT_REMAINING: &str = "x-ratelimit-remaining";
+
+/// The wait a 429 of PDL's asks for, from its headers at time `now` (see the module docs,
+/// "Rate limits"): `Retry-After` when sent, else the time until `x-ratelimit-reset` (zero for
+/// a reset already past), choosing among per-window resets with `x-ratelimit-remaining`.
+/// `None` when no header gives a readable time.
+pub(crate) fn rate_limit_wait(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    if let Some(wait) = retry_after(headers) {
+        return Some(wait);
+    }
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let resets = windows(text(RATE_LIMIT_RESET)?);
+    let remaining = text(RATE_LIMIT_REMAINING).map(windows).unwrap_or_default();
+    let waits: BTreeMap<&str, Duration> = resets
+        .iter()
+        .filter_map(|(window, value)| Some((window.as_str(), reset_wait(value, now)?)))
+        .collect();
+    let exhausted = remaining
+        .iter()
+        .filter(|(_, left)| left.as_f64().is_some_and(|left| left <= 0.0))
+        .filter_map(|(window, _)| waits.get(window.as_str()).copied())
+        .max();
+    exhausted.or_else(|| waits.values().copied().min())
+}
+
+/// A rate-limit header's value per window: a JSON object (`{"minute": ..., "day": null}`,
+/// also as Python writes it, with `None` and single quotes) as its fields, anything else as
+/// one window named `""` (and also `minute`, the window a bare value is about).
+fn windows(value: &str) -> BTreeMap<String, Value> {
+    let pythonic = || value.replace('\'', "\"").replace("None", "null");
+    let parsed = serde_json::from_str::<Value>(value)
+        .or_else(|_| serde_json::from_str::<Value>(&pythonic()))
+        .unwrap_or_else(|_| Value::String(value.to_string()));
+    match parsed {
+        Value::Object(fields) => fields.into_iter().collect(),
+        bare => BTreeMap::from([("".to_string(), bare.clone()), ("minute".to_string(), bare)]),
+    }
+}
+
+/// Epoch values from here on are milliseconds: 10^12 seconds is in the year 33658.
+const EPOCH_MILLIS_FROM: f64 = 1e12;
+
+/// Epoch values from here on are seconds (2001-09-09); below, a number of seconds to wait.
+const EPOCH_SECONDS_FROM: f64 = 1e9;
+
+/// The wait until one reset value at `now`: a date (RFC 3339, or without offset read in UTC,
+/// or an HTTP date), epoch seconds or milliseconds, or a small number of seconds to wait.
+fn reset_wait(value: &Value, now: DateTime<Utc>) -> Option<Duration> {
+    let until = |at: DateTime<Utc>| (at - now).to_std().unwrap_or(Duration::ZERO);
+    let number = match value {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(text) => {
+            let text = text.trim();
+            if let Ok(n) = text.parse::<f64>() {
+                n
+            } else if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+                return Some(until(at.with_timezone(&Utc)));
+            } else if let Some(at) = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+                .iter()
+                .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+            {
+                return Some(until(at.and_utc()));
+            } else {
+                let at = httpdate::parse_http_date(text).ok()?;
+                return Some(until(DateTime::<Utc>::from(at)));
+            }
+        }
+        _ => return None,
+    };
+    if !number.is_finite() || number < 0.0 {
+        return None;
+    }
+    if number >= EPOCH_MILLIS_FROM {
+        return Some(until(DateTime::from_timestamp_millis(number as i64)?));
+    }
+    if number >= EPOCH_SECONDS_FROM {
+        return Some(until(DateTime::from_timestamp(number as i64, 0)?));
+    }
+    Some(Duration::from_secs_f64(number))
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use serde_json::json;
     use wiremock::matchers::{header, method, path, query_param, query_param_is_missing};
@@ -710,6 +819,140 @@ mod tests {
         assert_eq!(
             provider.find(Field::Phones, &by_name()).await,
             Err(ProviderError::RateLimited { retry_after: None })
+        );
+    }
+
+    fn rate_limited() -> ResponseTemplate {
+        ResponseTemplate::new(429).set_body_json(json!({"status": 429, "error": {
+            "type": "rate_limit_error",
+            "message": "An error occurred due to requests hitting the API too quick"
+        }}))
+    }
+
+    #[tokio::test]
+    async fn pdls_reset_header_sets_the_wait() {
+        let reset = (Utc::now() + chrono::Duration::seconds(30))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let response = rate_limited()
+            .insert_header(RATE_LIMIT_RESET, reset.as_str())
+            .insert_header(
+                RATE_LIMIT_REMAINING,
+                r#"{"minute": 0, "day": null, "month": null}"#,
+            );
+        let (_server, provider) = provider_with(response).await;
+
+        let answer = provider.find(Field::Emails, &by_name()).await;
+
+        let Err(ProviderError::RateLimited {
+            retry_after: Some(wait),
+        }) = answer
+        else {
+            panic!("expected a rate limit with a wait, got {answer:?}");
+        };
+        // The header has whole seconds: the window resets 29 to 30 s from now.
+        assert!(
+            wait > Duration::from_secs(28) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+    }
+
+    fn pdl_headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn the_reset_is_read_in_every_documented_writing() {
+        let now = DateTime::parse_from_rfc3339("2022-02-23T20:19:40Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let wait = |pairs: &[(&'static str, &str)]| rate_limit_wait(&pdl_headers(pairs), now);
+        let fifteen = Some(Duration::from_secs(15));
+        // The current docs' sample: a UTC time.
+        assert_eq!(wait(&[(RATE_LIMIT_RESET, "2022-02-23T20:19:55Z")]), fifteen);
+        assert_eq!(
+            wait(&[(RATE_LIMIT_RESET, "\"2022-02-23T20:19:55Z\"")]),
+            fifteen
+        );
+        assert_eq!(
+            wait(&[(RATE_LIMIT_RESET, "2022-02-23T21:19:55+01:00")]),
+            fifteen
+        );
+        assert_eq!(wait(&[(RATE_LIMIT_RESET, "2022-02-23 20:19:55")]), fifteen);
+        assert_eq!(
+            wait(&[(RATE_LIMIT_RESET, "Wed, 23 Feb 2022 20:19:55 GMT")]),
+            fifteen
+        );
+        // The pre-2022 form: epoch seconds (or milliseconds); a small number is seconds.
+        assert_eq!(wait(&[(RATE_LIMIT_RESET, "1645647595")]), fifteen);
+        assert_eq!(wait(&[(RATE_LIMIT_RESET, "1645647595000")]), fifteen);
+        assert_eq!(wait(&[(RATE_LIMIT_RESET, "15")]), fifteen);
+        // A reset already past waits nothing; an unreadable one or none is unknown.
+        assert_eq!(
+            wait(&[(RATE_LIMIT_RESET, "2022-02-23T20:19:00Z")]),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(wait(&[(RATE_LIMIT_RESET, "soon")]), None);
+        assert_eq!(wait(&[(RATE_LIMIT_REMAINING, "{\"minute\": 0}")]), None);
+        assert_eq!(wait(&[]), None);
+        // A Retry-After a server sends anyway wins.
+        assert_eq!(
+            wait(&[
+                ("retry-after", "3"),
+                (RATE_LIMIT_RESET, "2022-02-23T20:19:55Z")
+            ]),
+            Some(Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn per_window_resets_follow_the_exhausted_window() {
+        let now = DateTime::parse_from_rfc3339("2022-02-23T20:19:40Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let wait = |pairs: &[(&'static str, &str)]| rate_limit_wait(&pdl_headers(pairs), now);
+        let resets =
+            r#"{"minute": "2022-02-23T20:19:55Z", "day": "2022-02-24T00:00:00Z", "month": None}"#;
+        // The minute window is spent: its reset.
+        assert_eq!(
+            wait(&[
+                (RATE_LIMIT_RESET, resets),
+                (
+                    RATE_LIMIT_REMAINING,
+                    "{'minute': 0, 'day': 40, 'month': None}"
+                )
+            ]),
+            Some(Duration::from_secs(15))
+        );
+        // The day window is spent: its reset, long past the minute's.
+        assert_eq!(
+            wait(&[
+                (RATE_LIMIT_RESET, resets),
+                (
+                    RATE_LIMIT_REMAINING,
+                    r#"{"minute": 3, "day": 0, "month": null}"#
+                )
+            ]),
+            Some(Duration::from_secs(13_220))
+        );
+        // Nothing says which: the earliest reset.
+        assert_eq!(
+            wait(&[(RATE_LIMIT_RESET, resets)]),
+            Some(Duration::from_secs(15))
+        );
+        // One reset for every window, whatever the remaining counts say.
+        assert_eq!(
+            wait(&[
+                (RATE_LIMIT_RESET, "2022-02-23T20:19:55Z"),
+                (
+                    RATE_LIMIT_REMAINING,
+                    r#"{"minute": 0, "day": 0, "month": null}"#
+                )
+            ]),
+            Some(Duration::from_secs(15))
         );
     }
 

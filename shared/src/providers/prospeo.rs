@@ -46,18 +46,28 @@
 //! | 400 | `NO_MATCH`: no record (or none with a verified email / mobile, as asked) | no match (not an error) |
 //! | any | `INSUFFICIENT_CREDITS` | `QuotaExhausted` (a 402 too) |
 //! | 401, 403 | `INVALID_API_KEY`, `ACCOUNT_RESTRICTED` | `Unauthorized` |
-//! | 429 | `RATE_LIMITED` | `RateLimited` (with `Retry-After` if sent) |
+//! | 429 | `RATE_LIMITED` | `RateLimited`, the wait read from the headers below |
 //! | 400 | `INVALID_DATAPOINTS`, `INVALID_REQUEST` | `Status(400)` |
 //! | 5xx | `INTERNAL_ERROR` | `Status(code)` |
 //!
-//! Prospeo documents per-plan rate limits and the headers `x-minute-request-left` /
-//! `x-minute-reset-seconds`; they are not read here, only `Retry-After`.
+//! **Rate limits** (<https://prospeo.io/api-docs/rate-limits>, and the Help Center's "API Rate
+//! Limits"): per plan, per second, per minute and per day (a rolling 24 hours), for the enrich
+//! endpoints apart from the search ones; past one, a 429 `RATE_LIMITED`. Every answer carries
+//! `x-minute-request-left` / `x-daily-request-left` (requests left) and
+//! `x-minute-reset-seconds` / `x-daily-reset-seconds` (seconds until that window resets); no
+//! `Retry-After`. A `RATE_LIMITED`'s wait ([`rate_limit_wait`]): a `Retry-After` if a server
+//! sends one anyway; else the daily reset when no daily request is left; else the minute reset
+//! when no minute request is left (or the count is not sent); else, with requests left in both,
+//! it was the per-second limit: the next second. Unknown when no header tells.
 //!
 //! A body is read up to [`MAX_PROVIDER_BODY_BYTES`](crate::providers::MAX_PROVIDER_BODY_BYTES)
 //! (1 MiB): a longer success body is [`ProviderError::BodyTooLarge`]; a longer error body is
 //! ignored and the status decides.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +76,7 @@ use crate::identity::bare_domain;
 use crate::providers::normalize::{is_storable_email, with_region_hint};
 use crate::providers::{
     Endpoint, MatchBasis, PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact,
-    non_blank, read_body, read_error_body, request_error, retry_after,
+    non_blank, read_body, read_error_body, request_error, retry_after, until_next_second,
 };
 
 /// The provider name used in configuration (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`) and on stored
@@ -246,6 +256,52 @@ fn collect(field: Field, person: &Person) -> Vec<RawContact> {
     }
 }
 
+/// Requests left in the current minute.
+pub const MINUTE_REQUESTS_LEFT: &str = "x-minute-request-left";
+/// Seconds until the minute window resets.
+pub const MINUTE_RESET_SECONDS: &str = "x-minute-reset-seconds";
+/// Requests left in the current (rolling) day.
+pub const DAILY_REQUESTS_LEFT: &str = "x-daily-request-left";
+/// Seconds until the daily window frees a request.
+pub const DAILY_RESET_SECONDS: &str = "x-daily-reset-seconds";
+
+/// The wait of a `RATE_LIMITED` answer, from its headers at time `now` (see the module docs,
+/// "Rate limits"). `None` when no header tells.
+pub(crate) fn rate_limit_wait(
+    headers: &reqwest::header::HeaderMap,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    if let Some(wait) = retry_after(headers) {
+        return Some(wait);
+    }
+    let number = |name: &str| {
+        headers
+            .get(name)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite() && *n >= 0.0)
+    };
+    let seconds = |name: &str| number(name).map(Duration::from_secs_f64);
+    let daily_left = number(DAILY_REQUESTS_LEFT);
+    let minute_left = number(MINUTE_REQUESTS_LEFT);
+    if daily_left == Some(0.0)
+        && let Some(wait) = seconds(DAILY_RESET_SECONDS)
+    {
+        return Some(wait);
+    }
+    if minute_left.is_none_or(|left| left == 0.0)
+        && let Some(wait) = seconds(MINUTE_RESET_SECONDS)
+    {
+        return Some(wait);
+    }
+    minute_left
+        .is_some_and(|left| left > 0.0)
+        .then(|| until_next_second(now))
+}
+
 /// What an `error_code` means, when it decides the outcome by itself.
 fn by_error_code(
     code: &str,
@@ -256,7 +312,7 @@ fn by_error_code(
         "INSUFFICIENT_CREDITS" => Err(ProviderError::QuotaExhausted),
         "INVALID_API_KEY" | "ACCOUNT_RESTRICTED" => Err(ProviderError::Unauthorized),
         "RATE_LIMITED" => Err(ProviderError::RateLimited {
-            retry_after: retry_after(headers),
+            retry_after: rate_limit_wait(headers, Utc::now()),
         }),
         _ => return None,
     })
@@ -322,7 +378,7 @@ impl Provider for ProspeoProvider {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Unauthorized,
                 StatusCode::PAYMENT_REQUIRED => ProviderError::QuotaExhausted,
                 StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited {
-                    retry_after: retry_after(&headers),
+                    retry_after: rate_limit_wait(&headers, Utc::now()),
                 },
                 other => ProviderError::Status(other.as_u16()),
             });
@@ -358,8 +414,6 @@ impl Provider for ProspeoProvider {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use serde_json::json;
     use wiremock::matchers::{body_json, header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -645,6 +699,63 @@ mod tests {
         assert_eq!(
             provider.find(Field::Emails, &by_name()).await,
             Err(ProviderError::RateLimited { retry_after: None })
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_limited_waits_for_the_window_its_headers_show_spent() {
+        let limited = |pairs: &[(&str, &str)]| {
+            let mut response = ResponseTemplate::new(429).set_body_json(error("RATE_LIMITED"));
+            for (name, value) in pairs {
+                response = response.insert_header(*name, *value);
+            }
+            response
+        };
+        let cases: [(&[(&str, &str)], Duration); 3] = [
+            // The minute's requests are spent: the minute's reset.
+            (
+                &[
+                    (MINUTE_REQUESTS_LEFT, "0"),
+                    (MINUTE_RESET_SECONDS, "42"),
+                    (DAILY_REQUESTS_LEFT, "1200"),
+                    (DAILY_RESET_SECONDS, "86000"),
+                ],
+                Duration::from_secs(42),
+            ),
+            // The day's are: the daily reset, however soon the minute's.
+            (
+                &[
+                    (MINUTE_REQUESTS_LEFT, "0"),
+                    (MINUTE_RESET_SECONDS, "42"),
+                    (DAILY_REQUESTS_LEFT, "0"),
+                    (DAILY_RESET_SECONDS, "3600"),
+                ],
+                Duration::from_secs(3600),
+            ),
+            // Only the reset is sent: the minute's.
+            (&[(MINUTE_RESET_SECONDS, "7")], Duration::from_secs(7)),
+        ];
+        for (headers, expected) in cases {
+            let (_server, provider) = provider_with(limited(headers)).await;
+            assert_eq!(
+                provider.find(Field::Emails, &by_name()).await,
+                Err(ProviderError::RateLimited {
+                    retry_after: Some(expected)
+                }),
+                "{headers:?}"
+            );
+        }
+        // Requests left in the minute and the day: the per-second limit, the next second.
+        let (_server, provider) = provider_with(limited(&[
+            (MINUTE_REQUESTS_LEFT, "12"),
+            (MINUTE_RESET_SECONDS, "42"),
+            (DAILY_REQUESTS_LEFT, "1200"),
+        ]))
+        .await;
+        let answer = provider.find(Field::Emails, &by_name()).await;
+        assert!(
+            matches!(answer, Err(ProviderError::RateLimited { retry_after: Some(wait) }) if wait <= Duration::from_secs(1)),
+            "{answer:?}"
         );
     }
 

@@ -377,8 +377,13 @@ impl Store {
     /// still `pending` and claimed by `token`), the person's merged contacts and the new global
     /// cache entry; an enrichment that ends `failed` (or finishes without data, with
     /// [`Completion::refund_miss`]) gives its credits back in the same transaction (a `refund`
-    /// credit transaction). Returns `false` when the claim was lost (the
-    /// enrichment timed out or was replaced meanwhile): nothing is written then.
+    /// credit transaction). With [`Completion::held`] values, their holder items and a check
+    /// that none of their keys is suppressed ([`Store::suppress`]). Returns `false` when the
+    /// claim was lost (the enrichment timed out or was replaced meanwhile): nothing is written
+    /// then.
+    ///
+    /// Errors: [`StoreError::Suppressed`] when a key was suppressed since the worker checked
+    /// (nothing written); DynamoDB failures.
     pub async fn complete(
         &self,
         record: &EnrichmentRecord,
@@ -427,6 +432,7 @@ impl Store {
                 .update(update.build().map_err(build_error)?)
                 .build(),
         ];
+        let mut checks = 0..0;
         if let Some(contacts) = &completion.person_contacts {
             let person = Update::builder()
                 .table_name(&self.table)
@@ -450,6 +456,9 @@ impl Store {
                     enrichment.field,
                     held,
                 )?);
+                let first = items.len();
+                items.extend(self.unsuppressed_checks(held)?);
+                checks = first..items.len();
             }
         }
         if let Some((fingerprint, entry)) = &completion.cache {
@@ -473,6 +482,13 @@ impl Store {
         match self.transact(items).await? {
             None => Ok(true),
             Some(reasons) if reasons.first().is_some_and(|r| r.failed) => Ok(false),
+            Some(reasons)
+                if reasons
+                    .get(checks)
+                    .is_some_and(|checked| checked.iter().any(|r| r.failed)) =>
+            {
+                Err(StoreError::Suppressed)
+            }
             Some(reasons) => Err(cancelled("completion", &reasons)),
         }
     }

@@ -5,7 +5,7 @@
 //! | item | `pk` | `sk` | attributes |
 //! |---|---|---|---|
 //! | suppression | `SUPPRESSION#{key}` | `SUPPRESSION` | `key`, `createdAt`, `erased` |
-//! | holder | `HOLDER#{key}` | `{orgId}#{personId}#{field}` | `orgId`, `personId`, `field`, `values`, `cacheKey` |
+//! | holder | `HOLDER#{key}` | `{orgId}#{personId}#{field}` | `orgId`, `personId`, `field`, `values`, `cacheKey`, `keys` |
 //!
 //! A key is an identity key (`li:…`, `nd:…`, [`crate::identity::IdentityKeys`]) or an email
 //! address's (`em:…`, [`crate::identity::email_key`]). The worker writes a holder item for each of
@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use aws_sdk_dynamodb::types::Put;
 
 use super::*;
+use crate::identity::email_key;
 
 const SUPPRESSION_SK: &str = "SUPPRESSION";
 
@@ -50,6 +51,9 @@ struct HolderItem {
     values: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cache_key: Option<String>,
+    /// Every key the same values were indexed under (this item's among them).
+    #[serde(default)]
+    keys: Vec<String>,
 }
 
 /// What [`Store::suppress`] did, and the DynamoDB calls it took (by operation).
@@ -60,8 +64,12 @@ pub struct SuppressionReport {
     pub key: String,
     /// Person records of any org that were found holding values of the key.
     pub holders: usize,
-    /// Global cache items deleted (or already gone), one per key and field.
-    pub cache_entries_deleted: usize,
+    /// Global cache items cleared, one per key and field: deleted, or found already absent.
+    pub cache_items_cleared: usize,
+    /// Other keys the holders' values were indexed under (the same person's LinkedIn, name or
+    /// emails, as the orgs' records have them): suppress them too when they are the same
+    /// person's.
+    pub related_keys: BTreeSet<String>,
     /// Person records whose values were removed (an erasure only).
     pub people_updated: usize,
     /// Values removed from them.
@@ -119,6 +127,7 @@ impl Store {
                     field,
                     values: held.values.clone(),
                     cache_key: held.cache_key.clone(),
+                    keys: held.keys.clone(),
                 })
                 .map_err(shape_error)?;
                 let put = Put::builder()
@@ -127,6 +136,27 @@ impl Store {
                     .build()
                     .map_err(build_error)?;
                 Ok(TransactWriteItem::builder().put(put).build())
+            })
+            .collect()
+    }
+
+    /// The checks, inside a completion adding `held` values, that none of their keys is
+    /// suppressed: one `ConditionCheck` per key, so that a suppression recorded between the
+    /// worker's check and its write cancels the write ([`StoreError::Suppressed`]).
+    pub(super) fn unsuppressed_checks(
+        &self,
+        held: &HeldValues,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let keys: BTreeSet<&String> = held.keys.iter().collect();
+        keys.into_iter()
+            .map(|key| {
+                let check = ConditionCheck::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(suppression_key(key)))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(build_error)?;
+                Ok(TransactWriteItem::builder().condition_check(check).build())
             })
             .collect()
     }
@@ -168,6 +198,12 @@ impl Store {
 
         let holders = self.holders(key, &mut report).await?;
         report.holders = holders.len();
+        report.related_keys = holders
+            .iter()
+            .flat_map(|h| h.keys.iter())
+            .filter(|k| k.as_str() != key)
+            .cloned()
+            .collect();
         let mut cache_keys: BTreeSet<String> =
             holders.iter().filter_map(|h| h.cache_key.clone()).collect();
         if !key.starts_with("em:") {
@@ -178,11 +214,12 @@ impl Store {
             .flat_map(|k| [Field::Emails, Field::Phones].map(|field| cache_key(k, field)))
             .map(|(pk, sk)| HashMap::from([("pk".to_string(), s(pk)), ("sk".to_string(), s(sk))]))
             .collect();
-        report.cache_entries_deleted = cache_items.len();
+        report.cache_items_cleared = cache_items.len();
         let calls = self.batch_delete(cache_items).await?;
         report.count("BatchWriteItem", calls);
 
         if erase {
+            let mut index_writes = Vec::new();
             for holder in &holders {
                 // An erased email goes; for an identity key, every value found for it.
                 let values: Vec<String> = match key.strip_prefix("em:") {
@@ -196,17 +233,71 @@ impl Store {
                     report.people_updated += 1;
                     report.values_removed += removed;
                 }
+                index_writes.extend(self.index_without(holder, key, &values)?);
             }
-            let holder_keys = holders
-                .iter()
-                .map(|h| {
-                    HashMap::from([("pk".to_string(), s(&h.pk)), ("sk".to_string(), s(&h.sk))])
-                })
-                .collect();
-            let calls = self.batch_delete(holder_keys).await?;
+            let calls = self.batch_write(index_writes).await?;
             report.count("BatchWriteItem", calls);
         }
         Ok(report)
+    }
+
+    /// The writes that take `erased` out of the value index for `holder`'s values: under each
+    /// key they were indexed under (`erased_key`'s and the others), the holder item is deleted,
+    /// or rewritten with the values left when some are (the erased key's own item always goes).
+    fn index_without(
+        &self,
+        holder: &HolderItem,
+        erased_key: &str,
+        erased: &[String],
+    ) -> Result<Vec<aws_sdk_dynamodb::types::WriteRequest>, StoreError> {
+        use aws_sdk_dynamodb::types::{DeleteRequest, PutRequest, WriteRequest};
+        let left: Vec<String> = holder
+            .values
+            .iter()
+            .filter(|v| !erased.contains(v))
+            .cloned()
+            .collect();
+        let erased_keys: Vec<String> = erased.iter().filter_map(|v| email_key(v)).collect();
+        let mut keys: BTreeSet<&str> = holder.keys.iter().map(String::as_str).collect();
+        keys.insert(erased_key);
+        keys.into_iter()
+            .map(|key| {
+                let pk = format!("HOLDER#{key}");
+                let goes =
+                    left.is_empty() || key == erased_key || erased_keys.iter().any(|k| k == key);
+                let request = if goes {
+                    let delete = DeleteRequest::builder()
+                        .key("pk", s(pk))
+                        .key("sk", s(&holder.sk))
+                        .build()
+                        .map_err(build_error)?;
+                    WriteRequest::builder().delete_request(delete).build()
+                } else {
+                    let item = serde_dynamo::to_item(HolderItem {
+                        pk,
+                        sk: holder.sk.clone(),
+                        org_id: holder.org_id.clone(),
+                        person_id: holder.person_id,
+                        field: holder.field,
+                        values: left.clone(),
+                        cache_key: holder.cache_key.clone(),
+                        keys: holder
+                            .keys
+                            .iter()
+                            .filter(|k| *k != erased_key && !erased_keys.contains(k))
+                            .cloned()
+                            .collect(),
+                    })
+                    .map_err(shape_error)?;
+                    let put = PutRequest::builder()
+                        .set_item(Some(item))
+                        .build()
+                        .map_err(build_error)?;
+                    WriteRequest::builder().put_request(put).build()
+                };
+                Ok(request)
+            })
+            .collect()
     }
 
     /// Every holder item of `key` (consistent `Query`, page after page).

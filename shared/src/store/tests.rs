@@ -595,3 +595,57 @@ async fn existing_people_reads_only_the_orgs_people() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_suppression_between_the_check_and_the_write_cancels_the_write() {
+    let store = table().await;
+    let (person, enrichment) = charged(&store).await;
+    let job = Job::from(&enrichment);
+    let until = timestamp(Utc::now() + chrono::Duration::seconds(60));
+    let Claim::Claimed(record) = store.claim(&job, "w", &now(), &until).await.unwrap() else {
+        panic!("could not claim a fresh job")
+    };
+    let found = ContactPoint {
+        value: "ada@analytical-engines.test".into(),
+        kind: None,
+        status: Some("valid".into()),
+        confidence: None,
+        provider: "hunter".into(),
+        found_at: now(),
+    };
+    let held = HeldValues {
+        keys: vec![
+            "nd:ada lovelace@analytical-engines.test".into(),
+            "em:ada@analytical-engines.test".into(),
+        ],
+        values: vec![found.value.clone()],
+        cache_key: Some("nd:ada lovelace@analytical-engines.test".into()),
+    };
+    // The worker checked, found nothing suppressed, asked the providers; meanwhile the email
+    // is suppressed.
+    store
+        .suppress("em:ada@analytical-engines.test", false, &now())
+        .await
+        .unwrap();
+    let completion = Completion {
+        held: Some(held),
+        ..Completion::searched(Some(vec![found]), None)
+    };
+    let error = store
+        .complete(&record, "w", &completion, &now())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Suppressed), "{error:?}");
+    let stored = store.get_person(ORG, person.id).await.unwrap().unwrap();
+    assert!(stored.emails.is_empty(), "nothing written: {stored:?}");
+    assert_eq!(ledger(&store, 10).await, (5, vec![-5]));
+    // The suppressed outcome is written instead, refunded.
+    let suppressed = Completion::suppressed();
+    assert!(
+        store
+            .complete(&record, "w", &suppressed, &now())
+            .await
+            .unwrap()
+    );
+    assert_eq!(ledger(&store, 10).await, (10, vec![-5, 5]));
+}

@@ -32,7 +32,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use enrichment::credits::{History, HistoryQuery, parse_history};
 use enrichment::domain::{Person, timestamp};
 use enrichment::error::ApiError;
-use enrichment::identity::{email_key, linkedin_key, name_domain_key};
+use enrichment::identity::{bare_domain, email_key, is_bare_domain, linkedin_key, name_domain_key};
 use enrichment::people::{PersonInput, PersonView, creation_time};
 use enrichment::store::{CreditSource, Grant, GrantOutcome, Store};
 use local_stack::{StackInfo, devkey, dynamodb_config, gateway_answers};
@@ -135,20 +135,23 @@ enum Command {
 /// Whom a suppression names: exactly one of an email, a LinkedIn profile, or a full name with
 /// its company domain.
 #[derive(clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("subject")
+        .required(true)
+        .args(["email", "linkedin", "name"])
+))]
 struct Subject {
     /// An email address (`ada@example.com`).
-    #[arg(long, value_parser = email_subject,
-          required_unless_present_any = ["linkedin", "name"],
-          conflicts_with_all = ["linkedin", "name"])]
+    #[arg(long, value_parser = email_subject)]
     email: Option<String>,
     /// A LinkedIn profile URL (`https://www.linkedin.com/in/ada-l`).
-    #[arg(long, value_parser = linkedin_subject, conflicts_with = "name")]
+    #[arg(long, value_parser = linkedin_subject)]
     linkedin: Option<String>,
     /// A full name (`"Ada Lovelace"`), with --domain.
     #[arg(long, requires = "domain", value_parser = full_name)]
     name: Option<String>,
     /// The company domain of --name (`example.com`).
-    #[arg(long, requires = "name")]
+    #[arg(long, requires = "name", value_parser = company_domain)]
     domain: Option<String>,
 }
 
@@ -159,6 +162,7 @@ impl Subject {
             (Some(key), _, _, _) | (_, Some(key), _, _) => Ok(key.clone()),
             (_, _, Some(name), Some(domain)) => name_domain_key(name, domain)
                 .ok_or_else(|| format!("{domain:?} is not a company domain")),
+            // clap's group and `requires` leave no other case.
             _ => Err("give --email, --linkedin, or --name with --domain".into()),
         }
     }
@@ -173,6 +177,13 @@ fn email_subject(value: &str) -> Result<String, String> {
 fn linkedin_subject(value: &str) -> Result<String, String> {
     linkedin_key(value)
         .ok_or_else(|| "must be a LinkedIn profile URL (linkedin.com/in/<handle>)".into())
+}
+
+/// A company domain as people are created with (`northwind.example`, or a URL of it).
+fn company_domain(value: &str) -> Result<String, String> {
+    bare_domain(value)
+        .filter(|domain| is_bare_domain(domain))
+        .ok_or_else(|| "must be a company domain (northwind.example)".into())
 }
 
 /// A full name: a first and a last name at least, 1 to 256 characters.
@@ -866,6 +877,65 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         parse_args(std::iter::once("enrichctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn a_suppression_names_one_subject_normalized_as_the_cache_keys_are() {
+        let key = |args: &[&str]| {
+            let cli = parse_args([&["enrichctl", "suppress"], args].concat()).unwrap();
+            let Command::Suppress { subject } = cli.command else {
+                panic!("not a suppression")
+            };
+            subject.key().unwrap()
+        };
+        assert_eq!(
+            key(&["--email", " Ada.Quill@Northwind.Example "]),
+            "em:ada.quill@northwind.example"
+        );
+        assert_eq!(
+            key(&[
+                "--linkedin",
+                "HTTPS://www.LinkedIn.com/in/Ada-Quill-NW/?trk=x"
+            ]),
+            "li:linkedin.com/in/ada-quill-nw"
+        );
+        assert_eq!(
+            key(&[
+                "--name",
+                " ada  QUILL",
+                "--domain",
+                "https://www.northwind.example/"
+            ]),
+            "nd:ada quill@northwind.example"
+        );
+        for bad in [
+            &[][..],
+            &["--email", "not an address"],
+            &[
+                "--email",
+                "a@b.test",
+                "--linkedin",
+                "https://linkedin.com/in/a",
+            ],
+            &[
+                "--email",
+                "a@b.test",
+                "--name",
+                "Ada Quill",
+                "--domain",
+                "b.test",
+            ],
+            &["--name", "Ada Quill"],
+            &["--name", "Ada", "--domain", "b.test"],
+            &["--name", "Ada Quill", "--domain", "not a domain"],
+            &["--domain", "b.test"],
+            &["--linkedin", "https://www.linkedin.com/company/acme"],
+        ] {
+            let error = parse_args([&["enrichctl", "suppress"], bad].concat())
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} was taken"));
+            assert_eq!(error.exit_code(), 2, "{bad:?}: {error}");
+        }
     }
 
     #[test]

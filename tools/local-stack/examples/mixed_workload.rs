@@ -4,11 +4,14 @@
 //!
 //! ```sh
 //! cargo run --release -p local-stack --example mixed_workload -- [--people 200] [--seed 7]
-//!     [--workers 5] [--concurrency 20] [--max-wait-seconds 900]
+//!     [--workers 5] [--concurrency 20] [--max-wait-seconds 900] [--fullenrich-job-seconds 30,90]
 //! ```
 //!
 //! `--workers` sets how many jobs the local stack runs at once (`LOCAL_WORKER_CONCURRENCY`; 5 as
 //! `make run` starts it, the template's default maximum concurrency of the SQS event source).
+//! `--fullenrich-job-seconds MIN,MAX` makes each FullEnrich job take that long (drawn per
+//! person; FullEnrich documents 30 to 90 s per contact), instead of being done on its second
+//! poll.
 //!
 //! Needs moto's server in `.local/venv` (`make setup`). Everything listens on 127.0.0.1; the
 //! state (dev key, fixture, simulator configuration) lives in a temporary directory removed at
@@ -26,8 +29,8 @@ use enrichment::config::Vars;
 use enrichment::domain::{Enrichment, Person, Status};
 use enrichment::providers::normalize::{normalize_email, normalize_phone};
 use local_stack::simulator::{
-    DropcontactEmail, DropcontactRecord, FullEnrichRecord, HunterRecord, KnownPerson, PdlRecord,
-    ProspeoRecord, ProviderBehavior, RequestStats, SimulatorConfig,
+    DropcontactEmail, DropcontactRecord, FullEnrichRecord, HunterRecord, KnownPerson,
+    MAX_JOB_SECONDS, PdlRecord, ProspeoRecord, ProviderBehavior, RequestStats, SimulatorConfig,
 };
 use local_stack::{Options, Stack};
 use tokio::sync::Semaphore;
@@ -58,10 +61,13 @@ struct Args {
     workers: usize,
     concurrency: usize,
     max_wait: Duration,
+    /// FullEnrich's `job_seconds` in the simulator: `[min, max]`.
+    fullenrich_job_seconds: Option<[f64; 2]>,
 }
 
 const USAGE: &str = "usage: mixed_workload [--people N (200)] [--seed N (7)] [--workers N (5)] \
-                     [--concurrency N (20)] [--max-wait-seconds N (900)]";
+                     [--concurrency N (20)] [--max-wait-seconds N (900)] \
+                     [--fullenrich-job-seconds MIN,MAX (none: done on the second poll)]";
 
 /// The visibility timeout of the run's queue and pollers (the local stack's default).
 const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -73,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
         workers: 5,
         concurrency: 20,
         max_wait: Duration::from_secs(900),
+        fullenrich_job_seconds: None,
     };
     let mut rest = std::env::args().skip(1);
     while let Some(flag) = rest.next() {
@@ -99,10 +106,26 @@ fn parse_args() -> Result<Args, String> {
             "--workers" => args.workers = number(50)? as usize,
             "--concurrency" => args.concurrency = number(200)? as usize,
             "--max-wait-seconds" => args.max_wait = Duration::from_secs(number(3_600)?),
+            "--fullenrich-job-seconds" => {
+                args.fullenrich_job_seconds = Some(job_seconds(&value).ok_or_else(|| {
+                    format!(
+                        "--fullenrich-job-seconds: expected MIN,MAX seconds with 0 <= MIN <= MAX <= {MAX_JOB_SECONDS}, got {value:?}"
+                    )
+                })?)
+            }
             _ => return Err(format!("unknown argument {flag:?}\n{USAGE}")),
         }
     }
     Ok(args)
+}
+
+/// `MIN,MAX` (or one number for both) as a `job_seconds` range, when it is one.
+fn job_seconds(value: &str) -> Option<[f64; 2]> {
+    let mut bounds = value.split(',').map(|b| b.trim().parse::<f64>().ok());
+    let min = bounds.next()??;
+    let max = bounds.next().unwrap_or(Some(min))?;
+    let fits = |s: f64| (0.0..=MAX_JOB_SECONDS).contains(&s);
+    (bounds.next().is_none() && fits(min) && fits(max) && min <= max).then_some([min, max])
 }
 
 fn main() {
@@ -384,8 +407,8 @@ fn synthesize(count: usize, seed: u64) -> Vec<Synthetic> {
     people
 }
 
-/// The mixed simulator behaviour of the run.
-fn simulator_config(seed: u64) -> SimulatorConfig {
+/// The mixed simulator behaviour of the run, FullEnrich's jobs taking `fullenrich_job_seconds`.
+fn simulator_config(seed: u64, fullenrich_job_seconds: Option<[f64; 2]>) -> SimulatorConfig {
     SimulatorConfig {
         seed,
         providers: HashMap::from([
@@ -416,6 +439,7 @@ fn simulator_config(seed: u64) -> SimulatorConfig {
                 "fullenrich".to_string(),
                 ProviderBehavior {
                     latency_ms: 1_000,
+                    job_seconds: fullenrich_job_seconds,
                     ..Default::default()
                 },
             ),
@@ -445,7 +469,7 @@ fn describe(config: &SimulatorConfig) -> String {
             if b.rate_limit_rate > 0.0 {
                 let after = b
                     .retry_after_seconds
-                    .map(|s| format!(" (Retry-After {s} s)"))
+                    .map(|s| format!(" (come back in {s} s)"))
                     .unwrap_or_default();
                 parts.push(format!(
                     "{:.0}% rate limited{after}",
@@ -454,6 +478,9 @@ fn describe(config: &SimulatorConfig) -> String {
             }
             if b.miss_rate > 0.0 {
                 parts.push(format!("{:.0}% misses", b.miss_rate * 100.0));
+            }
+            if let Some([min, max]) = b.job_seconds {
+                parts.push(format!("jobs of {min} to {max} s"));
             }
             Some(format!("{name} {}", parts.join(" + ")))
         })
@@ -530,6 +557,15 @@ impl Api {
     }
 }
 
+async fn reset_request_stats(http: &reqwest::Client, simulator: &str) -> Result<(), String> {
+    http.post(format!("{simulator}/stats/reset"))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map(drop)
+        .map_err(|e| format!("simulator /stats/reset: {e}"))
+}
+
 async fn request_stats(http: &reqwest::Client, simulator: &str) -> Result<RequestStats, String> {
     http.get(format!("{simulator}/stats"))
         .send()
@@ -574,6 +610,8 @@ async fn run_org(
         base: stack.info.gateway_url.clone(),
         token: stack.token(USER, org, Duration::from_secs(4 * 3600))?,
     };
+    // Zeroed per org, so that `max_submits_per_person` is this org's.
+    reset_request_stats(http, &stack.simulator_url).await?;
     let before = request_stats(http, &stack.simulator_url).await?;
     let usage_before = stack.worker_usage.get();
     let started = Instant::now();
@@ -711,6 +749,8 @@ struct Summary {
     wall: Duration,
     /// Submits of the asynchronous providers (paid jobs started).
     submits: u64,
+    /// Per asynchronous provider, the most jobs created for one person and field.
+    max_submits_per_person: BTreeMap<String, u64>,
     worker: (u64, Duration),
 }
 
@@ -797,6 +837,11 @@ fn summarize(run: &OrgRun) -> Summary {
         errors,
         wall: run.wall,
         submits: run.requests.values().filter_map(|s| s.submits).sum(),
+        max_submits_per_person: run
+            .requests
+            .iter()
+            .filter_map(|(name, s)| Some((name.clone(), s.max_submits_per_person?)))
+            .collect(),
         worker: run.worker,
     }
 }
@@ -885,6 +930,14 @@ fn print_report(
         a.submits.to_string(),
         b.submits.to_string(),
     );
+    for name in a.max_submits_per_person.keys() {
+        let get = |s: &Summary| {
+            s.max_submits_per_person
+                .get(name)
+                .map_or("-".to_string(), u64::to_string)
+        };
+        row(&format!("  max per person+field: {name}"), get(a), get(b));
+    }
     let per_enrichment = |s: &Summary, value: f64| {
         if s.enrichments == 0 {
             "-".to_string()
@@ -983,7 +1036,8 @@ async fn run_in(
     let known: Vec<KnownPerson> = people.iter().filter_map(|p| p.known.clone()).collect();
     check_fixture(&known)?;
     let fixture = state_dir.join("known-people.json");
-    let config = simulator_config(args.seed);
+    let config = simulator_config(args.seed, args.fullenrich_job_seconds);
+    config.validate()?;
     let config_path = state_dir.join("simulator.json");
     let write = |path: &std::path::Path, value: String| {
         std::fs::write(path, value).map_err(|e| format!("{}: {e}", path.display()))

@@ -40,17 +40,58 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 /// Installs the local stack's tracing subscriber on stderr: `RUST_LOG` filter (default `info`),
-/// plain text, colours only when stderr is a terminal (never in a file or a pipe). The Lambda
-/// functions use `lambda_runtime`'s own subscriber instead.
+/// plain text, colours only when stderr is a terminal (never in a file or a pipe). Without
+/// `RUST_LOG`, the DynamoDB emulator's warning for each 4xx it answers is left out
+/// ([`ExpectedEmulatorErrors`]). The Lambda functions use `lambda_runtime`'s own subscriber
+/// instead.
 pub fn init_tracing() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = EnvFilter::try_from_default_env().ok();
+    let quiet = filter.is_none().then_some(ExpectedEmulatorErrors);
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter.unwrap_or_else(|| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .finish()
+        .with(quiet)
         .try_init();
+}
+
+/// Leaves out dynoxide's `WARN dynoxide::server: error response ... status=400 Bad Request`
+/// (dynoxide-rs 3.2.0, `src/server/mod.rs`: every error answer is a warning). A 4xx is the
+/// answer the product asks for on every replay (the creating `TransactWriteItems` cancelled on
+/// its condition, the old item returned), a cancel race or a claim another worker holds; the
+/// code that gets one it did not expect logs it itself. A 5xx is still a warning; `RUST_LOG`
+/// (e.g. `RUST_LOG=info`) shows everything again.
+pub struct ExpectedEmulatorErrors;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExpectedEmulatorErrors {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if event.metadata().target() != "dynoxide::server" {
+            return true;
+        }
+        let mut status = ClientErrorStatus(false);
+        event.record(&mut status);
+        !status.0
+    }
+}
+
+/// Whether an event's `status` field is a 4xx status (`400 Bad Request`).
+struct ClientErrorStatus(bool);
+
+impl tracing::field::Visit for ClientErrorStatus {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "status" {
+            self.0 = format!("{value:?}").starts_with('4');
+        }
+    }
 }
 
 /// The region and credentials the emulators are reached with.
@@ -234,6 +275,10 @@ async fn start_moto(executable: &Path) -> Result<(Child, String), String> {
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        // A process group of its own: a Ctrl-C in the terminal, or a signal to `make run`'s
+        // group, reaches the stack alone, which then stops moto itself (rather than racing it
+        // and reporting moto's exit as a failure).
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {

@@ -1,5 +1,5 @@
 //! `local-stack`: starts the whole backend on loopback (see the crate docs) and stops it on
-//! Ctrl-C. Environment, read through the functions' settings reader (blank: unset; a bad value
+//! Ctrl-C or SIGTERM (moto stopped, `<state>/stack.json` removed). Environment, read through the functions' settings reader (blank: unset; a bad value
 //! stops it with an error naming the variable): `PORT` (3000; 0 to 65535, 0: any free port),
 //! `ENRICHMENT_MAX_AGE_SECONDS` (800; 60 to 835, as in AWS), `LOCAL_WORKER` (on; `off` leaves
 //! jobs queued), `LOCAL_WORKER_CONCURRENCY` (5; 1 to 1000), `LOCAL_BULK_CONCURRENCY` (2; 1 to 1000, the
@@ -74,7 +74,7 @@ async fn run() -> Result<(), String> {
         stack.requeued
     );
     let failure = tokio::select! {
-        signal = tokio::signal::ctrl_c() => {
+        signal = stop_signal() => {
             signal.map_err(|e| e.to_string())?;
             None
         }
@@ -89,6 +89,16 @@ async fn run() -> Result<(), String> {
         Some(reason) => Err(format!(
             "{reason}; the local stack stopped (start it again with `make run`)"
         )),
+    }
+}
+
+/// Resolves on the first Ctrl-C (SIGINT) or SIGTERM (`kill`, or `make run` being stopped: make
+/// passes a SIGTERM on to the recipe it runs): both stop the stack the same way.
+async fn stop_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted,
+        _ = term.recv() => Ok(()),
     }
 }
 

@@ -598,7 +598,9 @@ impl FunctionProcess {
     /// Lambda's reserved variables (`AWS_LAMBDA_RUNTIME_API` = its API,
     /// `AWS_LAMBDA_FUNCTION_NAME`, `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` = [`MEMORY_SIZE_MB`],
     /// `AWS_LAMBDA_FUNCTION_VERSION` = `$LATEST`, `AWS_LAMBDA_LOG_STREAM_NAME`,
-    /// `AWS_LAMBDA_LOG_GROUP_NAME`, `TZ`, `LANG`, `PATH`) and `env`, which comes last and wins.
+    /// `AWS_LAMBDA_LOG_GROUP_NAME`, `AWS_LAMBDA_LOG_FORMAT` = `JSON` as Lambda sets it for the
+    /// template's `LoggingConfig: LogFormat: JSON`, `TZ`, `LANG`, `PATH`) and `env`, which comes
+    /// last and wins.
     /// Returns once the runtime asks for its first event.
     ///
     /// Errors: the process cannot start, exits, or does not ask for an event within
@@ -634,6 +636,7 @@ impl FunctionProcess {
                 "AWS_LAMBDA_LOG_GROUP_NAME",
                 format!("/aws/lambda/{function_name}"),
             )
+            .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
             .env("TZ", ":UTC")
             .env("LANG", "en_US.UTF-8")
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")

@@ -19,15 +19,24 @@
 //!   person without the verified value `only_verified_*` asks for: 400 `NO_MATCH`.
 //! - `POST /fullenrich/api/v2/contact/enrich/bulk` with `Authorization: Bearer KEY` answers an
 //!   `enrichment_id`; `GET /fullenrich/api/v2/contact/enrich/bulk/{id}` answers 400
-//!   `error.enrichment.in_progress` the first time, then 200 `FINISHED` with each contact's
-//!   `contact_info` (empty for people FullEnrich does not know).
+//!   `error.enrichment.in_progress` while the job runs (the first poll, or until its
+//!   `job_seconds` have passed), then 200 `FINISHED` with each contact's `contact_info` (empty
+//!   for people FullEnrich does not know).
 //! - `POST /dropcontact/v1/enrich/all` with `X-Access-Token` answers a `request_id`;
-//!   `GET /dropcontact/v1/enrich/all/{request_id}` answers `success: false` ("not ready") the
-//!   first time, then `success: true` with the records (without `email` for unknown people).
+//!   `GET /dropcontact/v1/enrich/all/{request_id}` answers `success: false` ("not ready") while
+//!   the job runs (likewise), then `success: true` with the records (without `email` for
+//!   unknown people).
 //!
 //! The asynchronous providers' jobs live in the router's state, in memory.
 //!
-//! The simulator counts the requests each provider receives (see [`RequestStats`]):
+//! Rate-limit answers carry the signal each provider documents: PDL's `x-ratelimit-reset` and
+//! `x-ratelimit-remaining`, Prospeo's `x-minute-request-left` and `x-minute-reset-seconds`,
+//! nothing for Hunter (its 403), FullEnrich and Dropcontact, which document no header
+//! (`retry_after_seconds` then sends a `Retry-After`); see [`SimulatorConfig`].
+//!
+//! The simulator counts the requests each provider receives (see [`RequestStats`]), and for
+//! the asynchronous ones the most jobs created for one person and field
+//! (`max_submits_per_person`, which a test reads to prove no paid job was started twice):
 //! `GET /stats` answers them as JSON, `POST /stats/reset` answers them and starts again from
 //! zero.
 //!
@@ -38,8 +47,9 @@
 //! `simulate.retry_after_seconds` for 403/429), to show latency, errors and rate limiting for
 //! one person.
 //!
-//! Simulator-wide, a [`SimulatorConfig`] gives each provider a latency and rates of misses,
-//! server errors and rate limiting ([`ProviderBehavior`]), drawn deterministically from a hash
+//! Simulator-wide, a [`SimulatorConfig`] gives each provider a latency, rates of misses,
+//! server errors and rate limiting, and for the asynchronous ones how long a job takes
+//! ([`ProviderBehavior`]), drawn deterministically from a hash
 //! of the seed, the provider and the person a request asks about: the same person always gets
 //! the same draw, so runs are reproducible. See [`router_with`].
 
@@ -335,12 +345,16 @@ struct Sim {
     config: SimulatorConfig,
     jobs: Mutex<HashMap<String, Job>>,
     stats: Mutex<RequestStats>,
+    /// Jobs created per provider and per person and field asked for, since the last reset.
+    jobs_per_person: Mutex<HashMap<(&'static str, String), u64>>,
 }
 
 /// A submitted FullEnrich enrichment or Dropcontact request.
 struct Job {
     provider: &'static str,
     polls: u32,
+    /// When it is done, with the provider's `job_seconds`; `None`: on the second poll.
+    done_at: Option<tokio::time::Instant>,
     status: StatusCode,
     body: Value,
 }
@@ -380,11 +394,22 @@ impl Sim {
         plan
     }
 
-    /// Stores a job that will answer `status` and `body` once done.
-    fn add_job(&self, provider: &'static str, id: &str, status: StatusCode, body: Value) {
+    /// Stores a job for `person_key` that will answer `status` and `body` once done (after
+    /// the provider's `job_seconds` drawn for `person_key`, else on its second poll), and
+    /// counts it for `person_key` and `fields` (the field(s) asked for).
+    fn add_job(
+        &self,
+        provider: &'static str,
+        id: &str,
+        (person_key, fields): (&str, &str),
+        status: StatusCode,
+        body: Value,
+    ) {
+        let duration = self.config.job_duration(provider, person_key);
         let job = Job {
             provider,
             polls: 0,
+            done_at: duration.map(|d| tokio::time::Instant::now() + d),
             status,
             body,
         };
@@ -392,9 +417,22 @@ impl Sim {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(id.to_string(), job);
+        *self
+            .lock_jobs_per_person()
+            .entry((provider, format!("{person_key} [{fields}]")))
+            .or_default() += 1;
     }
 
-    /// Polls a job: the first poll finds it in progress, the next ones done.
+    fn lock_jobs_per_person(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(&'static str, String), u64>> {
+        self.jobs_per_person
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Polls a job: in progress until its time has passed (without `job_seconds`: the first
+    /// poll finds it in progress, the next ones done).
     fn poll_job(&self, provider: &str, id: &str) -> JobState {
         let mut jobs = self
             .jobs
@@ -404,10 +442,14 @@ impl Sim {
             return JobState::Unknown;
         };
         job.polls += 1;
-        if job.polls == 1 {
-            JobState::Pending
-        } else {
+        let done = match job.done_at {
+            Some(at) => tokio::time::Instant::now() >= at,
+            None => job.polls > 1,
+        };
+        if done {
             JobState::Done(job.status, job.body.clone())
+        } else {
+            JobState::Pending
         }
     }
 }
@@ -426,6 +468,7 @@ pub fn router_with(people: Vec<KnownPerson>, config: SimulatorConfig) -> Router 
         config,
         jobs: Mutex::new(HashMap::new()),
         stats: Mutex::new(empty_stats()),
+        jobs_per_person: Mutex::new(HashMap::new()),
     });
     Router::new()
         .route("/hunter/v2/email-finder", get(hunter_email_finder))
@@ -583,6 +626,66 @@ async fn apply_delay(behavior: &Behavior) {
 
 fn with_retry_after(response: Response, behavior: &Behavior) -> Response {
     with_retry_after_seconds(response, behavior.retry_after_seconds)
+}
+
+/// `response`, a rate-limit error of `provider`, with the provider's documented signal of when
+/// to come back, announcing a wait of `seconds` (see [`SimulatorConfig`]):
+///
+/// - `pdl`: `x-ratelimit-reset`, the UTC time the window resets (RFC 3339, whole seconds,
+///   rounded up), `seconds` from now or else the next minute's start; `x-ratelimit-remaining`
+///   `{"minute": 0, "day": null, "month": null}` and `x-ratelimit-limit` alike.
+/// - `prospeo`: `x-minute-request-left: 0` and `x-minute-reset-seconds` (`seconds`, or else
+///   the seconds to the next minute), with the daily counts (requests left, a day to reset)
+///   and the plan's limits.
+/// - `hunter`, `fullenrich`, `dropcontact` (no documented header): `Retry-After: seconds` when
+///   given, else nothing.
+fn rate_limited(provider: &str, mut response: Response, seconds: Option<u64>) -> Response {
+    let now = chrono::Utc::now();
+    let to_next_minute = || 60 - u64::from(chrono::Timelike::second(&now));
+    let headers = response.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    match provider {
+        pdl_api::NAME => {
+            let wait = seconds.unwrap_or_else(to_next_minute);
+            let reset = now
+                + chrono::Duration::seconds(i64::try_from(wait).unwrap_or(i64::MAX / 1000))
+                + chrono::Duration::milliseconds(999);
+            set(
+                pdl_api::RATE_LIMIT_RESET,
+                reset.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
+            set(
+                pdl_api::RATE_LIMIT_REMAINING,
+                r#"{"minute": 0, "day": null, "month": null}"#.into(),
+            );
+            set(
+                "x-ratelimit-limit",
+                r#"{"minute": 100, "day": null, "month": null}"#.into(),
+            );
+        }
+        prospeo_api::NAME => {
+            set(prospeo_api::MINUTE_REQUESTS_LEFT, "0".into());
+            set(
+                prospeo_api::MINUTE_RESET_SECONDS,
+                seconds.unwrap_or_else(to_next_minute).to_string(),
+            );
+            set(prospeo_api::DAILY_REQUESTS_LEFT, "1700".into());
+            set(prospeo_api::DAILY_RESET_SECONDS, "86400".into());
+            set("x-second-rate-limit", "5".into());
+            set("x-minute-rate-limit", "300".into());
+            set("x-daily-rate-limit", "2000".into());
+        }
+        _ => {
+            if let Some(seconds) = seconds {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+        }
+    }
+    response
 }
 
 fn with_retry_after_seconds(mut response: Response, seconds: Option<u64>) -> Response {

@@ -226,3 +226,85 @@ async fn bootstrap_release_build_survives_a_malformed_event() {
         .await
         .expect("bounded");
 }
+
+/// The worker bootstrap under Lambda's JSON log format (the template's `LogFormat: JSON`, set by
+/// the emulator as Lambda sets it): a job's lines are JSON objects (no ANSI colour codes) that
+/// carry the invocation's `requestId` (`lambda_runtime`'s span `Lambda runtime invoke`) and the
+/// job's `enrichment_id`. DynamoDB does not answer, so the job fails and is reported.
+#[tokio::test]
+async fn worker_logs_json_lines_with_the_request_and_enrichment_ids() {
+    tokio::time::timeout(
+        BUILD_TIMEOUT,
+        local_stack::runtime_api::function_binary("worker"),
+    )
+    .await
+    .expect("the worker builds in time")
+    .expect("the worker builds");
+    let mut worker = FunctionProcess::start(
+        "worker",
+        &[
+            ("TABLE_NAME", "x"),
+            ("EMAIL_PROVIDERS", ""),
+            ("PHONE_PROVIDERS", ""),
+            ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:1"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "local"),
+            ("AWS_SECRET_ACCESS_KEY", "local"),
+        ],
+    )
+    .await
+    .expect("the worker starts");
+    let enrichment_id = Uuid::new_v4().to_string();
+    let job = json!({"enrichmentId": enrichment_id, "orgId": "org_logs",
+        "personId": Uuid::new_v4(), "field": "emails"});
+    let event = json!({"Records": [{"messageId": "m-1", "receiptHandle": "r-1",
+        "body": job.to_string(), "attributes": {"ApproximateReceiveCount": "1"},
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:enrichment-jobs-dev"}]});
+    let invocation = tokio::time::timeout(
+        SCENARIO_TIMEOUT,
+        worker.invoke(&event, Duration::from_secs(60)),
+    )
+    .await
+    .expect("bounded");
+    let answer = invocation.response_json().unwrap_or_else(|| {
+        panic!(
+            "{:?}; worker output:\n{}",
+            invocation.outcome,
+            worker.logs()
+        )
+    });
+    assert_eq!(answer["batchItemFailures"][0]["itemIdentifier"], "m-1");
+
+    let logs = worker.logs();
+    assert!(!logs.contains('\u{1b}'), "ANSI escape in:\n{logs}");
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .filter(|line: &Value| line.get("spans").is_some())
+        .collect();
+    let failed = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "job failed")
+        .unwrap_or_else(|| panic!("no `job failed` line in:\n{logs}"));
+    assert_eq!(failed["fields"]["enrichment_id"], enrichment_id.as_str());
+    for line in &lines {
+        assert_eq!(
+            line["spans"][0]["requestId"],
+            invocation.request_id.as_str(),
+            "{line}"
+        );
+    }
+    let in_job: Vec<&Value> = lines
+        .iter()
+        .filter(|line| line["span"]["name"] == "job")
+        .collect();
+    for line in &in_job {
+        assert_eq!(
+            line["span"]["enrichment_id"],
+            enrichment_id.as_str(),
+            "{line}"
+        );
+    }
+}

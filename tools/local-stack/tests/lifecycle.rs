@@ -391,6 +391,33 @@ async fn a_stack_json_left_by_a_dead_stack_is_replaced() {
     assert_eq!(process.exit().await.0, Some(0));
 }
 
+/// `kill -TERM` (what make passes on when `make run` is stopped) stops the stack as Ctrl-C
+/// does: moto stopped, `stack.json` removed, exit status 0.
+#[tokio::test]
+async fn sigterm_stops_the_stack_as_ctrl_c_does() {
+    let state = temp_state();
+    let (process, _) = Process::start(&state).await;
+    let info = stack_json(&state).unwrap();
+    let children = process.children();
+    assert_eq!(children.len(), 1, "moto is the one child: {children:?}");
+    let pid = process.child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let (code, stderr) = process.exit().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stack_json(&state).is_none());
+    assert!(!local_stack::gateway_answers(&info.gateway_url).await);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", children[0])).exists(),
+        "moto ({}) still runs",
+        children[0]
+    );
+}
+
 #[tokio::test]
 async fn the_stack_stops_and_exits_1_when_moto_dies() {
     let state = temp_state();

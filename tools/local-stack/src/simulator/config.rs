@@ -9,7 +9,7 @@ use super::*;
 /// { "seed": 7,
 ///   "providers": {
 ///     "hunter":     { "latency_ms": 120, "miss_rate": 0.2, "error_rate": 0.05 },
-///     "fullenrich": { "rate_limit_rate": 0.1, "retry_after_seconds": 30 } } }
+///     "fullenrich": { "rate_limit_rate": 0.1, "retry_after_seconds": 30, "job_seconds": [30, 90] } } }
 /// ```
 ///
 /// A provider without an entry behaves as its fixture records say. For one with an entry, each
@@ -21,6 +21,21 @@ use super::*;
 /// seed, so a run is reproducible; over many people the shares approach the rates. For the
 /// asynchronous providers the draw is made when the job is submitted (a miss is a job that
 /// finishes without data); the latency applies to every request, polls included.
+///
+/// An asynchronous provider's `job_seconds: [min, max]` is how long its jobs take: a job is
+/// done only once that long has passed since its submit, the time drawn per person between
+/// `min` and `max` (another deterministic draw from the seed, the provider and the person), so
+/// FullEnrich's documented 30 to 90 s per contact is `"fullenrich": {"job_seconds": [30, 90]}`.
+/// Without it a job is done on its second poll, however soon.
+///
+/// The rate-limit answers carry each provider's documented signal:
+/// PDL's `x-ratelimit-reset` / `x-ratelimit-remaining`, Prospeo's `x-minute-request-left` /
+/// `x-minute-reset-seconds`, and nothing for Hunter, FullEnrich and Dropcontact, which
+/// document none. `retry_after_seconds` sets the wait they announce: it fills PDL's
+/// `x-ratelimit-reset` (that many seconds from now, rounded up to the second) and Prospeo's
+/// `x-minute-reset-seconds`, and, for the other three, a `Retry-After` (which a real server
+/// of theirs would not send). Without it PDL's reset and Prospeo's minute reset are the next
+/// minute's start, and the other three send no header.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatorConfig {
@@ -48,10 +63,18 @@ pub struct ProviderBehavior {
     /// Share of requests answered with the provider's rate-limit error, in `[0, 1]`.
     #[serde(default)]
     pub rate_limit_rate: f64,
-    /// `Retry-After` (seconds) sent with the rate-limit error; none when unset.
+    /// The wait (seconds) the rate-limit error announces, in the provider's own header (see
+    /// [`SimulatorConfig`]); when unset, the provider's default signal.
     #[serde(default)]
     pub retry_after_seconds: Option<u64>,
+    /// `[min, max]` seconds an asynchronous provider's job takes, drawn per person; unset: done
+    /// on the second poll. Only for `fullenrich` and `dropcontact`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_seconds: Option<[f64; 2]>,
 }
+
+/// The longest `job_seconds` accepted: one hour, beyond any enrichment's maximum age.
+pub const MAX_JOB_SECONDS: f64 = 3600.0;
 
 impl SimulatorConfig {
     /// Reads and checks a configuration (see [`SimulatorConfig::validate`]).
@@ -62,8 +85,10 @@ impl SimulatorConfig {
         Ok(config)
     }
 
-    /// Errors (as text): a provider the simulator does not speak, a rate outside `[0, 1]`, or
-    /// rates of one provider adding up to more than 1.
+    /// Errors (as text): a provider the simulator does not speak, a rate outside `[0, 1]`,
+    /// rates of one provider adding up to more than 1, or a `job_seconds` that is not a range
+    /// `[min, max]` with `0 <= min <= max <=` [`MAX_JOB_SECONDS`], or that is given to a
+    /// provider that answers at once.
     pub fn validate(&self) -> Result<(), String> {
         for (name, behavior) in &self.providers {
             if !PROVIDERS.contains(&name.as_str()) {
@@ -87,6 +112,19 @@ impl SimulatorConfig {
                 return Err(format!(
                     "{name}: miss_rate + error_rate + rate_limit_rate is {total}, more than 1"
                 ));
+            }
+            if let Some([min, max]) = behavior.job_seconds {
+                if !is_asynchronous(name) {
+                    return Err(format!(
+                        "{name}.job_seconds: {name} answers at once, it has no jobs"
+                    ));
+                }
+                let in_range = |s: f64| (0.0..=MAX_JOB_SECONDS).contains(&s);
+                if !(in_range(min) && in_range(max) && min <= max) {
+                    return Err(format!(
+                        "{name}.job_seconds: [{min}, {max}] is not a range [min, max] with 0 <= min <= max <= {MAX_JOB_SECONDS}"
+                    ));
+                }
             }
         }
         Ok(())
@@ -113,6 +151,16 @@ impl SimulatorConfig {
             return Plan::Miss;
         }
         Plan::Answer
+    }
+}
+
+impl SimulatorConfig {
+    /// How long `provider`'s job for `person_key` takes, from its `job_seconds`; `None` when
+    /// unset (done on the second poll).
+    pub(super) fn job_duration(&self, provider: &str, person_key: &str) -> Option<Duration> {
+        let [min, max] = self.providers.get(provider)?.job_seconds?;
+        let roll = unit_hash(self.seed, &format!("{provider}/job_seconds"), person_key);
+        Some(Duration::from_secs_f64(min + (max - min) * roll))
     }
 }
 

@@ -163,7 +163,14 @@ pub(super) async fn send(State(sim): State<Shared>, headers: HeaderMap, body: By
     let result = json!({
         "data": data, "error": false, "success": true, "credits_left": CREDITS_LEFT - 1,
     });
-    sim.add_job(dropcontact_api::NAME, &id, StatusCode::OK, result);
+    let person = identity(&records[0]).key();
+    sim.add_job(
+        dropcontact_api::NAME,
+        &id,
+        (&person, "emails"),
+        StatusCode::OK,
+        result,
+    );
     tracing::debug!(request_id = %id, "simulated dropcontact: request sent");
     let body = json!({
         "credits_left": CREDITS_LEFT, "request_id": id, "error": false, "success": true,

@@ -276,7 +276,18 @@ pub(super) async fn start(State(sim): State<Shared>, headers: HeaderMap, body: B
     let result = json!({
         "id": id, "name": name, "status": state, "cost": { "credits": credits }, "data": data,
     });
-    sim.add_job(fullenrich_api::NAME, &id, status, result);
+    let fields = checked
+        .first()
+        .map(|(_, f)| f.join(","))
+        .unwrap_or_default();
+    let person = identity(&contacts[0]).key();
+    sim.add_job(
+        fullenrich_api::NAME,
+        &id,
+        (&person, &fields),
+        status,
+        result,
+    );
     tracing::debug!(enrichment_id = %id, "simulated fullenrich: enrichment started");
     (StatusCode::OK, axum::Json(json!({ "enrichment_id": id }))).into_response()
 }

@@ -106,7 +106,8 @@ pub(super) async fn pdl_person_enrich(
         Plan::RateLimit {
             retry_after_seconds,
         } => {
-            return with_retry_after_seconds(
+            return rate_limited(
+                pdl_api::NAME,
                 pdl_error(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limit_error",
@@ -159,7 +160,11 @@ pub(super) async fn pdl_person_enrich(
                 "The server encountered an unexpected condition",
             ),
         };
-        return with_retry_after(pdl_error(status, kind, message), &record.simulate);
+        let failure = pdl_error(status, kind, message);
+        if code == 429 {
+            return rate_limited(pdl_api::NAME, failure, record.simulate.retry_after_seconds);
+        }
+        return with_retry_after(failure, &record.simulate);
     }
     let min_likelihood = param(&params, "min_likelihood").and_then(|m| m.parse::<u8>().ok());
     if min_likelihood.is_some_and(|min| record.likelihood < min) {

@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use super::{
     Identity, KnownPerson, Plan, ProspeoRecord, Shared, apply_delay, bare_domain, header_str,
     json_str, linkedin_profile, names_of, prospeo_api, status_of, text_key, with_retry_after,
-    with_retry_after_seconds,
 };
 
 /// Prospeo's error answer: `{"error": true, "error_code": CODE}`.
@@ -125,7 +124,8 @@ pub(super) async fn enrich_person(
         Plan::RateLimit {
             retry_after_seconds,
         } => {
-            return with_retry_after_seconds(
+            return super::rate_limited(
+                prospeo_api::NAME,
                 error(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
                 retry_after_seconds,
             );
@@ -158,6 +158,13 @@ pub(super) async fn enrich_person(
             400..=499 => error(status_of(code), "INVALID_REQUEST"),
             _ => error(status_of(code), "INTERNAL_ERROR"),
         };
+        if code == 429 {
+            return super::rate_limited(
+                prospeo_api::NAME,
+                failure,
+                record.simulate.retry_after_seconds,
+            );
+        }
         return with_retry_after(failure, &record.simulate);
     }
     if (only_verified_email && record.email.is_none())
@@ -332,7 +339,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn configured_rate_limits_carry_retry_after() {
+    async fn configured_rate_limits_announce_the_wait_in_prospeos_header() {
         let config = SimulatorConfig::from_json(
             r#"{"providers": {"prospeo": {"rate_limit_rate": 1.0, "retry_after_seconds": 12}}}"#,
         )

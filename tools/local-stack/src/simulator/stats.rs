@@ -7,7 +7,8 @@ use super::*;
 ///
 /// ```json
 /// { "hunter":     { "requests": 12, "statuses": { "200": 11, "500": 1 } },
-///   "fullenrich": { "requests": 9, "submits": 3, "polls": 6, "statuses": { "200": 6, "400": 3 } },
+///   "fullenrich": { "requests": 9, "submits": 3, "polls": 6, "max_submits_per_person": 1,
+///                   "statuses": { "200": 6, "400": 3 } },
 ///   ... }
 /// ```
 pub type RequestStats = BTreeMap<String, ProviderStats>;
@@ -23,6 +24,12 @@ pub struct ProviderStats {
     /// Results fetched (`GET` of a job), for the asynchronous providers only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub polls: Option<u64>,
+    /// For the asynchronous providers only: the most jobs created for one person and one
+    /// field (FullEnrich's `enrich_fields`; Dropcontact's emails) since the last reset, 0 when
+    /// none. A submit that is refused, rate limited or failed creates no job and is not
+    /// counted (it is in `submits`). Above 1, a paid job was started twice for the same search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_submits_per_person: Option<u64>,
     /// Answered requests by HTTP status (`"200"`, `"429"`...), counted when answered.
     #[serde(default)]
     pub statuses: BTreeMap<String, u64>,
@@ -42,6 +49,7 @@ pub(super) fn empty_stats() -> RequestStats {
             let stats = ProviderStats {
                 submits: asynchronous,
                 polls: asynchronous,
+                max_submits_per_person: asynchronous,
                 ..ProviderStats::default()
             };
             (name.to_string(), stats)
@@ -97,13 +105,36 @@ pub(super) async fn count_requests(
     response
 }
 
+/// `stats` with each asynchronous provider's `max_submits_per_person` from `jobs_per_person`.
+fn with_jobs_per_person(
+    mut stats: RequestStats,
+    jobs_per_person: &HashMap<(&'static str, String), u64>,
+) -> RequestStats {
+    for (name, provider) in &mut stats {
+        if is_asynchronous(name) {
+            let most = jobs_per_person
+                .iter()
+                .filter(|((p, _), _)| p == name)
+                .map(|(_, count)| *count)
+                .max();
+            provider.max_submits_per_person = Some(most.unwrap_or(0));
+        }
+    }
+    stats
+}
+
 /// `GET /stats`: the requests received so far.
 pub(super) async fn get_stats(State(sim): State<Shared>) -> Response {
-    axum::Json(sim.lock_stats().clone()).into_response()
+    let stats = sim.lock_stats().clone();
+    let stats = with_jobs_per_person(stats, &sim.lock_jobs_per_person());
+    axum::Json(stats).into_response()
 }
 
 /// `POST /stats/reset`: the requests received so far; the counters start again from zero.
 pub(super) async fn reset_stats(State(sim): State<Shared>) -> Response {
-    let before = std::mem::replace(&mut *sim.lock_stats(), empty_stats());
-    axum::Json(before).into_response()
+    let mut stats = sim.lock_stats();
+    let mut jobs_per_person = sim.lock_jobs_per_person();
+    let before = std::mem::replace(&mut *stats, empty_stats());
+    let per_person = std::mem::take(&mut *jobs_per_person);
+    axum::Json(with_jobs_per_person(before, &per_person)).into_response()
 }

@@ -7,7 +7,9 @@ use enrichment::domain::Field;
 use enrichment::providers::hunter::HunterProvider;
 use enrichment::providers::normalize::{normalize_email, normalize_phone};
 use enrichment::providers::pdl::PdlProvider;
-use enrichment::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact};
+use enrichment::providers::{
+    PersonQuery, Provider, ProviderAnswer, ProviderError, ProviderJobs, RawContact,
+};
 
 use super::*;
 
@@ -553,6 +555,20 @@ async fn rate_limit_rate_one_uses_each_providers_rate_limit_signal() {
     ))
     .await;
     for (name, answer) in answers {
+        if name == "pdl" {
+            // PDL's reset is a UTC time in whole seconds, rounded up: 17 to 18 s from then.
+            let Err(ProviderError::RateLimited {
+                retry_after: Some(wait),
+            }) = answer
+            else {
+                panic!("pdl: {answer:?}");
+            };
+            assert!(
+                wait > Duration::from_secs(16) && wait <= Duration::from_secs(18),
+                "pdl: {wait:?}"
+            );
+            continue;
+        }
         assert_eq!(
             answer,
             Err(ProviderError::RateLimited {
@@ -561,6 +577,60 @@ async fn rate_limit_rate_one_uses_each_providers_rate_limit_signal() {
             "{name}"
         );
     }
+}
+
+#[tokio::test]
+async fn rate_limits_carry_the_headers_each_provider_documents() {
+    let address =
+        super::test_support::start_with(all_providers(r#"{"rate_limit_rate": 1.0}"#)).await;
+    let http = reqwest::Client::new();
+    let pdl = http
+        .get(format!(
+            "http://{address}/pdl/v5/person/enrich?profile=linkedin.com/in/ada"
+        ))
+        .header("X-Api-Key", "k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pdl.status(), 429);
+    assert!(pdl.headers().get("retry-after").is_none());
+    let reset = pdl.headers()["x-ratelimit-reset"].to_str().unwrap();
+    let reset = chrono::DateTime::parse_from_rfc3339(reset).expect("an RFC 3339 UTC time");
+    let until = reset.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    assert!(until <= chrono::Duration::seconds(61), "{until}");
+    assert_eq!(
+        pdl.headers()["x-ratelimit-remaining"],
+        r#"{"minute": 0, "day": null, "month": null}"#
+    );
+
+    let prospeo = http
+        .post(format!("http://{address}/prospeo/enrich-person"))
+        .header("X-KEY", "k")
+        .json(&json!({"data": {"linkedin_url": "https://www.linkedin.com/in/ada"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(prospeo.status(), 429);
+    assert!(prospeo.headers().get("retry-after").is_none());
+    assert_eq!(prospeo.headers()["x-minute-request-left"], "0");
+    let minute_reset: u64 = prospeo.headers()["x-minute-reset-seconds"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&minute_reset), "{minute_reset}");
+
+    // Hunter documents no header (its 403 is the rate limit), nor FullEnrich or Dropcontact.
+    let hunter = http
+        .get(format!(
+            "http://{address}/hunter/v2/email-finder?domain=northwind.example&first_name=Ada&last_name=Quill"
+        ))
+        .header("X-API-KEY", "k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hunter.status(), 403);
+    assert!(hunter.headers().get("retry-after").is_none());
 }
 
 /// Hunter's answers to 100 distinct people under `config`: the indexes of the 5xx ones.
@@ -727,6 +797,7 @@ async fn requests_are_counted_per_provider_until_reset() {
                 requests: 3,
                 submits: Some(1),
                 polls: Some(2),
+                max_submits_per_person: Some(1),
                 statuses: answered(&[("200", 2), ("400", 1)]),
             },
         ),
@@ -736,6 +807,7 @@ async fn requests_are_counted_per_provider_until_reset() {
                 requests: 3,
                 submits: Some(1),
                 polls: Some(2),
+                max_submits_per_person: Some(1),
                 statuses: answered(&[("200", 3)]),
             },
         ),
@@ -760,6 +832,197 @@ async fn requests_are_counted_per_provider_until_reset() {
     assert_eq!(reset.status(), 200);
     assert_eq!(reset.json::<RequestStats>().await.unwrap(), expected);
     assert_eq!(stats_of(&http, address).await, empty_stats());
+}
+
+fn fullenrich_at(address: SocketAddr) -> enrichment::providers::fullenrich::FullEnrichProvider {
+    enrichment::providers::fullenrich::FullEnrichProvider::new(
+        reqwest::Client::new(),
+        format!("http://{address}/fullenrich"),
+        "k",
+    )
+}
+
+fn dropcontact_at(address: SocketAddr) -> enrichment::providers::dropcontact::DropcontactProvider {
+    enrichment::providers::dropcontact::DropcontactProvider::new(
+        reqwest::Client::new(),
+        format!("http://{address}/dropcontact"),
+        "k",
+    )
+}
+
+#[tokio::test]
+async fn a_job_is_done_only_once_its_job_seconds_have_passed() {
+    use enrichment::providers::JobPoll;
+
+    let address = super::test_support::start_with(config(
+        r#"{"providers": {"fullenrich": {"job_seconds": [0.4, 0.4]}, "dropcontact": {"job_seconds": [0.4, 0.4]}}}"#,
+    ))
+    .await;
+    let ada = query(
+        "Ada",
+        "Quill",
+        Some("Northwind Labs"),
+        Some("northwind.example"),
+        None,
+    );
+    let fullenrich = fullenrich_at(address);
+    let dropcontact = dropcontact_at(address);
+    for provider in [&fullenrich as &dyn Provider, &dropcontact] {
+        let jobs = provider.jobs().expect("asynchronous");
+        let id = jobs
+            .submit_job(Field::Emails, &ada)
+            .await
+            .unwrap()
+            .expect("a job");
+        // Polled again and again: still in progress while its time has not passed.
+        for _ in 0..3 {
+            assert!(
+                matches!(
+                    jobs.poll_job(Field::Emails, &id).await,
+                    Ok(JobPoll::Pending)
+                ),
+                "{}",
+                provider.name()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert!(
+            matches!(jobs.poll_job(Field::Emails, &id).await, Ok(JobPoll::Done(found)) if !found.is_empty()),
+            "{}",
+            provider.name()
+        );
+    }
+
+    // Without job_seconds: done on the second poll, as before.
+    let address = start().await;
+    let jobs = fullenrich_at(address);
+    let id = jobs.submit_job(Field::Emails, &ada).await.unwrap().unwrap();
+    assert!(matches!(
+        jobs.poll_job(Field::Emails, &id).await,
+        Ok(JobPoll::Pending)
+    ));
+    assert!(matches!(
+        jobs.poll_job(Field::Emails, &id).await,
+        Ok(JobPoll::Done(_))
+    ));
+}
+
+#[test]
+fn job_seconds_are_drawn_per_person_within_the_range() {
+    let documented =
+        config(r#"{"seed": 4, "providers": {"fullenrich": {"job_seconds": [30, 90]}}}"#);
+    let durations: Vec<Duration> = (0..200)
+        .map(|i| {
+            documented
+                .job_duration("fullenrich", &format!("person {i}"))
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        durations
+            .iter()
+            .all(|d| (Duration::from_secs(30)..=Duration::from_secs(90)).contains(d))
+    );
+    let under_a_minute = durations.iter().filter(|d| d.as_secs() < 60).count();
+    assert!((70..=130).contains(&under_a_minute), "{under_a_minute}");
+    assert_eq!(
+        documented.job_duration("fullenrich", "person 7"),
+        documented.job_duration("fullenrich", "person 7"),
+        "the same person draws the same time"
+    );
+    assert_eq!(documented.job_duration("dropcontact", "person 7"), None);
+    let fixed = config(r#"{"providers": {"dropcontact": {"job_seconds": [2.5, 2.5]}}}"#);
+    assert_eq!(
+        fixed.job_duration("dropcontact", "anyone"),
+        Some(Duration::from_millis(2500))
+    );
+}
+
+#[test]
+fn job_seconds_must_be_a_range_of_an_asynchronous_provider() {
+    let error = |json: &str| SimulatorConfig::from_json(json).unwrap_err();
+    for bad in [
+        "[90, 30]",
+        "[-1, 5]",
+        "[0, 4000]",
+        "[30]",
+        "[30, 60, 90]",
+        "\"30-90\"",
+    ] {
+        let json = format!(r#"{{"providers": {{"fullenrich": {{"job_seconds": {bad}}}}}}}"#);
+        assert!(
+            SimulatorConfig::from_json(&json).is_err(),
+            "{bad} should be refused"
+        );
+    }
+    assert!(
+        error(r#"{"providers": {"fullenrich": {"job_seconds": [90, 30]}}}"#)
+            .contains("job_seconds")
+    );
+    assert!(error(r#"{"providers": {"hunter": {"job_seconds": [1, 2]}}}"#).contains("no jobs"));
+    assert_eq!(
+        config(r#"{"providers": {"fullenrich": {"job_seconds": [30, 90]}}}"#).providers
+            ["fullenrich"]
+            .job_seconds,
+        Some([30.0, 90.0])
+    );
+}
+
+#[tokio::test]
+async fn submits_are_counted_per_person_and_field() {
+    let address = start().await;
+    let http = reqwest::Client::new();
+    let ada = query(
+        "Ada",
+        "Quill",
+        Some("Northwind Labs"),
+        Some("northwind.example"),
+        None,
+    );
+    let bo = query("Bo", "Nobody", None, Some("nowhere.example"), None);
+    let fullenrich = fullenrich_at(address);
+    let dropcontact = dropcontact_at(address);
+    let jobs: &dyn enrichment::providers::ProviderJobs = &fullenrich;
+    jobs.submit_job(Field::Emails, &ada).await.unwrap();
+    jobs.submit_job(Field::Phones, &ada).await.unwrap();
+    jobs.submit_job(Field::Emails, &bo).await.unwrap();
+    let dropcontact_jobs: &dyn enrichment::providers::ProviderJobs = &dropcontact;
+    dropcontact_jobs
+        .submit_job(Field::Emails, &ada)
+        .await
+        .unwrap();
+    let once = stats_of(&http, address).await;
+    assert_eq!(once["fullenrich"].submits, Some(3));
+    assert_eq!(once["fullenrich"].max_submits_per_person, Some(1));
+    assert_eq!(once["dropcontact"].max_submits_per_person, Some(1));
+    assert_eq!(once["hunter"].max_submits_per_person, None);
+
+    // The same search submitted again: a second paid job for the same person and field.
+    jobs.submit_job(Field::Emails, &ada).await.unwrap();
+    let twice = stats_of(&http, address).await;
+    assert_eq!(twice["fullenrich"].max_submits_per_person, Some(2));
+    let wire: Value = http
+        .get(format!("http://{address}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(wire["fullenrich"]["max_submits_per_person"], 2);
+
+    let reset = http
+        .post(format!("http://{address}/stats/reset"))
+        .send()
+        .await
+        .unwrap()
+        .json::<RequestStats>()
+        .await
+        .unwrap();
+    assert_eq!(reset["fullenrich"].max_submits_per_person, Some(2));
+    let after = stats_of(&http, address).await;
+    assert_eq!(after["fullenrich"].max_submits_per_person, Some(0));
+    assert_eq!(after, empty_stats());
 }
 
 #[test]
