@@ -18,11 +18,15 @@ const ORG: &str = "org_async";
 const BRUNO: &str = r#"{"firstName": "Bruno", "lastName": "Okafor", "companyDomain": "tidewater.test",
                        "linkedinUrl": "https://www.linkedin.com/in/bruno-okafor-demo/"}"#;
 
-/// A stack whose worker reads the jobs queue, with `vars` over the environment; `ORG` holds 10
-/// credits.
-async fn stack(vars: &[(&'static str, String)]) -> Stack {
+/// A stack whose worker reads the jobs queue, with `vars` over the environment and the
+/// simulator `profile` (`SIMULATOR_CONFIG`); `ORG` holds 10 credits.
+async fn stack(vars: &[(&'static str, String)], profile: Value) -> Stack {
     let mut options = private_options();
     options.local_worker = true;
+    std::fs::create_dir_all(&options.state_dir).unwrap();
+    let simulator = options.state_dir.join("simulator.json");
+    std::fs::write(&simulator, profile.to_string()).unwrap();
+    options.simulator_config = Some(simulator);
     options.vars = Vars::from_pairs(vars.iter().cloned()).or(Vars::env());
     let stack = Stack::start(options).await.expect("local stack starts");
     stack.store.grant_credits(ORG, 10).await.unwrap();
@@ -91,23 +95,38 @@ async fn simulator_stats(stack: &Stack) -> Value {
 
 #[tokio::test]
 async fn a_fullenrich_hit_is_submitted_once_deferred_between_polls_and_finished_with_data() {
-    let stack = stack(&[
-        ("EMAIL_PROVIDERS", "fullenrich".into()),
-        ("PROVIDER_POLL_SECONDS", "1".into()),
-    ])
+    // FullEnrich's job takes 4 s of the simulator's time (30 to 90 s on the real service);
+    // the worker polls every second, each poll a job back from the queue.
+    let stack = stack(
+        &[
+            ("EMAIL_PROVIDERS", "fullenrich".into()),
+            ("PROVIDER_POLL_SECONDS", "1".into()),
+        ],
+        json!({"providers": {"fullenrich": {"job_seconds": [4, 4]}}}),
+    )
     .await;
+    let started = std::time::Instant::now();
     let (done, person) = enrich(&stack, BRUNO).await;
     assert_eq!(done["status"], "finished", "{done}");
     assert_eq!(done["dataFound"], true, "{done}");
+    assert!(started.elapsed() >= Duration::from_secs(4));
     assert_eq!(
         person["emailDetails"][0]["provider"], "fullenrich",
         "{person}"
     );
-    // The simulator's job answers "in progress" to its first poll: submitted once, polled
-    // twice, each poll by a job that came back from the queue.
     let stats = simulator_stats(&stack).await;
     assert_eq!(stats["fullenrich"]["submits"], 1, "{stats}");
-    assert_eq!(stats["fullenrich"]["polls"], 2, "{stats}");
+    assert_eq!(stats["fullenrich"]["max_submits_per_person"], 1, "{stats}");
+    let polls = stats["fullenrich"]["polls"].as_u64().unwrap();
+    assert!((3..=8).contains(&polls), "{stats}");
+    // The worker was invoked once per poll and never waited on the provider: its handler time
+    // is a fraction of the job's.
+    let (invocations, busy) = stack.worker_usage.get();
+    assert!(
+        invocations > polls,
+        "{invocations} invocations, {polls} polls"
+    );
+    assert!(busy < Duration::from_secs(3), "worker busy {busy:?}");
     assert_eq!(ledger(&stack.store, ORG, 10).await, (5, vec![-5]));
     stack.shutdown().await;
 }
@@ -135,12 +154,15 @@ async fn one_provider_goes_off_the_simulator_with_its_own_base_url_and_key() {
         })))
         .mount(&fake)
         .await;
-    let stack = stack(&[
-        ("EMAIL_PROVIDERS", "fullenrich".into()),
-        ("PROVIDER_POLL_SECONDS", "1".into()),
-        ("FULLENRICH_BASE_URL", fake.uri()),
-        ("FULLENRICH_API_KEY", "recorded-key".into()),
-    ])
+    let stack = stack(
+        &[
+            ("EMAIL_PROVIDERS", "fullenrich".into()),
+            ("PROVIDER_POLL_SECONDS", "1".into()),
+            ("FULLENRICH_BASE_URL", fake.uri()),
+            ("FULLENRICH_API_KEY", "recorded-key".into()),
+        ],
+        json!({}),
+    )
     .await;
     let (done, person) = enrich(&stack, BRUNO).await;
     assert_eq!(done["dataFound"], true, "{done}");
