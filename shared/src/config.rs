@@ -790,9 +790,10 @@ mod tests {
         let sdk = SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .build();
-        let error = crate::queue::from_vars(&sdk, &vars(&[("QUEUE_URL", " ")]))
-            .err()
-            .expect("no queue is refused");
+        let error =
+            crate::queue::from_vars(&sdk, &vars(&[("QUEUE_URL", " ")]), Duration::from_secs(800))
+                .err()
+                .expect("no queue is refused");
         assert!(
             matches!(
                 error,
@@ -804,7 +805,14 @@ mod tests {
             ),
             "{error}"
         );
-        assert!(crate::queue::from_vars(&sdk, &vars(&[("QUEUE_URL", "http://q")])).is_ok());
+        assert!(
+            crate::queue::from_vars(
+                &sdk,
+                &vars(&[("QUEUE_URL", "http://q")]),
+                Duration::from_secs(800)
+            )
+            .is_ok()
+        );
     }
 
     #[test]

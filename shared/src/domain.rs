@@ -303,6 +303,16 @@ pub struct JobBatch {
     pub jobs: Vec<Job>,
 }
 
+/// A delayed check sent with jobs (in the same `SendMessageBatch`), delivered shortly after their
+/// enrichments' maximum age: the worker times out those still `pending`, refunded, so that a
+/// timeout nobody polls is noticed all the same (`{"timeoutCheck": [Job, ...]}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeoutCheck {
+    /// The jobs whose enrichments to look at.
+    pub timeout_check: Vec<Job>,
+}
+
 impl From<&Enrichment> for Job {
     fn from(e: &Enrichment) -> Self {
         Job {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{ConfigError, QueueSettings, Vars};
-use crate::domain::{Job, JobBatch};
+use crate::domain::{Job, JobBatch, TimeoutCheck};
 
 /// A failed enqueue, after the SDK's own retries.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,12 @@ pub struct SqsJobQueue {
     client: aws_sdk_sqs::Client,
     queue_url: String,
     retry_base: Duration,
+    timeout_check: Option<Duration>,
 }
+
+/// How long after an enrichment's maximum age its [`TimeoutCheck`] is delivered: well within
+/// the minute the spec allows for noticing a timeout nobody polls (operations-api, "Webhooks").
+pub const TIMEOUT_CHECK_MARGIN: Duration = Duration::from_secs(5);
 
 impl SqsJobQueue {
     /// The longest delay before a failed job's retry: 15 minutes.
@@ -106,7 +111,78 @@ impl SqsJobQueue {
             client,
             queue_url: queue_url.into(),
             retry_base: Duration::from_secs(30),
+            timeout_check: None,
         }
+    }
+
+    /// The same queue sending, with each job (or held batch of jobs), in the same
+    /// `SendMessageBatch`, a [`TimeoutCheck`] delayed until `max_age` (the enrichments'
+    /// maximum age) plus [`TIMEOUT_CHECK_MARGIN`] after the job may run, at most 900 s (SQS's
+    /// longest `DelaySeconds`; a check that comes early is sent on by the worker).
+    pub fn with_timeout_check(mut self, max_age: Duration) -> Self {
+        self.timeout_check = Some(max_age);
+        self
+    }
+
+    /// The `DelaySeconds` of the timeout check of a message delayed by `delay` seconds.
+    fn check_delay(&self, delay: i32) -> Option<i32> {
+        let after = self.timeout_check? + TIMEOUT_CHECK_MARGIN;
+        let seconds = i64::from(delay).saturating_add(after.as_secs() as i64);
+        Some(
+            i32::try_from(seconds.min(crate::budget::MAX_SQS_DELAY.as_secs() as i64))
+                .unwrap_or(900),
+        )
+    }
+
+    /// Sends `body` delayed by `delay` seconds, with the timeout check of `jobs` when the queue
+    /// sends them: one `SendMessageBatch` of two entries (else one `SendMessage`). A check that
+    /// SQS refuses is logged, not an error: the lazy timeout of GET and POST remains.
+    ///
+    /// Errors: the call failed, or SQS refused `body`'s entry.
+    async fn send_with_check(
+        &self,
+        body: String,
+        delay: i32,
+        jobs: &[Job],
+    ) -> Result<(), QueueError> {
+        let Some(check_delay) = self.check_delay(delay) else {
+            return self.send_body(body, delay).await;
+        };
+        let check = serde_json::to_string(&TimeoutCheck {
+            timeout_check: jobs.to_vec(),
+        })
+        .map_err(|e| QueueError(e.to_string()))?;
+        let entry = |id: &str, body: String, delay: i32| {
+            SendMessageBatchRequestEntry::builder()
+                .id(id)
+                .message_body(body)
+                .delay_seconds(delay)
+                .build()
+                .map_err(|e| QueueError(e.to_string()))
+        };
+        let output = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.queue_url)
+            .entries(entry("job", body, delay)?)
+            .entries(entry("check", check, check_delay)?)
+            .send()
+            .await
+            .map_err(|e| QueueError(DisplayErrorContext(&e).to_string()))?;
+        for failed in output.failed() {
+            if failed.id() == "job" {
+                return Err(QueueError(format!(
+                    "SQS refused the job: {} {}",
+                    failed.code(),
+                    failed.message().unwrap_or_default()
+                )));
+            }
+            tracing::warn!(
+                code = failed.code(),
+                "SQS refused the timeout check; the lazy timeout remains"
+            );
+        }
+        Ok(())
     }
 
     /// A queue at `queue_url` with a client of the process's SDK configuration.
@@ -181,6 +257,26 @@ impl SqsJobQueue {
 
     async fn send(&self, job: &Job, delay_seconds: i32) -> Result<(), QueueError> {
         let body = serde_json::to_string(job).map_err(|e| QueueError(e.to_string()))?;
+        self.send_body(body, delay_seconds).await
+    }
+
+    /// Sends a message carrying a [`TimeoutCheck`] of `jobs`, delivered after `delay`: a check
+    /// that came before its enrichments' maximum age.
+    ///
+    /// Errors: the send failed.
+    pub async fn send_check_later(&self, jobs: &[Job], delay: Duration) -> Result<(), QueueError> {
+        let body = serde_json::to_string(&TimeoutCheck {
+            timeout_check: jobs.to_vec(),
+        })
+        .map_err(|e| QueueError(e.to_string()))?;
+        let seconds = delay
+            .as_secs()
+            .clamp(1, crate::budget::MAX_SQS_DELAY.as_secs());
+        self.send_body(body, i32::try_from(seconds).unwrap_or(900))
+            .await
+    }
+
+    async fn send_body(&self, body: String, delay_seconds: i32) -> Result<(), QueueError> {
         self.client
             .send_message()
             .queue_url(&self.queue_url)
@@ -195,12 +291,18 @@ impl SqsJobQueue {
 
 #[async_trait]
 impl JobQueue for SqsJobQueue {
+    /// One `SendMessage`, or with [`SqsJobQueue::with_timeout_check`] one `SendMessageBatch` of
+    /// the job and its timeout check.
     async fn enqueue(&self, job: &Job) -> Result<(), QueueError> {
-        self.send(job, 0).await
+        let body = serde_json::to_string(job).map_err(|e| QueueError(e.to_string()))?;
+        self.send_with_check(body, 0, std::slice::from_ref(job))
+            .await
     }
 
     /// One `SendMessage` per [`JOBS_PER_MESSAGE`] jobs, a [`JobBatch`] held with
-    /// `DelaySeconds` until `not_before`: a bulk of 1000 is two calls on the request's path.
+    /// `DelaySeconds` until `not_before` (with [`SqsJobQueue::with_timeout_check`], one
+    /// `SendMessageBatch` of it and its timeout check): a bulk of 1000 is two calls on the
+    /// request's path.
     async fn enqueue_held(
         &self,
         jobs: &[Job],
@@ -212,14 +314,7 @@ impl JobQueue for SqsJobQueue {
                 jobs: group.to_vec(),
             })
             .map_err(|e| QueueError(e.to_string()))?;
-            self.client
-                .send_message()
-                .queue_url(&self.queue_url)
-                .message_body(body)
-                .delay_seconds(delay)
-                .send()
-                .await
-                .map_err(|e| QueueError(DisplayErrorContext(&e).to_string()))?;
+            self.send_with_check(body, delay, group).await?;
         }
         Ok(())
     }
@@ -377,6 +472,7 @@ impl JobQueue for StepFunctionsJobQueue {
 pub fn from_vars(
     sdk: &aws_config::SdkConfig,
     vars: &Vars,
+    max_age: Duration,
 ) -> Result<Box<dyn JobQueue>, ConfigError> {
     let settings = QueueSettings::from_vars(vars);
     chosen(
@@ -384,6 +480,7 @@ pub fn from_vars(
         settings.state_machine_arn,
         settings.queue_url,
         "QUEUE_URL",
+        max_age,
     )
 }
 
@@ -396,6 +493,7 @@ pub fn from_vars(
 pub fn bulk_from_vars(
     sdk: &aws_config::SdkConfig,
     vars: &Vars,
+    max_age: Duration,
 ) -> Result<Box<dyn JobQueue>, ConfigError> {
     let settings = QueueSettings::from_vars(vars);
     chosen(
@@ -403,19 +501,25 @@ pub fn bulk_from_vars(
         settings.state_machine_arn,
         settings.bulk_queue_url,
         "BULK_QUEUE_URL",
+        max_age,
     )
 }
 
+/// Step Functions, or SQS sending each job with its timeout check after `max_age`
+/// ([`SqsJobQueue::with_timeout_check`]).
 fn chosen(
     sdk: &aws_config::SdkConfig,
     state_machine_arn: Option<String>,
     queue_url: Option<String>,
     queue_variable: &'static str,
+    max_age: Duration,
 ) -> Result<Box<dyn JobQueue>, ConfigError> {
     if let Some(arn) = state_machine_arn {
         Ok(Box::new(StepFunctionsJobQueue::from_sdk(sdk, arn)))
     } else if let Some(url) = queue_url {
-        Ok(Box::new(SqsJobQueue::from_sdk(sdk, url)))
+        Ok(Box::new(
+            SqsJobQueue::from_sdk(sdk, url).with_timeout_check(max_age),
+        ))
     } else {
         Err(ConfigError::MissingEither {
             first: queue_variable,

@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::budget;
 use crate::config::Config;
 use crate::domain::{
-    CacheUse, ContactPoint, Enrichment, Field, Job, JobBatch, Person, Status, timestamp,
-    timestamp_before,
+    CacheUse, ContactPoint, Enrichment, Field, Job, JobBatch, Person, Status, TimeoutCheck,
+    timestamp, timestamp_before,
 };
 use crate::identity::{IdentityKeys, email_key};
 use crate::providers::PersonQuery;
@@ -709,39 +709,82 @@ impl Worker {
         let queue = queue.ok_or_else(|| {
             JobError::BadMessage("a job batch came without a queue to send its jobs to".into())
         })?;
-        let mut live = Vec::with_capacity(batch.jobs.len());
-        let mut orgs: Vec<&str> = batch.jobs.iter().map(|j| j.org_id.as_str()).collect();
-        orgs.sort_unstable();
-        orgs.dedup();
-        for org in orgs {
-            let keys: Vec<(Uuid, Field)> = batch
-                .jobs
-                .iter()
-                .filter(|j| j.org_id == org)
-                .map(|j| (j.person_id, j.field))
-                .collect();
-            let pending: std::collections::HashSet<Uuid> = self
-                .store
-                .get_enrichments(org, &keys)
-                .await?
-                .into_iter()
-                .filter(|r| r.enrichment.status == Status::Pending)
-                .map(|r| r.enrichment.id)
-                .collect();
-            live.extend(
-                batch
-                    .jobs
-                    .iter()
-                    .filter(|j| j.org_id == org && pending.contains(&j.enrichment_id))
-                    .cloned(),
-            );
-        }
+        let live: Vec<Job> = self
+            .pending(&batch.jobs)
+            .await?
+            .into_iter()
+            .map(|(job, _)| job)
+            .collect();
         queue.enqueue_all(&live).await?;
         tracing::info!(
             jobs = batch.jobs.len(),
             sent = live.len(),
             "sent a batch's live jobs on"
         );
+        Ok(())
+    }
+
+    /// The jobs of `jobs` whose enrichment exists and is still `pending`, with it: one
+    /// `BatchGetItem` per org and 100 jobs.
+    async fn pending(&self, jobs: &[Job]) -> Result<Vec<(Job, EnrichmentRecord)>, StoreError> {
+        let mut found = Vec::with_capacity(jobs.len());
+        let mut orgs: Vec<&str> = jobs.iter().map(|j| j.org_id.as_str()).collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        for org in orgs {
+            let keys: Vec<(Uuid, Field)> = jobs
+                .iter()
+                .filter(|j| j.org_id == org)
+                .map(|j| (j.person_id, j.field))
+                .collect();
+            for record in self.store.get_enrichments(org, &keys).await? {
+                let job = jobs
+                    .iter()
+                    .find(|j| j.org_id == org && j.enrichment_id == record.enrichment.id);
+                if let Some(job) = job
+                    && record.enrichment.status == Status::Pending
+                {
+                    found.push((job.clone(), record));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// A [`TimeoutCheck`]: the enrichments of its jobs still `pending` past the maximum age are
+    /// timed out, refunded ([`Store::mark_timeout`], the status function's rule), so that a
+    /// timeout nobody polls is noticed within [`crate::queue::TIMEOUT_CHECK_MARGIN`] of the
+    /// maximum age; those not yet at it (a maximum age beyond SQS's longest delay) get a new
+    /// check when they are due. One `BatchGetItem` per org and 100 jobs.
+    ///
+    /// Errors: DynamoDB or SQS failures (the message is retried).
+    async fn check_timeouts(
+        &self,
+        check: &TimeoutCheck,
+        queue: Option<&SqsJobQueue>,
+    ) -> Result<(), JobError> {
+        let now = Utc::now();
+        let oldest = timestamp_before(now, self.config.max_age);
+        let mut early = Vec::new();
+        let mut due_in = Duration::ZERO;
+        for (job, record) in self.pending(&check.timeout_check).await? {
+            if record.enrichment.created_at < oldest {
+                let ended = self.store.mark_timeout(&record, &timestamp(now)).await?;
+                tracing::warn!(enrichment_id = %ended.id, status = %ended.status.as_str(), "pending past the maximum age: timed out by its check");
+                continue;
+            }
+            let created = chrono::DateTime::parse_from_rfc3339(&record.enrichment.created_at)
+                .map(|at| at.with_timezone(&Utc))
+                .unwrap_or(now);
+            let due = (created - now).to_std().unwrap_or_default() + self.config.max_age;
+            due_in = due_in.max(due);
+            early.push(job);
+        }
+        if let (false, Some(queue)) = (early.is_empty(), queue) {
+            queue
+                .send_check_later(&early, due_in + crate::queue::TIMEOUT_CHECK_MARGIN)
+                .await?;
+        }
         Ok(())
     }
 
@@ -810,6 +853,19 @@ impl Worker {
                 .get("ApproximateReceiveCount")
                 .and_then(|count| count.parse().ok())
                 .unwrap_or(1);
+            if let (Err(_), Ok(check)) = (&result, serde_json::from_str::<TimeoutCheck>(body)) {
+                if let Err(e) = self.check_timeouts(&check, queue).await {
+                    tracing::error!(message_id = %message_id, receives, error = %e, "could not check a job's timeout");
+                    if let Some(delivery) = &delivery {
+                        delivery
+                            .queue
+                            .retry_later(delivery.receipt_handle, receives)
+                            .await;
+                    }
+                    response.add_failure(message_id);
+                }
+                continue;
+            }
             if let (Err(_), Ok(batch)) = (&result, serde_json::from_str::<JobBatch>(body)) {
                 if let Err(e) = self.fan_out(&batch, queue).await {
                     tracing::error!(message_id = %message_id, receives, error = %e, "could not send a batch's jobs on");

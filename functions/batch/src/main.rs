@@ -19,7 +19,7 @@ async fn main() -> Result<(), Error> {
     let config = Config::from_vars(&vars)?;
     let auth = Authenticator::from_vars(&vars, http_client())?;
     let sdk = aws_sdk_config().await;
-    let queue = enrichment::queue::bulk_from_vars(&sdk, &vars)?;
+    let queue = enrichment::queue::bulk_from_vars(&sdk, &vars, config.max_age)?;
     let enrichments = Enrichments::new(Store::from_sdk(&sdk, &config.table_name), config);
     let (auth, enrichments, queue) = (&auth, &enrichments, queue.as_ref());
     run(service_fn(move |req: Request| async move {

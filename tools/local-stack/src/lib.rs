@@ -669,8 +669,10 @@ impl Stack {
             enrichments: Enrichments::new(store.clone(), config.clone()),
             people: People::new(store.clone()),
             credits: enrichment::credits::Credits::new(store.clone()),
-            queue: SqsJobQueue::new(sqs.clone(), queue_url.clone()),
-            bulk_queue: SqsJobQueue::new(sqs.clone(), bulk_queue_url.clone()),
+            queue: SqsJobQueue::new(sqs.clone(), queue_url.clone())
+                .with_timeout_check(config.max_age),
+            bulk_queue: SqsJobQueue::new(sqs.clone(), bulk_queue_url.clone())
+                .with_timeout_check(config.max_age),
             jwks: devkey::jwks(&dev_key)?,
         });
         let signal = stopped(shutdown_rx.clone());
