@@ -488,6 +488,7 @@ impl Enrichments {
                         credits_charged: record.credits_charged,
                         providers_answered: Vec::new(),
                         provider_jobs: Vec::new(),
+                        providers_failed: Vec::new(),
                     })
                 }
                 Some(record) if reusable(&record.enrichment) => {

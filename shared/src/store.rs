@@ -178,6 +178,9 @@ struct EnrichmentItem {
     /// Asynchronous providers' jobs, `{provider}:{job_id}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     provider_jobs: Vec<String>,
+    /// Providers that failed in an attempt that ended waiting, `{provider}:{error}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    providers_failed: Vec<String>,
     #[serde(default)]
     credits_charged: i64,
 }
@@ -306,6 +309,9 @@ pub struct EnrichmentRecord {
     /// Asynchronous providers' jobs recorded in earlier attempts, `{provider}:{job_id}`
     /// ([`Store::record_provider_job`]).
     pub provider_jobs: Vec<String>,
+    /// Providers that failed in earlier attempts that ended waiting on an asynchronous
+    /// provider, `{provider}:{error}` ([`Store::record_provider_failure`]).
+    pub providers_failed: Vec<String>,
 }
 
 /// What a worker learns when it asks for the global cache lease of a person and field.
@@ -553,6 +559,7 @@ impl Store {
             claim_until: None,
             providers_answered: answered.to_vec(),
             provider_jobs: Vec::new(),
+            providers_failed: Vec::new(),
             credits_charged: charged,
         })
         .map_err(shape_error)
@@ -776,6 +783,7 @@ fn record_from_item(item: Item) -> Result<EnrichmentRecord, StoreError> {
         credits_charged: item.credits_charged,
         providers_answered: item.providers_answered,
         provider_jobs: item.provider_jobs,
+        providers_failed: item.providers_failed,
     })
 }
 

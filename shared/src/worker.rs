@@ -187,6 +187,25 @@ impl CascadeJournal for Journal<'_> {
         })
     }
 
+    fn failed_before(&self, provider: &str) -> Option<&str> {
+        self.record.providers_failed.iter().find_map(|entry| {
+            entry
+                .split_once(':')
+                .filter(|(name, _)| *name == provider)
+                .map(|(_, error)| error)
+        })
+    }
+
+    async fn record_failure(&self, provider: &str, error: &str) {
+        if let Err(e) = self
+            .store
+            .record_provider_failure(&self.record.enrichment, self.token, provider, error)
+            .await
+        {
+            tracing::warn!(provider, error = %e, "could not record the provider's failure");
+        }
+    }
+
     async fn record_job(&self, provider: &str, job_id: &str) -> bool {
         match self
             .store

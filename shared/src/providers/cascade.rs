@@ -152,6 +152,14 @@ pub trait CascadeJournal: Send + Sync {
     fn job_of(&self, _provider: &str) -> Option<&str> {
         None
     }
+    /// The error `provider` failed with in an earlier attempt of a journal that keeps jobs
+    /// (an attempt that ended waiting on an asynchronous provider): it is not asked again.
+    fn failed_before(&self, _provider: &str) -> Option<&str> {
+        None
+    }
+    /// Records that `provider` failed with `error` (only when the journal keeps jobs). A
+    /// failure to record is the journal's to log.
+    async fn record_failure(&self, _provider: &str, _error: &str) {}
     /// Records that `provider` was given job `job_id`, so that no later attempt submits again.
     /// `false`: it could not be recorded (the claim was lost); the cascade stops.
     async fn record_job(&self, _provider: &str, _job_id: &str) -> bool {
@@ -298,6 +306,13 @@ impl Cascade {
                 tracing::info!(provider = name, field = %field, outcome = "answered_before", latency_ms = 0u64, "provider not asked again: it answered no match in an earlier attempt");
                 continue;
             }
+            if let Some(error) = journal.failed_before(name) {
+                // Asked again at every poll of a later asynchronous provider, a failing
+                // provider would be paid for each time: its earlier failure stands.
+                tracing::info!(provider = name, field = %field, outcome = "failed_before", latency_ms = 0u64, "provider not asked again: it failed in an earlier attempt");
+                errors.push((name.to_string(), error.to_string()));
+                continue;
+            }
             if !provider.can_search(field, person) {
                 tracing::info!(provider = name, field = %field, outcome = "skipped_inputs", latency_ms = 0u64, "provider skipped: missing inputs");
                 continue;
@@ -355,6 +370,9 @@ impl Cascade {
                 }
                 Err(error) => {
                     tracing::warn!(provider = name, field = %field, outcome = "error", latency_ms, error = %error, "provider failed");
+                    if journal.keeps_jobs() {
+                        journal.record_failure(name, &error.to_string()).await;
+                    }
                     errors.push((name.to_string(), error.to_string()));
                 }
             }
@@ -794,8 +812,10 @@ mod tests {
     struct Attempt {
         answered: Vec<String>,
         jobs: Vec<(String, String)>,
+        failed: Vec<(String, String)>,
         recorded: std::sync::Mutex<Vec<(String, String)>>,
         no_match: std::sync::Mutex<Vec<String>>,
+        failures: std::sync::Mutex<Vec<(String, String)>>,
     }
 
     impl Attempt {
@@ -805,9 +825,12 @@ mod tests {
             jobs.extend(self.recorded.into_inner().unwrap());
             let mut answered = self.answered;
             answered.extend(self.no_match.into_inner().unwrap());
+            let mut failed = self.failed;
+            failed.extend(self.failures.into_inner().unwrap());
             Self {
                 answered,
                 jobs,
+                failed,
                 ..Self::default()
             }
         }
@@ -832,6 +855,18 @@ mod tests {
                 .iter()
                 .find(|(name, _)| name == provider)
                 .map(|(_, id)| id.as_str())
+        }
+        fn failed_before(&self, provider: &str) -> Option<&str> {
+            self.failed
+                .iter()
+                .find(|(name, _)| name == provider)
+                .map(|(_, error)| error.as_str())
+        }
+        async fn record_failure(&self, provider: &str, error: &str) {
+            self.failures
+                .lock()
+                .unwrap()
+                .push((provider.to_string(), error.to_string()));
         }
         async fn record_job(&self, provider: &str, job_id: &str) -> bool {
             self.recorded
@@ -899,6 +934,32 @@ mod tests {
         );
         assert_eq!(provider.counts(), (1, 5), "one submit in all");
         assert_eq!(next.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_provider_that_failed_before_a_job_is_not_asked_again_at_each_poll() {
+        let failing = Fake::failing("failing", ProviderError::Status(500));
+        let provider = FakeJobs::new(vec![Ok(JobPoll::Pending), Ok(JobPoll::Done(Vec::new()))]);
+        let providers: Vec<Arc<dyn Provider>> = vec![
+            Arc::clone(&failing) as Arc<dyn Provider>,
+            Arc::clone(&provider) as Arc<dyn Provider>,
+        ];
+        let cascade = Cascade::new(providers, Vec::new(), TIMEOUT)
+            .with_retries(0)
+            .with_poll_delay(Duration::from_secs(20));
+        let mut attempt = Attempt::default();
+        assert_eq!(run_attempt(&cascade, &attempt).await, waiting(20));
+        attempt = attempt.next();
+        assert_eq!(run_attempt(&cascade, &attempt).await, waiting(20));
+        attempt = attempt.next();
+        // The job ends without data: the search is incomplete, with the earlier failure.
+        let outcome = run_attempt(&cascade, &attempt).await;
+        assert!(
+            matches!(&outcome, CascadeOutcome::Failed { errors } if errors[0] == ("failing".to_string(), "HTTP 500".to_string())),
+            "{outcome:?}"
+        );
+        assert_eq!(failing.calls(), 1, "asked once in three attempts");
+        assert_eq!(provider.counts(), (1, 2));
     }
 
     #[tokio::test]

@@ -34,7 +34,7 @@ impl Store {
             .set_key(Some(Self::key_of(enrichment)))
             .update_expression(
                 "SET #status = :cancelled, updatedAt = :now \
-                 REMOVE claimToken, claimUntil, providersAnswered, providerJobs",
+                 REMOVE claimToken, claimUntil, providersAnswered, providerJobs, providersFailed",
             )
             .condition_expression("id = :id AND #status = :pending")
             .expression_attribute_names("#status", "status")

@@ -124,7 +124,7 @@ impl Store {
             .set_key(Some(Self::key_of(enrichment)))
             .update_expression(
                 "SET #status = :status, #error = :error, updatedAt = :now \
-                 REMOVE claimToken, claimUntil, providersAnswered, providerJobs",
+                 REMOVE claimToken, claimUntil, providersAnswered, providerJobs, providersFailed",
             )
             .condition_expression("id = :id AND #status = :pending")
             .expression_attribute_names("#status", "status")
@@ -348,6 +348,22 @@ impl Store {
             .await
     }
 
+    /// Records on a claimed enrichment that `provider` failed with `error` (`providersFailed`, as
+    /// `{provider}:{error}`): the cascade journal of
+    /// [`crate::providers::cascade::CascadeJournal::record_failure`]. Returns `false` when the
+    /// claim is no longer `token`'s.
+    pub async fn record_provider_failure(
+        &self,
+        enrichment: &Enrichment,
+        token: &str,
+        provider: &str,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let entry = format!("{provider}:{error}");
+        self.journal_append(enrichment, token, "providersFailed", &entry)
+            .await
+    }
+
     /// Appends `value` to the journal list `attribute` of a claimed enrichment: one conditional
     /// `UpdateItem`; `false` when the claim is no longer `token`'s.
     async fn journal_append(
@@ -397,7 +413,7 @@ impl Store {
             .set_key(Some(Self::key_of(enrichment)))
             .update_expression(
                 "SET #status = :status, dataFound = :dataFound, #error = :error, \
-                 globalEnrichmentId = :global, updatedAt = :now REMOVE claimToken, claimUntil, providersAnswered, providerJobs",
+                 globalEnrichmentId = :global, updatedAt = :now REMOVE claimToken, claimUntil, providersAnswered, providerJobs, providersFailed",
             )
             .condition_expression("id = :id AND #status = :pending AND claimToken = :token")
             .expression_attribute_names("#status", "status")

@@ -550,6 +550,7 @@ async fn an_undo_leaves_the_table_and_the_ledger_as_before_the_chunk() {
         credits_charged: 5,
         providers_answered: Vec::new(),
         provider_jobs: Vec::new(),
+        providers_failed: Vec::new(),
     };
     let ChunkOutcome::Changed(changed) = store
         .create_enrichments(&[planned(again.id, Some(stale))], 5)
