@@ -385,9 +385,10 @@ impl Cascade {
     }
 
     /// One step of an asynchronous provider's job, bounded by the provider timeout: the submit
-    /// when the journal has no job for it (recorded before anything else happens), else one
-    /// poll. A poll that is rate limited, times out or meets a 5xx or a transport error waits
-    /// and polls again later: it never submits again.
+    /// when the journal has no job for it (recorded before anything else happens; a rate-limited
+    /// submit created none and is tried again after the wait), else one poll. A poll that is
+    /// rate limited, times out or meets a 5xx or a transport error waits and polls again later:
+    /// it never submits again.
     async fn step_job(
         &self,
         jobs: &dyn ProviderJobs,
@@ -407,6 +408,10 @@ impl Cascade {
                     JobStep::Wait(self.poll_delay)
                 }
                 Ok(Some(_)) => JobStep::Stop,
+                // No job was created: submitting again after the wait is safe.
+                Err(ProviderError::RateLimited { retry_after }) => {
+                    JobStep::Wait(self.rate_limited_wait(retry_after))
+                }
                 Err(error) => JobStep::Answer(Err(error)),
             };
         };
@@ -419,17 +424,23 @@ impl Cascade {
                 JobStep::Answer(Ok(ProviderAnswer::NoMatch))
             }
             Ok(JobPoll::Done(raw)) => JobStep::Answer(Ok(ProviderAnswer::Found(raw))),
-            Err(ProviderError::RateLimited { retry_after }) => JobStep::Wait(
-                retry_after
-                    .unwrap_or_default()
-                    .clamp(self.poll_delay, MAX_POLL_DELAY),
-            ),
+            Err(ProviderError::RateLimited { retry_after }) => {
+                JobStep::Wait(self.rate_limited_wait(retry_after))
+            }
             Err(ProviderError::Timeout | ProviderError::Transport(_)) => {
                 JobStep::Wait(self.poll_delay)
             }
             Err(ProviderError::Status(status)) if status >= 500 => JobStep::Wait(self.poll_delay),
             Err(error) => JobStep::Answer(Err(error)),
         }
+    }
+
+    /// The wait after an asynchronous provider's rate limit: its own signal, at least the poll
+    /// delay, at most [`MAX_POLL_DELAY`].
+    fn rate_limited_wait(&self, retry_after: Option<Duration>) -> Duration {
+        retry_after
+            .unwrap_or_default()
+            .clamp(self.poll_delay, MAX_POLL_DELAY)
     }
 
     /// One provider call bounded by the provider timeout, asked again (up to the retry budget)
@@ -744,6 +755,8 @@ mod tests {
     /// An asynchronous provider answering each poll from a script.
     struct FakeJobs {
         submits: AtomicUsize,
+        /// Submits answered with a rate limit before one is taken.
+        refused: AtomicUsize,
         polls: AtomicUsize,
         script: std::sync::Mutex<std::collections::VecDeque<Result<JobPoll, ProviderError>>>,
     }
@@ -752,6 +765,7 @@ mod tests {
         fn new(script: Vec<Result<JobPoll, ProviderError>>) -> Arc<Self> {
             Arc::new(Self {
                 submits: AtomicUsize::new(0),
+                refused: AtomicUsize::new(0),
                 polls: AtomicUsize::new(0),
                 script: std::sync::Mutex::new(script.into()),
             })
@@ -792,6 +806,15 @@ mod tests {
             _field: Field,
             _person: &PersonQuery,
         ) -> Result<Option<String>, ProviderError> {
+            if self
+                .refused
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(ProviderError::RateLimited {
+                    retry_after: Some(Duration::from_secs(40)),
+                });
+            }
             let n = self.submits.fetch_add(1, Ordering::SeqCst);
             Ok(Some(format!("job-{n}")))
         }
@@ -934,6 +957,30 @@ mod tests {
         );
         assert_eq!(provider.counts(), (1, 5), "one submit in all");
         assert_eq!(next.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_rate_limited_submit_waits_and_submits_once_after_the_wait() {
+        let provider = FakeJobs::new(vec![Ok(JobPoll::Done(vec![RawContact {
+            value: "ada@northwind.example".into(),
+            ..RawContact::default()
+        }]))]);
+        provider.refused.store(1, Ordering::SeqCst);
+        let next = Fake::found("next", &["other@northwind.example"]);
+        let cascade = async_cascade(&provider, &next);
+        let mut attempt = Attempt::default();
+        // Refused: no job was created, nothing recorded; the next attempt submits.
+        assert_eq!(run_attempt(&cascade, &attempt).await, waiting(40));
+        assert!(attempt.recorded.lock().unwrap().is_empty());
+        attempt = attempt.next();
+        assert_eq!(run_attempt(&cascade, &attempt).await, waiting(20));
+        attempt = attempt.next();
+        assert_eq!(
+            values(&run_attempt(&cascade, &attempt).await),
+            vec!["ada@northwind.example"]
+        );
+        assert_eq!(provider.counts(), (1, 1));
+        assert_eq!(next.calls(), 0, "a rate limit is waited out, not a failure");
     }
 
     #[tokio::test]
