@@ -561,6 +561,7 @@ impl Enrichments {
             .await;
         match result {
             Ok(()) => {
+                crate::metrics::started(field, created.iter().map(Vec::len).sum(), cost);
                 for (slot, planned) in plan {
                     answer[slot] = Some(planned.enrichment);
                 }

@@ -116,6 +116,8 @@ struct Journal<'a> {
     lease: Option<(&'a str, &'a str)>,
     delivery: Option<&'a Delivery<'a>>,
     lease_margin: Duration,
+    /// How long a provider job stays usable by the next lease holder: the maximum age.
+    max_age: Duration,
 }
 
 #[async_trait::async_trait]
@@ -187,6 +189,33 @@ impl CascadeJournal for Journal<'_> {
         })
     }
 
+    async fn inherited_job(&self, provider: &str) -> Option<String> {
+        let (fingerprint, _) = self.lease?;
+        let field = self.record.enrichment.field;
+        let now = Utc::now().timestamp();
+        let job_id = match self
+            .store
+            .lease_job(fingerprint, field, provider, now)
+            .await
+        {
+            Ok(job) => job?,
+            Err(e) => {
+                tracing::warn!(provider, error = %e, "could not read the cache lease's jobs");
+                return None;
+            }
+        };
+        tracing::info!(
+            provider,
+            job_id,
+            "continuing the job another enrichment of this person left running"
+        );
+        let recorded = self
+            .store
+            .record_provider_job(&self.record.enrichment, self.token, provider, &job_id)
+            .await;
+        matches!(recorded, Ok(true)).then_some(job_id)
+    }
+
     fn failed_before(&self, provider: &str) -> Option<&str> {
         self.record.providers_failed.iter().find_map(|entry| {
             entry
@@ -207,6 +236,18 @@ impl CascadeJournal for Journal<'_> {
     }
 
     async fn record_job(&self, provider: &str, job_id: &str) -> bool {
+        if let Some((fingerprint, owner)) = self.lease {
+            // For the next lease holder, should this enrichment end before the job does.
+            let until = Utc::now().timestamp().saturating_add(secs(self.max_age));
+            let field = self.record.enrichment.field;
+            if let Err(e) = self
+                .store
+                .record_lease_job(fingerprint, field, owner, (provider, job_id), until)
+                .await
+            {
+                tracing::warn!(provider, error = %e, "could not record the job on the cache lease");
+            }
+        }
         match self
             .store
             .record_provider_job(&self.record.enrichment, self.token, provider, job_id)
@@ -449,7 +490,11 @@ impl Worker {
                             .map(|merged| held(&keys, field, merged, Some(fp))),
                         ..Completion::from_cache(&entry, contacts)
                     };
-                    return self.complete(claimed, token, completion).await;
+                    let done = self.complete(claimed, token, completion).await;
+                    if let Ok(JobOutcome::Completed(_)) = &done {
+                        crate::metrics::cache_hit(field);
+                    }
+                    return done;
                 }
                 SingleFlight::Leased => leased = true,
                 SingleFlight::Busy { until_unix } => {
@@ -470,6 +515,7 @@ impl Worker {
                 .map(|fp| (fp, owner.as_str())),
             delivery,
             lease_margin: self.config.lease_margin,
+            max_age: self.config.max_age,
         };
         let outcome = self
             .cascade

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::config::{ConfigError, Vars};
 use crate::domain::{ContactPoint, Field, timestamp};
+use crate::metrics::{self, ProviderOutcome};
 use crate::providers::normalize::normalize;
 use crate::providers::registry;
 use crate::providers::{
@@ -165,6 +166,12 @@ pub trait CascadeJournal: Send + Sync {
     async fn record_job(&self, _provider: &str, _job_id: &str) -> bool {
         true
     }
+    /// A job another enrichment of the same person gave `provider` and left running (it was
+    /// cancelled or timed out meanwhile), now this one's to continue instead of submitting a
+    /// second paid job; recorded as this journal's own when returned. Default: none.
+    async fn inherited_job(&self, _provider: &str) -> Option<String> {
+        None
+    }
 }
 
 /// What one step of an asynchronous provider's job came to.
@@ -276,7 +283,9 @@ impl Cascade {
     /// - Found values are normalized ([`normalize`]) with the time of the answer.
     ///
     /// Logs one `tracing` event per provider with `provider`, `field`, `outcome` (`found`,
-    /// `no_match`, `unusable`, `error`, `skipped_inputs`, `skipped_no_time`) and `latency_ms`.
+    /// `no_match`, `unusable`, `error`, `skipped_inputs`, `skipped_no_time`) and `latency_ms`,
+    /// and for each call that ended the provider's turn (`found`, `no_match`, `unusable`,
+    /// `error`) one metrics line ([`metrics::provider_call`]).
     pub async fn run(
         &self,
         field: Field,
@@ -355,9 +364,11 @@ impl Cascade {
                     let contacts = normalize(field, name, &raw, &found_at, self.default_region);
                     if contacts.is_empty() {
                         tracing::info!(provider = name, field = %field, outcome = "unusable", latency_ms, raw_count = raw.len(), "provider found only values that do not normalize");
+                        metrics::provider_call(name, ProviderOutcome::Miss, latency_ms);
                         continue;
                     }
                     tracing::info!(provider = name, field = %field, outcome = "found", latency_ms, count = contacts.len(), "provider found data");
+                    metrics::provider_call(name, ProviderOutcome::Hit, latency_ms);
                     return CascadeOutcome::Found {
                         provider: name.to_string(),
                         contacts,
@@ -366,10 +377,17 @@ impl Cascade {
                 }
                 Ok(ProviderAnswer::NoMatch) => {
                     tracing::info!(provider = name, field = %field, outcome = "no_match", latency_ms, "provider has no match");
+                    metrics::provider_call(name, ProviderOutcome::Miss, latency_ms);
                     journal.record_no_match(name).await;
                 }
                 Err(error) => {
                     tracing::warn!(provider = name, field = %field, outcome = "error", latency_ms, error = %error, "provider failed");
+                    let rate_limited = matches!(error, ProviderError::RateLimited { .. });
+                    metrics::provider_call(
+                        name,
+                        ProviderOutcome::Error { rate_limited },
+                        latency_ms,
+                    );
                     if journal.keeps_jobs() {
                         journal.record_failure(name, &error.to_string()).await;
                     }
@@ -398,7 +416,11 @@ impl Cascade {
         person: &PersonQuery,
         journal: &dyn CascadeJournal,
     ) -> JobStep {
-        let Some(job_id) = journal.job_of(name) else {
+        let job_id = match journal.job_of(name) {
+            Some(own) => Some(own.to_string()),
+            None => journal.inherited_job(name).await,
+        };
+        let Some(job_id) = job_id else {
             let submitted = tokio::time::timeout(budget.timeout, jobs.submit_job(field, person))
                 .await
                 .unwrap_or(Err(ProviderError::Timeout));
@@ -415,7 +437,7 @@ impl Cascade {
                 Err(error) => JobStep::Answer(Err(error)),
             };
         };
-        let polled = tokio::time::timeout(budget.timeout, jobs.poll_job(field, job_id))
+        let polled = tokio::time::timeout(budget.timeout, jobs.poll_job(field, &job_id))
             .await
             .unwrap_or(Err(ProviderError::Timeout));
         match polled {

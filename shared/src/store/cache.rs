@@ -80,6 +80,76 @@ impl Store {
         })
     }
 
+    /// Records on the global cache item of (fingerprint, field), on condition `owner` holds its
+    /// lease, that `provider` was given job `job_id` for this person, usable until
+    /// `until_unix` (seconds): a job that outlives its enrichment (cancelled, timed out) is
+    /// continued by the next lease holder rather than submitted again (`leaseJobs`, as
+    /// `{provider}:{until}:{job_id}`; a found entry replaces the item and them). Returns `false`
+    /// when the lease is no longer `owner`'s.
+    pub async fn record_lease_job(
+        &self,
+        fingerprint: &str,
+        field: Field,
+        owner: &str,
+        (provider, job_id): (&str, &str),
+        until_unix: i64,
+    ) -> Result<bool, StoreError> {
+        let (pk, sk) = cache_key(fingerprint, field);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .update_expression("SET leaseJobs = list_append(if_not_exists(leaseJobs, :none), :job)")
+            .condition_expression("leaseOwner = :owner")
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":none", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(
+                ":job",
+                AttributeValue::L(vec![s(format!("{provider}:{until_unix}:{job_id}"))]),
+            )
+            .send()
+            .await;
+        Ok(conditional_update(result)?.is_ok())
+    }
+
+    /// The job a lease holder of (fingerprint, field) gave `provider` that is still usable at
+    /// `now_unix` ([`Store::record_lease_job`]): one consistent `GetItem`.
+    ///
+    /// Errors: DynamoDB failures.
+    pub async fn lease_job(
+        &self,
+        fingerprint: &str,
+        field: Field,
+        provider: &str,
+        now_unix: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let (pk, sk) = cache_key(fingerprint, field);
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .consistent_read(true)
+            .projection_expression("leaseJobs")
+            .send()
+            .await
+            .map_err(dynamo_error("GetItem"))?;
+        let jobs = output
+            .item
+            .and_then(|mut item| item.remove("leaseJobs"))
+            .and_then(|jobs| jobs.as_l().ok().cloned())
+            .unwrap_or_default();
+        Ok(jobs.iter().rev().find_map(|entry| {
+            let (name, rest) = entry.as_s().ok()?.split_once(':')?;
+            let (until, job_id) = rest.split_once(':')?;
+            let usable = name == provider && until.parse::<i64>().ok()? > now_unix;
+            usable.then(|| job_id.to_string())
+        }))
+    }
+
     /// Extends `owner`'s lease on the global cache item of (fingerprint, field) to `until_unix`
     /// (seconds) before a provider call. Returns `false` when the lease is no longer `owner`'s
     /// (it lapsed and another worker took it): the caller goes on without it.

@@ -48,10 +48,14 @@ impl Store {
         let mut items = vec![TransactWriteItem::builder().update(cancel).build()];
         items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
         match self.transact(items).await? {
-            None => Ok(Ok(Enrichment {
-                status: Status::Cancelled,
-                updated_at: now.to_string(),
-                ..enrichment.clone()
+            None => Ok(Ok({
+                let charged = record.credits_charged;
+                crate::metrics::ended(enrichment.field, Status::Cancelled, None, charged);
+                Enrichment {
+                    status: Status::Cancelled,
+                    updated_at: now.to_string(),
+                    ..enrichment.clone()
+                }
             })),
             Some(mut reasons) if reasons.first().is_some_and(|r| r.failed) => {
                 let current = reasons.swap_remove(0).item;

@@ -65,7 +65,10 @@ impl Store {
             items.push(TransactWriteItem::builder().update(counter).build());
         }
         match self.transact(items).await? {
-            None => Ok(CreateOutcome::Created),
+            None => {
+                crate::metrics::started(enrichment.field, 1, cost);
+                Ok(CreateOutcome::Created)
+            }
             Some(reasons) => {
                 let failed = |i: usize| reasons.get(i).is_some_and(|r| r.failed);
                 if failed(0) {
@@ -140,11 +143,14 @@ impl Store {
         let mut items = vec![TransactWriteItem::builder().update(end).build()];
         items.extend(self.refund_items(enrichment, charged, now)?);
         match self.transact(items).await? {
-            None => Ok(Ok(Enrichment {
-                status,
-                error: Some(error.to_string()),
-                updated_at: now.to_string(),
-                ..enrichment.clone()
+            None => Ok(Ok({
+                crate::metrics::ended(enrichment.field, status, None, charged);
+                Enrichment {
+                    status,
+                    error: Some(error.to_string()),
+                    updated_at: now.to_string(),
+                    ..enrichment.clone()
+                }
             })),
             Some(mut reasons) if reasons.first().is_some_and(|r| r.failed) => {
                 match reasons.swap_remove(0).item {
@@ -496,7 +502,16 @@ impl Store {
             items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
         }
         match self.transact(items).await? {
-            None => Ok(true),
+            None => {
+                let refunded = if completion.refunds() {
+                    record.credits_charged
+                } else {
+                    0
+                };
+                let (status, found) = (completion.status, completion.data_found);
+                crate::metrics::ended(enrichment.field, status, found, refunded);
+                Ok(true)
+            }
             Some(reasons) if reasons.first().is_some_and(|r| r.failed) => Ok(false),
             Some(reasons)
                 if reasons

@@ -47,6 +47,12 @@ use tokio::task::JoinSet;
 /// Where the gateway serves the dev JWKS.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 
+/// Where the gateway serves the API's OpenAPI document (no authentication).
+pub const OPENAPI_PATH: &str = "/openapi.yaml";
+
+/// The API's OpenAPI 3.1 document (`openapi.yaml` at the repository root), compiled in.
+pub const OPENAPI_DOCUMENT: &str = include_str!("../../../openapi.yaml");
+
 /// The enrichment route without its `{personId}` segment.
 const ENRICHMENT_PREFIX: &str = "/api/v1/operations/enrichment";
 
@@ -92,7 +98,8 @@ pub struct Gateway {
 
 /// The routes: the enrichment route (any method; the handlers answer 405 themselves), the same
 /// path without a personId (the handlers answer 401 or 400), its `/cancel`, the batch, people
-/// and credits routes (any method each), the dev JWKS, and the envelope for anything else.
+/// and credits routes (any method each), the dev JWKS, the OpenAPI document, and the envelope
+/// for anything else.
 pub fn router(state: Arc<Gateway>) -> Router {
     Router::new()
         .route(
@@ -110,6 +117,7 @@ pub fn router(state: Arc<Gateway>) -> Router {
         .route(PEOPLE_PREFIX, any(people))
         .route(&format!("{PEOPLE_PREFIX}/{{*rest}}"), any(people))
         .route(JWKS_PATH, get(jwks))
+        .route(OPENAPI_PATH, get(openapi))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(limit_uri_length))
@@ -151,6 +159,14 @@ async fn jwks(State(state): State<Arc<Gateway>>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         state.jwks.clone(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        OPENAPI_DOCUMENT,
     )
         .into_response()
 }

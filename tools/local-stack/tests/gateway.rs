@@ -187,6 +187,20 @@ async fn unmatched_paths_answer_the_envelope() {
 }
 
 #[tokio::test]
+async fn the_openapi_document_is_served_without_a_token() {
+    let stack = start().await;
+    let (status, body) = send(&stack, "GET", "/openapi.yaml", None).await;
+    assert_eq!(status, 200);
+    let text = body.as_str().expect("the document is YAML, not JSON");
+    assert!(text.starts_with("openapi: 3.1"), "{text:.80}");
+    assert_eq!(text, local_stack::gateway::OPENAPI_DOCUMENT);
+    let (status, body) = send(&stack, "POST", "/openapi.yaml", None).await;
+    assert_eq!(status, 405);
+    assert_eq!(body["error"]["code"], "METHOD_NOT_ALLOWED");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_overlong_uri_gets_414_in_the_envelope() {
     let stack = start().await;
     let token = stack

@@ -178,3 +178,89 @@ async fn one_provider_goes_off_the_simulator_with_its_own_base_url_and_key() {
     let refused = Stack::start(options).await.err().expect("refused");
     assert!(refused.contains("PDL_BASE_URL"), "{refused}");
 }
+
+#[tokio::test]
+async fn a_job_left_running_by_a_cancelled_enrichment_is_continued_by_another_orgs() {
+    // Org Z's enrichment submits FullEnrich's job (6 s) for a person; org W's enrichment of the
+    // same person waits on Z's cache lease; Z is cancelled while the job runs.
+    let stack = stack(
+        &[
+            ("EMAIL_PROVIDERS", "fullenrich".into()),
+            ("PROVIDER_POLL_SECONDS", "1".into()),
+        ],
+        json!({"providers": {"fullenrich": {"job_seconds": [6, 6]}}}),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = stack.info.gateway_url.clone();
+    let mut urls = Vec::new();
+    let mut tokens = Vec::new();
+    for org in ["org_async_z", "org_async_w"] {
+        stack.store.grant_credits(org, 10).await.unwrap();
+        let token = stack
+            .token("user_async", org, Duration::from_secs(600))
+            .unwrap();
+        let created: Value = http
+            .post(format!("{base}/api/v1/entities/persons"))
+            .bearer_auth(&token)
+            .json(&serde_json::from_str::<Value>(BRUNO).unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["id"].as_str().unwrap().to_string();
+        let url = format!("{base}/api/v1/operations/enrichment/{id}");
+        let accepted = http
+            .post(format!("{url}?field=emails"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(accepted.status().as_u16(), 200);
+        urls.push(url);
+        tokens.push(token);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cancelled: Value = http
+        .post(format!("{}/cancel?field=emails", urls[0]))
+        .bearer_auth(&tokens[0])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let body: Value = http
+            .get(format!("{}?field=emails", urls[1]))
+            .bearer_auth(&tokens[1])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["status"] != "pending" {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still pending");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(done["status"], "finished", "{done}");
+    assert_eq!(done["dataFound"], true, "{done}");
+    let stats = simulator_stats(&stack).await;
+    assert_eq!(stats["fullenrich"]["submits"], 1, "{stats}");
+    assert_eq!(stats["fullenrich"]["max_submits_per_person"], 1, "{stats}");
+    assert_eq!(
+        ledger(&stack.store, "org_async_z", 10).await,
+        (10, vec![-5, 5])
+    );
+    assert_eq!(ledger(&stack.store, "org_async_w", 10).await, (5, vec![-5]));
+    stack.shutdown().await;
+}
