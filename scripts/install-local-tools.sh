@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the tests need beyond the Rust toolchain, pinned, into the
-# project's own folder: moto's server mode (the SQS emulator) in .local/venv.
+# project's own folder: moto's server mode (the SQS emulator) in .local/venv, and Schemathesis
+# (the OpenAPI conformance check, scripts/api-check.sh) in .local/venv-schemathesis.
 #
 # Idempotent: nothing is installed when the pinned version is already there.
 set -euo pipefail
 
 MOTO_VERSION="5.2.5"
+SCHEMATHESIS_VERSION="4.32.5"
 
 script_dir="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
 repo_root="$(cd -- "${script_dir}/.." && pwd -P)"
-venv="${repo_root}/.local/venv"
 python="${PYTHON:-python3}"
 
 log() { printf '[install-local-tools] %s\n' "$*" >&2; }
 
-installed="$("${venv}/bin/python" -c 'from importlib import metadata; print(metadata.version("moto"))' 2>/dev/null || true)"
-if [[ "${installed}" == "${MOTO_VERSION}" && -x "${venv}/bin/moto_server" ]]; then
-    log "moto ${MOTO_VERSION} already installed"
-    exit 0
-fi
+# Installs `package`==`version` (pip requirement `spec`) into the virtualenv `venv`, anew,
+# unless that version and the executable `bin` are already there.
+install() {
+    local venv="$1" package="$2" version="$3" spec="$4" bin="$5" installed
+    installed="$("${venv}/bin/python" -c "from importlib import metadata; print(metadata.version('${package}'))" 2>/dev/null || true)"
+    if [[ "${installed}" == "${version}" && -x "${venv}/bin/${bin}" ]]; then
+        log "${package} ${version} already installed"
+        return 0
+    fi
+    log "installing ${spec} into ${venv}"
+    rm -rf "${venv}"
+    "${python}" -m venv "${venv}"
+    "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check "${spec}"
+    log "done"
+}
 
-log "installing moto[server]==${MOTO_VERSION} into ${venv}"
-rm -rf "${venv}"
-"${python}" -m venv "${venv}"
-"${venv}/bin/python" -m pip install --quiet --disable-pip-version-check "moto[server]==${MOTO_VERSION}"
-log "done"
+install "${repo_root}/.local/venv" moto "${MOTO_VERSION}" "moto[server]==${MOTO_VERSION}" moto_server
+install "${repo_root}/.local/venv-schemathesis" schemathesis "${SCHEMATHESIS_VERSION}" \
+    "schemathesis==${SCHEMATHESIS_VERSION}" schemathesis

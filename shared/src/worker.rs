@@ -73,9 +73,9 @@ pub enum JobError {
     /// once).
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
-    /// A job handed over directly (Step Functions) must run again later: the state machine's
-    /// retry policy does it.
-    #[error("job deferred for {0:?}: another worker holds it or runs the same person")]
+    /// A deferred job from SQS could not be sent back with its delay: the message is reported
+    /// failed and comes back after the retry delay.
+    #[error("job deferred for {0:?} could not be sent back")]
     Deferred(Duration),
 }
 
@@ -173,11 +173,10 @@ impl CascadeJournal for Journal<'_> {
         true
     }
 
-    /// Jobs are kept when the job came from SQS: a waiting enrichment is sent back with a
-    /// delay. Handed over directly (Step Functions), an asynchronous provider is polled within
-    /// its call.
+    /// Jobs are kept on the enrichment item: a waiting enrichment is sent back to the queue
+    /// with a delay, or (Step Functions) handed back to the state machine to wait.
     fn keeps_jobs(&self) -> bool {
-        self.delivery.is_some()
+        true
     }
 
     fn job_of(&self, provider: &str) -> Option<&str> {
@@ -742,8 +741,10 @@ impl Worker {
     }
 
     /// Handles one invocation: an SQS batch answers with its batch item failures; a Step
-    /// Functions job answers `{"enrichmentId", "outcome"}` or fails, so that the state machine's
-    /// retry policy runs it again.
+    /// Functions job answers `{"enrichmentId", "outcome"}` (`dropped`, or the status it ended
+    /// with), or for a deferred job the job itself with `"outcome": "deferred"` and
+    /// `"delaySeconds"`, which the state machine waits before handing it back (`template.yaml`,
+    /// `Deferred`/`WaitToRetry`); it fails otherwise, so that its retry policy runs it again.
     pub async fn handle(
         &self,
         event: WorkerEvent,
@@ -758,7 +759,13 @@ impl Worker {
                 let outcome = match self.run(&job, deadline).await? {
                     JobOutcome::Dropped => "dropped".to_string(),
                     JobOutcome::Completed(e) => e.status.as_str().to_string(),
-                    JobOutcome::Deferred { delay } => return Err(JobError::Deferred(delay)),
+                    JobOutcome::Deferred { delay } => {
+                        let mut deferred = serde_json::to_value(&job)
+                            .map_err(|e| JobError::BadMessage(e.to_string()))?;
+                        deferred["outcome"] = "deferred".into();
+                        deferred["delaySeconds"] = delay.as_secs().max(1).into();
+                        return Ok(deferred);
+                    }
                 };
                 Ok(serde_json::json!({"enrichmentId": job.enrichment_id, "outcome": outcome}))
             }

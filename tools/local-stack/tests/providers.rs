@@ -264,3 +264,77 @@ async fn a_job_left_running_by_a_cancelled_enrichment_is_continued_by_another_or
     assert_eq!(ledger(&stack.store, "org_async_w", 10).await, (5, vec![-5]));
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn under_step_functions_a_waiting_job_goes_back_to_the_state_machine_with_its_delay() {
+    use enrichment::worker::{Worker, WorkerEvent};
+
+    // No local worker: the test is the state machine, handing the job to the handler.
+    let vars = Vars::from_pairs([
+        ("EMAIL_PROVIDERS", "fullenrich"),
+        ("PROVIDER_POLL_SECONDS", "7"),
+    ])
+    .or(Vars::env());
+    let mut options = private_options();
+    options.vars = vars.clone();
+    let stack = Stack::start(options).await.expect("local stack starts");
+    stack.store.grant_credits(ORG, 10).await.unwrap();
+    let http = reqwest::Client::new();
+    let token = stack
+        .token("user_async", ORG, Duration::from_secs(600))
+        .unwrap();
+    let base = &stack.info.gateway_url;
+    let created: Value = http
+        .post(format!("{base}/api/v1/entities/persons"))
+        .bearer_auth(&token)
+        .json(&serde_json::from_str::<Value>(BRUNO).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let person = created["id"].as_str().unwrap();
+    let pending: Value = http
+        .post(format!(
+            "{base}/api/v1/operations/enrichment/{person}?field=emails"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let worker = Worker::new(
+        stack.store.clone(),
+        local_stack::simulator_cascade(&stack.simulator_url, &vars).unwrap(),
+        stack.config.clone(),
+    );
+    let mut input = json!({"enrichmentId": pending["id"], "orgId": ORG, "personId": person,
+                           "field": "emails"});
+    let mut outputs = Vec::new();
+    for _ in 0..3 {
+        let event: WorkerEvent = serde_json::from_value(input.clone()).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let output = worker.handle(event, deadline).await.unwrap();
+        outputs.push(output["outcome"].clone());
+        if output["outcome"] != "deferred" {
+            break;
+        }
+        // What the state machine's WaitToRetry hands back to RunCascade: the output itself.
+        assert_eq!(output["delaySeconds"], 7, "{output}");
+        assert_eq!(output["enrichmentId"], pending["id"], "{output}");
+        input = output;
+    }
+    // Submitted, then polled while in progress, then done: one submit in all.
+    assert_eq!(
+        outputs,
+        [json!("deferred"), json!("deferred"), json!("finished")]
+    );
+    let stats = simulator_stats(&stack).await;
+    assert_eq!(stats["fullenrich"]["submits"], 1, "{stats}");
+    assert_eq!(stats["fullenrich"]["polls"], 2, "{stats}");
+    assert_eq!(ledger(&stack.store, ORG, 10).await, (5, vec![-5]));
+    stack.shutdown().await;
+}

@@ -412,6 +412,19 @@ async fn state_machine_holds_batch_jobs_until_their_not_before() {
     let field = path
         .strip_prefix("$.")
         .expect("a top-level field of the input");
+    // A deferred job is waited out by the state machine and run again.
+    let run = &states["RunCascade"];
+    let deferred = &states[run["Next"].as_str().expect("RunCascade goes on")];
+    assert_eq!(deferred["Type"].as_str(), Some("Choice"));
+    let choice = &deferred["Choices"][0];
+    assert_eq!(choice["Variable"].as_str(), Some("$.outcome"));
+    assert_eq!(choice["StringEquals"].as_str(), Some("deferred"));
+    let wait_to_retry = &states[choice["Next"].as_str().unwrap()];
+    assert_eq!(
+        wait_to_retry["SecondsPath"].as_str(),
+        Some("$.delaySeconds")
+    );
+    assert_eq!(wait_to_retry["Next"].as_str(), Some("RunCascade"));
 
     let job = Job {
         enrichment_id: Uuid::new_v4(),
