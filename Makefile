@@ -3,12 +3,13 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help setup run test invoke-events build-lambda lint lint-template fmt
+.PHONY: help setup run test api-check invoke-events build-lambda lint lint-template fmt
 
 help:
 	@echo "make run    start the local stack (DynamoDB, SQS, providers, API on 127.0.0.1:\$${PORT:-3000}, worker)"
 	@echo "make test   install the pinned tools, then run every test"
 	@echo "make lint   cargo fmt --check, clippy -D warnings, template linters"
+	@echo "make api-check      Schemathesis against the local stack, checked with openapi.yaml"
 	@echo "make invoke-events  run every events/*.json through the functions under cargo lambda watch"
 	@echo "make build-lambda   build the arm64 bootstraps into target/lambda/<function>/bootstrap"
 
@@ -33,6 +34,11 @@ test: setup
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+# Schemathesis (pinned, .local/venv-schemathesis) against a private local stack, with the document
+# the gateway serves (openapi.yaml): about 2 minutes.
+api-check: setup
+	@scripts/api-check.sh
 
 invoke-events: setup
 	@scripts/invoke-events.sh

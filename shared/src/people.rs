@@ -417,8 +417,6 @@ impl People {
     ///
     /// Errors: 404 `Person not found`.
     pub async fn delete(&self, principal: &Principal, person_id: Uuid) -> Result<(), ApiError> {
-        self.cancel_one_of_two_pending(&principal.org_id, person_id)
-            .await?;
         if self
             .store
             .delete_person(&principal.org_id, person_id, &timestamp(Utc::now()))
@@ -428,43 +426,6 @@ impl People {
         } else {
             Err(ApiError::NotFound(PERSON_NOT_FOUND.into()))
         }
-    }
-}
-
-impl People {
-    /// The deletion's one transaction refunds at most one `pending` enrichment: DynamoDB takes
-    /// no two updates of the org's balance item in one transaction (it answered `500` for a
-    /// person whose emails and phones were both `pending`). So when both are, the emails one
-    /// is cancelled first, refunded in its own transaction as `POST .../cancel` does; one that
-    /// changed meanwhile is left to the deletion, which reads it again.
-    async fn cancel_one_of_two_pending(
-        &self,
-        org_id: &str,
-        person_id: Uuid,
-    ) -> Result<(), ApiError> {
-        let pending = |record: &Option<crate::store::EnrichmentRecord>| {
-            record
-                .as_ref()
-                .is_some_and(|r| r.enrichment.status == crate::domain::Status::Pending)
-        };
-        let emails = self
-            .store
-            .get_enrichment(org_id, person_id, crate::domain::Field::Emails)
-            .await?;
-        if !pending(&emails) {
-            return Ok(());
-        }
-        let phones = self
-            .store
-            .get_enrichment(org_id, person_id, crate::domain::Field::Phones)
-            .await?;
-        if let (Some(emails), true) = (emails, pending(&phones)) {
-            let _cancelled_or_changed = self
-                .store
-                .cancel_pending(&emails, &timestamp(Utc::now()))
-                .await?;
-        }
-        Ok(())
     }
 }
 

@@ -279,23 +279,38 @@ impl Store {
         amount: i64,
         now: &str,
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
-        if amount <= 0 {
+        self.refunds_items(&[(enrichment, amount)], now)
+    }
+
+    /// The items refunding several enrichments of one org in one transaction: one balance
+    /// update by their total (DynamoDB takes one operation per item in a transaction) and one
+    /// `refund` credit transaction each. Amounts that are not positive are left out.
+    pub(super) fn refunds_items(
+        &self,
+        refunds: &[(&Enrichment, i64)],
+        now: &str,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let refunds: Vec<&(&Enrichment, i64)> =
+            refunds.iter().filter(|(_, amount)| *amount > 0).collect();
+        let Some((first, _)) = refunds.first() else {
             return Ok(Vec::new());
-        }
+        };
+        let total: i64 = refunds.iter().map(|(_, amount)| amount).sum();
         let refund = Update::builder()
             .table_name(&self.table)
-            .key("pk", s(org_pk(&enrichment.org_id)))
+            .key("pk", s(org_pk(&first.org_id)))
             .key("sk", s(CREDITS_SK))
             .update_expression("SET balance = balance + :amount")
-            .expression_attribute_values(":amount", n(amount))
+            .expression_attribute_values(":amount", n(total))
             .build()
             .map_err(build_error)?;
-        let transaction =
-            self.put_credit_transaction(&CreditTransaction::refund(enrichment, amount, now))?;
-        Ok(vec![
-            TransactWriteItem::builder().update(refund).build(),
-            TransactWriteItem::builder().put(transaction).build(),
-        ])
+        let mut items = vec![TransactWriteItem::builder().update(refund).build()];
+        for (enrichment, amount) in refunds {
+            let transaction =
+                self.put_credit_transaction(&CreditTransaction::refund(enrichment, *amount, now))?;
+            items.push(TransactWriteItem::builder().put(transaction).build());
+        }
+        Ok(items)
     }
 
     /// Adds `amount` credits (positive) to the org's balance with a `manual` grant (see

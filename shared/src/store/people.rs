@@ -195,6 +195,7 @@ impl Store {
                 )
                 .build(),
         ];
+        let mut pending = Vec::new();
         for field in [Field::Emails, Field::Phones] {
             let Some(record) = self.get_enrichment(org_id, person_id, field).await? else {
                 // None was there when read: the deletion holds only if none was created since
@@ -220,9 +221,15 @@ impl Store {
                 .map_err(build_error)?;
             items.push(TransactWriteItem::builder().delete(delete).build());
             if enrichment.status == Status::Pending {
-                items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
+                pending.push(record);
             }
         }
+        // Both fields pending: one balance update for both refunds.
+        let refunds: Vec<(&Enrichment, i64)> = pending
+            .iter()
+            .map(|r| (&r.enrichment, r.credits_charged))
+            .collect();
+        items.extend(self.refunds_items(&refunds, now)?);
         Ok(Some(items))
     }
 

@@ -882,7 +882,11 @@ async fn a_bulk_of_a_whole_selection_takes_the_people_list_across_pages() {
         "not the list's 400..1400"
     );
     assert_eq!(ledger(&stack.store, ORG, 10_000).await.0, 5000);
-    assert_eq!(queued(&stack).await, 2, "two held messages of 500 jobs");
+    assert_eq!(
+        queued(&stack).await,
+        4,
+        "two held messages of 500 jobs, each with its timeout check"
+    );
     stack.shutdown().await;
 }
 

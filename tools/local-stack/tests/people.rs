@@ -294,3 +294,35 @@ async fn deleting_a_person_removes_its_enrichments_and_refunds_the_pending_one()
     );
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn deleting_a_person_with_both_fields_pending_refunds_both() {
+    // One transaction cannot update the balance twice: this was a 500 (found by Schemathesis).
+    let stack = stack().await;
+    let api = Client::new(&stack, ORG);
+    stack.store.grant_credits(ORG, 100).await.unwrap();
+    let (_, created) = api
+        .post(PERSONS, &json!({"firstName": "Ada", "lastName": "Quill"}))
+        .await;
+    let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    for field in ["emails", "phones"] {
+        let path = format!("/api/v1/operations/enrichment/{id}?field={field}");
+        let (status, pending) = api.post(&path, &json!({})).await;
+        assert_eq!((status, pending["status"].clone()), (200, json!("pending")));
+    }
+    assert_eq!(ledger(&stack.store, ORG, 100).await.0, 75);
+
+    let response = api
+        .send(reqwest::Method::DELETE, &format!("{PERSONS}/{id}"), None)
+        .await;
+    assert_eq!(response.0, 204);
+    assert_eq!(api.get(&format!("{PERSONS}/{id}")).await.0, 404);
+    for field in [Field::Emails, Field::Phones] {
+        let left = stack.store.get_enrichment(ORG, id, field).await.unwrap();
+        assert!(left.is_none(), "{field:?}");
+    }
+    let (balance, mut moves) = ledger(&stack.store, ORG, 100).await;
+    moves.sort_unstable();
+    assert_eq!((balance, moves), (100, vec![-20, -5, 5, 20]));
+    stack.shutdown().await;
+}
