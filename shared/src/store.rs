@@ -314,6 +314,29 @@ pub struct EnrichmentRecord {
     pub providers_failed: Vec<String>,
 }
 
+impl EnrichmentRecord {
+    /// The job recorded for the asynchronous `provider` ([`Store::record_provider_job`]).
+    pub fn provider_job(&self, provider: &str) -> Option<&str> {
+        journal_entry(&self.provider_jobs, provider)
+    }
+
+    /// The error `provider` failed with in an earlier attempt
+    /// ([`Store::record_provider_failure`]).
+    pub fn provider_failure(&self, provider: &str) -> Option<&str> {
+        journal_entry(&self.providers_failed, provider)
+    }
+}
+
+/// The value of `provider`'s `{provider}:{value}` entry in a cascade journal list.
+fn journal_entry<'a>(entries: &'a [String], provider: &str) -> Option<&'a str> {
+    entries.iter().find_map(|entry| {
+        entry
+            .split_once(':')
+            .filter(|(name, _)| *name == provider)
+            .map(|(_, value)| value)
+    })
+}
+
 /// What a worker learns when it asks for the global cache lease of a person and field.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CacheLease {

@@ -180,12 +180,7 @@ impl CascadeJournal for Journal<'_> {
     }
 
     fn job_of(&self, provider: &str) -> Option<&str> {
-        self.record.provider_jobs.iter().find_map(|entry| {
-            entry
-                .split_once(':')
-                .filter(|(name, _)| *name == provider)
-                .map(|(_, job_id)| job_id)
-        })
+        self.record.provider_job(provider)
     }
 
     async fn inherited_job(&self, provider: &str) -> Option<String> {
@@ -216,12 +211,7 @@ impl CascadeJournal for Journal<'_> {
     }
 
     fn failed_before(&self, provider: &str) -> Option<&str> {
-        self.record.providers_failed.iter().find_map(|entry| {
-            entry
-                .split_once(':')
-                .filter(|(name, _)| *name == provider)
-                .map(|(_, error)| error)
-        })
+        self.record.provider_failure(provider)
     }
 
     async fn record_failure(&self, provider: &str, error: &str) {
