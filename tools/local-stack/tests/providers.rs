@@ -33,6 +33,47 @@ async fn stack(vars: &[(&'static str, String)], profile: Value) -> Stack {
     stack
 }
 
+/// Creates `person` (JSON) in the org of `token`: its id.
+async fn create_person(stack: &Stack, token: &str, person: &str) -> String {
+    let created: Value = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/entities/persons",
+            stack.info.gateway_url
+        ))
+        .bearer_auth(token)
+        .json(&serde_json::from_str::<Value>(person).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["id"].as_str().unwrap().to_string()
+}
+
+/// Polls the enrichment at `url` (with its `?field=`) until it is no longer `pending`, within
+/// 60 s: its body.
+async fn ended(url: &str, token: &str) -> Value {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let body: Value = http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["status"] != "pending" {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still pending");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Creates `person` in `ORG`, enriches its emails, and waits for the outcome: the enrichment
 /// and the person as the API shows them.
 async fn enrich(stack: &Stack, person: &str) -> (Value, Value) {
@@ -41,37 +82,11 @@ async fn enrich(stack: &Stack, person: &str) -> (Value, Value) {
         .token("user_async", ORG, Duration::from_secs(600))
         .unwrap();
     let base = &stack.info.gateway_url;
-    let created: Value = http
-        .post(format!("{base}/api/v1/entities/persons"))
-        .bearer_auth(&token)
-        .json(&serde_json::from_str::<Value>(person).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_string();
+    let id = create_person(stack, &token, person).await;
     let url = format!("{base}/api/v1/operations/enrichment/{id}?field=emails");
     let accepted = http.post(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(accepted.status().as_u16(), 200);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let body: Value = http
-            .get(&url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if body["status"] != "pending" {
-            break body;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "still pending");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = ended(&url, &token).await;
     let person: Value = http
         .get(format!("{base}/api/v1/entities/persons/{id}"))
         .bearer_auth(&token)
@@ -200,17 +215,7 @@ async fn a_job_left_running_by_a_cancelled_enrichment_is_continued_by_another_or
         let token = stack
             .token("user_async", org, Duration::from_secs(600))
             .unwrap();
-        let created: Value = http
-            .post(format!("{base}/api/v1/entities/persons"))
-            .bearer_auth(&token)
-            .json(&serde_json::from_str::<Value>(BRUNO).unwrap())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = created["id"].as_str().unwrap().to_string();
+        let id = create_person(&stack, &token, BRUNO).await;
         let url = format!("{base}/api/v1/operations/enrichment/{id}");
         let accepted = http
             .post(format!("{url}?field=emails"))
@@ -235,23 +240,7 @@ async fn a_job_left_running_by_a_cancelled_enrichment_is_continued_by_another_or
         .unwrap();
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let body: Value = http
-            .get(format!("{}?field=emails", urls[1]))
-            .bearer_auth(&tokens[1])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if body["status"] != "pending" {
-            break body;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "still pending");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let done = ended(&format!("{}?field=emails", urls[1]), &tokens[1]).await;
     assert_eq!(done["status"], "finished", "{done}");
     assert_eq!(done["dataFound"], true, "{done}");
     let stats = simulator_stats(&stack).await;
@@ -284,17 +273,7 @@ async fn under_step_functions_a_waiting_job_goes_back_to_the_state_machine_with_
         .token("user_async", ORG, Duration::from_secs(600))
         .unwrap();
     let base = &stack.info.gateway_url;
-    let created: Value = http
-        .post(format!("{base}/api/v1/entities/persons"))
-        .bearer_auth(&token)
-        .json(&serde_json::from_str::<Value>(BRUNO).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let person = created["id"].as_str().unwrap();
+    let person = create_person(&stack, &token, BRUNO).await;
     let pending: Value = http
         .post(format!(
             "{base}/api/v1/operations/enrichment/{person}?field=emails"
