@@ -582,3 +582,55 @@ pub async fn handle_cancel(
     });
     answer(result.await, "POST")
 }
+
+/// The webhook settings routes' prefix (spec operations-api, "Webhooks").
+pub const WEBHOOK_SETTINGS_PATH: &str = "/api/v1/settings/webhook";
+
+/// The webhook settings function (spec operations-api, "Webhooks"): `PUT`
+/// [`WEBHOOK_SETTINGS_PATH`] with `{"url"}` (200 `{"url", "secret", "createdAt"}`, the secret
+/// shown this once), `GET` (200 `{"url", "createdAt"}`, 404 `Webhook not found`), `DELETE`
+/// (204), and `GET` [`WEBHOOK_SETTINGS_PATH`]`/deliveries?limit=` (200 `{"deliveries": [...]}`,
+/// newest first). Authentication first; another method is 405 with `Allow`. Answers before the
+/// invocation's [`deadline`].
+pub async fn handle_webhook_settings(
+    req: Request,
+    auth: &Authenticator,
+    webhooks: &crate::webhooks::Webhooks,
+) -> Response<Body> {
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix(WEBHOOK_SETTINGS_PATH)
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string();
+    let allow = match rest.as_str() {
+        "/deliveries" => "GET",
+        _ => "GET, PUT, DELETE",
+    };
+    let method = req.method().clone();
+    let result = within(deadline(&req), async {
+        let principal = auth.authenticate(authorization(&req)).await?;
+        Ok(match (method, rest.as_str()) {
+            (Method::PUT, "") => {
+                let webhook = webhooks.register(&principal, &json_body(&req)?).await?;
+                json_of(200, &webhook)
+            }
+            (Method::GET, "") => json_of(200, &webhooks.get(&principal).await?),
+            (Method::DELETE, "") => {
+                webhooks.remove(&principal).await?;
+                let mut response = Response::new(Body::Empty);
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                response
+            }
+            (Method::GET, "/deliveries") => {
+                let limit = query_once(&req, "limit")?;
+                let deliveries = webhooks.deliveries(&principal, limit.as_deref()).await?;
+                json_of(200, &serde_json::json!({ "deliveries": deliveries }))
+            }
+            _ => return Err(ApiError::MethodNotAllowed),
+        })
+    })
+    .await;
+    answer(result, allow)
+}

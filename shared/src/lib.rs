@@ -20,4 +20,5 @@ pub mod providers;
 pub mod queue;
 pub mod secrets;
 pub mod store;
+pub mod webhooks;
 pub mod worker;

@@ -9,6 +9,7 @@
 //! | rate counter | `ORG#{orgId}` | `RATE#{unix minute}` |
 //! | enrichment (current) | `ORG#{orgId}` | `ENRICHMENT#{personId}#{field}` |
 //! | global cache | `GLOBAL#{fingerprint}` | `FIELD#{field}` |
+//! | webhook endpoint, outbox event, delivery | `ORG#{orgId}` | `WEBHOOK`, `OUTBOX#{eventId}`, `DELIVERY#{createdAt}#{eventId}` (see `webhooks`) |
 //!
 //! Every rule that must hold under concurrency (one enrichment per org, person and field; credits
 //! never below zero; one worker per job) is a DynamoDB condition here, so it holds across Lambda
@@ -29,8 +30,8 @@ use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
     KeySchemaElement, KeyType, Projection, ProjectionType, Put, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
-    TransactWriteItem, Update,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, StreamSpecification, StreamViewType,
+    TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -44,6 +45,7 @@ mod credits;
 mod enrichments;
 mod people;
 mod suppression;
+mod webhooks;
 
 pub use batch::{CHUNK, ChunkOutcome, PlannedEnrichment};
 pub use credits::{
@@ -51,6 +53,7 @@ pub use credits::{
     LedgerCheck,
 };
 pub use suppression::{HeldValues, SuppressionReport};
+pub use webhooks::{DELIVERY_TTL, OUTBOX_SK_PREFIX, OUTBOX_TTL, OutboxItem};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -493,7 +496,8 @@ impl Store {
     }
 
     /// Creates the table as `template.yaml` declares it (`pk`/`sk` strings, on demand, TTL on
-    /// `expiresAt`, the [`PEOPLE_INDEX`] index) unless it exists: for the emulators (the local stack, the store's tests).
+    /// `expiresAt`, the [`PEOPLE_INDEX`] index, a stream of new images for the outbox relay)
+    /// unless it exists: for the emulators (the local stack, the store's tests).
     /// On AWS the template creates it.
     ///
     /// Errors: a DynamoDB failure, with the operation that failed.
@@ -541,6 +545,13 @@ impl Store {
                             .projection_type(ProjectionType::All)
                             .build(),
                     )
+                    .build()
+                    .map_err(build_error)?,
+            )
+            .stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewImage)
                     .build()
                     .map_err(build_error)?,
             )

@@ -9,7 +9,8 @@ impl Store {
     /// journal removed) on condition it is still the same enrichment (`id`) and `pending`,
     /// (1) the org's balance is credited with `record.credits_charged`, (2) the `refund` credit
     /// transaction is written (items 1 and 2 are `Store::refund_items`, the refund of every
-    /// other ending; none when nothing was charged).
+    /// other ending; none when nothing was charged), (3) the `enrichment.cancelled` webhook
+    /// event goes to the outbox (`Store::outbox_put`).
     ///
     /// The condition makes the refund happen once: of two cancels racing, or a cancel racing the
     /// worker's outcome or a timeout, one write wins and the others change nothing. A worker
@@ -45,17 +46,19 @@ impl Store {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .map_err(build_error)?;
+        let cancelled_enrichment = Enrichment {
+            status: Status::Cancelled,
+            updated_at: now.to_string(),
+            ..enrichment.clone()
+        };
         let mut items = vec![TransactWriteItem::builder().update(cancel).build()];
         items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
+        items.extend(self.outbox_put(&cancelled_enrichment, now)?);
         match self.transact(items).await? {
             None => Ok(Ok({
                 let charged = record.credits_charged;
                 crate::metrics::ended(enrichment.field, Status::Cancelled, None, charged);
-                Enrichment {
-                    status: Status::Cancelled,
-                    updated_at: now.to_string(),
-                    ..enrichment.clone()
-                }
+                cancelled_enrichment
             })),
             Some(mut reasons) if reasons.first().is_some_and(|r| r.failed) => {
                 let current = reasons.swap_remove(0).item;

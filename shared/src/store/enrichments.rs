@@ -111,8 +111,8 @@ impl Store {
     }
 
     /// Ends a `pending` enrichment as `status` with `error` and gives its `charged` credits back
-    /// (a `refund` credit transaction), in one `TransactWriteItems`. Returns the ended
-    /// enrichment, or `Err(current)` when it was no longer pending (nothing written; the
+    /// (a `refund` credit transaction), with its webhook event in the outbox
+    /// ([`Store::outbox_put`]), in one `TransactWriteItems`. Returns the ended enrichment, or `Err(current)` when it was no longer pending (nothing written; the
     /// current item comes back from the same call, `ALL_OLD`).
     pub(super) async fn end_pending(
         &self,
@@ -140,17 +140,19 @@ impl Store {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .map_err(build_error)?;
+        let ended = Enrichment {
+            status,
+            error: Some(error.to_string()),
+            updated_at: now.to_string(),
+            ..enrichment.clone()
+        };
         let mut items = vec![TransactWriteItem::builder().update(end).build()];
         items.extend(self.refund_items(enrichment, charged, now)?);
+        items.extend(self.outbox_put(&ended, now)?);
         match self.transact(items).await? {
             None => Ok(Ok({
                 crate::metrics::ended(enrichment.field, status, None, charged);
-                Enrichment {
-                    status,
-                    error: Some(error.to_string()),
-                    updated_at: now.to_string(),
-                    ..enrichment.clone()
-                }
+                ended
             })),
             Some(mut reasons) if reasons.first().is_some_and(|r| r.failed) => {
                 match reasons.swap_remove(0).item {
@@ -400,7 +402,8 @@ impl Store {
     /// cache entry; an enrichment that ends `failed` (or finishes without data, with
     /// [`Completion::refund_miss`]) gives its credits back in the same transaction (a `refund`
     /// credit transaction). With [`Completion::held`] values, their holder items and a check
-    /// that none of their keys is suppressed ([`Store::suppress`]). Returns `false` when the
+    /// that none of their keys is suppressed ([`Store::suppress`]). The webhook event of the
+    /// outcome goes to the outbox in the same transaction ([`Store::outbox_put`]). Returns `false` when the
     /// claim was lost (the enrichment timed out or was replaced meanwhile): nothing is written
     /// then.
     ///
@@ -501,6 +504,15 @@ impl Store {
         if completion.refunds() {
             items.extend(self.refund_items(enrichment, record.credits_charged, now)?);
         }
+        let ended = Enrichment {
+            status: completion.status,
+            data_found: completion.data_found,
+            error: completion.error.clone(),
+            global_enrichment_id: completion.global_enrichment_id,
+            updated_at: now.to_string(),
+            ..enrichment.clone()
+        };
+        items.extend(self.outbox_put(&ended, now)?);
         match self.transact(items).await? {
             None => {
                 let refunded = if completion.refunds() {
