@@ -53,6 +53,9 @@ pub const DEFAULT_RETRY_SCHEDULE: &str = "5,300,1800,7200,18000,36000";
 /// wait is a chain of such delays.
 pub const MAX_QUEUE_DELAY: Duration = Duration::from_secs(900);
 
+/// How long a host name's resolution may take before the URL is refused as unresolved.
+const DNS_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The longest URL accepted.
 const MAX_URL_LENGTH: usize = 2048;
 
@@ -420,8 +423,10 @@ impl UrlPolicy {
             url::Host::Ipv4(_) | url::Host::Ipv6(_) => Err(UrlRefusal::NotPublic),
             url::Host::Domain(name) => {
                 let name = name.to_string();
-                let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
+                let lookup = tokio::net::lookup_host((name.as_str(), port));
+                let addresses: Vec<SocketAddr> = tokio::time::timeout(DNS_TIMEOUT, lookup)
                     .await
+                    .map_err(|_| UrlRefusal::Unresolved)?
                     .map_err(|_| UrlRefusal::Unresolved)?
                     .collect();
                 let first = *addresses.first().ok_or(UrlRefusal::Unresolved)?;

@@ -650,3 +650,175 @@ async fn a_suppression_between_the_check_and_the_write_cancels_the_write() {
     );
     assert_eq!(ledger(&store, 10).await, (10, vec![-5, 5]));
 }
+
+/// The org's outbox events, parsed, in no particular order.
+async fn outbox(store: &Store) -> Vec<(OutboxItem, crate::webhooks::WebhookEvent)> {
+    let items = store
+        .client
+        .query()
+        .table_name(store.table())
+        .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+        .expression_attribute_values(":pk", s(org_pk(ORG)))
+        .expression_attribute_values(":prefix", s(OUTBOX_SK_PREFIX))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    items
+        .into_iter()
+        .map(|item| {
+            let item: OutboxItem = serde_dynamo::from_item(item).unwrap();
+            let event = serde_json::from_str(&item.body).unwrap();
+            (item, event)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_ending_puts_one_event_in_its_own_transaction_and_a_losing_write_none() {
+    use crate::webhooks::EventType;
+    let store = table().await;
+    store.grant_credits(ORG, 100).await.unwrap();
+    let mut expected = Vec::new();
+
+    // finished: the worker's outcome; the same outcome again (a lost claim) writes nothing.
+    let person = person(&store).await;
+    let enrichment = new_enrichment(person.id, now());
+    store
+        .create_enrichment(&enrichment, 5, NO_LIMIT)
+        .await
+        .unwrap();
+    let until = timestamp(Utc::now() + chrono::Duration::seconds(60));
+    let Claim::Claimed(record) = store
+        .claim(&Job::from(&enrichment), "a", &now(), &until)
+        .await
+        .unwrap()
+    else {
+        panic!("could not claim")
+    };
+    let outcome = Completion::searched(None, None);
+    assert!(store.complete(&record, "a", &outcome, &now()).await.unwrap());
+    assert!(!store.complete(&record, "a", &outcome, &now()).await.unwrap());
+    expected.push((enrichment.id, EventType::Finished, Status::Finished));
+
+    // timeout, twice: one event.
+    let person = self::person(&store).await;
+    let enrichment = new_enrichment(person.id, now());
+    store
+        .create_enrichment(&enrichment, 5, NO_LIMIT)
+        .await
+        .unwrap();
+    let record = current(&store, person.id).await.unwrap();
+    store.mark_timeout(&record, &now()).await.unwrap();
+    store.mark_timeout(&record, &now()).await.unwrap();
+    expected.push((enrichment.id, EventType::Timeout, Status::Timeout));
+
+    // cancelled, twice: one event; a failure after it: none.
+    let person = self::person(&store).await;
+    let enrichment = new_enrichment(person.id, now());
+    store
+        .create_enrichment(&enrichment, 5, NO_LIMIT)
+        .await
+        .unwrap();
+    let record = current(&store, person.id).await.unwrap();
+    assert!(store.cancel_pending(&record, &now()).await.unwrap().is_ok());
+    assert!(store.cancel_pending(&record, &now()).await.unwrap().is_err());
+    assert!(
+        store
+            .fail_and_refund(&enrichment, 5, "late", &now())
+            .await
+            .is_err()
+    );
+    expected.push((enrichment.id, EventType::Cancelled, Status::Cancelled));
+
+    // failed.
+    let person = self::person(&store).await;
+    let enrichment = new_enrichment(person.id, now());
+    store
+        .create_enrichment(&enrichment, 5, NO_LIMIT)
+        .await
+        .unwrap();
+    let failed = store
+        .fail_and_refund(&enrichment, 5, "queue down", &now())
+        .await
+        .unwrap();
+    expected.push((enrichment.id, EventType::Failed, Status::Failed));
+
+    let mut events: Vec<_> = outbox(&store)
+        .await
+        .into_iter()
+        .map(|(item, event)| {
+            assert_eq!(item.event_id, event.id);
+            assert_eq!(item.enrichment_id, event.data.id);
+            assert_eq!(item.event_type, event.event_type);
+            assert_eq!(item.created_at, event.created_at);
+            assert_eq!(event.data.updated_at, event.created_at);
+            assert_eq!(item.org_id, ORG);
+            (event.data.id, event.event_type, event.data.status)
+        })
+        .collect();
+    events.sort_by_key(|e| e.0);
+    expected.sort_by_key(|e| e.0);
+    assert_eq!(events, expected);
+    // The event carries the enrichment as stored.
+    let (_, event) = outbox(&store)
+        .await
+        .into_iter()
+        .find(|(item, _)| item.enrichment_id == failed.id)
+        .unwrap();
+    assert_eq!(event.data, failed);
+    // Charged 4 × 5; refunded the timeout, the cancel and the failure once each.
+    assert_eq!(
+        ledger(&store, 100).await,
+        (95, vec![-5, -5, -5, -5, 5, 5, 5])
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_is_written_once_and_its_attempts_only_forward() {
+    use crate::webhooks::Webhook;
+    let store = table().await;
+    let (person, _) = charged(&store).await;
+    let record = current(&store, person.id).await.unwrap();
+    store.cancel_pending(&record, &now()).await.unwrap().unwrap();
+    let (item, _) = outbox(&store).await.pop().unwrap();
+
+    assert_eq!(store.get_webhook(ORG).await.unwrap(), None);
+    let webhook = Webhook {
+        url: "https://hooks.example/x".into(),
+        secret: "whsec_c2VjcmV0".into(),
+        created_at: now(),
+    };
+    store.put_webhook(ORG, &webhook).await.unwrap();
+    assert_eq!(store.get_webhook(ORG).await.unwrap(), Some(webhook));
+    assert!(!format!("{:?}", store.get_webhook(ORG).await.unwrap()).contains("c2VjcmV0"));
+
+    let first = store.create_delivery(&item).await.unwrap();
+    assert_eq!((first.attempts, first.delivered), (0, false));
+    let mut attempt = first.clone();
+    attempt.attempts = 1;
+    attempt.last_status = Some(500);
+    attempt.last_attempt_at = Some(now());
+    assert!(store.record_attempt(ORG, &attempt, false).await.unwrap());
+    // The stream gives the record again: the delivery as it is comes back.
+    assert_eq!(store.create_delivery(&item).await.unwrap(), attempt);
+    // A duplicate message of attempt 1 records nothing.
+    assert!(!store.record_attempt(ORG, &attempt, false).await.unwrap());
+    attempt.attempts = 2;
+    attempt.last_status = Some(204);
+    attempt.delivered = true;
+    assert!(store.record_attempt(ORG, &attempt, true).await.unwrap());
+    let (stored, body, done) = store
+        .get_delivery(ORG, &item.created_at, item.event_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((stored, body, done), (attempt.clone(), item.body.clone(), true));
+    assert_eq!(store.list_deliveries(ORG, 20).await.unwrap(), [attempt]);
+    assert!(store.list_deliveries("org_other", 20).await.unwrap().is_empty());
+
+    store.delete_webhook(ORG).await.unwrap();
+    assert_eq!(store.get_webhook(ORG).await.unwrap(), None);
+}
