@@ -146,17 +146,19 @@ impl SqsJobQueue {
         jobs: &[Job],
     ) -> Result<(), QueueError> {
         let Some(check_delay) = self.check_delay(delay) else {
-            return self.send_body(body, delay).await;
+            return self.send_body(body, delay, fair_group(jobs)).await;
         };
         let check = serde_json::to_string(&TimeoutCheck {
             timeout_check: jobs.to_vec(),
         })
         .map_err(|e| QueueError(e.to_string()))?;
+        let group = fair_group(jobs);
         let entry = |id: &str, body: String, delay: i32| {
             SendMessageBatchRequestEntry::builder()
                 .id(id)
                 .message_body(body)
                 .delay_seconds(delay)
+                .set_message_group_id(group.clone())
                 .build()
                 .map_err(|e| QueueError(e.to_string()))
         };
@@ -257,7 +259,8 @@ impl SqsJobQueue {
 
     async fn send(&self, job: &Job, delay_seconds: i32) -> Result<(), QueueError> {
         let body = serde_json::to_string(job).map_err(|e| QueueError(e.to_string()))?;
-        self.send_body(body, delay_seconds).await
+        let group = fair_group(std::slice::from_ref(job));
+        self.send_body(body, delay_seconds, group).await
     }
 
     /// Sends a message carrying a [`TimeoutCheck`] of `jobs`, delivered after `delay`: a check
@@ -272,16 +275,26 @@ impl SqsJobQueue {
         let seconds = delay
             .as_secs()
             .clamp(1, crate::budget::MAX_SQS_DELAY.as_secs());
-        self.send_body(body, i32::try_from(seconds).unwrap_or(900))
-            .await
+        self.send_body(
+            body,
+            i32::try_from(seconds).unwrap_or(900),
+            fair_group(jobs),
+        )
+        .await
     }
 
-    async fn send_body(&self, body: String, delay_seconds: i32) -> Result<(), QueueError> {
+    async fn send_body(
+        &self,
+        body: String,
+        delay_seconds: i32,
+        group: Option<String>,
+    ) -> Result<(), QueueError> {
         self.client
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(body)
             .delay_seconds(delay_seconds)
+            .set_message_group_id(group)
             .send()
             .await
             .map_err(|e| QueueError(DisplayErrorContext(&e).to_string()))?;
@@ -339,6 +352,7 @@ impl SqsJobQueue {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(body)
+                        .message_group_id(&job.org_id)
                         .build()
                         .map_err(|e| QueueError(e.to_string()))
                 })
@@ -527,6 +541,15 @@ fn chosen(
             why: "jobs go to an SQS queue of the worker or start Step Functions executions",
         })
     }
+}
+
+/// The `MessageGroupId` of messages carrying `jobs` (one org's): the org. On a standard queue it
+/// turns on SQS fair queues (AWS docs, "Amazon SQS fair queues"): when one org's backlog grows (a
+/// bulk of 1000), consumers are given the other orgs' messages first, so an org's single request
+/// does not wait behind another org's bulk. Ordering and throughput of a standard queue are
+/// unchanged.
+fn fair_group(jobs: &[Job]) -> Option<String> {
+    jobs.first().map(|job| job.org_id.clone())
 }
 
 #[cfg(test)]

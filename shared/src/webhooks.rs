@@ -472,6 +472,8 @@ impl DeliveryQueue {
             .queue_url(&self.url)
             .message_body(body)
             .delay_seconds(delay)
+            // SQS fair queues: one org's backlog of retries does not hold up another's.
+            .message_group_id(&message.org_id)
             .send()
             .await
             .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;

@@ -1397,3 +1397,35 @@ async fn batch_query_answers_the_existing_enrichments_in_task_order_without_cred
     );
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_job_goes_to_its_orgs_fair_queue_group() {
+    let stack = start(Duration::from_secs(800), false).await;
+    let person = known_person();
+    add_person(&stack, ORG, &person).await;
+    stack.store.grant_credits(ORG, 100).await.unwrap();
+    let (status, _) = Api::new(&stack, ORG).post(person.id, "emails").await;
+    assert_eq!(status, 200);
+
+    let received = stack
+        .sqs
+        .receive_message()
+        .queue_url(&stack.info.queue_url)
+        .max_number_of_messages(10)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    // The job (the timeout check is delayed until the maximum age).
+    assert_eq!(received.len(), 1);
+    let group = received[0]
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId));
+    assert_eq!(group.map(String::as_str), Some(ORG));
+    let job: Job = serde_json::from_str(received[0].body().unwrap()).unwrap();
+    assert_eq!((job.org_id.as_str(), job.person_id), (ORG, person.id));
+    ledger(&stack.store, ORG, 100).await;
+    stack.shutdown().await;
+}
