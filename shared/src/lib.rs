@@ -14,6 +14,7 @@ pub mod enrichment;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod limiter;
 pub mod metrics;
 pub mod people;
 pub mod providers;

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::config::{ConfigError, QueueSettings, Vars};
 use crate::domain::{Job, JobBatch, TimeoutCheck};
+use crate::limiter::ProviderSlot;
 
 /// A failed enqueue, after the SDK's own retries.
 #[derive(Debug, thiserror::Error)]
@@ -250,17 +251,22 @@ impl SqsJobQueue {
     /// person.
     ///
     /// Errors: the send failed (the caller reports the message as failed, so it comes back).
-    pub async fn send_later(&self, job: &Job, delay: Duration) -> Result<(), QueueError> {
+    /// With `slot`, the job carries the provider call slot it was deferred to (`"slot"`, see
+    /// [`crate::limiter`]).
+    pub async fn send_later(
+        &self,
+        job: &Job,
+        slot: Option<&ProviderSlot>,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
         let seconds = delay
             .as_secs()
             .clamp(1, crate::budget::MAX_SQS_DELAY.as_secs());
-        self.send(job, i32::try_from(seconds).unwrap_or(900)).await
-    }
-
-    async fn send(&self, job: &Job, delay_seconds: i32) -> Result<(), QueueError> {
-        let body = serde_json::to_string(job).map_err(|e| QueueError(e.to_string()))?;
+        let body = serde_json::to_string(&DeferredJob { job, slot })
+            .map_err(|e| QueueError(e.to_string()))?;
         let group = fair_group(std::slice::from_ref(job));
-        self.send_body(body, delay_seconds, group).await
+        self.send_body(body, i32::try_from(seconds).unwrap_or(900), group)
+            .await
     }
 
     /// Sends a message carrying a [`TimeoutCheck`] of `jobs`, delivered after `delay`: a check
@@ -541,6 +547,15 @@ fn chosen(
             why: "jobs go to an SQS queue of the worker or start Step Functions executions",
         })
     }
+}
+
+/// A deferred job's message: the job, and the provider call slot it was deferred to.
+#[derive(Serialize)]
+struct DeferredJob<'a> {
+    #[serde(flatten)]
+    job: &'a Job,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slot: Option<&'a ProviderSlot>,
 }
 
 /// The `MessageGroupId` of messages carrying `jobs` (one org's): the org. On a standard queue it

@@ -9,6 +9,7 @@
 //! | rate counter | `ORG#{orgId}` | `RATE#{unix minute}` |
 //! | enrichment (current) | `ORG#{orgId}` | `ENRICHMENT#{personId}#{field}` |
 //! | global cache | `GLOBAL#{fingerprint}` | `FIELD#{field}` |
+//! | provider rate limit and circuit | `PROVIDER#{name}` | `LIMIT` (see `limits`) |
 //! | webhook endpoint, outbox event, delivery | `ORG#{orgId}` | `WEBHOOK`, `OUTBOX#{eventId}`, `DELIVERY#{createdAt}#{eventId}` (see `webhooks`) |
 //!
 //! Every rule that must hold under concurrency (one enrichment per org, person and field; credits
@@ -43,6 +44,7 @@ mod cache;
 mod cancel;
 mod credits;
 mod enrichments;
+mod limits;
 mod people;
 mod suppression;
 mod webhooks;
@@ -52,6 +54,7 @@ pub use credits::{
     CreditSource, CreditTransaction, CreditTransactionType, Grant, GrantOutcome, HistoryPage,
     LedgerCheck,
 };
+pub use limits::Slot;
 pub use suppression::{HeldValues, SuppressionReport};
 pub use webhooks::{DELIVERY_TTL, OUTBOX_SK_PREFIX, OUTBOX_TTL, OutboxItem};
 

@@ -17,6 +17,7 @@ use crate::domain::{
     timestamp, timestamp_before,
 };
 use crate::identity::{IdentityKeys, email_key};
+use crate::limiter::{Admission, Limiter, ProviderSlot};
 use crate::providers::PersonQuery;
 use crate::providers::cascade::{Cascade, CascadeJournal, CascadeOutcome};
 use crate::queue::SqsJobQueue;
@@ -46,6 +47,9 @@ pub enum JobOutcome {
         /// When to look at the job again: when the other worker's lease lapses, at most
         /// [`budget::MAX_DEFER`].
         delay: Duration,
+        /// The provider call slot the job was deferred to ([`crate::limiter`]): it comes back
+        /// with the job, which then calls without reserving again.
+        slot: Option<ProviderSlot>,
     },
 }
 
@@ -118,6 +122,12 @@ struct Journal<'a> {
     lease_margin: Duration,
     /// How long a provider job stays usable by the next lease holder: the maximum age.
     max_age: Duration,
+    /// The providers' shared rate limits.
+    limiter: &'a Limiter,
+    /// The call slot the job came back for, if it was deferred to one.
+    held: Option<&'a ProviderSlot>,
+    /// The slot the job is now deferred to (set by [`CascadeJournal::admit`]).
+    deferred_to: std::sync::Mutex<Option<ProviderSlot>>,
 }
 
 #[async_trait::async_trait]
@@ -214,6 +224,46 @@ impl CascadeJournal for Journal<'_> {
         self.record.provider_failure(provider)
     }
 
+    fn limits(&self, provider: &str) -> bool {
+        self.limiter.limits(provider)
+    }
+
+    async fn admit(&self, provider: &str) -> Result<u32, Duration> {
+        match self.limiter.admit(provider, self.held).await {
+            Ok(Admission::Go { failures }) => Ok(failures),
+            Ok(Admission::Defer(slot)) => {
+                let wait_ms = slot.at_ms - Utc::now().timestamp_millis();
+                let delay = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
+                if let Ok(mut deferred) = self.deferred_to.lock() {
+                    *deferred = Some(slot);
+                }
+                // SQS delays are whole seconds: come back at the slot, never before it.
+                Err(Duration::from_secs(
+                    delay.as_secs() + u64::from(delay.subsec_nanos() > 0),
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(provider, error = %e, "could not reserve a call slot; deferred");
+                Err(Duration::from_secs(1))
+            }
+        }
+    }
+
+    async fn unavailable(
+        &self,
+        provider: &str,
+        failures: u32,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        self.limiter
+            .unavailable(provider, failures, retry_after)
+            .await
+    }
+
+    async fn available(&self, provider: &str, failures: u32) {
+        self.limiter.available(provider, failures).await
+    }
+
     async fn record_failure(&self, provider: &str, error: &str) {
         if let Err(e) = self
             .store
@@ -290,10 +340,17 @@ fn defer_delay(until_unix: i64) -> Duration {
     Duration::from_secs(left.unsigned_abs()).min(budget::MAX_DEFER)
 }
 
+/// The provider call slot a deferred job's message carries (`"slot"`, beside the job's fields).
+#[derive(Deserialize)]
+struct HeldSlot {
+    slot: Option<ProviderSlot>,
+}
+
 /// Runs enrichment jobs. Build once per process.
 pub struct Worker {
     store: Store,
     cascade: Cascade,
+    limiter: Limiter,
     config: Config,
     queue: Option<SqsJobQueue>,
     bulk_queue: Option<SqsJobQueue>,
@@ -303,6 +360,7 @@ impl Worker {
     /// A worker over the table and the provider cascade.
     pub fn new(store: Store, cascade: Cascade, config: Config) -> Self {
         Self {
+            limiter: Limiter::new(store.clone(), cascade.limits()),
             store,
             cascade,
             config,
@@ -343,7 +401,7 @@ impl Worker {
     /// Runs one job handed over directly (Step Functions, tests) before `deadline`: see
     /// [`Worker::run_delivered`].
     pub async fn run(&self, job: &Job, deadline: Instant) -> Result<JobOutcome, JobError> {
-        self.run_delivered(job, deadline, None).await
+        self.run_delivered(job, deadline, None, None).await
     }
 
     /// Runs one job before `deadline` (the Lambda's): claims it, serves it from the global cache
@@ -365,6 +423,7 @@ impl Worker {
         job: &Job,
         deadline: Instant,
         delivery: Option<&Delivery<'_>>,
+        held_slot: Option<&ProviderSlot>,
     ) -> Result<JobOutcome, JobError> {
         let token = Uuid::new_v4().to_string();
         let now = Utc::now();
@@ -386,6 +445,7 @@ impl Worker {
                 tracing::info!(enrichment_id = %job.enrichment_id, until = %until, "job held by a live worker; deferred");
                 return Ok(JobOutcome::Deferred {
                     delay: defer_delay(until_unix),
+                    slot: held_slot.cloned(),
                 });
             }
             Claim::Gone => {
@@ -405,7 +465,7 @@ impl Worker {
             return Ok(JobOutcome::Completed(Box::new(ended)));
         }
         match self
-            .run_claimed(&claimed, job.cache, &token, deadline, delivery)
+            .run_claimed(&claimed, job.cache, &token, deadline, delivery, held_slot)
             .await
         {
             Ok(JobOutcome::Completed(done)) => Ok(JobOutcome::Completed(done)),
@@ -433,6 +493,7 @@ impl Worker {
         token: &str,
         deadline: Instant,
         delivery: Option<&Delivery<'_>>,
+        held_slot: Option<&ProviderSlot>,
     ) -> Result<JobOutcome, StoreError> {
         let enrichment = &claimed.enrichment;
         let field = enrichment.field;
@@ -490,6 +551,7 @@ impl Worker {
                     tracing::info!(enrichment_id = %enrichment.id, fingerprint = %fp, "another job is enriching this person; deferred");
                     return Ok(JobOutcome::Deferred {
                         delay: defer_delay(until_unix),
+                        slot: held_slot.cloned(),
                     });
                 }
             }
@@ -505,6 +567,9 @@ impl Worker {
             delivery,
             lease_margin: self.config.lease_margin,
             max_age: self.config.max_age,
+            limiter: &self.limiter,
+            held: held_slot,
+            deferred_to: std::sync::Mutex::new(None),
         };
         let outcome = self
             .cascade
@@ -598,7 +663,8 @@ impl Worker {
                         tracing::warn!(error = %e, "could not extend the global cache lease");
                     }
                 }
-                return Ok(JobOutcome::Deferred { delay });
+                let slot = journal.deferred_to.lock().ok().and_then(|mut s| s.take());
+                return Ok(JobOutcome::Deferred { delay, slot });
             }
         };
         let caches = completion.cache.is_some();
@@ -749,7 +815,9 @@ impl Worker {
                 let outcome = match self.run(&job, deadline).await? {
                     JobOutcome::Dropped => "dropped".to_string(),
                     JobOutcome::Completed(e) => e.status.as_str().to_string(),
-                    JobOutcome::Deferred { delay } => {
+                    JobOutcome::Deferred { delay, .. } => {
+                        // The slot is not handed to the state machine: the job reserves
+                        // again when it comes back.
                         let mut deferred = serde_json::to_value(&job)
                             .map_err(|e| JobError::BadMessage(e.to_string()))?;
                         deferred["outcome"] = "deferred".into();
@@ -910,6 +978,9 @@ impl Worker {
                     });
             let body = record.body.as_deref().unwrap_or_default();
             let result = serde_json::from_str::<Job>(body);
+            let held_slot = serde_json::from_str::<HeldSlot>(body)
+                .ok()
+                .and_then(|h| h.slot);
             let receives: u32 = record
                 .attributes
                 .get("ApproximateReceiveCount")
@@ -949,21 +1020,23 @@ impl Worker {
             let result = result.map_err(|e| JobError::BadMessage(e.to_string()));
             let (job, result) = match result {
                 Ok(job) => {
-                    let result = self.run_delivered(&job, deadline, delivery.as_ref()).await;
+                    let result = self
+                        .run_delivered(&job, deadline, delivery.as_ref(), held_slot.as_ref())
+                        .await;
                     (Some(job), result)
                 }
                 Err(e) => (None, Err(e)),
             };
             let result = match (result, &job, queue) {
-                (Ok(JobOutcome::Deferred { delay }), Some(job), Some(queue)) => queue
-                    .send_later(job, delay)
+                (Ok(JobOutcome::Deferred { delay, slot }), Some(job), Some(queue)) => queue
+                    .send_later(job, slot.as_ref(), delay)
                     .await
-                    .map(|()| JobOutcome::Deferred { delay })
+                    .map(|()| JobOutcome::Deferred { delay, slot })
                     .map_err(|e| {
                         tracing::warn!(error = %e, "could not defer the job");
                         JobError::Deferred(delay)
                     }),
-                (Ok(JobOutcome::Deferred { delay }), _, None) => Err(JobError::Deferred(delay)),
+                (Ok(JobOutcome::Deferred { delay, .. }), _, None) => Err(JobError::Deferred(delay)),
                 (result, _, _) => result,
             };
             if let Err(e) = result {

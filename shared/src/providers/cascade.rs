@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::config::{ConfigError, Vars};
 use crate::domain::{ContactPoint, Field, timestamp};
+use crate::limiter::ProviderLimit;
 use crate::metrics::{self, ProviderOutcome};
 use crate::providers::normalize::normalize;
 use crate::providers::registry;
@@ -90,6 +91,7 @@ pub struct Cascade {
     budgets: std::collections::HashMap<String, Budget>,
     default_region: Id,
     poll_delay: Duration,
+    limits: std::collections::HashMap<String, ProviderLimit>,
 }
 
 /// One provider's time and retry budget, overriding the cascade's defaults.
@@ -172,6 +174,43 @@ pub trait CascadeJournal: Send + Sync {
     async fn inherited_job(&self, _provider: &str) -> Option<String> {
         None
     }
+    /// Whether `provider`'s calls go through a shared rate limit and circuit
+    /// ([`crate::limiter`]): then it is asked without in-process retries, after
+    /// [`CascadeJournal::admit`], and a 429, 5xx, time-out or connection error defers the job
+    /// ([`CascadeJournal::unavailable`]) instead of failing it. Default: no.
+    fn limits(&self, _provider: &str) -> bool {
+        false
+    }
+    /// Before a call to a limited provider: `Ok(failures)` to call now (the provider's
+    /// failures before this slot), or `Err(delay)` to defer the job that long (its slot is
+    /// later, or the limit could not be read).
+    async fn admit(&self, _provider: &str) -> Result<u32, Duration> {
+        Ok(0)
+    }
+    /// A limited provider could not answer (`retry_after`: its own wait, when it said one):
+    /// opens its circuit and returns how long to defer the job.
+    async fn unavailable(
+        &self,
+        _provider: &str,
+        _failures: u32,
+        _retry_after: Option<Duration>,
+    ) -> Duration {
+        Duration::from_secs(1)
+    }
+    /// A limited provider answered on a slot that saw `failures`: closes its circuit.
+    async fn available(&self, _provider: &str, _failures: u32) {}
+}
+
+/// Whether `error` is a provider's passing unavailability (a rate limit, a 5xx, a time-out, a
+/// connection error) rather than an answer about the request; with its own wait, when it said
+/// one.
+fn unavailability(error: &ProviderError) -> Option<Option<Duration>> {
+    match error {
+        ProviderError::RateLimited { retry_after } => Some(*retry_after),
+        ProviderError::Timeout | ProviderError::Transport(_) => Some(None),
+        ProviderError::Status(status) if *status >= 500 => Some(None),
+        _ => None,
+    }
 }
 
 /// What one step of an asynchronous provider's job came to.
@@ -216,6 +255,7 @@ impl Cascade {
             budgets: std::collections::HashMap::new(),
             default_region: DEFAULT_PHONE_REGION,
             poll_delay: DEFAULT_POLL_DELAY,
+            limits: std::collections::HashMap::new(),
         }
     }
 
@@ -230,6 +270,22 @@ impl Cascade {
     pub fn with_budget(mut self, provider: &str, budget: Budget) -> Self {
         self.budgets.insert(provider.to_string(), budget);
         self
+    }
+
+    /// The same cascade with `provider`'s shared rate limit ([`crate::limiter`]), which the
+    /// worker's [`crate::limiter::Limiter`] enforces.
+    pub fn with_limit(mut self, provider: &str, limit: ProviderLimit) -> Self {
+        if limit.interval().is_some() {
+            self.limits.insert(provider.to_string(), limit);
+        }
+        self
+    }
+
+    /// The providers that have a rate limit, with it.
+    pub fn limits(&self) -> impl Iterator<Item = (&str, ProviderLimit)> {
+        self.limits
+            .iter()
+            .map(|(name, limit)| (name.as_str(), *limit))
     }
 
     /// The budget of `provider`: its own, or the cascade's defaults.
@@ -333,6 +389,30 @@ impl Cascade {
                 errors.push((name.to_string(), NO_TIME_LEFT.to_string()));
                 continue;
             }
+            let limited = journal.limits(name);
+            let mut failures_before = 0;
+            if limited {
+                match journal.admit(name).await {
+                    Ok(failures) => failures_before = failures,
+                    Err(delay) => {
+                        tracing::info!(provider = name, field = %field, outcome = "rate_limited_wait", delay_s = delay.as_secs(), "no call slot yet: deferred");
+                        return CascadeOutcome::Waiting {
+                            provider: name.to_string(),
+                            delay,
+                        };
+                    }
+                }
+            }
+            // A limited provider's retries would take no slot: the circuit and the deferral
+            // stand for them.
+            let budget = if limited {
+                Budget {
+                    retries: 0,
+                    ..budget
+                }
+            } else {
+                budget
+            };
             if !journal.before_call(name, budget.span()).await {
                 tracing::warn!(provider = name, field = %field, "cascade stopped before the provider call");
                 return CascadeOutcome::Stopped;
@@ -358,6 +438,28 @@ impl Cascade {
                 }
             };
             let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if limited {
+                match answer.as_ref().err().and_then(unavailability) {
+                    Some(retry_after) => {
+                        let error = answer.as_ref().err().map(ToString::to_string);
+                        let rate_limited = matches!(answer, Err(ProviderError::RateLimited { .. }));
+                        metrics::provider_call(
+                            name,
+                            ProviderOutcome::Error { rate_limited },
+                            latency_ms,
+                        );
+                        let delay = journal
+                            .unavailable(name, failures_before, retry_after)
+                            .await;
+                        tracing::warn!(provider = name, field = %field, outcome = "unavailable", latency_ms, error = error.unwrap_or_default(), delay_s = delay.as_secs(), "provider unavailable: deferred");
+                        return CascadeOutcome::Waiting {
+                            provider: name.to_string(),
+                            delay,
+                        };
+                    }
+                    None => journal.available(name, failures_before).await,
+                }
+            }
             match answer {
                 Ok(ProviderAnswer::Found(raw)) => {
                     let found_at = timestamp(Utc::now());
@@ -920,6 +1022,135 @@ mod tests {
                 .push((provider.to_string(), job_id.to_string()));
             true
         }
+    }
+
+    /// A journal whose provider `limited` goes through a shared limit: `admit` answers `slot`,
+    /// `unavailable` defers 7 s; what they were told is recorded.
+    struct Limited {
+        slot: Result<u32, Duration>,
+        unavailable: std::sync::Mutex<Vec<(u32, Option<Duration>)>>,
+        available: std::sync::Mutex<Vec<u32>>,
+    }
+
+    impl Limited {
+        fn new(slot: Result<u32, Duration>) -> Self {
+            Self {
+                slot,
+                unavailable: Default::default(),
+                available: Default::default(),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl CascadeJournal for Limited {
+        fn answered(&self) -> &[String] {
+            &[]
+        }
+        async fn record_no_match(&self, _provider: &str) {}
+        async fn before_call(&self, _provider: &str, _span: Duration) -> bool {
+            true
+        }
+        fn keeps_jobs(&self) -> bool {
+            true
+        }
+        fn limits(&self, provider: &str) -> bool {
+            provider == "limited"
+        }
+        async fn admit(&self, _provider: &str) -> Result<u32, Duration> {
+            self.slot
+        }
+        async fn unavailable(
+            &self,
+            _provider: &str,
+            failures: u32,
+            retry_after: Option<Duration>,
+        ) -> Duration {
+            self.unavailable
+                .lock()
+                .unwrap()
+                .push((failures, retry_after));
+            Duration::from_secs(7)
+        }
+        async fn available(&self, _provider: &str, failures: u32) {
+            self.available.lock().unwrap().push(failures);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_limited_provider_defers_the_job_instead_of_failing_or_retrying() {
+        let limited_waiting = |seconds| CascadeOutcome::Waiting {
+            provider: "limited".into(),
+            delay: Duration::from_secs(seconds),
+        };
+        let run = |providers: Vec<Arc<Fake>>, journal: Limited| async move {
+            let cascade = email_cascade(&providers).with_retries(3);
+            let outcome = cascade
+                .run_with(Field::Emails, &person(), far_deadline(), &journal)
+                .await;
+            (outcome, journal)
+        };
+        // No slot yet: deferred by the journal's wait, no call.
+        let limited = Fake::found("limited", &["ada@northwind.example"]);
+        let (outcome, _) = run(
+            vec![limited.clone()],
+            Limited::new(Err(Duration::from_secs(3))),
+        )
+        .await;
+        assert_eq!(outcome, limited_waiting(3));
+        assert_eq!(limited.calls(), 0);
+
+        // A 429, a 503, a time-out, a connection error: one call each (no in-process retry),
+        // the circuit told with the provider's own wait, the job deferred, the next provider
+        // not asked and nothing counted as failed.
+        for (error, retry_after) in [
+            (
+                ProviderError::RateLimited {
+                    retry_after: Some(Duration::from_secs(30)),
+                },
+                Some(Duration::from_secs(30)),
+            ),
+            (ProviderError::Status(503), None),
+            (ProviderError::Timeout, None),
+            (ProviderError::Transport("reset".into()), None),
+        ] {
+            let limited = Fake::failing("limited", error);
+            let next = Fake::found("next", &["other@northwind.example"]);
+            let (outcome, journal) =
+                run(vec![limited.clone(), next.clone()], Limited::new(Ok(2))).await;
+            assert_eq!(outcome, limited_waiting(7));
+            assert_eq!((limited.calls(), next.calls()), (1, 0));
+            assert_eq!(*journal.unavailable.lock().unwrap(), [(2, retry_after)]);
+            assert!(journal.available.lock().unwrap().is_empty());
+        }
+
+        // An answer about the request (a 400) is the cascade's error as before.
+        let limited = Fake::failing("limited", ProviderError::Status(400));
+        let (outcome, journal) = run(vec![limited.clone()], Limited::new(Ok(0))).await;
+        assert!(
+            matches!(outcome, CascadeOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(*journal.available.lock().unwrap(), [0]);
+
+        // A good answer after failures closes the circuit; an unlimited provider is not
+        // admitted and keeps its retries.
+        let limited = Fake::found("limited", &["ada@northwind.example"]);
+        let (outcome, journal) = run(vec![limited.clone()], Limited::new(Ok(4))).await;
+        assert_eq!(values(&outcome), ["ada@northwind.example"]);
+        assert_eq!(*journal.available.lock().unwrap(), [4]);
+        let free = Fake::failing("free", ProviderError::Status(503));
+        let (outcome, journal) = run(
+            vec![free.clone()],
+            Limited::new(Err(Duration::from_secs(3))),
+        )
+        .await;
+        assert!(
+            matches!(outcome, CascadeOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(free.calls(), 4, "one call and three retries");
+        assert!(journal.unavailable.lock().unwrap().is_empty());
     }
 
     fn async_cascade(first: &Arc<FakeJobs>, then: &Arc<Fake>) -> Cascade {

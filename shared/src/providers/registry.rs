@@ -12,6 +12,7 @@ use std::time::Duration;
 use phonenumber::country::Id;
 
 use crate::config::{ConfigError, Vars};
+use crate::limiter::ProviderLimit;
 use crate::providers::Provider;
 use crate::providers::cascade::{
     Budget, Cascade, DEFAULT_PHONE_REGION, DEFAULT_POLL_DELAY, DEFAULT_RETRIES,
@@ -63,6 +64,12 @@ pub struct Registered {
     pub timeout_var: &'static str,
     /// The variable holding its own retry count (`HUNTER_RETRIES`).
     pub retries_var: &'static str,
+    /// The variable holding its calls per second shared by all workers
+    /// (`HUNTER_RATE_PER_SECOND`, see [`crate::limiter`]).
+    pub rate_per_second_var: &'static str,
+    /// The variable holding its calls per minute shared by all workers
+    /// (`HUNTER_RATE_PER_MINUTE`).
+    pub rate_per_minute_var: &'static str,
     /// Builds its adapter from the HTTP client, the API origin and the API key.
     pub build: fn(reqwest::Client, String, String) -> Arc<dyn Provider>,
 }
@@ -77,6 +84,8 @@ pub const REGISTRY: [Registered; 5] = [
         default_base_url: DEFAULT_HUNTER_BASE_URL,
         timeout_var: "HUNTER_TIMEOUT_SECONDS",
         retries_var: "HUNTER_RETRIES",
+        rate_per_second_var: "HUNTER_RATE_PER_SECOND",
+        rate_per_minute_var: "HUNTER_RATE_PER_MINUTE",
         build: |http, base, key| Arc::new(HunterProvider::new(http, base, key)),
     },
     Registered {
@@ -87,6 +96,8 @@ pub const REGISTRY: [Registered; 5] = [
         default_base_url: DEFAULT_PDL_BASE_URL,
         timeout_var: "PDL_TIMEOUT_SECONDS",
         retries_var: "PDL_RETRIES",
+        rate_per_second_var: "PDL_RATE_PER_SECOND",
+        rate_per_minute_var: "PDL_RATE_PER_MINUTE",
         build: |http, base, key| Arc::new(PdlProvider::new(http, base, key)),
     },
     Registered {
@@ -97,6 +108,8 @@ pub const REGISTRY: [Registered; 5] = [
         default_base_url: DEFAULT_PROSPEO_BASE_URL,
         timeout_var: "PROSPEO_TIMEOUT_SECONDS",
         retries_var: "PROSPEO_RETRIES",
+        rate_per_second_var: "PROSPEO_RATE_PER_SECOND",
+        rate_per_minute_var: "PROSPEO_RATE_PER_MINUTE",
         build: |http, base, key| Arc::new(ProspeoProvider::new(http, base, key)),
     },
     Registered {
@@ -107,6 +120,8 @@ pub const REGISTRY: [Registered; 5] = [
         default_base_url: DEFAULT_FULLENRICH_BASE_URL,
         timeout_var: "FULLENRICH_TIMEOUT_SECONDS",
         retries_var: "FULLENRICH_RETRIES",
+        rate_per_second_var: "FULLENRICH_RATE_PER_SECOND",
+        rate_per_minute_var: "FULLENRICH_RATE_PER_MINUTE",
         build: |http, base, key| Arc::new(FullEnrichProvider::new(http, base, key)),
     },
     Registered {
@@ -117,6 +132,8 @@ pub const REGISTRY: [Registered; 5] = [
         default_base_url: DEFAULT_DROPCONTACT_BASE_URL,
         timeout_var: "DROPCONTACT_TIMEOUT_SECONDS",
         retries_var: "DROPCONTACT_RETRIES",
+        rate_per_second_var: "DROPCONTACT_RATE_PER_SECOND",
+        rate_per_minute_var: "DROPCONTACT_RATE_PER_MINUTE",
         build: |http, base, key| Arc::new(DropcontactProvider::new(http, base, key)),
     },
 ];
@@ -177,6 +194,11 @@ pub struct ProviderSettings {
     /// `PROVIDER_RETRIES`; the same ranges): its own call budget, e.g.
     /// `FULLENRICH_TIMEOUT_SECONDS=60`.
     pub budget: Budget,
+    /// `<NAME>_RATE_PER_SECOND` and `<NAME>_RATE_PER_MINUTE` (default none; whole numbers from
+    /// 0 to 100000, 0: none): its rate limit, shared by every worker through DynamoDB
+    /// ([`crate::limiter`]). A provider with one is never failed for a 429, 5xx or time-out:
+    /// the job waits for its circuit instead.
+    pub limit: ProviderLimit,
 }
 
 impl std::fmt::Debug for ProviderSettings {
@@ -187,6 +209,7 @@ impl std::fmt::Debug for ProviderSettings {
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .field("base_url", &self.base_url)
             .field("budget", &self.budget)
+            .field("limit", &self.limit)
             .finish()
     }
 }
@@ -226,11 +249,20 @@ impl CascadeSettings {
                 timeout: timeout(vars, entry.timeout_var, provider_timeout)?,
                 retries: vars.number(entry.retries_var, retries, 0..=MAX_RETRIES)?,
             };
+            let rate = |var| {
+                vars.number(var, 0u32, 0..=100_000)
+                    .map(|n| (n > 0).then_some(n))
+            };
+            let limit = ProviderLimit {
+                per_second: rate(entry.rate_per_second_var)?,
+                per_minute: rate(entry.rate_per_minute_var)?,
+            };
             settings.push(ProviderSettings {
                 entry,
                 api_key,
                 base_url,
                 budget,
+                limit,
             });
         }
 
@@ -305,7 +337,9 @@ impl CascadeSettings {
         .with_default_region(self.phone_region)
         .with_poll_delay(self.poll_delay);
         Ok(self.providers.iter().fold(cascade, |cascade, provider| {
-            cascade.with_budget(provider.entry.name, provider.budget)
+            cascade
+                .with_budget(provider.entry.name, provider.budget)
+                .with_limit(provider.entry.name, provider.limit)
         }))
     }
 }

@@ -699,8 +699,18 @@ async fn every_ending_puts_one_event_in_its_own_transaction_and_a_losing_write_n
         panic!("could not claim")
     };
     let outcome = Completion::searched(None, None);
-    assert!(store.complete(&record, "a", &outcome, &now()).await.unwrap());
-    assert!(!store.complete(&record, "a", &outcome, &now()).await.unwrap());
+    assert!(
+        store
+            .complete(&record, "a", &outcome, &now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .complete(&record, "a", &outcome, &now())
+            .await
+            .unwrap()
+    );
     expected.push((enrichment.id, EventType::Finished, Status::Finished));
 
     // timeout, twice: one event.
@@ -724,7 +734,13 @@ async fn every_ending_puts_one_event_in_its_own_transaction_and_a_losing_write_n
         .unwrap();
     let record = current(&store, person.id).await.unwrap();
     assert!(store.cancel_pending(&record, &now()).await.unwrap().is_ok());
-    assert!(store.cancel_pending(&record, &now()).await.unwrap().is_err());
+    assert!(
+        store
+            .cancel_pending(&record, &now())
+            .await
+            .unwrap()
+            .is_err()
+    );
     assert!(
         store
             .fail_and_refund(&enrichment, 5, "late", &now())
@@ -782,7 +798,11 @@ async fn a_delivery_is_written_once_and_its_attempts_only_forward() {
     let store = table().await;
     let (person, _) = charged(&store).await;
     let record = current(&store, person.id).await.unwrap();
-    store.cancel_pending(&record, &now()).await.unwrap().unwrap();
+    store
+        .cancel_pending(&record, &now())
+        .await
+        .unwrap()
+        .unwrap();
     let (item, _) = outbox(&store).await.pop().unwrap();
 
     assert_eq!(store.get_webhook(ORG).await.unwrap(), None);
@@ -815,10 +835,92 @@ async fn a_delivery_is_written_once_and_its_attempts_only_forward() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((stored, body, done), (attempt.clone(), item.body.clone(), true));
+    assert_eq!(
+        (stored, body, done),
+        (attempt.clone(), item.body.clone(), true)
+    );
     assert_eq!(store.list_deliveries(ORG, 20).await.unwrap(), [attempt]);
-    assert!(store.list_deliveries("org_other", 20).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_deliveries("org_other", 20)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     store.delete_webhook(ORG).await.unwrap();
     assert_eq!(store.get_webhook(ORG).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn provider_slots_are_spaced_by_the_interval_across_concurrent_workers() {
+    let store = table().await;
+    let now = Utc::now().timestamp_millis();
+    // 30 workers reserve at the same moment, each guessing differently whether calls queue.
+    let reservations = (0..30).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .reserve_provider_slot("hunter", 100, now, i % 2 == 0)
+                .await
+                .unwrap()
+        }
+    });
+    let mut slots: Vec<i64> = futures::future::join_all(reservations)
+        .await
+        .into_iter()
+        .map(|slot| slot.at_ms - now)
+        .collect();
+    slots.sort();
+    assert_eq!(slots, (0..30).map(|i| i * 100).collect::<Vec<i64>>());
+    // Another provider has its own line.
+    let other = store
+        .reserve_provider_slot("pdl", 100, now, true)
+        .await
+        .unwrap();
+    assert_eq!(other.at_ms, now);
+    // Idle again later: the next slot is now, not in the past (no saved-up burst).
+    let later = now + 10_000;
+    let slot = store
+        .reserve_provider_slot("hunter", 100, later, true)
+        .await
+        .unwrap();
+    assert_eq!(slot.at_ms, later);
+    let slot = store
+        .reserve_provider_slot("hunter", 100, later, false)
+        .await
+        .unwrap();
+    assert_eq!(slot.at_ms, later + 100);
+}
+
+#[tokio::test]
+async fn an_open_circuit_gives_no_slot_before_it_closes_and_counts_failures() {
+    let store = table().await;
+    let now = Utc::now().timestamp_millis();
+    store
+        .open_provider_circuit("prospeo", now + 5_000)
+        .await
+        .unwrap();
+    // An earlier opening does not shorten it.
+    store
+        .open_provider_circuit("prospeo", now + 1_000)
+        .await
+        .unwrap();
+    let probe = store
+        .reserve_provider_slot("prospeo", 200, now, false)
+        .await
+        .unwrap();
+    assert_eq!(probe.at_ms, now + 5_000);
+    assert_eq!(probe.failures, 1);
+    let next = store
+        .reserve_provider_slot("prospeo", 200, now, true)
+        .await
+        .unwrap();
+    assert_eq!(next.at_ms, now + 5_200);
+    store.close_provider_circuit("prospeo").await.unwrap();
+    let after = store
+        .reserve_provider_slot("prospeo", 200, now, true)
+        .await
+        .unwrap();
+    assert_eq!((after.at_ms, after.failures), (now + 5_400, 0));
 }

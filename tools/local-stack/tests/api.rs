@@ -683,7 +683,7 @@ async fn two_orgs_enriching_the_same_person_at_once_run_the_providers_once() {
         worker.run(&job_b, soon()).await
     });
     let a = completed(a.unwrap());
-    let JobOutcome::Deferred { delay } = b.unwrap() else {
+    let JobOutcome::Deferred { delay, .. } = b.unwrap() else {
         panic!("B was not deferred")
     };
     assert!(

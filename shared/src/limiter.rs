@@ -1,0 +1,273 @@
+//! Providers' rate limits shared by every worker, and their circuits.
+//!
+//! **Rate.** A provider with a limit (`<NAME>_RATE_PER_SECOND`, `<NAME>_RATE_PER_MINUTE`) is
+//! called at most once per [`ProviderLimit::interval`]: each call first reserves a slot, a
+//! generic cell rate algorithm (GCRA) whose theoretical arrival time lives in DynamoDB
+//! ([`Store::reserve_provider_slot`]: one conditional `UpdateItem` per call while calls queue
+//! up). Slots are spaced evenly, so no window of the provider's, sliding or fixed, sees more
+//! than its limit (plus the one call at its edge). A slot less than [`MAX_SLEEP`] away is waited
+//! for in the worker; a later one defers the job (sent back to the queue, or to the state
+//! machine, with `DelaySeconds` and the slot in it): no Lambda waits, and the job calls the
+//! provider when it comes back, without reserving again.
+//!
+//! **Circuit.** A limited provider that cannot answer (429, 5xx, time-out, connection error)
+//! opens its circuit: no slot is given before its `Retry-After` or, without one, a backoff
+//! that doubles with each failure since the last good answer ([`backoff`]: 2 s to 60 s). The
+//! job is deferred to then, not failed; the first slot after it is the half-open probe, and a
+//! good answer closes the circuit. Only the maximum age ends an enrichment that waits on a
+//! provider (`timeout`, refunded).
+//!
+//! A provider without a limit is called as before: its failures are the cascade's errors.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Slot, Store, StoreError};
+
+/// The longest wait for a slot inside the worker; a later slot defers the job. SQS delays are
+/// whole seconds, so a shorter deferral would not be shorter.
+pub const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// The circuit's first backoff, doubled per failure since the last good answer.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
+
+/// The circuit's longest backoff, and the longest `Retry-After` honoured at once (a longer one
+/// is probed again then).
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// A provider's configured rate: `per_second` and/or `per_minute` calls, each at least 1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProviderLimit {
+    /// `<NAME>_RATE_PER_SECOND` (0 or unset: none).
+    pub per_second: Option<u32>,
+    /// `<NAME>_RATE_PER_MINUTE` (0 or unset: none).
+    pub per_minute: Option<u32>,
+}
+
+impl ProviderLimit {
+    /// The spacing of calls that keeps within both rates; `None` without a limit.
+    pub fn interval(&self) -> Option<Duration> {
+        let second = self
+            .per_second
+            .filter(|n| *n > 0)
+            .map(|n| Duration::from_secs(1) / n);
+        let minute = self
+            .per_minute
+            .filter(|n| *n > 0)
+            .map(|n| Duration::from_secs(60) / n);
+        second.max(minute)
+    }
+}
+
+/// The circuit's wait after `failures` earlier failures: [`BACKOFF_BASE`] × 2^failures, at most
+/// [`BACKOFF_MAX`].
+pub fn backoff(failures: u32) -> Duration {
+    BACKOFF_BASE
+        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+        .min(BACKOFF_MAX)
+}
+
+/// A slot reserved for a job that was deferred to it: the job calls `provider` when it comes
+/// back, without reserving again. Carried in the job's message (`slot`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderSlot {
+    /// The provider the slot is for.
+    pub provider: String,
+    /// When the call may start, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// What the limiter says before a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Call now.
+    Go {
+        /// The provider's failures before this slot (a good answer then closes the circuit).
+        failures: u32,
+    },
+    /// Defer the job to the slot.
+    Defer(ProviderSlot),
+}
+
+/// The shared limits of the providers that have one. Build once per process.
+pub struct Limiter {
+    store: Store,
+    intervals: HashMap<String, Duration>,
+    /// Per provider: whether the last reservation found calls queued (which update to try
+    /// first).
+    busy: Mutex<HashMap<String, bool>>,
+    slept_micros: AtomicU64,
+}
+
+impl Limiter {
+    /// The limiter of the providers of `limits` that have a rate.
+    pub fn new<'a>(
+        store: Store,
+        limits: impl IntoIterator<Item = (&'a str, ProviderLimit)>,
+    ) -> Self {
+        let intervals = limits
+            .into_iter()
+            .filter_map(|(name, limit)| Some((name.to_string(), limit.interval()?)))
+            .collect();
+        Self {
+            store,
+            intervals,
+            busy: Mutex::default(),
+            slept_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether `provider` has a limit.
+    pub fn limits(&self, provider: &str) -> bool {
+        self.intervals.contains_key(provider)
+    }
+
+    /// Time spent in this process waiting for slots ([`MAX_SLEEP`] at most each).
+    pub fn slept(&self) -> Duration {
+        Duration::from_micros(self.slept_micros.load(Ordering::Relaxed))
+    }
+
+    /// Admits a call to `provider`: with `held`, a slot this job was deferred to, at once
+    /// (after waiting for it if it came back early); otherwise a new slot is reserved, waited
+    /// for when it is at most [`MAX_SLEEP`] away, else the job is to be deferred to it.
+    /// A provider without a limit is always [`Admission::Go`].
+    ///
+    /// Errors: DynamoDB failures (the job is given again by its event source).
+    pub async fn admit(
+        &self,
+        provider: &str,
+        held: Option<&ProviderSlot>,
+    ) -> Result<Admission, StoreError> {
+        let Some(interval) = self.intervals.get(provider) else {
+            return Ok(Admission::Go { failures: 0 });
+        };
+        let now = Utc::now().timestamp_millis();
+        let slot = match held.filter(|slot| slot.provider == provider) {
+            Some(held) => Slot {
+                at_ms: held.at_ms,
+                failures: 0,
+            },
+            None => {
+                let busy = self.busy(provider);
+                let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+                let slot = self
+                    .store
+                    .reserve_provider_slot(provider, interval_ms, now, busy)
+                    .await?;
+                self.set_busy(provider, slot.at_ms > now);
+                slot
+            }
+        };
+        let wait = Duration::from_millis(u64::try_from(slot.at_ms - now).unwrap_or(0));
+        if wait > MAX_SLEEP {
+            return Ok(Admission::Defer(ProviderSlot {
+                provider: provider.to_string(),
+                at_ms: slot.at_ms,
+            }));
+        }
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+            let micros = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+            self.slept_micros.fetch_add(micros, Ordering::Relaxed);
+        }
+        Ok(Admission::Go {
+            failures: slot.failures,
+        })
+    }
+
+    /// `provider` could not answer (`retry_after`: its own wait, when it said one): opens its
+    /// circuit for that wait, or [`backoff`] of its `failures` so far, at most
+    /// [`BACKOFF_MAX`]; returns the wait, after which the job is to run again.
+    pub async fn unavailable(
+        &self,
+        provider: &str,
+        failures: u32,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        let wait = retry_after
+            .unwrap_or_else(|| backoff(failures))
+            .clamp(Duration::from_secs(1), BACKOFF_MAX);
+        let until =
+            Utc::now().timestamp_millis() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+        if let Err(e) = self.store.open_provider_circuit(provider, until).await {
+            tracing::warn!(provider, error = %e, "could not open the provider's circuit");
+        }
+        self.set_busy(provider, true);
+        tracing::warn!(
+            provider,
+            wait_s = wait.as_secs(),
+            failures,
+            "provider unavailable: circuit open"
+        );
+        wait
+    }
+
+    /// `provider` answered on a slot that saw `failures`: closes its circuit when there were
+    /// any (one `UpdateItem`, only then).
+    pub async fn available(&self, provider: &str, failures: u32) {
+        if failures == 0 {
+            return;
+        }
+        match self.store.close_provider_circuit(provider).await {
+            Ok(()) => tracing::info!(provider, "provider answered: circuit closed"),
+            Err(e) => {
+                tracing::warn!(provider, error = %e, "could not close the provider's circuit")
+            }
+        }
+    }
+
+    fn busy(&self, provider: &str) -> bool {
+        self.busy
+            .lock()
+            .map(|b| b.get(provider).copied().unwrap_or(false))
+            .unwrap_or(false)
+    }
+
+    fn set_busy(&self, provider: &str, busy: bool) {
+        if let Ok(mut map) = self.busy.lock() {
+            map.insert(provider.to_string(), busy);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_keeps_within_both_rates() {
+        let limit = |s, m| ProviderLimit {
+            per_second: s,
+            per_minute: m,
+        };
+        assert_eq!(limit(None, None).interval(), None);
+        assert_eq!(limit(Some(0), Some(0)).interval(), None);
+        assert_eq!(
+            limit(Some(15), None).interval(),
+            Some(Duration::from_secs(1) / 15)
+        );
+        assert_eq!(
+            limit(None, Some(60)).interval(),
+            Some(Duration::from_secs(1))
+        );
+        // 10 a second but 120 a minute: one every 500 ms.
+        assert_eq!(
+            limit(Some(10), Some(120)).interval(),
+            Some(Duration::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_a_minute() {
+        let seconds: Vec<u64> = [0, 1, 2, 3, 4, 5, 40]
+            .map(|f| backoff(f).as_secs())
+            .to_vec();
+        assert_eq!(seconds, [2, 4, 8, 16, 32, 60, 60]);
+    }
+}
