@@ -1,14 +1,21 @@
 //! Providers' rate limits shared by every worker, and their circuits.
 //!
 //! **Rate.** A provider with a limit (`<NAME>_RATE_PER_SECOND`, `<NAME>_RATE_PER_MINUTE`) is
-//! called at most once per [`ProviderLimit::interval`]: each call first reserves a slot, a
-//! generic cell rate algorithm (GCRA) whose theoretical arrival time lives in DynamoDB
-//! ([`Store::reserve_provider_slot`]: one conditional `UpdateItem` per call while calls queue
-//! up). Slots are spaced evenly, so no window of the provider's, sliding or fixed, sees more
-//! than its limit (plus the one call at its edge). A slot less than [`MAX_SLEEP`] away is waited
-//! for in the worker; a later one defers the job (sent back to the queue, or to the state
-//! machine, with `DelaySeconds` and the slot in it): no Lambda waits, and the job calls the
-//! provider when it comes back, without reserving again.
+//! called within it by every worker together, in two steps, each one conditional `UpdateItem`
+//! in DynamoDB:
+//!
+//! 1. **Queue** ([`Store::reserve_provider_slot`]): a call first reserves a slot, a generic cell
+//!    rate algorithm (GCRA) whose theoretical arrival time is shared. Slots are spaced evenly,
+//!    [`SPACING_MARGIN`] wider than the rate. A slot less than [`MAX_SLEEP`] away is waited for
+//!    in the worker; a later one defers the job: sent back to the queue with `DelaySeconds` up to
+//!    the slot and the slot in its message, so no Lambda waits, and the job does not reserve
+//!    again when it comes back.
+//! 2. **Gate** ([`Store::count_provider_call`]): right before the call, it is counted in the
+//!    calendar second (and minute) on condition the window holds fewer than the limit. The
+//!    queue spreads the jobs so that about one window's worth comes back per window, but SQS
+//!    delays are whole seconds and a job may come back late: the gate is what keeps a window
+//!    within the limit, whenever the calls come. A full window defers the job to the next one
+//!    (its slot kept).
 //!
 //! **Circuit.** A limited provider that cannot answer (429, 5xx, time-out, connection error)
 //! opens its circuit: no slot is given before its `Retry-After` or, without one, a backoff
@@ -40,6 +47,10 @@ pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
 /// is probed again then).
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
+/// How much wider than the configured rate calls are spaced (5%): two calls a slot apart never
+/// reach the provider inside one of its windows for the jitter of their requests.
+pub const SPACING_MARGIN: f64 = 1.05;
+
 /// A provider's configured rate: `per_second` and/or `per_minute` calls, each at least 1.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProviderLimit {
@@ -50,17 +61,24 @@ pub struct ProviderLimit {
 }
 
 impl ProviderLimit {
-    /// The spacing of calls that keeps within both rates; `None` without a limit.
+    /// The spacing of calls that keeps within both rates, [`SPACING_MARGIN`] wider, in whole
+    /// milliseconds rounded up; `None` without a limit.
     pub fn interval(&self) -> Option<Duration> {
         let second = self
             .per_second
             .filter(|n| *n > 0)
-            .map(|n| Duration::from_secs(1) / n);
+            .map(|n| 1000.0 / f64::from(n));
         let minute = self
             .per_minute
             .filter(|n| *n > 0)
-            .map(|n| Duration::from_secs(60) / n);
-        second.max(minute)
+            .map(|n| 60_000.0 / f64::from(n));
+        let millis = match (second, minute) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(Duration::from_millis(
+            (millis * SPACING_MARGIN).ceil() as u64
+        ))
     }
 }
 
@@ -98,7 +116,7 @@ pub enum Admission {
 /// The shared limits of the providers that have one. Build once per process.
 pub struct Limiter {
     store: Store,
-    intervals: HashMap<String, Duration>,
+    limits: HashMap<String, (ProviderLimit, Duration)>,
     /// Per provider: whether the last reservation found calls queued (which update to try
     /// first).
     busy: Mutex<HashMap<String, bool>>,
@@ -111,13 +129,13 @@ impl Limiter {
         store: Store,
         limits: impl IntoIterator<Item = (&'a str, ProviderLimit)>,
     ) -> Self {
-        let intervals = limits
+        let limits = limits
             .into_iter()
-            .filter_map(|(name, limit)| Some((name.to_string(), limit.interval()?)))
+            .filter_map(|(name, limit)| Some((name.to_string(), (limit, limit.interval()?))))
             .collect();
         Self {
             store,
-            intervals,
+            limits,
             busy: Mutex::default(),
             slept_micros: AtomicU64::new(0),
         }
@@ -125,7 +143,7 @@ impl Limiter {
 
     /// Whether `provider` has a limit.
     pub fn limits(&self, provider: &str) -> bool {
-        self.intervals.contains_key(provider)
+        self.limits.contains_key(provider)
     }
 
     /// Time spent in this process waiting for slots ([`MAX_SLEEP`] at most each).
@@ -133,10 +151,14 @@ impl Limiter {
         Duration::from_micros(self.slept_micros.load(Ordering::Relaxed))
     }
 
-    /// Admits a call to `provider`: with `held`, a slot this job was deferred to, at once
-    /// (after waiting for it if it came back early); otherwise a new slot is reserved, waited
-    /// for when it is at most [`MAX_SLEEP`] away, else the job is to be deferred to it.
-    /// A provider without a limit is always [`Admission::Go`].
+    /// Admits a call to `provider`: with `held`, the slot this job was deferred to; otherwise
+    /// a new slot is reserved (the queue), and the job is to be deferred to it when it is more
+    /// than [`MAX_SLEEP`] away, else waits for it here. Then the call is counted in its
+    /// calendar windows (the gate); a full window defers the job to the next one. A provider
+    /// without a limit is always [`Admission::Go`].
+    ///
+    /// DynamoDB calls: one `UpdateItem` for the slot (none with `held`), one per window of the
+    /// gate (one for a limit per second or per minute, two for both).
     ///
     /// Errors: DynamoDB failures (the job is given again by its event source).
     pub async fn admit(
@@ -144,8 +166,14 @@ impl Limiter {
         provider: &str,
         held: Option<&ProviderSlot>,
     ) -> Result<Admission, StoreError> {
-        let Some(interval) = self.intervals.get(provider) else {
+        let Some((limit, interval)) = self.limits.get(provider) else {
             return Ok(Admission::Go { failures: 0 });
+        };
+        let defer = |at_ms| {
+            Ok(Admission::Defer(ProviderSlot {
+                provider: provider.to_string(),
+                at_ms,
+            }))
         };
         let now = Utc::now().timestamp_millis();
         let slot = match held.filter(|slot| slot.provider == provider) {
@@ -166,15 +194,32 @@ impl Limiter {
         };
         let wait = Duration::from_millis(u64::try_from(slot.at_ms - now).unwrap_or(0));
         if wait > MAX_SLEEP {
-            return Ok(Admission::Defer(ProviderSlot {
-                provider: provider.to_string(),
-                at_ms: slot.at_ms,
-            }));
+            return defer(slot.at_ms);
         }
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
             let micros = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
             self.slept_micros.fetch_add(micros, Ordering::Relaxed);
+        }
+        let now = Utc::now().timestamp_millis();
+        let expires = now / 1000 + 3600;
+        let windows = [
+            (limit.per_second, 'S', 1000),
+            (limit.per_minute, 'M', 60_000),
+        ];
+        for (per_window, kind, span_ms) in windows {
+            let Some(n) = per_window.filter(|n| *n > 0) else {
+                continue;
+            };
+            let index = now / span_ms;
+            if !self
+                .store
+                .count_provider_call(provider, (kind, index), n, expires)
+                .await?
+            {
+                tracing::info!(provider, window = %kind, "provider's window full: deferred to the next");
+                return defer((index + 1) * span_ms);
+            }
         }
         Ok(Admission::Go {
             failures: slot.failures,
@@ -246,21 +291,15 @@ mod tests {
             per_second: s,
             per_minute: m,
         };
+        let ms = Duration::from_millis;
         assert_eq!(limit(None, None).interval(), None);
         assert_eq!(limit(Some(0), Some(0)).interval(), None);
-        assert_eq!(
-            limit(Some(15), None).interval(),
-            Some(Duration::from_secs(1) / 15)
-        );
-        assert_eq!(
-            limit(None, Some(60)).interval(),
-            Some(Duration::from_secs(1))
-        );
-        // 10 a second but 120 a minute: one every 500 ms.
-        assert_eq!(
-            limit(Some(10), Some(120)).interval(),
-            Some(Duration::from_millis(500))
-        );
+        // 1000 / 15 = 66.7 ms, 5% wider, rounded up: never faster than the rate.
+        assert_eq!(limit(Some(15), None).interval(), Some(ms(71)));
+        assert_eq!(limit(Some(3), None).interval(), Some(ms(350)));
+        assert_eq!(limit(None, Some(60)).interval(), Some(ms(1050)));
+        // 10 a second but 120 a minute: one every 500 ms, 525 with the margin.
+        assert_eq!(limit(Some(10), Some(120)).interval(), Some(ms(525)));
     }
 
     #[test]

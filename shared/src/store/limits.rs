@@ -1,7 +1,11 @@
-//! The providers' shared rate limits (see [`crate::limiter`]): one item per provider,
-//! `pk PROVIDER#{name}`, `sk LIMIT`, holding `next` (Unix milliseconds: the earliest time the
-//! next call may start, a GCRA's theoretical arrival time) and `failures` (the provider's
-//! unavailable answers since its last good one, for the circuit's backoff).
+//! The providers' shared rate limits (see [`crate::limiter`]), in the partition
+//! `PROVIDER#{name}`:
+//!
+//! - `LIMIT`: `next` (Unix milliseconds: the earliest time the next call may start, a GCRA's
+//!   theoretical arrival time, where calls queue) and `failures` (the provider's unavailable
+//!   answers since its last good one, for the circuit's backoff);
+//! - `S#{unix second}` and `M#{unix minute}`: `used`, the calls started in that calendar second
+//!   or minute (the gate each call passes), expiring an hour later.
 
 use super::*;
 
@@ -125,5 +129,34 @@ impl Store {
             .await
             .map_err(dynamo_error("UpdateItem"))?;
         Ok(())
+    }
+
+    /// Counts a call to `provider` in the calendar `window` (`S` seconds or `M` minutes, its
+    /// `index` since the epoch) on condition fewer than `limit` were counted there: one
+    /// conditional `UpdateItem` (`ADD used :one`). `false` when the window is full (nothing
+    /// counted).
+    ///
+    /// Errors: DynamoDB failures.
+    pub async fn count_provider_call(
+        &self,
+        provider: &str,
+        (window, index): (char, i64),
+        limit: u32,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("PROVIDER#{provider}")))
+            .key("sk", s(format!("{window}#{index}")))
+            .update_expression("ADD used :one SET expiresAt = :expires")
+            .condition_expression("attribute_not_exists(used) OR used < :limit")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":limit", n(i64::from(limit)))
+            .expression_attribute_values(":expires", n(expires_at))
+            .send()
+            .await;
+        Ok(conditional_update(result)?.is_ok())
     }
 }

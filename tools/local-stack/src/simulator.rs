@@ -347,6 +347,19 @@ struct Sim {
     stats: Mutex<RequestStats>,
     /// Jobs created per provider and per person and field asked for, since the last reset.
     jobs_per_person: Mutex<HashMap<(&'static str, String), u64>>,
+    /// When the simulator started (`outage_seconds` counts from it).
+    started: std::time::Instant,
+    /// Per provider: the current calendar second and minute and the requests counted in each.
+    windows: Mutex<HashMap<String, Windows>>,
+}
+
+/// A provider's request counts in the current calendar second and minute.
+#[derive(Default)]
+struct Windows {
+    second: u64,
+    in_second: u32,
+    minute: u64,
+    in_minute: u32,
 }
 
 /// A submitted FullEnrich enrichment or Dropcontact request.
@@ -384,9 +397,78 @@ impl Sim {
         }
     }
 
-    /// Waits the provider's latency, then draws what it does for `person_key`.
+    /// The provider's outage and rate limits for a request arriving now: a 500 during its
+    /// `outage_seconds`, its rate-limit error (with the wait to the window's end) past
+    /// `rate_limit_per_second` or `rate_limit_per_minute`, counted as `rate_limited`; `None`
+    /// otherwise (the request counts in the windows).
+    fn limits(&self, provider: &str) -> Option<Plan> {
+        let behavior = self.config.providers.get(provider)?;
+        if let Some([from, to]) = behavior.outage_seconds {
+            let elapsed = self.started.elapsed().as_secs_f64();
+            if (from..to).contains(&elapsed) {
+                return Some(Plan::Fail);
+            }
+        }
+        if behavior.rate_limit_per_second.is_none() && behavior.rate_limit_per_minute.is_none() {
+            return None;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (second, minute) = (now.as_secs(), now.as_secs() / 60);
+        let mut windows = self
+            .windows
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let w = windows.entry(provider.to_string()).or_default();
+        if w.second != second {
+            (w.second, w.in_second) = (second, 0);
+        }
+        if w.minute != minute {
+            (w.minute, w.in_minute) = (minute, 0);
+        }
+        let refused = if behavior
+            .rate_limit_per_second
+            .is_some_and(|n| w.in_second >= n)
+        {
+            Some(1)
+        } else if behavior
+            .rate_limit_per_minute
+            .is_some_and(|n| w.in_minute >= n)
+        {
+            Some((minute + 1) * 60 - now.as_secs())
+        } else {
+            None
+        };
+        if let Some(seconds) = refused {
+            drop(windows);
+            self.lock_stats()
+                .entry(provider.to_string())
+                .or_default()
+                .rate_limited += 1;
+            return Some(Plan::RateLimit {
+                retry_after_seconds: Some(seconds),
+            });
+        }
+        w.in_second += 1;
+        w.in_minute += 1;
+        None
+    }
+
+    /// Applies the provider's outage and rate limits ([`Sim::limits`]), waits its latency,
+    /// then draws what it does for `person_key`.
     async fn plan(&self, provider: &str, person_key: &str) -> Plan {
+        let limited = self.limits(provider);
         self.wait(provider).await;
+        if let Some(plan) = limited {
+            tracing::debug!(
+                provider,
+                person_key,
+                ?plan,
+                "simulated outage or rate limit"
+            );
+            return plan;
+        }
         let plan = self.config.draw(provider, person_key);
         if plan != Plan::Answer {
             tracing::debug!(provider, person_key, ?plan, "simulated behaviour");
@@ -469,6 +551,8 @@ pub fn router_with(people: Vec<KnownPerson>, config: SimulatorConfig) -> Router 
         jobs: Mutex::new(HashMap::new()),
         stats: Mutex::new(empty_stats()),
         jobs_per_person: Mutex::new(HashMap::new()),
+        started: std::time::Instant::now(),
+        windows: Mutex::new(HashMap::new()),
     });
     Router::new()
         .route("/hunter/v2/email-finder", get(hunter_email_finder))

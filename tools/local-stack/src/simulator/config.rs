@@ -22,6 +22,16 @@ use super::*;
 /// asynchronous providers the draw is made when the job is submitted (a miss is a job that
 /// finishes without data); the latency applies to every request, polls included.
 ///
+/// Real limits too: `rate_limit_per_second` and `rate_limit_per_minute` count every request a
+/// provider receives (the asynchronous ones' submits, not their polls) in calendar seconds and
+/// minutes, answering the rate-limit error beyond them with the wait to the window's end;
+/// `outage_seconds: [from, to]` answers 500 to every request in that span after the start:
+///
+/// ```json
+/// { "providers": { "hunter": { "rate_limit_per_second": 15 },
+///                  "prospeo": { "rate_limit_per_second": 5, "outage_seconds": [30, 90] } } }
+/// ```
+///
 /// An asynchronous provider's `job_seconds: [min, max]` is how long its jobs take: a job is
 /// done only once that long has passed since its submit, the time drawn per person between
 /// `min` and `max` (another deterministic draw from the seed, the provider and the person), so
@@ -71,6 +81,18 @@ pub struct ProviderBehavior {
     /// on the second poll. Only for `fullenrich` and `dropcontact`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_seconds: Option<[f64; 2]>,
+    /// Requests the provider accepts per calendar second (a fixed window on the wall clock);
+    /// more get its rate-limit error with the wait to the next second, counted in `GET
+    /// /stats` as `rate_limited`. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_second: Option<u32>,
+    /// Requests the provider accepts per calendar minute, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_minute: Option<u32>,
+    /// `[from, to]` seconds after the simulator started during which every request gets a
+    /// 500 (an outage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage_seconds: Option<[f64; 2]>,
 }
 
 /// The longest `job_seconds` accepted: one hour, beyond any enrichment's maximum age.
@@ -111,6 +133,21 @@ impl SimulatorConfig {
             if total > 1.0 + 1e-9 {
                 return Err(format!(
                     "{name}: miss_rate + error_rate + rate_limit_rate is {total}, more than 1"
+                ));
+            }
+            for (field, limit) in [
+                ("rate_limit_per_second", behavior.rate_limit_per_second),
+                ("rate_limit_per_minute", behavior.rate_limit_per_minute),
+            ] {
+                if limit == Some(0) {
+                    return Err(format!("{name}.{field}: 0 would refuse every request"));
+                }
+            }
+            if let Some([from, to]) = behavior.outage_seconds
+                && !(from >= 0.0 && from <= to)
+            {
+                return Err(format!(
+                    "{name}.outage_seconds: [{from}, {to}] is not a range [from, to] with 0 <= from <= to"
                 ));
             }
             if let Some([min, max]) = behavior.job_seconds {

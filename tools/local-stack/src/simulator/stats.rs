@@ -6,7 +6,7 @@ use super::*;
 /// never asked), as `GET /stats` answers them:
 ///
 /// ```json
-/// { "hunter":     { "requests": 12, "statuses": { "200": 11, "500": 1 } },
+/// { "hunter":     { "requests": 12, "rate_limited": 0, "statuses": { "200": 11, "500": 1 } },
 ///   "fullenrich": { "requests": 9, "submits": 3, "polls": 6, "max_submits_per_person": 1,
 ///                   "statuses": { "200": 6, "400": 3 } },
 ///   ... }
@@ -30,6 +30,10 @@ pub struct ProviderStats {
     /// counted (it is in `submits`). Above 1, a paid job was started twice for the same search.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_submits_per_person: Option<u64>,
+    /// Requests refused for going past `rate_limit_per_second` or `rate_limit_per_minute`
+    /// (see [`SimulatorConfig`]).
+    #[serde(default)]
+    pub rate_limited: u64,
     /// Answered requests by HTTP status (`"200"`, `"429"`...), counted when answered.
     #[serde(default)]
     pub statuses: BTreeMap<String, u64>,

@@ -799,6 +799,7 @@ async fn requests_are_counted_per_provider_until_reset() {
                 polls: Some(2),
                 max_submits_per_person: Some(1),
                 statuses: answered(&[("200", 2), ("400", 1)]),
+                ..ProviderStats::default()
             },
         ),
         (
@@ -809,6 +810,7 @@ async fn requests_are_counted_per_provider_until_reset() {
                 polls: Some(2),
                 max_submits_per_person: Some(1),
                 statuses: answered(&[("200", 3)]),
+                ..ProviderStats::default()
             },
         ),
     ]);
@@ -821,7 +823,10 @@ async fn requests_are_counted_per_provider_until_reset() {
         .json()
         .await
         .unwrap();
-    assert_eq!(wire["pdl"], json!({"requests": 1, "statuses": {"429": 1}}));
+    assert_eq!(
+        wire["pdl"],
+        json!({"requests": 1, "rate_limited": 0, "statuses": {"429": 1}})
+    );
     assert_eq!(wire["dropcontact"]["polls"], 2);
 
     let reset = http
@@ -1249,4 +1254,81 @@ async fn phones_carry_their_region_as_the_providers_send_it() {
         .await
         .unwrap();
     assert_eq!(answer["person"]["mobile"]["mobile_country_code"], "US");
+}
+
+/// Waits until at least `margin` is left in the current calendar minute.
+async fn not_at_a_minute_end(margin: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let left = Duration::from_secs(60) - Duration::from_secs(now.as_secs() % 60);
+    if left < margin {
+        tokio::time::sleep(left + Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_provider_past_its_rate_limit_answers_its_rate_limit_error_and_counts_it() {
+    let address = super::test_support::start_with(config(
+        r#"{"providers": {"hunter": {"rate_limit_per_minute": 2},
+                          "prospeo": {"rate_limit_per_minute": 1}}}"#,
+    ))
+    .await;
+    not_at_a_minute_end(Duration::from_secs(5)).await;
+    let ada = query("Ada", "Quill", None, Some("northwind.example"), None);
+    let hunter = hunter(address, "k");
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(hunter.find(Field::Emails, &ada).await);
+    }
+    assert!(answers[0].is_ok() && answers[1].is_ok(), "{answers:?}");
+    let Err(ProviderError::RateLimited {
+        retry_after: Some(wait),
+    }) = answers[2]
+    else {
+        panic!("the third request of the minute: {:?}", answers[2]);
+    };
+    assert!((1..=60).contains(&wait.as_secs()), "{wait:?}");
+
+    let stats: serde_json::Value = reqwest::get(format!("http://{address}/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["hunter"]["requests"], 3);
+    assert_eq!(stats["hunter"]["rate_limited"], 1);
+    assert_eq!(stats["hunter"]["statuses"]["403"], 1);
+    assert_eq!(stats["pdl"]["rate_limited"], 0);
+}
+
+#[tokio::test]
+async fn a_provider_in_its_outage_answers_500() {
+    let address = super::test_support::start_with(config(
+        r#"{"providers": {"pdl": {"outage_seconds": [0, 3600]}, "hunter": {"outage_seconds": [3600, 7200]}}}"#,
+    ))
+    .await;
+    let ada = query("Ada", "Quill", None, Some("northwind.example"), None);
+    assert_eq!(
+        pdl(address, "k").find(Field::Emails, &ada).await,
+        Err(ProviderError::Status(500))
+    );
+    assert!(hunter(address, "k").find(Field::Emails, &ada).await.is_ok());
+}
+
+#[test]
+fn rate_limits_and_outages_are_checked() {
+    for (json, expected) in [
+        (
+            r#"{"providers": {"pdl": {"rate_limit_per_second": 0}}}"#,
+            "pdl.rate_limit_per_second",
+        ),
+        (
+            r#"{"providers": {"pdl": {"outage_seconds": [9, 3]}}}"#,
+            "pdl.outage_seconds",
+        ),
+    ] {
+        let error = SimulatorConfig::from_json(json).unwrap_err();
+        assert!(error.contains(expected), "{error}");
+    }
 }

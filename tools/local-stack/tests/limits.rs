@@ -1,0 +1,148 @@
+//! Providers' shared rate limits and circuits as the worker runs them from the jobs queue: the
+//! simulator enforcing a real limit counts what went past it (`rate_limited`), and an outage
+//! defers jobs rather than failing them. Whole flow: the gateway, SQS (moto), the worker's
+//! pollers, DynamoDB (the limiter's item) and the provider simulator.
+
+use std::time::Duration;
+
+use enrichment::config::Vars;
+use enrichment::domain::Person;
+use local_stack::Stack;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+mod helpers;
+use helpers::{add_person, ledger, private_options};
+
+const ORG: &str = "org_limits";
+
+/// A stack whose worker reads the jobs queue (8 pollers), with `vars` over the environment and
+/// the simulator `profile`; `ORG` holds `credits`.
+async fn stack(vars: &[(&'static str, &str)], profile: Value, credits: i64) -> Stack {
+    let mut options = private_options();
+    options.local_worker = true;
+    options.worker_concurrency = 8;
+    std::fs::create_dir_all(&options.state_dir).unwrap();
+    let simulator = options.state_dir.join("simulator.json");
+    std::fs::write(&simulator, profile.to_string()).unwrap();
+    options.simulator_config = Some(simulator);
+    let vars: Vec<(&'static str, String)> = vars.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    options.vars = Vars::from_pairs(vars).or(Vars::env());
+    let stack = Stack::start(options).await.expect("local stack starts");
+    stack.store.grant_credits(ORG, credits).await.unwrap();
+    stack
+}
+
+/// `count` people of `ORG` (unknown to the simulator: Hunter's no match), their emails
+/// enriched at once; waits (within `within`) until none is pending and returns the statuses.
+async fn enrich_many(stack: &Stack, count: usize, within: Duration) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let token = stack
+        .token("user_limits", ORG, Duration::from_secs(600))
+        .unwrap();
+    let mut urls = Vec::new();
+    for i in 0..count {
+        let person = Person {
+            id: Uuid::new_v4(),
+            first_name: Some(format!("Person{i}")),
+            last_name: Some("Limited".into()),
+            company_domain: Some("ratelimit.test".into()),
+            ..Person::default()
+        };
+        add_person(stack, ORG, &person).await;
+        urls.push(format!(
+            "{}/api/v1/operations/enrichment/{}?field=emails",
+            stack.info.gateway_url, person.id
+        ));
+    }
+    for url in &urls {
+        let accepted = http.post(url).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(accepted.status().as_u16(), 200);
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut statuses = Vec::new();
+        for url in &urls {
+            let body: Value = http
+                .get(url)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            statuses.push(body["status"].as_str().unwrap_or_default().to_string());
+        }
+        if statuses.iter().all(|s| s != "pending") {
+            return statuses;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still pending: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn simulator_stats(stack: &Stack) -> Value {
+    reqwest::get(format!("{}/stats", stack.simulator_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn workers_share_a_providers_rate_limit_and_never_go_past_it() {
+    // Hunter accepts 3 requests a calendar second; 15 enrichments start at once on 8 pollers.
+    let profile = json!({"providers": {"hunter": {"rate_limit_per_second": 3}}});
+    let cascade = [("EMAIL_PROVIDERS", "hunter"), ("PROVIDER_RETRIES", "0")];
+
+    // Without the shared limit each worker calls at once: the simulator refuses some.
+    let unlimited = stack(&cascade, profile.clone(), 100).await;
+    enrich_many(&unlimited, 15, Duration::from_secs(60)).await;
+    let stats = simulator_stats(&unlimited).await;
+    assert!(
+        stats["hunter"]["rate_limited"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    unlimited.shutdown().await;
+
+    // With it (the provider's rate, shared through DynamoDB): every call within the limit,
+    // every enrichment finished (none failed for the rate), one call each.
+    let mut vars = cascade.to_vec();
+    vars.push(("HUNTER_RATE_PER_SECOND", "3"));
+    let limited = stack(&vars, profile, 100).await;
+    let started = std::time::Instant::now();
+    let statuses = enrich_many(&limited, 15, Duration::from_secs(60)).await;
+    assert!(statuses.iter().all(|s| s == "finished"), "{statuses:?}");
+    let stats = simulator_stats(&limited).await;
+    assert_eq!(stats["hunter"]["rate_limited"], 0, "{stats}");
+    assert_eq!(stats["hunter"]["requests"], 15, "{stats}");
+    // 15 calls at 3 a second take at least 4 s.
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    // Charged 15 × 5, nothing refunded (a miss is not refunded by default).
+    assert_eq!(ledger(&limited.store, ORG, 100).await.0, 25);
+    limited.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_outage_defers_the_jobs_of_a_limited_provider_until_it_answers_again() {
+    // PDL answers 500 for its first 6 s; with a limit it has a circuit: the job waits.
+    let profile = json!({"providers": {"pdl": {"outage_seconds": [0, 6]}}});
+    let vars = [("EMAIL_PROVIDERS", "pdl"), ("PDL_RATE_PER_SECOND", "10")];
+    let stack = stack(&vars, profile, 100).await;
+    let statuses = enrich_many(&stack, 3, Duration::from_secs(60)).await;
+    assert_eq!(statuses, ["finished", "finished", "finished"]);
+    let stats = simulator_stats(&stack).await;
+    let pdl = &stats["pdl"]["statuses"];
+    assert!(pdl["500"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(
+        pdl["404"], 3,
+        "each person asked once after the outage: {stats}"
+    );
+    assert_eq!(ledger(&stack.store, ORG, 100).await.0, 85);
+    stack.shutdown().await;
+}
