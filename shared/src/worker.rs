@@ -369,6 +369,12 @@ impl Worker {
         }
     }
 
+    /// Time this process's jobs waited in the worker for a provider call slot (each wait at
+    /// most [`crate::limiter::MAX_SLEEP`]; a later slot defers the job instead).
+    pub fn slot_waits(&self) -> Duration {
+        self.limiter.slept()
+    }
+
     /// The same worker fed by the SQS jobs queue: it keeps the messages it works on invisible
     /// while it holds them, sends deferred jobs back with a delay, and brings failed records
     /// back after a growing delay instead of the queue's visibility timeout.
