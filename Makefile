@@ -46,7 +46,7 @@ invoke-events: setup
 # The Lambda bootstraps, for provided.al2023 on arm64, as `sam build` makes them.
 build-lambda:
 	@bin="$$(scripts/install-lambda-tools.sh --arm64)" && PATH="$$bin:$$PATH" && \
-		$(CARGO) lambda build --release --arm64 -p trigger -p worker -p status -p people -p batch -p credits -p cancel
+		$(CARGO) lambda build --release --arm64 -p trigger -p worker -p status -p people -p batch -p credits -p cancel -p webhook-settings -p outbox-relay -p webhook-delivery
 	@ls -l target/lambda/*/bootstrap
 
 lint: lint-template

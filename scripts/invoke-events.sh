@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Runs every sample event in events/ through the real function binaries (trigger, status,
-# people, batch, credits, cancel, worker) served by `cargo lambda watch`, against a private local
-# stack, and checks each answer.
+# people, batch, credits, cancel, worker, webhook-settings, outbox-relay, webhook-delivery)
+# served by `cargo lambda watch`, against a private local stack, and checks each answer.
 #
 #   1. starts target/debug/local-stack on a free loopback port, state in a fresh temp folder,
-#      with its own worker off (jobs stay queued, so the answers do not depend on timing);
+#      with its own worker, outbox relay and webhook pollers off (jobs and webhook events stay
+#      where they are, so the answers do not depend on timing), and a webhook receiver on
+#      another free loopback port (answers 204, keeps every request);
 #   2. grants 100 credits to org_demo, imports tools/local-stack/fixtures/people.csv and mints a
 #      token for user_demo in org_demo; in temp copies of the events, the first imported id
 #      (Ada Quill, whom the simulator knows) replaces {{PERSON_ID}}, the next ones
-#      {{PERSON_ID_2}} to {{PERSON_ID_4}}, the token {{TOKEN}}, and the id trigger-post answers
-#      {{ENRICHMENT_ID}};
+#      {{PERSON_ID_2}} to {{PERSON_ID_4}}, the token {{TOKEN}}, the id trigger-post answers
+#      {{ENRICHMENT_ID}}, the receiver's URL {{WEBHOOK_URL}}, and one webhook event's id and
+#      times {{EVENT_ID}}, {{CREATED_AT}} (now), {{DUE_AT}} (now, Unix seconds) and
+#      {{EXPIRES_AT}} (two days on);
 #   3. starts `cargo lambda watch` on another free loopback port with the functions' environment
-#      pointed at the stack (DynamoDB, SQS, the dev JWKS, the provider simulator);
+#      pointed at the stack (DynamoDB, SQS, the dev JWKS, the provider simulator, the webhook
+#      queue; loopback webhook endpoints accepted, as only a local stack does);
 #   4. invokes each event, checks the answer, prints a table; exits 1 on any mismatch;
 #   5. stops everything it started and removes the temp folder, however it exits.
 #
@@ -144,13 +149,15 @@ log "building local-stack, enrichctl and the functions (debug)"
 # which resolves features for that one package: built the same way (one at a time, into
 # target/debug), its first invoke finds the function built instead of compiling it under the
 # invoke's timeout.
-for bin in trigger status worker people batch credits cancel; do
+for bin in trigger status worker people batch credits cancel webhook-settings outbox-relay \
+    webhook-delivery; do
     "${CARGO}" build -q --bin "${bin}"
 done
 
 # ---------------------------------------------------------------- local stack
 log "starting the local stack (state in ${state})"
-LOCAL_STATE_DIR="${state}" PORT=0 LOCAL_WORKER=off RUST_LOG=warn \
+LOCAL_STATE_DIR="${state}" PORT=0 LOCAL_WORKER=off LOCAL_OUTBOX_RELAY=off \
+    LOCAL_WEBHOOK_CONCURRENCY=0 RUST_LOG=warn \
     "${CARGO_TARGET_DIR:-target}/debug/local-stack" >"${work}/stack.log" 2>&1 </dev/null &
 stack_pid=$!
 server_pids+=("${stack_pid}")
@@ -170,6 +177,8 @@ bulk_queue_url="$(stack_field bulkQueueUrl)"
 [[ -n "${bulk_queue_url}" ]] || die "stack.json has no bulkQueueUrl"
 simulator_url="$(stack_field simulatorUrl)"
 [[ -n "${simulator_url}" ]] || die "stack.json has no simulatorUrl"
+webhook_queue_url="$(stack_field webhookQueueUrl)"
+[[ -n "${webhook_queue_url}" ]] || die "stack.json has no webhookQueueUrl"
 
 enrichctl() { "${CARGO_TARGET_DIR:-target}/debug/enrichctl" --state-dir "${state}" "$@"; }
 enrichctl credits grant --org "${ORG}" --amount "${CREDITS}" >/dev/null
@@ -182,12 +191,56 @@ done
 person_id="${imported[0]}"
 token="$(enrichctl token --user "${USER_ID}" --org "${ORG}" --expires-in 3600)"
 
+# ---------------------------------------------------------------- webhook receiver
+# Answers every request 204 and appends it to receiver.jsonl (path, webhook headers, body).
+webhook_port="$(free_port)"
+webhook_url="http://127.0.0.1:${webhook_port}/hook"
+cat >"${work}/receiver.py" <<'PY'
+import http.server, json, sys
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length") or 0)).decode()
+        record = {"path": self.path, "body": body}
+        for name in ("webhook-id", "webhook-timestamp", "webhook-signature", "content-type"):
+            record[name] = self.headers.get(name)
+        with open(sys.argv[2], "a") as log:
+            log.write(json.dumps(record) + "\n")
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+try:
+    http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever()
+except KeyboardInterrupt:
+    pass
+PY
+: >"${work}/receiver.jsonl"
+python3 "${work}/receiver.py" "${webhook_port}" "${work}/receiver.jsonl" \
+    >"${work}/receiver.log" 2>&1 </dev/null &
+receiver_pid=$!
+server_pids+=("${receiver_pid}")
+wait_for_port "${webhook_port}" "${receiver_pid}" "${READY_TIMEOUT}" "webhook receiver"
+
+# One webhook event, as the outbox holds it (outbox-relay-insert) and as the relay queues its
+# first attempt (webhook-delivery-sqs).
+read -r event_id created_at due_at expires_at < <(python3 -c '
+import datetime, uuid
+now = datetime.datetime.now(datetime.timezone.utc)
+print(uuid.uuid4(), now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+      int(now.timestamp()), int(now.timestamp()) + 2 * 86400)')
+
 # Writes the temp copy of events/NAME.json with the placeholders filled in; prints its path.
 render() {
     local out="${work}/events/$1.json"
     sed -e "s/{{PERSON_ID}}/${person_id}/g" -e "s/{{PERSON_ID_2}}/${imported[1]}/g" \
         -e "s/{{PERSON_ID_3}}/${imported[2]}/g" -e "s/{{PERSON_ID_4}}/${imported[3]}/g" \
         -e "s/{{TOKEN}}/${token}/g" -e "s/{{ENRICHMENT_ID}}/${first_id}/g" \
+        -e "s|{{WEBHOOK_URL}}|${webhook_url}|g" -e "s/{{EVENT_ID}}/${event_id}/g" \
+        -e "s/{{CREATED_AT}}/${created_at}/g" -e "s/{{DUE_AT}}/${due_at}/g" \
+        -e "s/{{EXPIRES_AT}}/${expires_at}/g" \
         "events/$1.json" >"${out}"
     printf '%s\n' "${out}"
 }
@@ -199,6 +252,8 @@ log "starting cargo lambda watch on 127.0.0.1:${watch_port}"
 (
     unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL
     export TABLE_NAME="${table_name}" QUEUE_URL="${queue_url}" BULK_QUEUE_URL="${bulk_queue_url}"
+    # The receiver is on loopback over http: accepted by a local stack only (never deployed).
+    export WEBHOOK_QUEUE_URL="${webhook_queue_url}" WEBHOOK_ALLOW_LOOPBACK_HTTP=true
     export AUTH_JWKS_URL="${gateway_url}/.well-known/jwks.json" AUTH_ISSUER="${gateway_url}"
     export AWS_ENDPOINT_URL_DYNAMODB="${dynamodb_url}" AWS_ENDPOINT_URL_SQS="${sqs_url}"
     export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
@@ -217,8 +272,10 @@ wait_for_port "${watch_port}" "${watch_pid}" "${READY_TIMEOUT}" "cargo lambda wa
 # Prints what an answer says, as one comparable line: `STATUS CODE-OR-STATE` for an API
 # Gateway response (with `dataFound=` once finished; `[STATE,...]` for an array of enrichments,
 # as the batch routes answer; `balance=N` for a credit balance; `count=N` for a page of credit
-# history, with the number of transactions if it differs), `failures=N` for an SQS batch
-# response, `outcome=X` for a single job; the enrichment id (if any) on a second line.
+# history, with the number of transactions if it differs; `url` for a webhook endpoint, with
+# `,secret` when the answer shows its secret; `deliveries=N delivered=M` for the deliveries
+# log), `failures=N` for an SQS or DynamoDB stream batch response, `outcome=X` for a single
+# job; the enrichment id (if any) on a second line.
 summarize() {
     python3 - "$1" <<'PY'
 import json, sys
@@ -247,6 +304,14 @@ if isinstance(answer, dict) and "statusCode" in answer:
         what = "count=" + json.dumps(body.get("count"))
         if body.get("count") != len(body["transactions"]):
             what += f" transactions={len(body['transactions'])}"
+    elif what == "-" and isinstance(body.get("url"), str):
+        what = "url"
+        if str(body.get("secret") or "").startswith("whsec_"):
+            what += ",secret"
+    elif what == "-" and isinstance(body.get("deliveries"), list):
+        deliveries = body["deliveries"]
+        delivered = sum(1 for d in deliveries if isinstance(d, dict) and d.get("delivered"))
+        what = f"deliveries={len(deliveries)} delivered={delivered}"
     if body.get("status") == "finished":
         what += " dataFound=" + json.dumps(body.get("dataFound"))
     print(f"{answer['statusCode']} {what}")
@@ -295,7 +360,7 @@ check() {
     fi
     [[ "${event}" == trigger-post ]] && first_id="${id}"
     [[ "${result}" == ok ]] || mismatches=$((mismatches + 1))
-    rows+=("$(printf '%-22s %-8s %-37s %-37s %4ss  %s' "${event}" "${function}" "${expected}" \
+    rows+=("$(printf '%-27s %-16s %-37s %-37s %4ss  %s' "${event}" "${function}" "${expected}" \
         "${got}" "$((SECONDS - started))" "${result}")")
 }
 
@@ -307,8 +372,40 @@ check_balance() {
         result=MISMATCH
         mismatches=$((mismatches + 1))
     }
-    rows+=("$(printf '%-22s %-8s %-37s %-37s %4s   %s' "${label}" "-" "${expected}" \
+    rows+=("$(printf '%-27s %-16s %-37s %-37s %4s   %s' "${label}" "-" "${expected}" \
         "${balance:0:37}" "" "${result}")")
+}
+
+# check_receiver LABEL COUNT: the receiver got COUNT requests, each the event {{EVENT_ID}} with
+# a Standard Webhooks signature that the secret webhook-settings-put answered verifies
+# (v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">).
+check_receiver() {
+    local label="$1" expected="$2" got result=ok secret_file
+    secret_file="$(compgen -G "${work}/out/webhook-settings-put.*.json" | head -n1 || true)"
+    got="$(python3 - "${work}/receiver.jsonl" "${secret_file}" "${event_id}" <<'PY'
+import base64, hashlib, hmac, json, sys
+requests = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+try:
+    secret = json.loads(json.load(open(sys.argv[2]))["body"])["secret"]
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+except Exception:
+    key = None
+good = 0
+for r in requests:
+    signed = f"{r['webhook-id']}.{r['webhook-timestamp']}.{r['body']}".encode()
+    expected = "v1," + base64.b64encode(hmac.new(key or b"", signed, hashlib.sha256).digest()).decode()
+    signatures = (r.get("webhook-signature") or "").split()
+    if key and r["webhook-id"] == sys.argv[3] and expected in signatures:
+        good += 1
+print(f"requests={len(requests)} signed={good}")
+PY
+)"
+    [[ "${got}" == "${expected}" ]] || {
+        result=MISMATCH
+        mismatches=$((mismatches + 1))
+    }
+    rows+=("$(printf '%-27s %-16s %-37s %-37s %4s   %s' "${label}" "-" "${expected}" \
+        "${got:0:37}" "" "${result}")")
 }
 
 log "invoking the events"
@@ -354,8 +451,20 @@ check cancel-pending cancel "200 cancelled"
 check cancel-pending cancel "200 cancelled"
 check_balance "(credits balance)" "$((CREDITS - 2 * EMAIL_COST))"
 check cancel-finished cancel "409 CONFLICT"
+# Webhooks: org_demo registers the receiver (the answer shows the secret, once); the relay gets
+# an outbox event of Ada's finished enrichment from the table's stream, writes its delivery and
+# queues attempt 1; the delivery function gets that attempt from the webhook queue, signs it and
+# posts it to the receiver (204: delivered). The same attempt again (a duplicate message) is
+# dropped: the receiver still has one request. The deliveries log shows it delivered.
+check webhook-settings-put webhook-settings "200 url,secret"
+check outbox-relay-insert outbox-relay "failures=0"
+check webhook-delivery-sqs webhook-delivery "failures=0"
+check_receiver "(webhook receiver)" "requests=1 signed=1"
+check webhook-delivery-sqs webhook-delivery "failures=0"
+check_receiver "(webhook receiver)" "requests=1 signed=1"
+check webhook-settings-deliveries webhook-settings "200 deliveries=1 delivered=1"
 
-printf '%-22s %-8s %-37s %-37s %5s  %s\n' event function expected got time result
+printf '%-27s %-16s %-37s %-37s %5s  %s\n' event function expected got time result
 printf '%s\n' "${rows[@]}"
 if ((mismatches == 0)); then
     log "all ${#rows[@]} checks match"

@@ -458,6 +458,11 @@ impl DeliveryQueue {
         }
     }
 
+    /// The queue at `url` with a client of the process's SDK configuration.
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, url: impl Into<String>) -> Self {
+        Self::new(aws_sdk_sqs::Client::new(sdk), url)
+    }
+
     /// Queues `message` to be received when it is due (now at the latest), waiting at most
     /// [`MAX_QUEUE_DELAY`]; a later message is received early and queued again. One
     /// `SendMessage`.

@@ -31,11 +31,12 @@ use enrichment::enrichment::Enrichments;
 use enrichment::error::ApiError;
 use enrichment::http::{
     BATCH_QUERY_ROUTE, BATCH_ROUTE, BULK_ROUTE, CANCEL_ROUTE, CREDITS_PREFIX, MAX_BODY_BYTES,
-    PEOPLE_PREFIX, api_request, handle_batch, handle_cancel, handle_credits, handle_get,
-    handle_people, handle_post, http_api_request,
+    PEOPLE_PREFIX, WEBHOOK_SETTINGS_PATH, api_request, handle_batch, handle_cancel, handle_credits,
+    handle_get, handle_people, handle_post, handle_webhook_settings, http_api_request,
 };
 use enrichment::people::People;
 use enrichment::queue::SqsJobQueue;
+use enrichment::webhooks::Webhooks;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
@@ -92,14 +93,16 @@ pub struct Gateway {
     pub queue: SqsJobQueue,
     /// The bulk jobs queue, where batch and bulk enrichments send their jobs.
     pub bulk_queue: SqsJobQueue,
+    /// The webhook settings use cases.
+    pub webhooks: Arc<Webhooks>,
     /// The dev JWKS document.
     pub jwks: String,
 }
 
 /// The routes: the enrichment route (any method; the handlers answer 405 themselves), the same
-/// path without a personId (the handlers answer 401 or 400), its `/cancel`, the batch, people
-/// and credits routes (any method each), the dev JWKS, the OpenAPI document, and the envelope
-/// for anything else.
+/// path without a personId (the handlers answer 401 or 400), its `/cancel`, the batch, people,
+/// credits and webhook settings routes (any method each), the dev JWKS, the OpenAPI document,
+/// and the envelope for anything else.
 pub fn router(state: Arc<Gateway>) -> Router {
     Router::new()
         .route(
@@ -114,6 +117,11 @@ pub fn router(state: Arc<Gateway>) -> Router {
         .route(BULK_ROUTE, any(batch))
         .route(&format!("{CREDITS_PREFIX}/balance"), any(credits))
         .route(&format!("{CREDITS_PREFIX}/history"), any(credits))
+        .route(WEBHOOK_SETTINGS_PATH, any(webhook_settings))
+        .route(
+            &format!("{WEBHOOK_SETTINGS_PATH}/deliveries"),
+            any(webhook_settings),
+        )
         .route(PEOPLE_PREFIX, any(people))
         .route(&format!("{PEOPLE_PREFIX}/{{*rest}}"), any(people))
         .route(JWKS_PATH, get(jwks))
@@ -324,6 +332,23 @@ async fn credits(
 ) -> Response {
     match lambda_request(method, &uri, query, &headers, body).await {
         Ok(request) => into_axum(handle_credits(request, &state.auth, &state.credits).await),
+        Err(error) => error_response(&error),
+    }
+}
+
+/// The webhook settings routes, through the webhook settings function's handler.
+async fn webhook_settings(
+    State(state): State<Arc<Gateway>>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    match lambda_request(method, &uri, query, &headers, body).await {
+        Ok(request) => {
+            into_axum(handle_webhook_settings(request, &state.auth, &state.webhooks).await)
+        }
         Err(error) => error_response(&error),
     }
 }

@@ -1,13 +1,16 @@
 //! The whole backend on loopback, without an AWS account or Docker: DynamoDB (dynoxide,
 //! embedded), SQS (moto's server mode, a child process), the provider simulator, an HTTP
-//! gateway that serves the API routes by calling the same handler code as the Lambdas, and a
-//! poller that feeds SQS messages to the worker as the Lambda event source mapping would.
+//! gateway that serves the API routes by calling the same handler code as the Lambdas, pollers
+//! that feed SQS messages to the worker and to the webhook delivery as the Lambda event source
+//! mappings would, and a reader of the table's stream that feeds outbox events to the webhook
+//! relay as its DynamoDB stream event source mapping would.
 //!
 //! `make run` starts it through the `local-stack` binary; the integration tests start a private
 //! one per test with [`Stack::start`].
 
 pub mod devkey;
 pub mod gateway;
+pub mod outbox;
 pub mod poller;
 pub mod runtime_api;
 pub mod simulator;
@@ -32,6 +35,7 @@ use enrichment::providers::cascade::Cascade;
 use enrichment::providers::registry::{self, REGISTRY};
 use enrichment::queue::{JobQueue, SqsJobQueue};
 use enrichment::store::Store;
+use enrichment::webhooks::{DeliveryMessage, DeliveryQueue, WebhookConfig, Webhooks};
 use enrichment::worker::Worker;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -104,6 +108,12 @@ pub const QUEUE_NAME: &str = "enrichment-jobs-local";
 pub const BULK_QUEUE_NAME: &str = "enrichment-bulk-jobs-local";
 /// The dead-letter queue name of the local stack.
 pub const DLQ_NAME: &str = "enrichment-jobs-dlq-local";
+/// The webhook queue name of the local stack: the delivery attempts.
+pub const WEBHOOK_QUEUE_NAME: &str = "enrichment-webhooks-local";
+/// The webhook queue's dead-letter queue name.
+pub const WEBHOOK_DLQ_NAME: &str = "enrichment-webhooks-dlq-local";
+/// Messages per invocation of the webhook delivery (its event source mapping's batch size).
+pub const WEBHOOK_BATCH_SIZE: i32 = 10;
 /// Receives before a job goes to the DLQ, as in `template.yaml`.
 pub const MAX_RECEIVE_COUNT: u32 = 5;
 /// The `kid` of the local dev signing key.
@@ -128,6 +138,12 @@ pub struct StackInfo {
     pub bulk_queue_url: String,
     /// The dead-letter queue URL.
     pub dlq_url: String,
+    /// The webhook queue URL (the delivery attempts).
+    #[serde(default)]
+    pub webhook_queue_url: String,
+    /// The webhook queue's dead-letter queue URL.
+    #[serde(default)]
+    pub webhook_dlq_url: String,
     /// The dev private key (PEM) that `enrichctl token` signs with.
     pub dev_key_path: PathBuf,
     /// The provider simulator's base URL: the worker's `HUNTER_BASE_URL` is `<this>/hunter`,
@@ -160,6 +176,14 @@ pub struct Options {
     pub bulk_concurrency: usize,
     /// The SQS visibility timeout the poller receives with.
     pub visibility_timeout: Duration,
+    /// Run the outbox relay, the reader of the table's stream that queues the webhook events
+    /// (`LOCAL_OUTBOX_RELAY=off` leaves the ended enrichments' events in the outbox, as a relay
+    /// that is down would; the next start with it relays them).
+    pub outbox_relay: bool,
+    /// How many pollers of the webhook queue deliver at once (`LOCAL_WEBHOOK_CONCURRENCY`),
+    /// as its event source mapping's maximum concurrency in `template.yaml` (default 5), each
+    /// [`WEBHOOK_BATCH_SIZE`] messages at a time, delivered concurrently; 0: none.
+    pub webhook_concurrency: usize,
     /// The moto server executable (`.local/venv/bin/moto_server`).
     pub moto_server: PathBuf,
     /// The known-people fixture the provider simulator answers from.
@@ -172,14 +196,16 @@ pub struct Options {
     /// clock leeway, the worker's cascade. The stack's own values are given over them: the
     /// table, the queue's receive count, the gateway's dev JWKS as the only key source and
     /// the gateway as issuer, the simulator as every provider's API with a dummy key, and
-    /// [`Options::max_age`]. Default: the process environment.
+    /// [`Options::max_age`]. The webhooks' `WEBHOOK_RETRY_SCHEDULE` is read from them too;
+    /// `http://127.0.0.1:<port>/…` endpoints are always accepted
+    /// (`WEBHOOK_ALLOW_LOOPBACK_HTTP`). Default: the process environment.
     pub vars: Vars<'static>,
 }
 
 impl Options {
     /// Defaults for the repository at `root`: state in `root/.local`, gateway on 3000, maximum
-    /// age [`enrichment::budget::DEFAULT_MAX_AGE`] (800 s), worker on, settings from the
-    /// process environment.
+    /// age [`enrichment::budget::DEFAULT_MAX_AGE`] (800 s), worker and outbox relay on, five
+    /// webhook pollers, settings from the process environment.
     pub fn for_repo(root: &Path) -> Self {
         Self {
             state_dir: root.join(".local"),
@@ -190,6 +216,8 @@ impl Options {
             worker_concurrency: 5,
             bulk_concurrency: 2,
             visibility_timeout: Duration::from_secs(60),
+            outbox_relay: true,
+            webhook_concurrency: 5,
             moto_server: root.join(".local/venv/bin/moto_server"),
             fixture: root.join("tools/local-stack/fixtures/known-people.json"),
             simulator_config: None,
@@ -216,8 +244,15 @@ pub struct Stack {
     /// How many `pending` enrichments found in the table at start-up were queued again (the SQS
     /// emulator keeps its messages in memory: a restart loses them).
     pub requeued: usize,
+    /// How many webhook deliveries with an attempt still to come were queued again at start-up,
+    /// for the same reason.
+    pub requeued_deliveries: usize,
     /// The local worker's invocations and handler time (none without a local worker).
     pub worker_usage: Arc<poller::WorkerUsage>,
+    /// The webhook delivery's invocations and handler time.
+    pub webhook_usage: Arc<poller::WorkerUsage>,
+    /// The local worker (none without one), for [`Stack::slot_waits`].
+    worker: Option<Arc<Worker>>,
     shutdown: watch::Sender<bool>,
     failure: watch::Receiver<Option<String>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -307,31 +342,69 @@ pub struct Queues {
     pub bulk: String,
     /// Their DLQ ([`DLQ_NAME`]).
     pub dlq: String,
+    /// The webhook queue ([`WEBHOOK_QUEUE_NAME`]).
+    pub webhooks: String,
+    /// Its DLQ ([`WEBHOOK_DLQ_NAME`]).
+    pub webhook_dlq: String,
 }
 
 /// Creates the jobs queue, the bulk jobs queue and their DLQ with the redrive policy of
-/// `template.yaml`.
+/// `template.yaml`, and the webhook queue with its own DLQ and the same policy.
 pub async fn create_queues(
     sqs: &aws_sdk_sqs::Client,
     visibility: Duration,
 ) -> Result<Queues, String> {
-    let err = |e: aws_sdk_sqs::error::SdkError<_, _>| {
+    let dlq = create_queue(sqs, DLQ_NAME, None).await?;
+    let webhook_dlq = create_queue(sqs, WEBHOOK_DLQ_NAME, None).await?;
+    let redrive = |arn: String| {
+        let policy =
+            serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": MAX_RECEIVE_COUNT});
+        Some((visibility, policy.to_string()))
+    };
+    let jobs_redrive = redrive(queue_arn(sqs, &dlq).await?);
+    let jobs = create_queue(sqs, QUEUE_NAME, jobs_redrive.clone()).await?;
+    let bulk = create_queue(sqs, BULK_QUEUE_NAME, jobs_redrive).await?;
+    let webhook_redrive = redrive(queue_arn(sqs, &webhook_dlq).await?);
+    let webhooks = create_queue(sqs, WEBHOOK_QUEUE_NAME, webhook_redrive).await?;
+    Ok(Queues {
+        jobs,
+        bulk,
+        dlq,
+        webhooks,
+        webhook_dlq,
+    })
+}
+
+/// Creates the queue `name`, with a visibility timeout and a redrive policy (JSON) when given;
+/// returns its URL.
+async fn create_queue(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    source: Option<(Duration, String)>,
+) -> Result<String, String> {
+    let mut request = sqs.create_queue().queue_name(name);
+    if let Some((visibility, redrive)) = source {
+        request = request
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility.as_secs().to_string(),
+            )
+            .attributes(QueueAttributeName::RedrivePolicy, redrive);
+    }
+    let output = request.send().await.map_err(|e| {
         format!(
-            "CreateQueue: {}",
+            "CreateQueue {name}: {}",
             aws_sdk_sqs::error::DisplayErrorContext(&e)
         )
-    };
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(DLQ_NAME)
-        .send()
-        .await
-        .map_err(err)?
-        .queue_url
-        .unwrap_or_default();
-    let dlq_arn = sqs
+    })?;
+    Ok(output.queue_url.unwrap_or_default())
+}
+
+/// The ARN of the queue at `url`.
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, String> {
+    let output = sqs
         .get_queue_attributes()
-        .queue_url(&dlq_url)
+        .queue_url(url)
         .attribute_names(QueueAttributeName::QueueArn)
         .send()
         .await
@@ -340,36 +413,11 @@ pub async fn create_queues(
                 "GetQueueAttributes: {}",
                 aws_sdk_sqs::error::DisplayErrorContext(&e)
             )
-        })?
+        })?;
+    Ok(output
         .attributes
         .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .unwrap_or_default();
-    let redrive =
-        serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT});
-    let mut urls = Vec::new();
-    for name in [QUEUE_NAME, BULK_QUEUE_NAME] {
-        let url = sqs
-            .create_queue()
-            .queue_name(name)
-            .attributes(
-                QueueAttributeName::VisibilityTimeout,
-                visibility.as_secs().to_string(),
-            )
-            .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-            .send()
-            .await
-            .map_err(err)?
-            .queue_url
-            .unwrap_or_default();
-        urls.push(url);
-    }
-    let bulk = urls.pop().unwrap_or_default();
-    let jobs = urls.pop().unwrap_or_default();
-    Ok(Queues {
-        jobs,
-        bulk,
-        dlq: dlq_url,
-    })
+        .unwrap_or_default())
 }
 
 /// The worker's cascade in the local stack, configured by `vars` exactly as in AWS
@@ -440,6 +488,68 @@ pub fn local_config(vars: &Vars<'static>, max_age: Duration) -> Result<Config, S
     Ok(config)
 }
 
+/// The webhook settings of the stack's relay, delivery and settings routes:
+/// [`WebhookConfig::from_vars`] over `vars` (`WEBHOOK_RETRY_SCHEDULE` as deployed), with
+/// `http://127.0.0.1:<port>/…` endpoints accepted (`WEBHOOK_ALLOW_LOOPBACK_HTTP`, which only the
+/// local stack turns on) and `queue_url` as the webhook queue.
+///
+/// Errors: the text of the [`enrichment::config::ConfigError`] of a bad setting.
+pub fn local_webhook_config(
+    vars: &Vars<'static>,
+    queue_url: Option<&str>,
+) -> Result<WebhookConfig, String> {
+    let mut config = WebhookConfig::from_vars(vars).map_err(|e| e.to_string())?;
+    config.allow_loopback_http = true;
+    config.queue_url = queue_url.map(str::to_string);
+    Ok(config)
+}
+
+/// Turns on the table's stream of new images when it has none: a table a persisted stack
+/// created before the outbox relay existed (a new table gets it from
+/// [`Store::create_table`]).
+///
+/// Errors: DynamoDB failures, as text.
+async fn ensure_stream(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), String> {
+    use aws_sdk_dynamodb::types::{StreamSpecification, StreamViewType};
+    let described = dynamodb
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "DescribeTable: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+            )
+        })?;
+    let enabled = described
+        .table()
+        .and_then(|t| t.stream_specification())
+        .is_some_and(|spec| spec.stream_enabled());
+    if enabled {
+        return Ok(());
+    }
+    let spec = StreamSpecification::builder()
+        .stream_enabled(true)
+        .stream_view_type(StreamViewType::NewImage)
+        .build()
+        .map_err(|e| e.to_string())?;
+    dynamodb
+        .update_table()
+        .table_name(table)
+        .stream_specification(spec)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "UpdateTable (stream): {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+            )
+        })?;
+    tracing::info!(table, "stream of new images turned on for the outbox relay");
+    Ok(())
+}
+
 /// The stack's authenticator: [`Authenticator::from_vars`] over `vars`, with the gateway's dev
 /// JWKS as the only key source, the gateway as the issuer, and no `azp` check.
 ///
@@ -497,21 +607,98 @@ pub async fn requeue_pending(
     queue: &dyn JobQueue,
     page_size: i32,
 ) -> Result<usize, String> {
+    let items = scan_all(
+        dynamodb,
+        table,
+        page_size,
+        "the pending enrichments",
+        |scan| {
+            scan.filter_expression("begins_with(sk, :prefix) AND #status = :pending")
+                .projection_expression("id, orgId, entityId, #field")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_names("#field", "field")
+                .expression_attribute_values(":prefix", AttributeValue::S("ENRICHMENT#".into()))
+                .expression_attribute_values(
+                    ":pending",
+                    AttributeValue::S(Status::Pending.as_str().into()),
+                )
+        },
+    )
+    .await?;
     let mut sent = 0;
+    for item in &items {
+        let Some(job) = pending_job(item) else {
+            tracing::warn!(item = ?item, "a pending enrichment without its job's attributes");
+            continue;
+        };
+        queue
+            .enqueue(&job)
+            .await
+            .map_err(|e| format!("re-queueing enrichment {}: {e}", job.enrichment_id))?;
+        sent += 1;
+    }
+    Ok(sent)
+}
+
+/// Queues the next attempt of every webhook delivery of `table` that has one still to come (a
+/// paginated Scan of the `DELIVERY#` items not `done`, `page_size` items read per page), due
+/// when the schedule of `config` puts it after the last attempt (the first attempt: now), and
+/// returns how many were sent. A delivery whose message is still queued somewhere gets a
+/// duplicate, which finds its attempt made and is dropped.
+///
+/// Local stack only: in AWS the queue is durable, and nothing is lost on a restart.
+pub async fn requeue_deliveries(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    queue: &DeliveryQueue,
+    config: &WebhookConfig,
+    page_size: i32,
+) -> Result<usize, String> {
+    let now = chrono::Utc::now();
+    let items = scan_all(
+        dynamodb,
+        table,
+        page_size,
+        "the webhook deliveries",
+        |scan| {
+            scan.filter_expression("begins_with(sk, :prefix) AND #done = :false")
+                .expression_attribute_names("#done", "done")
+                .projection_expression("orgId, eventId, createdAt, attempts, lastAttemptAt")
+                .expression_attribute_values(":prefix", AttributeValue::S("DELIVERY#".into()))
+                .expression_attribute_values(":false", AttributeValue::Bool(false))
+        },
+    )
+    .await?;
+    let mut sent = 0;
+    for item in &items {
+        let Some(message) = next_attempt(item, config, now) else {
+            tracing::warn!(item = ?item, "a webhook delivery without its message's attributes");
+            continue;
+        };
+        queue
+            .send(&message, now)
+            .await
+            .map_err(|e| format!("re-queueing webhook event {}: {e}", message.event_id))?;
+        sent += 1;
+    }
+    Ok(sent)
+}
+
+/// Every item of `table` the `filter` keeps, read consistently `page_size` per page of a
+/// paginated `Scan` (a local stack's table: small); `what` names them in the error.
+async fn scan_all(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    page_size: i32,
+    what: &str,
+    filter: impl Fn(
+        aws_sdk_dynamodb::operation::scan::builders::ScanFluentBuilder,
+    ) -> aws_sdk_dynamodb::operation::scan::builders::ScanFluentBuilder,
+) -> Result<Vec<HashMap<String, AttributeValue>>, String> {
+    let mut items = Vec::new();
     let mut start_key = None;
     loop {
-        let page = dynamodb
-            .scan()
-            .table_name(table)
-            .filter_expression("begins_with(sk, :prefix) AND #status = :pending")
-            .projection_expression("id, orgId, entityId, #field")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#field", "field")
-            .expression_attribute_values(":prefix", AttributeValue::S("ENRICHMENT#".into()))
-            .expression_attribute_values(
-                ":pending",
-                AttributeValue::S(Status::Pending.as_str().into()),
-            )
+        let page = filter(dynamodb.scan().table_name(table))
             .consistent_read(true)
             .limit(page_size)
             .set_exclusive_start_key(start_key)
@@ -519,26 +706,41 @@ pub async fn requeue_pending(
             .await
             .map_err(|e| {
                 format!(
-                    "Scan of the pending enrichments: {}",
+                    "Scan of {what}: {}",
                     aws_sdk_dynamodb::error::DisplayErrorContext(&e)
                 )
             })?;
-        for item in page.items() {
-            let Some(job) = pending_job(item) else {
-                tracing::warn!(item = ?item, "a pending enrichment without its job's attributes");
-                continue;
-            };
-            queue
-                .enqueue(&job)
-                .await
-                .map_err(|e| format!("re-queueing enrichment {}: {e}", job.enrichment_id))?;
-            sent += 1;
-        }
+        items.extend(page.items().iter().cloned());
         start_key = page.last_evaluated_key;
         if start_key.as_ref().is_none_or(|key| key.is_empty()) {
-            return Ok(sent);
+            return Ok(items);
         }
     }
+}
+
+/// The message of a delivery item's next attempt (`orgId`, `eventId`, `createdAt`, `attempts`,
+/// `lastAttemptAt`).
+fn next_attempt(
+    item: &HashMap<String, AttributeValue>,
+    config: &WebhookConfig,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<DeliveryMessage> {
+    let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok());
+    let attempts: u32 = item.get("attempts")?.as_n().ok()?.parse().ok()?;
+    let last = text("lastAttemptAt")
+        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+        .map(|at| at.timestamp());
+    let due_at = match (last, config.retry_after(attempts)) {
+        (Some(last), Some(wait)) => last + wait.as_secs() as i64,
+        _ => now.timestamp(),
+    };
+    Some(DeliveryMessage {
+        org_id: text("orgId")?.clone(),
+        event_id: Uuid::parse_str(text("eventId")?).ok()?,
+        created_at: text("createdAt")?.clone(),
+        attempt: attempts + 1,
+        due_at,
+    })
 }
 
 /// The job of an enrichment item (`id`, `orgId`, `entityId`, `field`).
@@ -609,6 +811,7 @@ impl Stack {
         let config = local_config(&options.vars, options.max_age)?;
         let auth = local_authenticator(&options.vars, &gateway_url)?;
         let cascade = simulator_cascade(&simulator_url, &options.vars)?;
+        let mut webhook_config = local_webhook_config(&options.vars, None)?;
 
         // DynamoDB: dynoxide, embedded.
         let db = if options.persist {
@@ -618,6 +821,8 @@ impl Stack {
         } else {
             dynoxide::Database::memory().map_err(|e| format!("DynamoDB: {e}"))?
         };
+        // The outbox relay reads the table's stream from the same database.
+        let stream_db = db.clone();
         let (listener, addr) = loopback_listener(0).await?;
         let dynamodb_url = format!("http://{addr}");
         let signal = stopped(shutdown_rx.clone());
@@ -631,6 +836,7 @@ impl Stack {
             .create_table()
             .await
             .map_err(|e| e.to_string())?;
+        ensure_stream(&dynamodb, TABLE_NAME).await?;
 
         // SQS: moto.
         let (moto, sqs_url) = start_moto(&options.moto_server).await?;
@@ -642,12 +848,23 @@ impl Stack {
         let sqs = aws_sdk_sqs::Client::from_conf(sqs_config(&sqs_url).build());
         let queues = create_queues(&sqs, options.visibility_timeout).await?;
         let (queue_url, bulk_queue_url, dlq_url) = (queues.jobs, queues.bulk, queues.dlq);
+        let (webhook_queue_url, webhook_dlq_url) = (queues.webhooks, queues.webhook_dlq);
+        webhook_config.queue_url = Some(webhook_queue_url.clone());
+        let delivery_queue = DeliveryQueue::new(sqs.clone(), webhook_queue_url.clone());
 
         // moto's queues live in memory: queue again what a previous run left pending.
         let requeued = requeue_pending(
             &dynamodb,
             TABLE_NAME,
             &SqsJobQueue::new(sqs.clone(), queue_url.clone()),
+            REQUEUE_PAGE_SIZE,
+        )
+        .await?;
+        let requeued_deliveries = requeue_deliveries(
+            &dynamodb,
+            TABLE_NAME,
+            &delivery_queue,
+            &webhook_config,
             REQUEUE_PAGE_SIZE,
         )
         .await?;
@@ -664,6 +881,11 @@ impl Stack {
         // API gateway.
         let listener = gateway_listener;
         let store = Store::new(dynamodb, TABLE_NAME);
+        let webhooks = Arc::new(Webhooks::new(
+            store.clone(),
+            webhook_config,
+            Some(delivery_queue),
+        ));
         let state = Arc::new(gateway::Gateway {
             auth,
             enrichments: Enrichments::new(store.clone(), config.clone()),
@@ -673,6 +895,7 @@ impl Stack {
                 .with_timeout_check(config.max_age),
             bulk_queue: SqsJobQueue::new(sqs.clone(), bulk_queue_url.clone())
                 .with_timeout_check(config.max_age),
+            webhooks: webhooks.clone(),
             jwks: devkey::jwks(&dev_key)?,
         });
         let signal = stopped(shutdown_rx.clone());
@@ -682,6 +905,7 @@ impl Stack {
 
         // SQS event source for the worker.
         let worker_usage = Arc::new(poller::WorkerUsage::default());
+        let mut local_worker = None;
         if options.local_worker {
             let worker = Worker::new(store.clone(), cascade, config.clone())
                 .with_queue(
@@ -693,6 +917,7 @@ impl Stack {
                         .with_retry_base(Duration::from_secs(2)),
                 );
             let worker = Arc::new(worker);
+            local_worker = Some(worker.clone());
             // One event source mapping per queue, each with its own concurrency, as in
             // template.yaml: a bulk's backlog never stands in front of single jobs.
             for (url, concurrency) in [
@@ -703,13 +928,39 @@ impl Stack {
                     sqs: sqs.clone(),
                     queue_url: url.clone(),
                     visibility_timeout: options.visibility_timeout,
-                    worker: worker.clone(),
+                    batch_size: 1,
+                    handler: poller::Handler::Worker(worker.clone()),
                     usage: worker_usage.clone(),
                 };
                 for _ in 0..concurrency.max(1) {
                     tasks.push(tokio::spawn(poller.clone().run(shutdown_rx.clone())));
                 }
             }
+        }
+
+        // The webhooks: the relay on the table's stream, the delivery on the webhook queue.
+        if options.outbox_relay {
+            let relay = outbox::OutboxRelay {
+                db: stream_db,
+                table: TABLE_NAME.into(),
+                webhooks: webhooks.clone(),
+                checkpoint: options
+                    .persist
+                    .then(|| options.state_dir.join(outbox::CHECKPOINT_FILE)),
+            };
+            tasks.push(tokio::spawn(relay.run(shutdown_rx.clone())));
+        }
+        let webhook_usage = Arc::new(poller::WorkerUsage::default());
+        let delivery = poller::Poller {
+            sqs: sqs.clone(),
+            queue_url: webhook_queue_url.clone(),
+            visibility_timeout: options.visibility_timeout,
+            batch_size: WEBHOOK_BATCH_SIZE,
+            handler: poller::Handler::WebhookDelivery(webhooks),
+            usage: webhook_usage.clone(),
+        };
+        for _ in 0..options.webhook_concurrency {
+            tasks.push(tokio::spawn(delivery.clone().run(shutdown_rx.clone())));
         }
 
         let info = StackInfo {
@@ -720,6 +971,8 @@ impl Stack {
             queue_url,
             bulk_queue_url,
             dlq_url,
+            webhook_queue_url,
+            webhook_dlq_url,
             dev_key_path: dev_key,
             simulator_url: simulator_url.clone(),
         };
@@ -730,7 +983,10 @@ impl Stack {
             simulator_url,
             config,
             requeued,
+            requeued_deliveries,
             worker_usage,
+            webhook_usage,
+            worker: local_worker,
             shutdown,
             failure,
             tasks,
@@ -745,6 +1001,14 @@ impl Stack {
             Ok(reason) => reason.clone().unwrap_or_default(),
             Err(_) => std::future::pending().await,
         }
+    }
+
+    /// Time the local worker's jobs waited in the process for a provider call slot
+    /// ([`Worker::slot_waits`]); zero without a local worker.
+    pub fn slot_waits(&self) -> Duration {
+        self.worker
+            .as_ref()
+            .map_or(Duration::ZERO, |worker| worker.slot_waits())
     }
 
     /// Signs a dev token for `user_id` in `org_id`, valid for `expires_in`.

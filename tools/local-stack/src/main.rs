@@ -3,10 +3,13 @@
 //! stops it with an error naming the variable): `PORT` (3000; 0 to 65535, 0: any free port),
 //! `ENRICHMENT_MAX_AGE_SECONDS` (800; 60 to 835, as in AWS), `LOCAL_WORKER` (on; `off` leaves
 //! jobs queued), `LOCAL_WORKER_CONCURRENCY` (5; 1 to 1000), `LOCAL_BULK_CONCURRENCY` (2; 1 to 1000, the
-//! bulk queue's pollers), `LOCAL_STATE_DIR` (`.local`),
+//! bulk queue's pollers), `LOCAL_OUTBOX_RELAY` (on; `off` leaves webhook events in the outbox
+//! until a start with it on), `LOCAL_WEBHOOK_CONCURRENCY` (5; 0 to 1000, the webhook queue's
+//! pollers), `LOCAL_STATE_DIR` (`.local`),
 //! `SIMULATOR_CONFIG` (a JSON file of per-provider latency and failure rates), and the
 //! functions' settings of README's "Configuration" table, such as the worker's cascade
-//! (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`, `PROVIDER_TIMEOUT_SECONDS`...).
+//! (`EMAIL_PROVIDERS`, `PHONE_PROVIDERS`, `PROVIDER_TIMEOUT_SECONDS`...) and the webhooks'
+//! `WEBHOOK_RETRY_SCHEDULE`.
 //!
 //! One stack per state folder: it refuses to start while the stack of `<state>/stack.json`
 //! answers (a file left by a stack that died is replaced). It exits with status 1 when a part
@@ -31,6 +34,12 @@ fn options(root: &std::path::Path, vars: Vars<'static>) -> Result<Options, Confi
     )?;
     options.bulk_concurrency =
         vars.number("LOCAL_BULK_CONCURRENCY", options.bulk_concurrency, 1..=1000)?;
+    options.outbox_relay = vars.switch("LOCAL_OUTBOX_RELAY", options.outbox_relay)?;
+    options.webhook_concurrency = vars.number(
+        "LOCAL_WEBHOOK_CONCURRENCY",
+        options.webhook_concurrency,
+        0..=1000,
+    )?;
     if let Some(path) = vars.string("SIMULATOR_CONFIG") {
         options.simulator_config = Some(PathBuf::from(path));
     }
@@ -65,13 +74,14 @@ async fn run() -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", info_path.display()))?;
     println!(
         "ready: API on {} (DynamoDB {}, SQS {}, providers {}, worker {}, {} pending \
-         enrichment(s) re-queued)",
+         enrichment(s) re-queued, {} webhook delivery(ies) re-queued)",
         stack.info.gateway_url,
         stack.info.dynamodb_url,
         stack.info.sqs_url,
         stack.simulator_url,
         worker,
-        stack.requeued
+        stack.requeued,
+        stack.requeued_deliveries
     );
     let failure = tokio::select! {
         signal = stop_signal() => {
@@ -135,7 +145,9 @@ mod tests {
             assert_eq!(options.port, 3000);
             assert_eq!(options.max_age, enrichment::budget::DEFAULT_MAX_AGE);
             assert!(options.local_worker);
+            assert!(options.outbox_relay);
             assert_eq!(options.worker_concurrency, 5);
+            assert_eq!(options.webhook_concurrency, 5);
             assert_eq!(options.state_dir, PathBuf::from("/repo/.local"));
             assert_eq!(options.simulator_config, None);
         }
@@ -148,6 +160,8 @@ mod tests {
             ("ENRICHMENT_MAX_AGE_SECONDS", "60"),
             ("LOCAL_WORKER", "off"),
             ("LOCAL_WORKER_CONCURRENCY", "12"),
+            ("LOCAL_OUTBOX_RELAY", "off"),
+            ("LOCAL_WEBHOOK_CONCURRENCY", "0"),
             ("LOCAL_STATE_DIR", "/tmp/state"),
             ("SIMULATOR_CONFIG", "sim.json"),
         ])
@@ -156,6 +170,8 @@ mod tests {
         assert_eq!(options.max_age, std::time::Duration::from_secs(60));
         assert!(!options.local_worker);
         assert_eq!(options.worker_concurrency, 12);
+        assert!(!options.outbox_relay);
+        assert_eq!(options.webhook_concurrency, 0);
         assert_eq!(options.state_dir, PathBuf::from("/tmp/state"));
         assert_eq!(options.simulator_config, Some(PathBuf::from("sim.json")));
         for off in ["0", "false", "OFF"] {
@@ -174,5 +190,6 @@ mod tests {
         );
         assert!(read(&[("LOCAL_WORKER_CONCURRENCY", "0")]).is_err());
         assert!(read(&[("LOCAL_WORKER", "maybe")]).is_err());
+        assert!(read(&[("LOCAL_WEBHOOK_CONCURRENCY", "1001")]).is_err());
     }
 }

@@ -1,38 +1,71 @@
-//! Feeds SQS messages to the worker as the Lambda event source mapping does (AWS docs, "Using
-//! Lambda with Amazon SQS"): long-poll a batch, invoke the handler with an SQS event, delete the
-//! records that succeeded and leave the reported batch item failures to come back after the
-//! visibility timeout (and to the DLQ after the queue's maximum receive count).
+//! Feeds SQS messages to a function's handler as the Lambda event source mapping does (AWS
+//! docs, "Using Lambda with Amazon SQS"): long-poll a batch, invoke the handler with an SQS
+//! event, delete the records that succeeded and leave the reported batch item failures to come
+//! back after the visibility timeout (and to the DLQ after the queue's maximum receive count).
+//! The worker's queues and the webhook queue are polled alike; only the handler differs
+//! ([`Handler`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use aws_lambda_events::sqs::SqsMessage;
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsMessage};
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use enrichment::webhooks::Webhooks;
 use enrichment::worker::Worker;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// One event source poller: a queue and the worker it feeds, one message at a time (the
-/// template's `BatchSize: 1`). Run several clones for concurrency.
+/// One event source poller: a queue and the handler it feeds, [`Poller::batch_size`] messages
+/// at a time. Run several clones for concurrency.
 #[derive(Clone)]
 pub struct Poller {
     /// SQS client of the emulator.
     pub sqs: aws_sdk_sqs::Client,
-    /// The jobs queue.
+    /// The queue polled.
     pub queue_url: String,
     /// The visibility timeout messages are received with.
     pub visibility_timeout: Duration,
-    /// The handler's use case, shared by the pollers.
-    pub worker: Arc<Worker>,
+    /// The most messages per invocation (SQS's `MaxNumberOfMessages`, 1 to 10): the event
+    /// source mapping's `BatchSize` (the worker's 1, the webhook delivery's 10).
+    pub batch_size: i32,
+    /// The function invoked with each batch, shared by the pollers.
+    pub handler: Handler,
     /// Invocations and handler time, shared by the pollers.
     pub usage: Arc<WorkerUsage>,
 }
 
-/// What the worker handler was invoked for: what Lambda would bill (AWS docs, "Lambda
-/// pricing": duration from the handler's start to its return, per invocation).
+/// The function an event source mapping invokes, with the use case its handler runs.
+#[derive(Clone)]
+pub enum Handler {
+    /// The worker (`Worker::run_batch`, within the worker function's timeout).
+    Worker(Arc<Worker>),
+    /// The webhook delivery function (`Webhooks::deliver_batch`).
+    WebhookDelivery(Arc<Webhooks>),
+}
+
+impl Handler {
+    /// Invokes the handler with `records`, as Lambda would with an SQS event.
+    pub async fn invoke(&self, records: &[SqsMessage], started: Instant) -> SqsBatchResponse {
+        match self {
+            Handler::Worker(worker) => {
+                worker
+                    .run_batch(
+                        records,
+                        started + enrichment::budget::WORKER_FUNCTION_TIMEOUT,
+                    )
+                    .await
+            }
+            Handler::WebhookDelivery(webhooks) => webhooks.deliver_batch(records).await,
+        }
+    }
+}
+
+/// What a handler was invoked for: what Lambda would bill (AWS docs, "Lambda pricing":
+/// duration from the handler's start to its return, per invocation). The stack keeps one for
+/// the worker and one for the webhook delivery.
 #[derive(Debug, Default)]
 pub struct WorkerUsage {
     invocations: AtomicU64,
@@ -73,7 +106,7 @@ impl Poller {
             .sqs
             .receive_message()
             .queue_url(&self.queue_url)
-            .max_number_of_messages(1)
+            .max_number_of_messages(self.batch_size.clamp(1, 10))
             .wait_time_seconds(1)
             .visibility_timeout(self.visibility_timeout.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::All)
@@ -116,13 +149,7 @@ impl Poller {
             })
             .collect();
         let started = Instant::now();
-        let response = self
-            .worker
-            .run_batch(
-                &records,
-                started + enrichment::budget::WORKER_FUNCTION_TIMEOUT,
-            )
-            .await;
+        let response = self.handler.invoke(&records, started).await;
         self.usage.add(started.elapsed());
         let failed: Vec<&str> = response
             .batch_item_failures
@@ -150,7 +177,7 @@ impl Poller {
                 .send()
                 .await
         {
-            tracing::warn!(error = %DisplayErrorContext(&e), "DeleteMessageBatch failed; the jobs will be redelivered");
+            tracing::warn!(error = %DisplayErrorContext(&e), "DeleteMessageBatch failed; the messages will be redelivered");
         }
         messages.len()
     }

@@ -5,7 +5,8 @@
 //! Step Functions and Secrets Manager clients, while each function's scenarios run through the
 //! same code as the Lambdas ([`Enrichments::trigger`], [`Enrichments::status`],
 //! [`Enrichments::query`], [`Enrichments::enrich_batch`], [`Enrichments::enrich_bulk`],
-//! [`Enrichments::cancel`], [`People`], [`Credits`], [`Worker::handle`], [`resolve_api_keys`])
+//! [`Enrichments::cancel`], [`People`], [`Credits`], [`Worker::handle`], [`resolve_api_keys`],
+//! the webhook settings of [`Webhooks`], [`Webhooks::relay_stream`], [`Webhooks::deliver_batch`])
 //! against a private local stack. Each request is mapped
 //! to the IAM actions that authorize it and to the template resource it touched ([`permissions`]).
 //! `template.yaml` is then read for what each function's role allows, once per orchestrator
@@ -25,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_lambda_events::dynamodb::Event as StreamEvent;
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -44,7 +46,10 @@ use enrichment::providers::cascade::Cascade;
 use enrichment::providers::{PersonQuery, Provider, ProviderAnswer, ProviderError, RawContact};
 use enrichment::queue::{JobQueue, QueueError, SqsJobQueue, StepFunctionsJobQueue};
 use enrichment::secrets::{SECRET_SUFFIX, SecretsClient, resolve_api_keys};
-use enrichment::store::{CHUNK, CacheLease, Store, TIMEOUT_MESSAGE};
+use enrichment::store::{CHUNK, CacheLease, OUTBOX_SK_PREFIX, Store, TIMEOUT_MESSAGE, org_pk};
+use enrichment::webhooks::{
+    DeliveryMessage, DeliveryQueue, Webhook, WebhookConfig, Webhooks, new_secret,
+};
 use enrichment::worker::{GAVE_UP_MESSAGE, Worker, WorkerEvent};
 use local_stack::{Options, Stack, dynamodb_config, sdk_config, sqs_config};
 use serde_json::{Value as Json, json};
@@ -63,10 +68,13 @@ enum Function {
     Batch,
     Credits,
     Cancel,
+    WebhookSettings,
+    OutboxRelay,
+    WebhookDelivery,
 }
 
 impl Function {
-    const ALL: [Function; 7] = [
+    const ALL: [Function; 10] = [
         Function::Trigger,
         Function::Status,
         Function::Worker,
@@ -74,6 +82,9 @@ impl Function {
         Function::Batch,
         Function::Credits,
         Function::Cancel,
+        Function::WebhookSettings,
+        Function::OutboxRelay,
+        Function::WebhookDelivery,
     ];
 
     fn name(self) -> &'static str {
@@ -85,6 +96,9 @@ impl Function {
             Function::Batch => "batch",
             Function::Credits => "credits",
             Function::Cancel => "cancel",
+            Function::WebhookSettings => "webhook-settings",
+            Function::OutboxRelay => "outbox-relay",
+            Function::WebhookDelivery => "webhook-delivery",
         }
     }
 
@@ -98,6 +112,9 @@ impl Function {
             Function::Batch => "BatchFunction",
             Function::Credits => "CreditsFunction",
             Function::Cancel => "CancelFunction",
+            Function::WebhookSettings => "WebhookSettingsFunction",
+            Function::OutboxRelay => "OutboxRelayFunction",
+            Function::WebhookDelivery => "WebhookDeliveryFunction",
         }
     }
 }
@@ -158,8 +175,35 @@ impl Scenario {
 /// Every scenario, one line each. A scenario runs once per orchestrator it applies to, in an
 /// org of its own.
 fn scenarios() -> Vec<Scenario> {
-    use Function::{Batch, Cancel, Credits, People, Status, Trigger, Worker};
+    use Function::{
+        Batch, Cancel, Credits, OutboxRelay, People, Status, Trigger, WebhookDelivery,
+        WebhookSettings, Worker,
+    };
     vec![
+        Scenario::new(WebhookSettings, "register and read an endpoint", |env| {
+            Box::pin(webhook_register(env))
+        }),
+        Scenario::new(WebhookSettings, "remove the endpoint", |env| {
+            Box::pin(webhook_remove(env))
+        }),
+        Scenario::new(WebhookSettings, "deliveries log", |env| {
+            Box::pin(webhook_deliveries(env))
+        }),
+        Scenario::new(OutboxRelay, "outbox event relayed", |env| {
+            Box::pin(relay_outbox_event(env))
+        }),
+        Scenario::new(OutboxRelay, "org without an endpoint: skipped", |env| {
+            Box::pin(relay_without_endpoint(env))
+        }),
+        Scenario::new(WebhookDelivery, "attempt delivered", |env| {
+            Box::pin(delivery_delivered(env))
+        }),
+        Scenario::new(WebhookDelivery, "attempt failed: next one queued", |env| {
+            Box::pin(delivery_retried(env))
+        }),
+        Scenario::new(WebhookDelivery, "endpoint removed: not delivered", |env| {
+            Box::pin(delivery_without_endpoint(env))
+        }),
         Scenario::new(
             Cancel,
             "cancel a pending one: refunded, then again",
@@ -1170,6 +1214,175 @@ async fn worker_bulk_fan_out(env: &Env) {
     env.assert_ledger().await;
 }
 
+// ---------------------------------------------------------------------------- webhooks
+
+/// An endpoint no scenario calls: a public IP literal, accepted without a DNS lookup.
+const PUBLIC_ENDPOINT: &str = "https://93.184.216.34/hooks/enrichment";
+
+/// The webhook settings function as its Lambda builds it: the use cases over the recorded
+/// store, the deployed settings (no loopback endpoints), no queue.
+fn webhook_settings(env: &Env) -> Webhooks {
+    Webhooks::new(env.h.store(None), env.webhook_config(false), None)
+}
+
+async fn webhook_register(env: &Env) {
+    let settings = webhook_settings(env);
+    let body = json!({"url": PUBLIC_ENDPOINT});
+    let registered = settings.register(&env.principal(), &body).await.unwrap();
+    assert!(registered.secret.starts_with("whsec_"));
+    let read = settings.get(&env.principal()).await.unwrap();
+    assert_eq!(read.url, registered.url);
+    // Replaced: a new secret.
+    let again = settings.register(&env.principal(), &body).await.unwrap();
+    assert_ne!(again.secret, registered.secret);
+}
+
+async fn webhook_remove(env: &Env) {
+    env.register_endpoint(PUBLIC_ENDPOINT).await;
+    let settings = webhook_settings(env);
+    settings.remove(&env.principal()).await.unwrap();
+    let error = settings.get(&env.principal()).await.unwrap_err();
+    assert_eq!(error.status_code(), 404);
+}
+
+/// One event relayed (set-up), read back from the deliveries log (`Query` of the org's
+/// partition).
+async fn webhook_deliveries(env: &Env) {
+    env.register_endpoint(PUBLIC_ENDPOINT).await;
+    let event = env.ended_enrichment_event().await;
+    env.setup_relay(&event).await;
+    let deliveries = webhook_settings(env)
+        .deliveries(&env.principal(), Some("10"))
+        .await
+        .unwrap();
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].attempts, 0);
+    assert!(!deliveries[0].delivered);
+}
+
+/// The outbox relay as its Lambda builds it: the recorded store and webhook queue
+/// (`WEBHOOK_QUEUE_URL`).
+fn relay(env: &Env) -> Webhooks {
+    env.webhooks(env.h.store(None), env.h.sqs(None), false)
+}
+
+/// A cancelled enrichment's outbox event, as the stream gives it: the org's endpoint read, the
+/// delivery written, attempt 1 queued.
+async fn relay_outbox_event(env: &Env) {
+    env.register_endpoint(PUBLIC_ENDPOINT).await;
+    let event = env.ended_enrichment_event().await;
+    let response = relay(env).relay_stream(&event).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let message = env.take_webhook_message().await;
+    assert_eq!(message.attempt, 1);
+    let (delivery, _, done) = env.delivery(&message).await;
+    assert_eq!((delivery.attempts, done), (0, false));
+}
+
+/// No endpoint: the event is skipped after the endpoint's `GetItem`.
+async fn relay_without_endpoint(env: &Env) {
+    let event = env.ended_enrichment_event().await;
+    let response = relay(env).relay_stream(&event).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+}
+
+/// The webhook delivery as its Lambda builds it: the recorded store and webhook queue, with
+/// loopback endpoints accepted (the scenarios' receiver listens on 127.0.0.1).
+fn delivery(env: &Env) -> Webhooks {
+    env.webhooks(env.h.store(None), env.h.sqs(None), true)
+}
+
+/// The receiver answers 204: delivery and endpoint read, the attempt recorded delivered.
+async fn delivery_delivered(env: &Env) {
+    let receiver = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&receiver)
+        .await;
+    let message = env.relayed_to(&format!("{}/hook", receiver.uri())).await;
+    let response = env.deliver_webhook(&delivery(env), &message).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let requests = receiver.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    let headers = &requests[0].headers;
+    assert_eq!(
+        headers.get("webhook-id").and_then(|v| v.to_str().ok()),
+        Some(message.event_id.to_string().as_str())
+    );
+    assert!(
+        headers
+            .get("webhook-signature")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("v1,"))
+    );
+    let (delivery, _, done) = env.delivery(&message).await;
+    assert_eq!(
+        (
+            delivery.attempts,
+            delivery.last_status,
+            delivery.delivered,
+            done
+        ),
+        (1, Some(204), true, true)
+    );
+}
+
+/// The receiver answers 500: the next attempt queued (`SendMessage`) before this one is
+/// recorded.
+async fn delivery_retried(env: &Env) {
+    let receiver = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(500))
+        .mount(&receiver)
+        .await;
+    let message = env.relayed_to(&format!("{}/hook", receiver.uri())).await;
+    let response = env.deliver_webhook(&delivery(env), &message).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let (delivery, _, done) = env.delivery(&message).await;
+    assert_eq!(
+        (
+            delivery.attempts,
+            delivery.last_status,
+            delivery.delivered,
+            done
+        ),
+        (1, Some(500), false, false)
+    );
+}
+
+/// The endpoint was removed after the event was relayed: the attempt is recorded not
+/// delivered, with no call and no further attempt.
+async fn delivery_without_endpoint(env: &Env) {
+    let message = env.relayed_to(PUBLIC_ENDPOINT).await;
+    env.h.stack.store.delete_webhook(&env.org).await.unwrap();
+    let response = env.deliver_webhook(&delivery(env), &message).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let (delivery, _, done) = env.delivery(&message).await;
+    assert_eq!(
+        (delivery.attempts, delivery.delivered, done),
+        (1, false, true)
+    );
+}
+
+/// An item of the table as a stream record's image carries it (DynamoDB JSON).
+fn stream_image(item: &HashMap<String, aws_sdk_dynamodb::types::AttributeValue>) -> Json {
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    fn value(v: &Av) -> Json {
+        match v {
+            Av::S(s) => json!({"S": s}),
+            Av::N(n) => json!({"N": n}),
+            Av::Bool(b) => json!({"BOOL": b}),
+            Av::Null(_) => json!({"NULL": true}),
+            Av::M(m) => json!({"M": stream_image(m)}),
+            Av::L(l) => json!({"L": l.iter().map(value).collect::<Vec<_>>()}),
+            Av::Ss(ss) => json!({"SS": ss}),
+            other => panic!("no stream form for {other:?} in iam.rs"),
+        }
+    }
+    Json::Object(item.iter().map(|(k, v)| (k.clone(), value(v))).collect())
+}
+
 // ------------------------------------------------------------------- the test
 
 #[tokio::test]
@@ -1337,7 +1550,8 @@ fn iam_template_policies_follow_the_orchestrator() {
 /// Each function gets the queue or state machine its code sends to or is fed by, under each
 /// orchestrator: the trigger `QUEUE_URL` (jobs queue), the batch function `BULK_QUEUE_URL` (bulk
 /// jobs queue), both `STATE_MACHINE_ARN` instead under Step Functions; the SQS-fed worker both
-/// queues, so that it keeps, defers and retries a record on the queue it came from.
+/// queues, so that it keeps, defers and retries a record on the queue it came from; the outbox
+/// relay and the webhook delivery `WEBHOOK_QUEUE_URL` (webhook queue) under both.
 #[test]
 fn iam_template_queue_variables_follow_the_orchestrator() {
     let template = Template::load();
@@ -1352,9 +1566,14 @@ fn iam_template_queue_variables_follow_the_orchestrator() {
                     .iter()
                     .filter_map(|(name, value)| {
                         let name = name.as_str()?;
-                        ["QUEUE_URL", "BULK_QUEUE_URL", "STATE_MACHINE_ARN"]
-                            .contains(&name)
-                            .then(|| (name.to_string(), reference(value).unwrap_or_default()))
+                        [
+                            "QUEUE_URL",
+                            "BULK_QUEUE_URL",
+                            "STATE_MACHINE_ARN",
+                            "WEBHOOK_QUEUE_URL",
+                        ]
+                        .contains(&name)
+                        .then(|| (name.to_string(), reference(value).unwrap_or_default()))
                     })
                     .collect::<BTreeMap<_, _>>()
             })
@@ -1392,6 +1611,17 @@ fn iam_template_queue_variables_follow_the_orchestrator() {
         (Function::People, expect(&[]), expect(&[])),
         (Function::Credits, expect(&[]), expect(&[])),
         (Function::Cancel, expect(&[]), expect(&[])),
+        (Function::WebhookSettings, expect(&[]), expect(&[])),
+        (
+            Function::OutboxRelay,
+            expect(&[("WEBHOOK_QUEUE_URL", "WebhookQueue")]),
+            expect(&[("WEBHOOK_QUEUE_URL", "WebhookQueue")]),
+        ),
+        (
+            Function::WebhookDelivery,
+            expect(&[("WEBHOOK_QUEUE_URL", "WebhookQueue")]),
+            expect(&[("WEBHOOK_QUEUE_URL", "WebhookQueue")]),
+        ),
     ] {
         assert_eq!(queue_variables(function, Sqs), sqs, "{function:?}");
         assert_eq!(
@@ -1927,6 +2157,20 @@ fn reference(value: &Yaml) -> Option<String> {
     }
 }
 
+/// The attribute a `!GetAtt X.Attr` names (`Arn`, `StreamArn`...).
+fn attribute(value: &Yaml) -> Option<String> {
+    let Yaml::Tagged(tagged) = value else {
+        return None;
+    };
+    match (tag(tagged).as_str(), &tagged.value) {
+        ("GetAtt", Yaml::String(path)) => path.split_once('.').map(|(_, a)| a.to_string()),
+        ("GetAtt", Yaml::Sequence(parts)) => {
+            parts.get(1).and_then(Yaml::as_str).map(str::to_string)
+        }
+        _ => None,
+    }
+}
+
 /// A statement's resource as a [`Permission`] resource: the logical id or parameter it refers
 /// to, `*`, `X/index/name` for `!Sub "${X.Arn}/index/name"`, or the text of anything else
 /// (which then matches no request).
@@ -1953,6 +2197,15 @@ fn resource_name(value: &Yaml) -> String {
 /// - its event source mappings on SQS queues: `sqs:ReceiveMessage`, `sqs:DeleteMessage`,
 ///   `sqs:GetQueueAttributes` on the queue (AWS Lambda Developer Guide, "Using Lambda with
 ///   Amazon SQS", execution role permissions: docs.aws.amazon.com/lambda/latest/dg/with-sqs.html);
+/// - its event source mappings on a table's stream (`!GetAtt Table.StreamArn`):
+///   `dynamodb:DescribeStream`, `dynamodb:GetRecords`, `dynamodb:GetShardIterator`,
+///   `dynamodb:ListStreams` on the table's streams, `Table/stream/*` (Amazon DynamoDB Developer
+///   Guide, "IAM policy to allow an AWS Lambda function to access DynamoDB stream records":
+///   docs.aws.amazon.com/amazondynamodb/latest/developerguide/
+///   iam-policy-example-lamda-process-dynamodb-streams.html);
+/// - a mapping's on-failure destination on an SQS queue: `sqs:SendMessage` on it (the event
+///   source mapping sends with the function's role; AWS Lambda Developer Guide, "Retaining
+///   discarded batches for a DynamoDB event source in Lambda");
 /// - its log group: `logs:CreateLogStream`, `logs:PutLogEvents` (the group itself is a resource
 ///   of the template, so no `logs:CreateLogGroup`; AWS Lambda Developer Guide, "Sending Lambda
 ///   function logs to CloudWatch Logs": docs.aws.amazon.com/lambda/latest/dg/
@@ -1984,18 +2237,44 @@ fn platform_needs(
         if reference(&mapping["FunctionName"]).as_deref() != Some(function.logical_id()) {
             continue;
         }
-        let queue = reference(&mapping["EventSourceArn"]).unwrap();
-        assert_eq!(
-            template.0["Resources"][&queue]["Type"].as_str(),
-            Some("AWS::SQS::Queue"),
-            "{id}: only SQS event sources are read by iam.rs"
-        );
-        for action in [
-            "sqs:ReceiveMessage",
-            "sqs:DeleteMessage",
-            "sqs:GetQueueAttributes",
-        ] {
-            needs.insert(Permission::new(action, &queue), "SQS event source mapping");
+        let source = reference(&mapping["EventSourceArn"]).unwrap();
+        let kind = template.0["Resources"][&source]["Type"].as_str();
+        match (kind, attribute(&mapping["EventSourceArn"]).as_deref()) {
+            (Some("AWS::SQS::Queue"), _) => {
+                for action in [
+                    "sqs:ReceiveMessage",
+                    "sqs:DeleteMessage",
+                    "sqs:GetQueueAttributes",
+                ] {
+                    needs.insert(Permission::new(action, &source), "SQS event source mapping");
+                }
+            }
+            (Some("AWS::DynamoDB::Table"), Some("StreamArn")) => {
+                for action in [
+                    "dynamodb:DescribeStream",
+                    "dynamodb:GetRecords",
+                    "dynamodb:GetShardIterator",
+                    "dynamodb:ListStreams",
+                ] {
+                    needs.insert(
+                        Permission::new(action, format!("{source}/stream/*")),
+                        "DynamoDB stream event source mapping",
+                    );
+                }
+            }
+            _ => panic!("{id}: only SQS and DynamoDB stream event sources are read by iam.rs"),
+        }
+        let on_failure = &mapping["DestinationConfig"]["OnFailure"]["Destination"];
+        if let Some(destination) = reference(on_failure) {
+            assert_eq!(
+                template.0["Resources"][&destination]["Type"].as_str(),
+                Some("AWS::SQS::Queue"),
+                "{id}: only SQS on-failure destinations are read by iam.rs"
+            );
+            needs.insert(
+                Permission::new("sqs:SendMessage", &destination),
+                "on-failure destination",
+            );
         }
     }
     if let Some(group) = reference(&properties["LoggingConfig"]["LogGroup"]) {
@@ -2153,6 +2432,9 @@ impl Harness {
         options.persist = false;
         options.port = 0;
         options.local_worker = false;
+        // The scenarios relay and deliver the webhook events themselves.
+        options.outbox_relay = false;
+        options.webhook_concurrency = 0;
         let stack = Stack::start(options).await.expect("local stack starts");
         let aws = sdk_config(&stack.info.sqs_url);
         let sfn = aws_sdk_sfn::Client::new(&aws);
@@ -2175,6 +2457,14 @@ impl Harness {
                 "BulkJobsQueue".to_string(),
             ),
             (state_machine_arn.clone(), "CascadeStateMachine".to_string()),
+            (
+                stack.info.webhook_queue_url.clone(),
+                "WebhookQueue".to_string(),
+            ),
+            (
+                stack.info.webhook_dlq_url.clone(),
+                "WebhookDeadLetterQueue".to_string(),
+            ),
         ]);
         Harness {
             sqs_admin: stack.sqs.clone(),
@@ -2436,6 +2726,190 @@ impl Env {
             "{}: grants",
             self.org
         );
+    }
+
+    // ---- webhooks (set-up unrecorded)
+
+    /// The webhook settings of the scenarios: the default retry schedule, the webhook queue,
+    /// loopback endpoints accepted only when `loopback` (the local receiver).
+    fn webhook_config(&self, loopback: bool) -> WebhookConfig {
+        WebhookConfig {
+            allow_loopback_http: loopback,
+            queue_url: Some(self.h.stack.info.webhook_queue_url.clone()),
+            ..WebhookConfig::from_vars(&enrichment::config::Vars::from_pairs([("X", "y")])).unwrap()
+        }
+    }
+
+    /// The relay's and the delivery's use cases over `store`, sending to the webhook queue
+    /// through `sqs`.
+    fn webhooks(&self, store: Store, sqs: aws_sdk_sqs::Client, loopback: bool) -> Webhooks {
+        let queue = DeliveryQueue::new(sqs, self.h.stack.info.webhook_queue_url.clone());
+        Webhooks::new(store, self.webhook_config(loopback), Some(queue))
+    }
+
+    /// Registers the org's endpoint at `url` (no check: the scenario's receiver is on
+    /// loopback).
+    async fn register_endpoint(&self, url: &str) {
+        let webhook = Webhook {
+            url: url.to_string(),
+            secret: new_secret().unwrap(),
+            created_at: enrichment::domain::timestamp(chrono::Utc::now()),
+        };
+        self.h
+            .stack
+            .store
+            .put_webhook(&self.org, &webhook)
+            .await
+            .unwrap();
+    }
+
+    /// Ends an enrichment (a pending one cancelled: its transaction puts the outbox event) and
+    /// wraps the outbox item, read from the table, as the stream's insert record, as the relay's
+    /// event source mapping hands it over.
+    async fn ended_enrichment_event(&self) -> StreamEvent {
+        let person = self.person("Ada");
+        self.pending_job(&person).await;
+        Enrichments::new(self.h.stack.store.clone(), self.config())
+            .cancel(&self.principal(), person.id, Field::Emails)
+            .await
+            .unwrap();
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+            dynamodb_config(&self.h.stack.info.dynamodb_url).build(),
+        );
+        let items = dynamodb
+            .query()
+            .table_name(self.h.stack.store.table())
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(
+                ":pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(org_pk(&self.org)),
+            )
+            .expression_attribute_values(
+                ":prefix",
+                aws_sdk_dynamodb::types::AttributeValue::S(OUTBOX_SK_PREFIX.into()),
+            )
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .items
+            .unwrap_or_default();
+        assert_eq!(items.len(), 1, "one outbox event per ending: {items:?}");
+        let image = stream_image(&items[0]);
+        let keys = json!({"pk": image["pk"], "sk": image["sk"]});
+        serde_json::from_value(json!({"Records": [{
+            "eventID": Uuid::new_v4().simple().to_string(),
+            "eventName": "INSERT",
+            "eventVersion": "1.1",
+            "eventSource": "aws:dynamodb",
+            "awsRegion": "us-east-1",
+            "dynamodb": {
+                "ApproximateCreationDateTime": chrono::Utc::now().timestamp() as f64,
+                "Keys": keys,
+                "NewImage": image,
+                "SequenceNumber": "4421584500000000017450439091",
+                "SizeBytes": 1024,
+                "StreamViewType": "NEW_IMAGE"
+            },
+            "eventSourceARN": format!(
+                "arn:aws:dynamodb:us-east-1:123456789012:table/{}/stream/2026-12-01T00:00:00.000",
+                self.h.stack.store.table()
+            )
+        }]}))
+        .unwrap()
+    }
+
+    /// Relays `event` through unrecorded clients (its attempt 1 left on the webhook queue).
+    async fn setup_relay(&self, event: &StreamEvent) {
+        let relay = self.webhooks(self.h.stack.store.clone(), self.h.sqs_admin.clone(), true);
+        let response = relay.relay_stream(event).await;
+        assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    }
+
+    /// The org's endpoint registered at `url`, an enrichment ended and its event relayed
+    /// (set-up): attempt 1's message, taken from the webhook queue.
+    async fn relayed_to(&self, url: &str) -> DeliveryMessage {
+        self.register_endpoint(url).await;
+        let event = self.ended_enrichment_event().await;
+        self.setup_relay(&event).await;
+        self.take_webhook_message().await
+    }
+
+    /// The org's next message on the webhook queue, deleted; the other orgs' are dropped.
+    async fn take_webhook_message(&self) -> DeliveryMessage {
+        let queue = &self.h.stack.info.webhook_queue_url;
+        for _ in 0..50 {
+            let messages = self
+                .h
+                .sqs_admin
+                .receive_message()
+                .queue_url(queue)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .unwrap()
+                .messages
+                .unwrap_or_default();
+            let mut found = None;
+            for message in messages {
+                self.h
+                    .sqs_admin
+                    .delete_message()
+                    .queue_url(queue)
+                    .receipt_handle(message.receipt_handle.clone().unwrap_or_default())
+                    .send()
+                    .await
+                    .unwrap();
+                let body: DeliveryMessage =
+                    serde_json::from_str(message.body().unwrap_or_default()).unwrap();
+                if body.org_id == self.org && found.is_none() {
+                    found = Some(body);
+                }
+            }
+            if let Some(body) = found {
+                return body;
+            }
+        }
+        panic!("no webhook message of {} on the webhook queue", self.org)
+    }
+
+    /// Invokes the delivery `webhooks` with `message` as its event source mapping would: an SQS
+    /// batch of one record, received from the webhook queue.
+    async fn deliver_webhook(
+        &self,
+        webhooks: &Webhooks,
+        message: &DeliveryMessage,
+    ) -> aws_lambda_events::sqs::SqsBatchResponse {
+        let queue = self.h.stack.info.webhook_queue_url.clone();
+        let record = self
+            .receive_body(serde_json::to_string(message).unwrap(), 1, &queue)
+            .await;
+        let receipt = record.receipt_handle.clone().unwrap();
+        let response = webhooks.deliver_batch(std::slice::from_ref(&record)).await;
+        self.h
+            .sqs_admin
+            .delete_message()
+            .queue_url(&queue)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .unwrap();
+        response
+    }
+
+    /// The delivery `message` is an attempt of, as stored: with its body and whether an
+    /// attempt is still to come.
+    async fn delivery(
+        &self,
+        message: &DeliveryMessage,
+    ) -> (enrichment::webhooks::Delivery, String, bool) {
+        self.h
+            .stack
+            .store
+            .get_delivery(&self.org, &message.created_at, message.event_id)
+            .await
+            .unwrap()
+            .expect("the delivery")
     }
 
     // ---- the functions under test (recorded)

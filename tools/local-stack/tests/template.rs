@@ -4,8 +4,9 @@
 //! template), the same worker concurrency per queue; and the template fits the code: its
 //! timeouts are the code's budgets, its state machine holds a batch's jobs until the
 //! `notBefore` the code writes, every function crate is deployed (built, logged, configured)
-//! alike, and the settings the code reads reach the function that acts on them. The template
-//! is parsed, not copied.
+//! alike, the settings the code reads reach the function that acts on them, and the webhook
+//! pipeline's stream filter, event sources and queues are the ones the code relies on. The
+//! template is parsed, not copied.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use enrichment::config::{Config, Vars};
 use enrichment::domain::{Field, Job};
 use enrichment::http::{
     BATCH_QUERY_ROUTE, BATCH_ROUTE, BULK_ROUTE, CANCEL_ROUTE, CREDITS_PREFIX, PEOPLE_PREFIX, ROUTE,
+    WEBHOOK_SETTINGS_PATH,
 };
 use enrichment::queue::{JobQueue, StepFunctionsJobQueue};
 use local_stack::{Options, Stack};
@@ -130,6 +132,15 @@ async fn local_table_and_queues_match_the_template() {
         ttl.attribute_name(),
         table["TimeToLiveSpecification"]["AttributeName"].as_str()
     );
+    // The outbox relay reads the new images of the table's stream.
+    let stream = described
+        .stream_specification()
+        .expect("the local table has a stream");
+    assert!(stream.stream_enabled());
+    assert_eq!(
+        stream.stream_view_type().map(|v| v.as_str()),
+        table["StreamSpecification"]["StreamViewType"].as_str()
+    );
 
     let dlq = properties(&template, "JobsDeadLetterQueue");
     assert!(
@@ -181,6 +192,44 @@ async fn local_table_and_queues_match_the_template() {
     }
     assert_eq!(allowed, redriven);
 
+    // The webhook queue and its own dead-letter queue, redriven after as many receives.
+    let webhook_dlq = properties(&template, "WebhookDeadLetterQueue");
+    let webhook_queue = properties(&template, "WebhookQueue");
+    assert!(
+        stack
+            .info
+            .webhook_dlq_url
+            .ends_with(&format!("/{}", sub_stage(&webhook_dlq["QueueName"])))
+    );
+    assert!(
+        stack
+            .info
+            .webhook_queue_url
+            .ends_with(&format!("/{}", sub_stage(&webhook_queue["QueueName"])))
+    );
+    let attributes = stack
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&stack.info.webhook_queue_url)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap();
+    let redrive: serde_json::Value =
+        serde_json::from_str(&attributes[&QueueAttributeName::RedrivePolicy]).unwrap();
+    assert_eq!(
+        redrive["maxReceiveCount"].as_u64(),
+        webhook_queue["RedrivePolicy"]["maxReceiveCount"].as_u64()
+    );
+    assert!(
+        redrive["deadLetterTargetArn"]
+            .as_str()
+            .unwrap()
+            .ends_with(&sub_stage(&webhook_dlq["QueueName"]))
+    );
+
     gateway_serves_the_template_routes(&template, &stack.info.gateway_url).await;
     tokio::time::timeout(Duration::from_secs(15), stack.shutdown())
         .await
@@ -216,8 +265,8 @@ fn template_routes(template: &Value) -> BTreeMap<(String, String), String> {
 /// Every route of the template reaches a handler of the local gateway (no `Route not found`;
 /// without a token, the handler answers 401 or rejects the input); and the template's routes
 /// are exactly the paths the gateway routes, to the same functions. The gateway hands every
-/// method of the batch, credits and cancel routes to their handlers, which answer 405
-/// themselves: in the template they are `ANY`.
+/// method of the batch, credits, cancel and webhook settings routes to their handlers, which
+/// answer 405 themselves: in the template they are `ANY`.
 async fn gateway_serves_the_template_routes(template: &Value, gateway_url: &str) {
     let routes = template_routes(template);
     let client = reqwest::Client::new();
@@ -280,6 +329,16 @@ async fn gateway_serves_the_template_routes(template: &Value, gateway_url: &str)
             "ANY",
             format!("{CREDITS_PREFIX}/history"),
             "CreditsFunction",
+        ),
+        (
+            "ANY",
+            WEBHOOK_SETTINGS_PATH.to_string(),
+            "WebhookSettingsFunction",
+        ),
+        (
+            "ANY",
+            format!("{WEBHOOK_SETTINGS_PATH}/deliveries"),
+            "WebhookSettingsFunction",
         ),
     ]
     .into_iter()
@@ -472,11 +531,8 @@ fn template_timeouts_are_the_budgets_the_code_uses() {
     };
     let timeout =
         |function: &str| Duration::from_secs(number(&properties(&template, function)["Timeout"]));
-    // Every function but the worker serves the HTTP API.
-    let api: Vec<String> = functions(&template)
-        .into_iter()
-        .filter(|id| id != "WorkerFunction")
-        .collect();
+    // Every function but the worker and the webhook pipeline's two serves the HTTP API.
+    let api = api_functions(&template);
     assert_eq!(
         api,
         [
@@ -486,6 +542,18 @@ fn template_timeouts_are_the_budgets_the_code_uses() {
             "PeopleFunction",
             "StatusFunction",
             "TriggerFunction",
+            "WebhookSettingsFunction",
+        ]
+    );
+    assert_eq!(
+        functions(&template)
+            .into_iter()
+            .filter(|id| !api.contains(id))
+            .collect::<Vec<_>>(),
+        [
+            "OutboxRelayFunction",
+            "WebhookDeliveryFunction",
+            "WorkerFunction"
         ]
     );
     for api in &api {
@@ -537,6 +605,38 @@ fn template_timeouts_are_the_budgets_the_code_uses() {
     let machine =
         &properties(&template, "CascadeStateMachine")["Definition"]["States"]["RunCascade"];
     assert!(number(&machine["TimeoutSeconds"]) >= budget::WORKER_FUNCTION_TIMEOUT.as_secs());
+
+    // A webhook attempt (its budget, and the reads before it and the record and retry after
+    // it, each at most one SDK operation) ends within the delivery function's timeout; the
+    // webhook queue hides a message 6 times that (AWS docs, "Using Lambda with Amazon SQS").
+    let delivery = timeout("WebhookDeliveryFunction");
+    assert!(
+        enrichment::webhooks::ATTEMPT_TIMEOUT + 4 * budget::SDK_OPERATION_TIMEOUT < delivery,
+        "{delivery:?}"
+    );
+    let webhook_queue = properties(&template, "WebhookQueue");
+    assert!(number(&webhook_queue["VisibilityTimeout"]) >= 6 * delivery.as_secs());
+    // The relay's calls per event (the endpoint's GetItem, the delivery's PutItem, the
+    // SendMessage), each bounded by the SDK, fit its timeout for several events even when every
+    // call takes its whole budget; a batch that still does not fit ends in a function error and
+    // its event source bisects it.
+    assert!(timeout("OutboxRelayFunction") >= 5 * 3 * budget::SDK_OPERATION_TIMEOUT);
+}
+
+/// The functions that serve the HTTP API (an `HttpApi` event), sorted.
+fn api_functions(template: &Value) -> Vec<String> {
+    functions(template)
+        .into_iter()
+        .filter(|id| {
+            template["Resources"][id.as_str()]["Properties"]["Events"]
+                .as_mapping()
+                .is_some_and(|events| {
+                    events
+                        .values()
+                        .any(|event| event["Type"].as_str() == Some("HttpApi"))
+                })
+        })
+        .collect()
 }
 
 /// The logical ids of the template's functions (`AWS::Serverless::Function`), sorted.
@@ -579,6 +679,8 @@ fn function_binaries(root: &std::path::Path) -> BTreeSet<String> {
 /// the template named `/aws/lambda/{FunctionName}` with JSON logs (AWS Lambda Developer Guide,
 /// "Configuring advanced logging controls"), and every function of the HTTP API gets the
 /// Clerk settings from the template's parameters (each reads `Authenticator::from_vars`).
+/// No function is given `WEBHOOK_ALLOW_LOOPBACK_HTTP`: deployed, a webhook endpoint is https to
+/// a public address, always.
 #[test]
 fn every_function_crate_is_deployed_alike() {
     let template = template();
@@ -616,6 +718,10 @@ fn every_function_crate_is_deployed_alike() {
             variables["TABLE_NAME"].is_null(),
             "{id} overrides TABLE_NAME"
         );
+        assert!(
+            variables["WEBHOOK_ALLOW_LOOPBACK_HTTP"].is_null(),
+            "{id} accepts loopback http webhook endpoints"
+        );
         let name = sub_stage(&function["FunctionName"]);
         assert_eq!(name, format!("enrichment-{binary}-local"), "{id}");
         assert_eq!(
@@ -633,7 +739,7 @@ fn every_function_crate_is_deployed_alike() {
             format!("/aws/lambda/{name}"),
             "{id}"
         );
-        if id != "WorkerFunction" {
+        if api_functions(&template).contains(&id) {
             for (variable, parameter) in [
                 ("AUTH_JWKS_URL", "AuthJwksUrl"),
                 ("AUTH_ISSUER", "AuthIssuer"),
@@ -648,6 +754,10 @@ fn every_function_crate_is_deployed_alike() {
         }
     }
     assert_eq!(deployed, binaries, "template.yaml functions vs functions/*");
+    assert!(
+        template["Globals"]["Function"]["Environment"]["Variables"]["WEBHOOK_ALLOW_LOOPBACK_HTTP"]
+            .is_null()
+    );
     let makefile = std::fs::read_to_string(root.join("Makefile")).unwrap();
     let built: BTreeSet<String> = makefile
         .lines()
@@ -697,4 +807,202 @@ fn refund_misses_reaches_the_worker() {
     );
     let worker = &properties(&template, "WorkerFunction")["Environment"]["Variables"];
     assert_eq!(reference(&worker["REFUND_MISSES"]), "RefundMisses");
+}
+
+/// The fields of a stream record an event source filter pattern reads, as the record's JSON
+/// (AWS Lambda Developer Guide, "Control which events Lambda sends to your function": a
+/// pattern's array lists the values that match, `{"prefix": p}` a string starting with `p`).
+fn matches(pattern: &serde_json::Value, record: &serde_json::Value) -> bool {
+    match pattern {
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .all(|(name, inner)| record.get(name).is_some_and(|value| matches(inner, value))),
+        serde_json::Value::Array(values) => values.iter().any(|value| match value {
+            serde_json::Value::Object(rule) => match (rule.get("prefix"), record.as_str()) {
+                (Some(serde_json::Value::String(prefix)), Some(text)) => text.starts_with(prefix),
+                _ => panic!("unsupported filter rule {rule:?}"),
+            },
+            value => value == record,
+        }),
+        other => panic!("unsupported filter pattern {other}"),
+    }
+}
+
+/// A stream record of the table, as Lambda hands it over (and as the filter reads it).
+fn stream_record(event_name: &str, sk: &str) -> serde_json::Value {
+    serde_json::json!({
+        "eventID": "1",
+        "eventName": event_name,
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {
+            "ApproximateCreationDateTime": 1796216069.0,
+            "Keys": {"pk": {"S": "ORG#org_template"}, "sk": {"S": sk}},
+            "NewImage": {"pk": {"S": "ORG#org_template"}, "sk": {"S": sk}},
+            "SequenceNumber": "100000000000000000001",
+            "SizeBytes": 64,
+            "StreamViewType": "NEW_IMAGE"
+        },
+        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/enrichment-local/stream/2026-12-01T00:00:00.000"
+    })
+}
+
+/// The outbox relay's event source: the table's stream (new images, which the relay reads),
+/// from the oldest record, with partial batch responses, bisected on a function error, records
+/// given again until they age out of the stream, then to the webhook dead-letter queue; and its
+/// filter lets through exactly what the relay's code relays: the inserts whose `sk` starts with
+/// [`enrichment::store::OUTBOX_SK_PREFIX`] (`enrichment::webhooks::is_outbox_insert`).
+#[test]
+fn outbox_relay_event_source_filters_the_outbox_inserts() {
+    use enrichment::store::OUTBOX_SK_PREFIX;
+    use enrichment::webhooks::is_outbox_insert;
+    let template = template();
+    assert_eq!(
+        properties(&template, "EnrichmentTable")["StreamSpecification"]["StreamViewType"].as_str(),
+        Some("NEW_IMAGE")
+    );
+    let resource = &template["Resources"]["OutboxRelayEventSource"];
+    assert_eq!(
+        resource["Type"].as_str(),
+        Some("AWS::Lambda::EventSourceMapping")
+    );
+    assert!(
+        resource["Condition"].is_null(),
+        "deployed under every orchestrator"
+    );
+    let mapping = &resource["Properties"];
+    let Value::Tagged(source) = &mapping["EventSourceArn"] else {
+        panic!("EventSourceArn: expected !GetAtt")
+    };
+    assert_eq!(source.tag, "!GetAtt");
+    assert_eq!(source.value.as_str(), Some("EnrichmentTable.StreamArn"));
+    assert_eq!(reference(&mapping["FunctionName"]), "OutboxRelayFunction");
+    assert_eq!(mapping["StartingPosition"].as_str(), Some("TRIM_HORIZON"));
+    assert_eq!(
+        mapping["FunctionResponseTypes"][0].as_str(),
+        Some("ReportBatchItemFailures")
+    );
+    assert_eq!(mapping["BisectBatchOnFunctionError"].as_bool(), Some(true));
+    assert_eq!(mapping["MaximumRetryAttempts"].as_i64(), Some(-1));
+    assert_eq!(mapping["MaximumRecordAgeInSeconds"].as_i64(), Some(-1));
+    assert_eq!(
+        reference(&mapping["DestinationConfig"]["OnFailure"]["Destination"]),
+        "WebhookDeadLetterQueue"
+    );
+
+    let filters = mapping["FilterCriteria"]["Filters"].as_sequence().unwrap();
+    assert_eq!(filters.len(), 1, "one pattern");
+    let pattern: serde_json::Value =
+        serde_json::from_str(filters[0]["Pattern"].as_str().unwrap()).unwrap();
+    assert_eq!(pattern["eventName"], serde_json::json!(["INSERT"]));
+    assert_eq!(
+        pattern["dynamodb"]["NewImage"]["sk"]["S"][0]["prefix"].as_str(),
+        Some(OUTBOX_SK_PREFIX),
+        "the filter's prefix is enrichment::store::OUTBOX_SK_PREFIX"
+    );
+    // The filter and the relay's own check agree, record by record.
+    let outbox = format!("{OUTBOX_SK_PREFIX}{}", Uuid::new_v4());
+    for (event_name, sk, relayed) in [
+        ("INSERT", outbox.as_str(), true),
+        ("MODIFY", outbox.as_str(), false),
+        ("REMOVE", outbox.as_str(), false),
+        ("INSERT", "ENRICHMENT#emails#x", false),
+        ("INSERT", "WEBHOOK", false),
+        ("INSERT", "DELIVERY#2026-12-01T00:00:00.000Z#x", false),
+    ] {
+        let record = stream_record(event_name, sk);
+        assert_eq!(
+            matches(&pattern, &record),
+            relayed,
+            "filter: {event_name} {sk}"
+        );
+        let parsed: aws_lambda_events::dynamodb::EventRecord =
+            serde_json::from_value(record).unwrap();
+        assert_eq!(
+            is_outbox_insert(&parsed),
+            relayed,
+            "code: {event_name} {sk}"
+        );
+    }
+}
+
+/// The webhook pipeline's queues and settings: the delivery function's event source on the
+/// webhook queue (batches of 10, partial batch responses, its own maximum concurrency), the
+/// webhook queue's redrive to its dead-letter queue (5 receives, 14 days kept, only that queue
+/// allowed), `WEBHOOK_QUEUE_URL` for the relay and the delivery function, and
+/// `WebhookRetrySchedule` reaching the delivery function as `WEBHOOK_RETRY_SCHEDULE`, its default
+/// the code's and read by `WebhookConfig::from_vars`.
+#[test]
+fn webhook_queue_event_source_and_retry_schedule_fit_the_code() {
+    use enrichment::webhooks::{DEFAULT_RETRY_SCHEDULE, WebhookConfig};
+    let template = template();
+    let resource = &template["Resources"]["WebhookDeliveryEventSource"];
+    assert_eq!(
+        resource["Type"].as_str(),
+        Some("AWS::Lambda::EventSourceMapping")
+    );
+    assert!(resource["Condition"].is_null());
+    let mapping = &resource["Properties"];
+    assert_eq!(reference(&mapping["EventSourceArn"]), "WebhookQueue");
+    assert_eq!(
+        reference(&mapping["FunctionName"]),
+        "WebhookDeliveryFunction"
+    );
+    assert_eq!(mapping["BatchSize"].as_u64(), Some(10));
+    assert_eq!(
+        mapping["FunctionResponseTypes"][0].as_str(),
+        Some("ReportBatchItemFailures")
+    );
+    let concurrency = reference(&mapping["ScalingConfig"]["MaximumConcurrency"]);
+    assert!(template["Parameters"][concurrency.as_str()]["MinValue"].as_u64() >= Some(2));
+
+    let queue = properties(&template, "WebhookQueue");
+    let dlq = properties(&template, "WebhookDeadLetterQueue");
+    assert_eq!(
+        reference(&queue["RedrivePolicy"]["deadLetterTargetArn"]),
+        "WebhookDeadLetterQueue"
+    );
+    assert_eq!(queue["RedrivePolicy"]["maxReceiveCount"].as_u64(), Some(5));
+    assert_eq!(dlq["MessageRetentionPeriod"].as_u64(), Some(14 * 86_400));
+    for queue in [queue, dlq] {
+        assert_eq!(queue["SqsManagedSseEnabled"].as_bool(), Some(true));
+    }
+    let allowed: Vec<String> = dlq["RedriveAllowPolicy"]["sourceQueueArns"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|arn| sub_stage(arn).rsplit(':').next().unwrap().to_string())
+        .collect();
+    assert_eq!(allowed, [sub_stage(&queue["QueueName"])]);
+
+    for function in ["OutboxRelayFunction", "WebhookDeliveryFunction"] {
+        let variables = &properties(&template, function)["Environment"]["Variables"];
+        assert_eq!(
+            reference(&variables["WEBHOOK_QUEUE_URL"]),
+            "WebhookQueue",
+            "{function}"
+        );
+    }
+    let delivery = &properties(&template, "WebhookDeliveryFunction")["Environment"]["Variables"];
+    assert_eq!(
+        reference(&delivery["WEBHOOK_RETRY_SCHEDULE"]),
+        "WebhookRetrySchedule"
+    );
+    let default = template["Parameters"]["WebhookRetrySchedule"]["Default"]
+        .as_str()
+        .unwrap();
+    assert_eq!(default, DEFAULT_RETRY_SCHEDULE);
+    let read = |value: Option<&str>| {
+        WebhookConfig::from_vars(&Vars::from_pairs(
+            value.map(|value| ("WEBHOOK_RETRY_SCHEDULE", value)),
+        ))
+        .unwrap()
+    };
+    assert_eq!(
+        read(Some(default)),
+        read(None),
+        "the parameter's default is the code's"
+    );
+    assert!(!read(Some(default)).allow_loopback_http);
 }
