@@ -694,6 +694,9 @@ impl Webhooks {
         if done || delivery.delivered || delivery.attempts >= message.attempt {
             return Ok(None);
         }
+        // The attempt's own time (the batch's messages are delivered concurrently): its
+        // `lastAttemptAt`, its `webhook-timestamp` and the start of the wait before the next.
+        let now = Utc::now().max(now);
         delivery.attempts = message.attempt;
         delivery.last_attempt_at = Some(timestamp(now));
         let Some(webhook) = self.store.get_webhook(org).await? else {
