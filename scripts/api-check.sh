@@ -4,7 +4,9 @@
 #
 #   1. starts target/debug/local-stack on a free loopback port, state in a fresh temp folder,
 #      with its own worker off (enrichments stay `pending`, so the answers do not depend on
-#      timing);
+#      timing) and no table stream (LOCAL_TABLE_STREAM=off: the emulator's stream makes every
+#      write slower the more came before, and a few thousand cases write tens of thousands of
+#      items; the webhook routes answer the same without it);
 #   2. grants 1,000,000 credits to org_api (so that the POSTs are not all 402), imports the
 #      fixture people and mints a token for user_api in org_api;
 #   3. runs `schemathesis run` on the document the gateway serves (GET /openapi.yaml): every
@@ -82,7 +84,7 @@ log "building local-stack and enrichctl (debug)"
 "${CARGO}" build -q -p local-stack -p enrichctl
 
 log "starting the local stack (state in ${state})"
-LOCAL_STATE_DIR="${state}" PORT=0 LOCAL_WORKER=off RUST_LOG=warn \
+LOCAL_STATE_DIR="${state}" PORT=0 LOCAL_WORKER=off LOCAL_TABLE_STREAM=off RUST_LOG=warn \
     "${CARGO_TARGET_DIR:-target}/debug/local-stack" >"${work}/stack.log" 2>&1 </dev/null &
 stack_pid=$!
 deadline=$((SECONDS + READY_TIMEOUT))

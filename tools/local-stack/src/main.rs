@@ -4,7 +4,9 @@
 //! `ENRICHMENT_MAX_AGE_SECONDS` (800; 60 to 835, as in AWS), `LOCAL_WORKER` (on; `off` leaves
 //! jobs queued), `LOCAL_WORKER_CONCURRENCY` (5; 1 to 1000), `LOCAL_BULK_CONCURRENCY` (2; 1 to 1000, the
 //! bulk queue's pollers), `LOCAL_OUTBOX_RELAY` (on; `off` leaves webhook events in the outbox
-//! until a start with it on), `LOCAL_WEBHOOK_CONCURRENCY` (5; 0 to 1000, the webhook queue's
+//! until a start with it on), `LOCAL_TABLE_STREAM` (on; `off`: no table stream and no relay,
+//! for a stack taking many thousands of writes, see `Options::table_stream`),
+//! `LOCAL_WEBHOOK_CONCURRENCY` (5; 0 to 1000, the webhook queue's
 //! pollers), `LOCAL_STATE_DIR` (`.local`),
 //! `SIMULATOR_CONFIG` (a JSON file of per-provider latency and failure rates), and the
 //! functions' settings of README's "Configuration" table, such as the worker's cascade
@@ -35,6 +37,7 @@ fn options(root: &std::path::Path, vars: Vars<'static>) -> Result<Options, Confi
     options.bulk_concurrency =
         vars.number("LOCAL_BULK_CONCURRENCY", options.bulk_concurrency, 1..=1000)?;
     options.outbox_relay = vars.switch("LOCAL_OUTBOX_RELAY", options.outbox_relay)?;
+    options.table_stream = vars.switch("LOCAL_TABLE_STREAM", options.table_stream)?;
     options.webhook_concurrency = vars.number(
         "LOCAL_WEBHOOK_CONCURRENCY",
         options.webhook_concurrency,
@@ -146,6 +149,7 @@ mod tests {
             assert_eq!(options.max_age, enrichment::budget::DEFAULT_MAX_AGE);
             assert!(options.local_worker);
             assert!(options.outbox_relay);
+            assert!(options.table_stream);
             assert_eq!(options.worker_concurrency, 5);
             assert_eq!(options.webhook_concurrency, 5);
             assert_eq!(options.state_dir, PathBuf::from("/repo/.local"));
@@ -161,6 +165,7 @@ mod tests {
             ("LOCAL_WORKER", "off"),
             ("LOCAL_WORKER_CONCURRENCY", "12"),
             ("LOCAL_OUTBOX_RELAY", "off"),
+            ("LOCAL_TABLE_STREAM", "off"),
             ("LOCAL_WEBHOOK_CONCURRENCY", "0"),
             ("LOCAL_STATE_DIR", "/tmp/state"),
             ("SIMULATOR_CONFIG", "sim.json"),
@@ -171,6 +176,7 @@ mod tests {
         assert!(!options.local_worker);
         assert_eq!(options.worker_concurrency, 12);
         assert!(!options.outbox_relay);
+        assert!(!options.table_stream);
         assert_eq!(options.webhook_concurrency, 0);
         assert_eq!(options.state_dir, PathBuf::from("/tmp/state"));
         assert_eq!(options.simulator_config, Some(PathBuf::from("sim.json")));

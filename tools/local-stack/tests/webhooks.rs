@@ -1126,3 +1126,41 @@ async fn a_bad_retry_schedule_stops_the_start_naming_it() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_stack_without_the_table_stream_keeps_the_events_in_the_outbox() {
+    bounded(Duration::from_secs(60), async {
+        let mut options = private_options();
+        options.local_worker = true;
+        options.table_stream = false;
+        let stack = Stack::start(options).await.unwrap();
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+            local_stack::dynamodb_config(&stack.info.dynamodb_url).build(),
+        );
+        let described = dynamodb
+            .describe_table()
+            .table_name(stack.store.table())
+            .send()
+            .await
+            .unwrap();
+        let enabled = described
+            .table()
+            .and_then(|t| t.stream_specification())
+            .is_some_and(|s| s.stream_enabled());
+        assert!(!enabled, "no stream");
+        let api = Api::new(&stack, ORG);
+        let receiver = Receiver::start(0).await;
+        api.register(&receiver.url).await;
+        let (person, _) = enrich_known(&stack, &api).await;
+        let ended = api
+            .ended(person.id, "emails", Duration::from_secs(20))
+            .await;
+        assert_eq!(ended["status"], "finished", "{ended}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(receiver.requests().is_empty());
+        assert_eq!(api.deliveries().await, Vec::<Value>::new());
+        assert_eq!(ledger(&stack.store, ORG, 100).await, (95, vec![-5]));
+        stack.shutdown().await;
+    })
+    .await;
+}
