@@ -19,7 +19,7 @@
 //! `PROVIDER_TIMEOUT_SECONDS` when set, else from the defaults below. `RUST_LOG=warn` shows the
 //! stack's logs on stderr.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,15 +27,21 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use enrichment::config::Vars;
 use enrichment::domain::{Enrichment, Person, Status};
-use enrichment::providers::normalize::{normalize_email, normalize_phone};
+use local_stack::Stack;
 use local_stack::simulator::{
-    DropcontactEmail, DropcontactRecord, FullEnrichRecord, HunterRecord, KnownPerson,
-    MAX_JOB_SECONDS, PdlRecord, ProspeoRecord, ProviderBehavior, RequestStats, SimulatorConfig,
+    KnownPerson, MAX_JOB_SECONDS, ProviderBehavior, RequestStats, SimulatorConfig,
 };
-use local_stack::{Options, Stack};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use uuid::Uuid;
+
+#[path = "support/workload.rs"]
+mod workload;
+use workload::{
+    Api, Identities, Identity, PROVIDERS, delta, describe, describe_fixture, dropcontact_record,
+    fullenrich_record, hunter_record, pdl_record, percentile, private_options, prospeo_record,
+    request_stats, reset_request_stats,
+};
 
 /// The cascade of the run, unless the environment sets it (given to the stack under the
 /// process environment, see [`Options::vars`]).
@@ -48,7 +54,6 @@ const CASCADE_DEFAULTS: [(&str, &str); 3] = [
     ("PROVIDER_TIMEOUT_SECONDS", "10"),
 ];
 
-const PROVIDERS: [&str; 5] = ["hunter", "pdl", "prospeo", "fullenrich", "dropcontact"];
 const ORG_A: &str = "org_mixed_a";
 const ORG_B: &str = "org_mixed_b";
 const USER: &str = "user_mixed";
@@ -68,9 +73,6 @@ struct Args {
 const USAGE: &str = "usage: mixed_workload [--people N (200)] [--seed N (7)] [--workers N (5)] \
                      [--concurrency N (20)] [--max-wait-seconds N (900)] \
                      [--fullenrich-job-seconds MIN,MAX (none: done on the second poll)]";
-
-/// The visibility timeout of the run's queue and pollers (the local stack's default).
-const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -152,259 +154,49 @@ fn main() {
 // ---------------------------------------------------------------------------------------------
 // Synthetic people
 
-/// SplitMix64: a small deterministic generator, so that a seed always gives the same people.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-}
-
-const FIRST: [&str; 40] = [
-    "Alva", "Bram", "Cosima", "Dario", "Edda", "Fenn", "Gilda", "Hollis", "Ines", "Jorah",
-    "Kestra", "Lorcan", "Mira", "Nils", "Odile", "Pim", "Quilla", "Rafe", "Saoirse", "Tobin",
-    "Ulla", "Vesper", "Wren", "Xavi", "Yara", "Zeno", "Anouk", "Basil", "Clio", "Dov", "Elska",
-    "Ferris", "Greer", "Hale", "Ilse", "Joss", "Kai", "Liesel", "Marek", "Noor",
-];
-
-const LAST: [&str; 40] = [
-    "Ashgrove",
-    "Brindle",
-    "Calloway",
-    "Dunmore",
-    "Everhart",
-    "Fairweather",
-    "Galloway",
-    "Holloway",
-    "Ironside",
-    "Jessup",
-    "Kilbride",
-    "Larkspur",
-    "Merriwether",
-    "Northcott",
-    "Oakhurst",
-    "Pennywhistle",
-    "Quennell",
-    "Rookwood",
-    "Starling",
-    "Thistlewood",
-    "Underhill",
-    "Vantongeren",
-    "Whitlock",
-    "Yarborough",
-    "Zabriskie",
-    "Amberley",
-    "Blackwood",
-    "Coldwell",
-    "Driscoll",
-    "Emberton",
-    "Foxley",
-    "Greaves",
-    "Harrowgate",
-    "Ingleby",
-    "Juniper",
-    "Kettering",
-    "Lockhart",
-    "Marchbanks",
-    "Nettleship",
-    "Ormsby",
-];
-
-const COMPANY_FIRST: [&str; 12] = [
-    "Amber", "Birch", "Cobalt", "Drift", "Ember", "Flint", "Granite", "Heron", "Indigo", "Juniper",
-    "Kelp", "Lumen",
-];
-
-const COMPANY_SECOND: [&str; 8] = [
-    "Harbor",
-    "Works",
-    "Labs",
-    "Freight",
-    "Analytics",
-    "Systems",
-    "Studio",
-    "Robotics",
-];
-
-const AREA_CODES: [&str; 6] = ["212", "646", "415", "312", "617", "206"];
-
 /// One synthetic person: who they are, and what the simulated providers know about them.
 struct Synthetic {
-    first_name: String,
-    last_name: String,
-    company_name: String,
-    company_domain: String,
-    linkedin_url: Option<String>,
+    identity: Identity,
     /// `None`: no provider knows this person.
     known: Option<KnownPerson>,
     /// Whether the run asks for this person's phones too.
     wants_phones: bool,
 }
 
-impl Synthetic {
-    fn person(&self) -> Person {
-        Person {
-            id: Uuid::new_v4(),
-            first_name: Some(self.first_name.clone()),
-            last_name: Some(self.last_name.clone()),
-            company_name: Some(self.company_name.clone()),
-            company_domain: Some(self.company_domain.clone()),
-            linkedin_url: self.linkedin_url.clone(),
-            ..Person::default()
-        }
-    }
-}
-
-fn phone(rng: &mut Rng) -> String {
-    // 555-0100 to 555-0199: the numbers reserved for fiction.
-    format!("+1 {} 555 01{:02}", rng.pick(&AREA_CODES), rng.below(100))
-}
-
 /// `count` distinct people from `seed`: about 12% known to no provider, the others to one or
 /// more of them, each provider with its own share and its own mix of emails and phones.
 fn synthesize(count: usize, seed: u64) -> Vec<Synthetic> {
-    let mut rng = Rng(seed ^ 0x6d69_7865_645f_776b);
-    let companies: Vec<(String, String)> = (0..40)
-        .map(|i| {
-            let first = COMPANY_FIRST[i % COMPANY_FIRST.len()];
-            let second = COMPANY_SECOND[(i / COMPANY_FIRST.len() + i) % COMPANY_SECOND.len()];
-            let domain = format!("{}{}.example", first, second).to_lowercase();
-            (format!("{first} {second}"), domain)
+    let mut identities = Identities::new(seed);
+    (0..count)
+        .map(|index| {
+            let identity = identities.next_identity();
+            let rng = &mut identities.rng;
+            let mut known = identity.known();
+            let nobody = rng.chance(0.12);
+            if !nobody {
+                if rng.chance(0.5) {
+                    known.hunter = Some(hunter_record(rng, &identity));
+                }
+                if rng.chance(0.35) {
+                    known.prospeo = Some(prospeo_record(rng, &identity));
+                }
+                if rng.chance(0.3) {
+                    known.dropcontact = Some(dropcontact_record(rng, &identity));
+                }
+                if rng.chance(0.45) {
+                    known.pdl = Some(pdl_record(rng, &identity));
+                }
+                if rng.chance(0.4) || !known.has_provider_record() {
+                    known.fullenrich = Some(fullenrich_record(rng, &identity));
+                }
+            }
+            Synthetic {
+                known: (!nobody && known.has_provider_record()).then_some(known),
+                identity,
+                wants_phones: index % PHONES_EVERY == 0,
+            }
         })
-        .collect();
-    let mut taken = HashSet::new();
-    let mut people = Vec::with_capacity(count);
-    while people.len() < count {
-        let first = rng.pick(&FIRST).to_string();
-        let last = rng.pick(&LAST).to_string();
-        let (company_name, company_domain) = companies[rng.below(companies.len())].clone();
-        if !taken.insert(format!("{first} {last} {company_domain}")) {
-            continue;
-        }
-        let index = people.len();
-        let local = format!("{}.{}", first, last).to_lowercase();
-        let email = format!("{local}@{company_domain}");
-        let linkedin_url = rng.chance(0.8).then(|| {
-            format!(
-                "https://www.linkedin.com/in/{}-{}-{:04x}",
-                first.to_lowercase(),
-                last.to_lowercase(),
-                rng.next() & 0xffff
-            )
-        });
-        let mut known = KnownPerson {
-            first_name: first.clone(),
-            last_name: last.clone(),
-            company_name: Some(company_name.clone()),
-            company_domain: Some(company_domain.clone()),
-            linkedin_url: linkedin_url.clone(),
-            hunter: None,
-            pdl: None,
-            prospeo: None,
-            fullenrich: None,
-            dropcontact: None,
-        };
-        let nobody = rng.chance(0.12);
-        if !nobody {
-            if rng.chance(0.5) {
-                known.hunter = Some(HunterRecord {
-                    email: email.clone(),
-                    score: 70 + rng.below(30) as u8,
-                    verification_status: Some(
-                        if rng.chance(0.8) {
-                            "valid"
-                        } else {
-                            "accept_all"
-                        }
-                        .into(),
-                    ),
-                    position: None,
-                    simulate: Default::default(),
-                });
-            }
-            if rng.chance(0.35) {
-                known.prospeo = Some(ProspeoRecord {
-                    email: rng.chance(0.8).then(|| email.clone()),
-                    mobile: rng.chance(0.5).then(|| phone(&mut rng).replace(' ', "")),
-                    job_title: None,
-                    simulate: Default::default(),
-                });
-            }
-            if rng.chance(0.3) {
-                let address = if rng.chance(0.7) {
-                    email.clone()
-                } else {
-                    format!("{}{}@{company_domain}", &local[..1], last.to_lowercase())
-                };
-                known.dropcontact = Some(DropcontactRecord {
-                    emails: vec![DropcontactEmail {
-                        email: address,
-                        qualification: "nominative@pro".into(),
-                    }],
-                    phone: None,
-                    simulate: Default::default(),
-                });
-            }
-            if rng.chance(0.45) {
-                known.pdl = Some(PdlRecord {
-                    work_email: rng.chance(0.8).then(|| email.clone()),
-                    personal_emails: Vec::new(),
-                    mobile_phone: rng.chance(0.55).then(|| phone(&mut rng)),
-                    phone_numbers: Vec::new(),
-                    likelihood: 6 + rng.below(5) as u8,
-                    simulate: Default::default(),
-                });
-            }
-            if rng.chance(0.4) || !known.has_provider_record() {
-                known.fullenrich = Some(FullEnrichRecord {
-                    work_emails: if rng.chance(0.85) {
-                        vec![email.clone()]
-                    } else {
-                        Vec::new()
-                    },
-                    email_status: "DELIVERABLE".into(),
-                    personal_emails: Vec::new(),
-                    phones: if rng.chance(0.55) {
-                        vec![phone(&mut rng)]
-                    } else {
-                        Vec::new()
-                    },
-                    simulate: Default::default(),
-                });
-            }
-        }
-        people.push(Synthetic {
-            first_name: first,
-            last_name: last,
-            company_name,
-            company_domain,
-            linkedin_url,
-            known: (!nobody && known.has_provider_record()).then_some(known),
-            wants_phones: index % PHONES_EVERY == 0,
-        });
-    }
-    people
+        .collect()
 }
 
 /// The mixed simulator behaviour of the run, FullEnrich's jobs taking `fullenrich_job_seconds`.
@@ -454,40 +246,6 @@ fn simulator_config(seed: u64, fullenrich_job_seconds: Option<[f64; 2]>) -> Simu
     }
 }
 
-fn describe(config: &SimulatorConfig) -> String {
-    PROVIDERS
-        .iter()
-        .filter_map(|name| {
-            let b = config.providers.get(*name)?;
-            let mut parts = Vec::new();
-            if b.latency_ms > 0 {
-                parts.push(format!("{} ms per request", b.latency_ms));
-            }
-            if b.error_rate > 0.0 {
-                parts.push(format!("{:.0}% 500s", b.error_rate * 100.0));
-            }
-            if b.rate_limit_rate > 0.0 {
-                let after = b
-                    .retry_after_seconds
-                    .map(|s| format!(" (come back in {s} s)"))
-                    .unwrap_or_default();
-                parts.push(format!(
-                    "{:.0}% rate limited{after}",
-                    b.rate_limit_rate * 100.0
-                ));
-            }
-            if b.miss_rate > 0.0 {
-                parts.push(format!("{:.0}% misses", b.miss_rate * 100.0));
-            }
-            if let Some([min, max]) = b.job_seconds {
-                parts.push(format!("jobs of {min} to {max} s"));
-            }
-            Some(format!("{name} {}", parts.join(" + ")))
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 // ---------------------------------------------------------------------------------------------
 // Running one org
 
@@ -524,75 +282,6 @@ struct OrgRun {
     wall: Duration,
     /// Worker invocations and their handler time during the run (what Lambda bills).
     worker: (u64, Duration),
-}
-
-#[derive(Clone)]
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        person: Uuid,
-        field: &str,
-    ) -> Result<(u16, String), String> {
-        let url = format!(
-            "{}/api/v1/operations/enrichment/{person}?field={field}",
-            self.base
-        );
-        let response = self
-            .http
-            .request(method, url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| format!("gateway: {e}"))?;
-        let status = response.status().as_u16();
-        let body = response.text().await.map_err(|e| e.to_string())?;
-        Ok((status, body))
-    }
-}
-
-async fn reset_request_stats(http: &reqwest::Client, simulator: &str) -> Result<(), String> {
-    http.post(format!("{simulator}/stats/reset"))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map(drop)
-        .map_err(|e| format!("simulator /stats/reset: {e}"))
-}
-
-async fn request_stats(http: &reqwest::Client, simulator: &str) -> Result<RequestStats, String> {
-    http.get(format!("{simulator}/stats"))
-        .send()
-        .await
-        .map_err(|e| format!("simulator /stats: {e}"))?
-        .json()
-        .await
-        .map_err(|e| format!("simulator /stats: {e}"))
-}
-
-fn delta(after: &RequestStats, before: &RequestStats) -> RequestStats {
-    after
-        .iter()
-        .map(|(name, a)| {
-            let b = before.get(name).cloned().unwrap_or_default();
-            let minus = |x: Option<u64>, y: Option<u64>| x.map(|x| x - y.unwrap_or(0));
-            let mut stats = a.clone();
-            stats.requests = a.requests - b.requests;
-            stats.submits = minus(a.submits, b.submits);
-            stats.polls = minus(a.polls, b.polls);
-            for (status, count) in &mut stats.statuses {
-                *count -= b.statuses.get(status).copied().unwrap_or(0);
-            }
-            stats.statuses.retain(|_, count| *count > 0);
-            (name.clone(), stats)
-        })
-        .collect()
 }
 
 /// Posts every enrichment of `people` in `org` (at most `concurrency` at a time), then polls
@@ -718,14 +407,6 @@ async fn run_org(
 
 // ---------------------------------------------------------------------------------------------
 // Report
-
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    Some(sorted[rank.min(sorted.len()) - 1])
-}
 
 struct Summary {
     enrichments: usize,
@@ -1034,22 +715,7 @@ async fn run_in(
 ) -> Result<(), String> {
     let people = synthesize(args.people, args.seed);
     let known: Vec<KnownPerson> = people.iter().filter_map(|p| p.known.clone()).collect();
-    check_fixture(&known)?;
-    let fixture = state_dir.join("known-people.json");
     let config = simulator_config(args.seed, args.fullenrich_job_seconds);
-    config.validate()?;
-    let config_path = state_dir.join("simulator.json");
-    let write = |path: &std::path::Path, value: String| {
-        std::fs::write(path, value).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    write(
-        &fixture,
-        serde_json::to_string_pretty(&known).map_err(|e| e.to_string())?,
-    )?;
-    write(
-        &config_path,
-        serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?,
-    )?;
 
     // The stack reads the functions' settings from the environment, over the run's cascade.
     let vars = Vars::env().or(Vars::from_pairs(CASCADE_DEFAULTS));
@@ -1070,67 +736,14 @@ async fn run_in(
         env("PROVIDER_TIMEOUT_SECONDS")
     );
     println!("simulator: {}", describe(&config));
-    let knows = |has: fn(&KnownPerson) -> bool| known.iter().filter(|k| has(k)).count();
-    println!(
-        "fixture: {} of {} known to some provider (hunter {}, pdl {}, prospeo {}, fullenrich {}, dropcontact {})",
-        known.len(),
-        people.len(),
-        knows(|k| k.hunter.is_some()),
-        knows(|k| k.pdl.is_some()),
-        knows(|k| k.prospeo.is_some()),
-        knows(|k| k.fullenrich.is_some()),
-        knows(|k| k.dropcontact.is_some()),
-    );
+    println!("{}", describe_fixture(&known, people.len()));
 
-    let mut options = Options::for_repo(root);
-    options.state_dir = state_dir.to_path_buf();
-    options.persist = false;
-    options.port = 0;
-    options.local_worker = true;
-    options.fixture = fixture;
-    options.simulator_config = Some(config_path);
-    options.visibility_timeout = VISIBILITY_TIMEOUT;
+    let mut options = private_options(root, state_dir, &known, &config, vars)?;
     options.worker_concurrency = args.workers;
-    options.vars = vars;
     let stack = Stack::start(options).await?;
     let result = run_orgs(args, &stack, &people).await;
     stack.shutdown().await;
     result
-}
-
-/// The synthetic values must survive the cascade's normalization, or a "found" would be a miss.
-fn check_fixture(known: &[KnownPerson]) -> Result<(), String> {
-    for k in known {
-        let mut emails: Vec<&String> = Vec::new();
-        let mut phones: Vec<&String> = Vec::new();
-        if let Some(r) = &k.hunter {
-            emails.push(&r.email);
-        }
-        if let Some(r) = &k.pdl {
-            emails.extend(&r.work_email);
-            phones.extend(&r.mobile_phone);
-        }
-        if let Some(r) = &k.prospeo {
-            emails.extend(&r.email);
-            phones.extend(&r.mobile);
-        }
-        if let Some(r) = &k.fullenrich {
-            emails.extend(&r.work_emails);
-            phones.extend(&r.phones);
-        }
-        if let Some(r) = &k.dropcontact {
-            emails.extend(r.emails.iter().map(|e| &e.email));
-        }
-        for email in emails {
-            normalize_email(email)
-                .ok_or(format!("synthetic email {email:?} does not normalize"))?;
-        }
-        for phone in phones {
-            normalize_phone(phone, phonenumber::country::Id::US)
-                .ok_or(format!("synthetic phone {phone:?} does not normalize"))?;
-        }
-    }
-    Ok(())
 }
 
 async fn run_orgs(args: &Args, stack: &Stack, people: &[Synthetic]) -> Result<(), String> {
@@ -1139,7 +752,7 @@ async fn run_orgs(args: &Args, stack: &Stack, people: &[Synthetic]) -> Result<()
     for org in [ORG_A, ORG_B] {
         let persons: Vec<(Person, bool)> = people
             .iter()
-            .map(|p| (p.person(), p.wants_phones))
+            .map(|p| (p.identity.person(), p.wants_phones))
             .collect();
         let all: Vec<Person> = persons.iter().map(|(p, _)| p.clone()).collect();
         stack
