@@ -627,10 +627,7 @@ impl Store {
     }
 
     fn enrichment_key(org_id: &str, person_id: Uuid, field: Field) -> Item {
-        HashMap::from([
-            ("pk".into(), s(org_pk(org_id))),
-            ("sk".into(), s(enrichment_sk(person_id, field))),
-        ])
+        Self::key(org_pk(org_id), enrichment_sk(person_id, field))
     }
 
     /// Deletes the items of `keys` (those that exist) with [`Store::batch_write`]. Returns the
@@ -686,6 +683,27 @@ impl Store {
             }
         }
         Ok(calls)
+    }
+
+    /// The item at `key`, read consistently; `None` when there is none. One `GetItem`.
+    ///
+    /// Errors: DynamoDB failures.
+    async fn get_consistent(&self, key: Item) -> Result<Option<Item>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo_error("GetItem"))?;
+        Ok(output.item)
+    }
+
+    /// The item at (`pk`, `sk`): the key [`Store::get_consistent`] and the writes take.
+    fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
+        HashMap::from([("pk".into(), s(pk)), ("sk".into(), s(sk))])
     }
 
     /// The items of `keys` that exist, read consistently with `BatchGetItem`, 100 keys a call

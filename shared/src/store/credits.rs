@@ -570,16 +570,9 @@ impl Store {
 
     /// The org's credit balance; 0 when it never had credits.
     pub async fn credit_balance(&self, org_id: &str) -> Result<i64, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(org_pk(org_id)))
-            .key("sk", s(CREDITS_SK))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(dynamo_error("GetItem"))?;
-        balance_of(output.item.as_ref())
+        let item = self
+            .get_consistent(Self::key(org_pk(org_id), CREDITS_SK))
+            .await?;
+        balance_of(item.as_ref())
     }
 }

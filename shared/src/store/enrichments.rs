@@ -171,16 +171,10 @@ impl Store {
         person_id: Uuid,
         field: Field,
     ) -> Result<Option<EnrichmentRecord>, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::enrichment_key(org_id, person_id, field)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(dynamo_error("GetItem"))?;
-        output.item.map(record_from_item).transpose()
+        self.get_consistent(Self::enrichment_key(org_id, person_id, field))
+            .await?
+            .map(record_from_item)
+            .transpose()
     }
 
     /// The current enrichments of `keys` ((person, field) of the org), read consistently with

@@ -12,10 +12,7 @@ use super::*;
 const LIMIT_SK: &str = "LIMIT";
 
 fn limit_key(provider: &str) -> Item {
-    HashMap::from([
-        ("pk".to_string(), s(format!("PROVIDER#{provider}"))),
-        ("sk".to_string(), s(LIMIT_SK)),
-    ])
+    Store::key(format!("PROVIDER#{provider}"), LIMIT_SK)
 }
 
 /// A reserved call slot: when the call may start and the provider's failure count as it was.

@@ -10,18 +10,8 @@ impl Store {
         org_id: &str,
         person_id: Uuid,
     ) -> Result<Option<Person>, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(org_pk(org_id)))
-            .key("sk", s(person_sk(person_id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(dynamo_error("GetItem"))?;
-        output
-            .item
+        self.get_consistent(Self::key(org_pk(org_id), person_sk(person_id)))
+            .await?
             .map(|item| {
                 serde_dynamo::from_item::<_, PersonItem>(item)
                     .map(|p| p.person)

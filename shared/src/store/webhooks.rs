@@ -142,18 +142,8 @@ impl Store {
     /// The org's endpoint, with its secret; `None` when none is registered. One consistent
     /// `GetItem`.
     pub async fn get_webhook(&self, org_id: &str) -> Result<Option<Webhook>, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(org_pk(org_id)))
-            .key("sk", s(WEBHOOK_SK))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(dynamo_error("GetItem"))?;
-        output
-            .item
+        self.get_consistent(Self::key(org_pk(org_id), WEBHOOK_SK))
+            .await?
             .map(|item| {
                 serde_dynamo::from_item::<_, WebhookItem>(item)
                     .map(|i| i.webhook)
@@ -233,17 +223,10 @@ impl Store {
         created_at: &str,
         event_id: Uuid,
     ) -> Result<Option<(Delivery, String, bool)>, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(org_pk(org_id)))
-            .key("sk", s(delivery_sk(created_at, event_id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(dynamo_error("GetItem"))?;
-        output.item.map(delivery_from_item).transpose()
+        self.get_consistent(Self::key(org_pk(org_id), delivery_sk(created_at, event_id)))
+            .await?
+            .map(delivery_from_item)
+            .transpose()
     }
 
     /// Records attempt `delivery.attempts` (its status, time and whether it delivered) and
