@@ -74,8 +74,13 @@ const NO_LIMIT: RateLimit = RateLimit { per_minute: 0 };
 
 /// A person of the org granted 10 credits, and its `pending` emails enrichment charged 5.
 async fn charged(store: &Store) -> (Person, Enrichment) {
-    let person = person(store).await;
     store.grant_credits(ORG, 10).await.unwrap();
+    pending(store).await
+}
+
+/// A new person of the org and its `pending` emails enrichment, charged 5 credits the org has.
+async fn pending(store: &Store) -> (Person, Enrichment) {
+    let person = person(store).await;
     let enrichment = new_enrichment(person.id, now());
     assert_eq!(
         store
@@ -684,12 +689,7 @@ async fn every_ending_puts_one_event_in_its_own_transaction_and_a_losing_write_n
     let mut expected = Vec::new();
 
     // finished: the worker's outcome; the same outcome again (a lost claim) writes nothing.
-    let person = person(&store).await;
-    let enrichment = new_enrichment(person.id, now());
-    store
-        .create_enrichment(&enrichment, 5, NO_LIMIT)
-        .await
-        .unwrap();
+    let (_, enrichment) = pending(&store).await;
     let until = timestamp(Utc::now() + chrono::Duration::seconds(60));
     let Claim::Claimed(record) = store
         .claim(&Job::from(&enrichment), "a", &now(), &until)
@@ -714,24 +714,14 @@ async fn every_ending_puts_one_event_in_its_own_transaction_and_a_losing_write_n
     expected.push((enrichment.id, EventType::Finished, Status::Finished));
 
     // timeout, twice: one event.
-    let person = self::person(&store).await;
-    let enrichment = new_enrichment(person.id, now());
-    store
-        .create_enrichment(&enrichment, 5, NO_LIMIT)
-        .await
-        .unwrap();
+    let (person, enrichment) = pending(&store).await;
     let record = current(&store, person.id).await.unwrap();
     store.mark_timeout(&record, &now()).await.unwrap();
     store.mark_timeout(&record, &now()).await.unwrap();
     expected.push((enrichment.id, EventType::Timeout, Status::Timeout));
 
     // cancelled, twice: one event; a failure after it: none.
-    let person = self::person(&store).await;
-    let enrichment = new_enrichment(person.id, now());
-    store
-        .create_enrichment(&enrichment, 5, NO_LIMIT)
-        .await
-        .unwrap();
+    let (person, enrichment) = pending(&store).await;
     let record = current(&store, person.id).await.unwrap();
     assert!(store.cancel_pending(&record, &now()).await.unwrap().is_ok());
     assert!(
@@ -750,12 +740,7 @@ async fn every_ending_puts_one_event_in_its_own_transaction_and_a_losing_write_n
     expected.push((enrichment.id, EventType::Cancelled, Status::Cancelled));
 
     // failed.
-    let person = self::person(&store).await;
-    let enrichment = new_enrichment(person.id, now());
-    store
-        .create_enrichment(&enrichment, 5, NO_LIMIT)
-        .await
-        .unwrap();
+    let (_, enrichment) = pending(&store).await;
     let failed = store
         .fail_and_refund(&enrichment, 5, "queue down", &now())
         .await
