@@ -276,6 +276,15 @@ impl WebhookConfig {
         })
     }
 
+    /// [`WebhookConfig::queue_url`], which the relay and the delivery need.
+    ///
+    /// Errors: [`ConfigError::Missing`] naming `WEBHOOK_QUEUE_URL`.
+    pub fn required_queue_url(&self) -> Result<&str, ConfigError> {
+        self.queue_url.as_deref().ok_or(ConfigError::Missing {
+            var: "WEBHOOK_QUEUE_URL",
+        })
+    }
+
     /// The wait before attempt `attempt + 1` after attempt `attempt` failed; `None` when
     /// `attempt` was the last.
     pub fn retry_after(&self, attempt: u32) -> Option<Duration> {

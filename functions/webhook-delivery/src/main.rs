@@ -22,7 +22,7 @@ async fn main() -> Result<(), Error> {
     let vars = Vars::env();
     let config = Config::from_vars(&vars)?;
     let webhook_config = WebhookConfig::from_vars(&vars)?;
-    let queue_url = vars.required("WEBHOOK_QUEUE_URL")?;
+    let queue_url = webhook_config.required_queue_url()?.to_string();
     let sdk = aws_sdk_config().await;
     let webhooks = Webhooks::new(
         Store::from_sdk(&sdk, &config.table_name),
