@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 mod helpers;
-use helpers::{add_person, ledger, private_options};
+use helpers::{add_person, answered, ledger, private_options, provider_requests};
 
 const ORG: &str = "org_cancel";
 
@@ -425,7 +425,10 @@ async fn a_worker_holding_the_job_can_neither_go_on_nor_write_its_outcome_once_c
         .await
         .unwrap();
     assert!(matches!(outcome, JobOutcome::Dropped), "{outcome:?}");
-    assert_eq!(requests(&stack_stats(&stack, false).await), json!({}));
+    assert_eq!(
+        provider_requests(&stack_stats(&stack, false).await),
+        json!({})
+    );
 
     assert_eq!(api.status(person.id, "emails").await, cancelled);
     assert_eq!(api.refunds_of(&created).await.len(), 1);
@@ -442,27 +445,6 @@ async fn stack_stats(stack: &Stack, reset: bool) -> Value {
         http.get(format!("{}/stats", stack.simulator_url))
     };
     request.send().await.unwrap().json().await.unwrap()
-}
-
-/// The providers asked at least once in `stats`, with their request counts.
-fn requests(stats: &Value) -> Value {
-    let asked: serde_json::Map<String, Value> = stats
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, s)| s["requests"].as_u64().unwrap_or(0) > 0)
-        .map(|(name, s)| (name.clone(), s["requests"].clone()))
-        .collect();
-    Value::Object(asked)
-}
-
-/// Answers `provider` gave so far, whatever their status.
-fn answered(stats: &Value, provider: &str) -> u64 {
-    stats[provider]["statuses"]
-        .as_object()
-        .map_or(0, |statuses| {
-            statuses.values().filter_map(Value::as_u64).sum()
-        })
 }
 
 #[tokio::test]
@@ -527,7 +509,7 @@ async fn a_cancel_during_the_cascade_stops_it_before_the_next_provider() {
     let stats = stack_stats(&stack, false).await;
     assert_eq!(answered(&stats, "hunter"), 2, "{stats}");
     assert_eq!(
-        requests(&stats),
+        provider_requests(&stats),
         json!({"hunter": 2, "pdl": 1}),
         "PDL asked for the control only"
     );

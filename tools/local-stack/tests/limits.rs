@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 mod helpers;
-use helpers::{add_person, ledger, private_options};
+use helpers::{add_person, ledger, private_options, simulator_stats};
 
 const ORG: &str = "org_limits";
 
@@ -83,15 +83,6 @@ async fn enrich_many(stack: &Stack, count: usize, within: Duration) -> Vec<Strin
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-async fn simulator_stats(stack: &Stack) -> Value {
-    reqwest::get(format!("{}/stats", stack.simulator_url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]

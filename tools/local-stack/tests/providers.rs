@@ -11,7 +11,7 @@ use local_stack::Stack;
 use serde_json::{Value, json};
 
 mod helpers;
-use helpers::{ledger, private_options};
+use helpers::{ledger, private_options, simulator_stats};
 
 const ORG: &str = "org_async";
 
@@ -97,15 +97,6 @@ async fn enrich(stack: &Stack, person: &str) -> (Value, Value) {
         .await
         .unwrap();
     (done, person)
-}
-
-async fn simulator_stats(stack: &Stack) -> Value {
-    reqwest::get(format!("{}/stats", stack.simulator_url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]

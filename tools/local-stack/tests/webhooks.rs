@@ -25,7 +25,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 mod helpers;
-use helpers::{add_person, known_person, ledger, private_options};
+use helpers::{
+    add_person, answered, known_person, ledger, private_options, provider_requests, simulator_stats,
+};
 
 const ORG: &str = "org_webhooks";
 const SETTINGS: &str = "/api/v1/settings/webhook";
@@ -340,37 +342,6 @@ fn entry<'a>(log: &'a [Value], event_id: &Value) -> &'a Value {
         ]
     );
     found
-}
-
-/// The simulator's request counters (`GET /stats`).
-async fn simulator_stats(stack: &Stack) -> Value {
-    reqwest::get(format!("{}/stats", stack.simulator_url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// The providers asked at least once, with their request counts.
-fn provider_requests(stats: &Value) -> Value {
-    let asked: serde_json::Map<String, Value> = stats
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, s)| s["requests"].as_u64().unwrap_or(0) > 0)
-        .map(|(name, s)| (name.clone(), s["requests"].clone()))
-        .collect();
-    Value::Object(asked)
-}
-
-/// Answers `provider` gave so far, whatever their status.
-fn answered(stats: &Value, provider: &str) -> u64 {
-    stats[provider]["statuses"]
-        .as_object()
-        .map_or(0, |statuses| {
-            statuses.values().filter_map(Value::as_u64).sum()
-        })
 }
 
 /// Waits until `provider` answered `count` requests, within `limit`.

@@ -131,3 +131,35 @@ pub async fn add_person(stack: &Stack, org: &str, person: &Person) {
         .await
         .unwrap();
 }
+
+/// The provider simulator's request counters (`GET /stats`).
+pub async fn simulator_stats(stack: &Stack) -> Value {
+    reqwest::get(format!("{}/stats", stack.simulator_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The providers asked at least once in `stats` ([`simulator_stats`]), with their request
+/// counts.
+pub fn provider_requests(stats: &Value) -> Value {
+    let asked: serde_json::Map<String, Value> = stats
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| s["requests"].as_u64().unwrap_or(0) > 0)
+        .map(|(name, s)| (name.clone(), s["requests"].clone()))
+        .collect();
+    Value::Object(asked)
+}
+
+/// Answers `provider` gave so far in `stats` ([`simulator_stats`]), whatever their status.
+pub fn answered(stats: &Value, provider: &str) -> u64 {
+    stats[provider]["statuses"]
+        .as_object()
+        .map_or(0, |statuses| {
+            statuses.values().filter_map(Value::as_u64).sum()
+        })
+}
