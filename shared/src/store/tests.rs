@@ -835,6 +835,8 @@ async fn a_delivery_is_written_once_and_its_attempts_only_forward() {
 
     store.delete_webhook(ORG).await.unwrap();
     assert_eq!(store.get_webhook(ORG).await.unwrap(), None);
+    // Charged once, refunded once by the cancel; the webhook writes moved no credits.
+    assert_eq!(ledger(&store, 10).await, (10, vec![-5, 5]));
 }
 
 #[tokio::test]
