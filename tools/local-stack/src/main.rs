@@ -54,6 +54,9 @@ fn options(root: &std::path::Path, vars: Vars<'static>) -> Result<Options, Confi
 }
 
 async fn run() -> Result<(), String> {
+    // Listening from the first moment: a SIGTERM sent as soon as `stack.json` appears (or while
+    // the stack starts) stops it cleanly instead of killing it with moto left running.
+    let mut stop = StopSignals::listen().map_err(|e| e.to_string())?;
     let root = std::env::current_dir().map_err(|e| e.to_string())?;
     let options = options(&root, Vars::env()).map_err(|e| e.to_string())?;
     let state_dir = options.state_dir.clone();
@@ -87,10 +90,7 @@ async fn run() -> Result<(), String> {
         stack.requeued_deliveries
     );
     let failure = tokio::select! {
-        signal = stop_signal() => {
-            signal.map_err(|e| e.to_string())?;
-            None
-        }
+        () = stop.received() => None,
         reason = stack.failure() => Some(reason),
     };
     println!("stopping");
@@ -105,13 +105,29 @@ async fn run() -> Result<(), String> {
     }
 }
 
-/// Resolves on the first Ctrl-C (SIGINT) or SIGTERM (`kill`, or `make run` being stopped: make
-/// passes a SIGTERM on to the recipe it runs): both stop the stack the same way.
-async fn stop_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        interrupted = tokio::signal::ctrl_c() => interrupted,
-        _ = term.recv() => Ok(()),
+/// The stop signals: Ctrl-C (SIGINT) and SIGTERM (`kill`, or `make run` being stopped: make
+/// passes a SIGTERM on to the recipe it runs). Both stop the stack the same way.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers: from here on, either signal is kept until [`Self::received`].
+    fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves on the first of the two signals received since [`Self::listen`].
+    async fn received(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }
 

@@ -870,7 +870,7 @@ async fn a_bulk_of_a_whole_selection_takes_the_people_list_across_pages() {
                     "field": "emails"}),
         )
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{answer}");
     // The people list's order (oldest first; a people batch's creation times run a millisecond
     // apart, so two batches may interleave), across its pages.
     let listed = list_all(&api).await;
