@@ -1,28 +1,36 @@
 //! Providers' rate limits shared by every worker, and their circuits.
 //!
 //! **Rate.** A provider with a limit (`<NAME>_RATE_PER_SECOND`, `<NAME>_RATE_PER_MINUTE`) is
-//! called within it by every worker together, in two steps, each one conditional `UpdateItem`
-//! in DynamoDB:
+//! called within it by every worker together, through one DynamoDB item per provider (see
+//! [`crate::store`]'s `limits`), in two steps:
 //!
-//! 1. **Queue** ([`Store::reserve_provider_slot`]): a call first reserves a slot, a generic cell
-//!    rate algorithm (GCRA) whose theoretical arrival time is shared. Slots are spaced evenly,
-//!    [`SPACING_MARGIN`] wider than the rate. A slot less than [`MAX_SLEEP`] away is waited for
-//!    in the worker; a later one defers the job: sent back to the queue with `DelaySeconds` up to
-//!    the slot and the slot in its message, so no Lambda waits, and the job does not reserve
-//!    again when it comes back.
-//! 2. **Gate** ([`Store::count_provider_call`]): right before the call, it is counted in the
-//!    calendar second (and minute) on condition the window holds fewer than the limit. The
-//!    queue spreads the jobs so that about one window's worth comes back per window, but SQS
-//!    delays are whole seconds and a job may come back late: the gate is what keeps a window
-//!    within the limit, whenever the calls come. A full window defers the job to the next one
-//!    (its slot kept).
+//! 1. **Queue** ([`Limiter::admit`], [`Store::reserve_provider_slot`]): a call reserves a
+//!    slot, a generic cell rate algorithm (GCRA) whose theoretical arrival time is shared.
+//!    Slots are spaced evenly, [`SPACING_MARGIN`] wider than the rate. A slot less than
+//!    [`MAX_SLEEP`] away is waited for in the worker; a later one defers the job: sent back to
+//!    the queue with `DelaySeconds` up to the slot and the slot in its message, so no Lambda
+//!    waits, and the job does not reserve again when it comes back.
+//! 2. **Gate** ([`Limiter::gate`], [`Store::pass_provider_gate`]): right before the request
+//!    leaves (after the claim's renewal), the call is counted in its calendar second (and
+//!    minute) on condition the window holds fewer than the limit and the circuit is closed.
+//!    The queue spreads the jobs so that about one window's worth comes back per window, but
+//!    SQS delays are whole seconds and a job may come back late: the gate is what keeps each
+//!    window within the limit, whenever the calls come. A full window defers the job to the
+//!    next one, with that as its slot.
 //!
 //! **Circuit.** A limited provider that cannot answer (429, 5xx, time-out, connection error)
-//! opens its circuit: no slot is given before its `Retry-After` or, without one, a backoff
-//! that doubles with each failure since the last good answer ([`backoff`]: 2 s to 60 s). The
-//! job is deferred to then, not failed; the first slot after it is the half-open probe, and a
-//! good answer closes the circuit. Only the maximum age ends an enrichment that waits on a
-//! provider (`timeout`, refunded).
+//! opens its circuit, unless it is open already (the failures of calls that were under way
+//! count once): no call passes the gate, and no slot is given, before its `Retry-After` or,
+//! without one, a backoff that doubles with each opening since the last good answer
+//! ([`backoff`]: 2 s to 60 s). A job that meets the open circuit, at its reservation or at
+//! the gate with a slot it held from before, is deferred to a slot after it, not failed; the
+//! first slot after it is the half-open probe, and a good answer resets the backoff. Only the
+//! maximum age ends an enrichment that waits on a provider (`timeout`, refunded).
+//!
+//! **Cost.** A call whose slot is near makes two `UpdateItem`s on the item (reservation and
+//! gate); a deferred job's call, two in all too (the reservation before its deferral, the
+//! gate when it comes back). A form guessed wrong from this process's last view of the item
+//! adds one; an opening and a reset of the circuit add one each.
 //!
 //! A provider without a limit is called as before: its failures are the cascade's errors.
 
@@ -34,7 +42,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Slot, Store, StoreError};
+use crate::store::{Gate, ProviderState, Store, StoreError, Window};
 
 /// The longest wait for a slot inside the worker; a later slot defers the job. SQS delays are
 /// whole seconds, so a shorter deferral would not be shorter.
@@ -104,9 +112,10 @@ pub struct ProviderSlot {
 /// What the limiter says before a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
-    /// Call now.
+    /// Go on: call now (the gate), or go on to the gate (the queue).
     Go {
-        /// The provider's failures before this slot (a good answer then closes the circuit).
+        /// The provider's circuit openings since its last good answer, as the gate saw them
+        /// (a good answer then resets them); 0 from the queue.
         failures: u32,
     },
     /// Defer the job to the slot.
@@ -117,9 +126,9 @@ pub enum Admission {
 pub struct Limiter {
     store: Store,
     limits: HashMap<String, (ProviderLimit, Duration)>,
-    /// Per provider: whether the last reservation found calls queued (which update to try
+    /// Per provider: its item as this process last saw it (which form of an update to try
     /// first).
-    busy: Mutex<HashMap<String, bool>>,
+    seen: Mutex<HashMap<String, ProviderState>>,
     slept_micros: AtomicU64,
 }
 
@@ -136,7 +145,7 @@ impl Limiter {
         Self {
             store,
             limits,
-            busy: Mutex::default(),
+            seen: Mutex::default(),
             slept_micros: AtomicU64::new(0),
         }
     }
@@ -151,14 +160,10 @@ impl Limiter {
         Duration::from_micros(self.slept_micros.load(Ordering::Relaxed))
     }
 
-    /// Admits a call to `provider`: with `held`, the slot this job was deferred to; otherwise
-    /// a new slot is reserved (the queue), and the job is to be deferred to it when it is more
-    /// than [`MAX_SLEEP`] away, else waits for it here. Then the call is counted in its
-    /// calendar windows (the gate); a full window defers the job to the next one. A provider
-    /// without a limit is always [`Admission::Go`].
-    ///
-    /// DynamoDB calls: one `UpdateItem` for the slot (none with `held`), one per window of the
-    /// gate (one for a limit per second or per minute, two for both).
+    /// The queue, before a call to `provider`: with `held`, the slot this job was deferred to
+    /// (no DynamoDB call); otherwise a new slot is reserved (one `UpdateItem`). The job is to
+    /// be deferred to a slot more than [`MAX_SLEEP`] away, and waits here for a nearer one. A
+    /// provider without a limit is always [`Admission::Go`].
     ///
     /// Errors: DynamoDB failures (the job is given again by its event source).
     pub async fn admit(
@@ -166,69 +171,82 @@ impl Limiter {
         provider: &str,
         held: Option<&ProviderSlot>,
     ) -> Result<Admission, StoreError> {
-        let Some((limit, interval)) = self.limits.get(provider) else {
+        let Some((_, interval)) = self.limits.get(provider) else {
             return Ok(Admission::Go { failures: 0 });
         };
-        let defer = |at_ms| {
-            Ok(Admission::Defer(ProviderSlot {
-                provider: provider.to_string(),
-                at_ms,
-            }))
-        };
-        let now = Utc::now().timestamp_millis();
         let slot = match held.filter(|slot| slot.provider == provider) {
-            Some(held) => Slot {
-                at_ms: held.at_ms,
-                failures: 0,
-            },
-            None => {
-                let busy = self.busy(provider);
-                let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
-                let slot = self
-                    .store
-                    .reserve_provider_slot(provider, interval_ms, now, busy)
-                    .await?;
-                self.set_busy(provider, slot.at_ms > now);
-                slot
-            }
+            Some(held) => held.at_ms,
+            None => self.reserve(provider, *interval).await?,
         };
-        let wait = Duration::from_millis(u64::try_from(slot.at_ms - now).unwrap_or(0));
+        let wait =
+            Duration::from_millis(u64::try_from(slot - Utc::now().timestamp_millis()).unwrap_or(0));
         if wait > MAX_SLEEP {
-            return defer(slot.at_ms);
+            return Ok(Admission::Defer(ProviderSlot {
+                provider: provider.to_string(),
+                at_ms: slot,
+            }));
         }
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
             let micros = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
             self.slept_micros.fetch_add(micros, Ordering::Relaxed);
         }
-        let now = Utc::now().timestamp_millis();
-        let expires = now / 1000 + 3600;
-        let windows = [
-            (limit.per_second, 'S', 1000),
-            (limit.per_minute, 'M', 60_000),
-        ];
-        for (per_window, kind, span_ms) in windows {
-            let Some(n) = per_window.filter(|n| *n > 0) else {
-                continue;
-            };
-            let index = now / span_ms;
-            if !self
-                .store
-                .count_provider_call(provider, (kind, index), n, expires)
-                .await?
-            {
-                tracing::info!(provider, window = %kind, "provider's window full: deferred to the next");
-                return defer((index + 1) * span_ms);
+        Ok(Admission::Go { failures: 0 })
+    }
+
+    /// The gate, right before the request to `provider` leaves: the call is counted in its
+    /// calendar windows (one `UpdateItem`). A full window defers the job to the next one (its
+    /// slot); an open circuit, to a slot reserved after it (one `UpdateItem` more). A provider
+    /// without a limit is always [`Admission::Go`].
+    ///
+    /// Errors: DynamoDB failures.
+    pub async fn gate(&self, provider: &str) -> Result<Admission, StoreError> {
+        let Some((limit, interval)) = self.limits.get(provider) else {
+            return Ok(Admission::Go { failures: 0 });
+        };
+        let windows: Vec<(Window, u32)> = [
+            (Window::Second, limit.per_second),
+            (Window::Minute, limit.per_minute),
+        ]
+        .into_iter()
+        .filter_map(|(window, n)| Some((window, n.filter(|n| *n > 0)?)))
+        .collect();
+        let mut state = self.seen(provider);
+        let gate = self
+            .store
+            .pass_provider_gate(
+                provider,
+                &windows,
+                Utc::now().timestamp_millis(),
+                &mut state,
+            )
+            .await;
+        self.remember(provider, state);
+        let at_ms = match gate? {
+            Gate::Pass { failures } => return Ok(Admission::Go { failures }),
+            Gate::Full { until_ms } => {
+                tracing::info!(provider, "provider's window full: deferred to the next");
+                until_ms
             }
-        }
-        Ok(Admission::Go {
-            failures: slot.failures,
-        })
+            Gate::Open { until_ms } => {
+                tracing::info!(
+                    provider,
+                    until_ms,
+                    "provider's circuit open: deferred past it"
+                );
+                self.reserve(provider, *interval).await?
+            }
+        };
+        Ok(Admission::Defer(ProviderSlot {
+            provider: provider.to_string(),
+            at_ms,
+        }))
     }
 
     /// `provider` could not answer (`retry_after`: its own wait, when it said one): opens its
     /// circuit for that wait, or [`backoff`] of its `failures` so far, at most
-    /// [`BACKOFF_MAX`]; returns the wait, after which the job is to run again.
+    /// [`BACKOFF_MAX`], unless it is open already; returns how long until it closes, after
+    /// which the job is to run again.
     pub async fn unavailable(
         &self,
         provider: &str,
@@ -238,12 +256,17 @@ impl Limiter {
         let wait = retry_after
             .unwrap_or_else(|| backoff(failures))
             .clamp(Duration::from_secs(1), BACKOFF_MAX);
-        let until =
-            Utc::now().timestamp_millis() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
-        if let Err(e) = self.store.open_provider_circuit(provider, until).await {
-            tracing::warn!(provider, error = %e, "could not open the provider's circuit");
-        }
-        self.set_busy(provider, true);
+        let now = Utc::now().timestamp_millis();
+        let until = now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+        let until = match self.store.open_provider_circuit(provider, until, now).await {
+            Ok(until) => until,
+            Err(e) => {
+                tracing::warn!(provider, error = %e, "could not open the provider's circuit");
+                until
+            }
+        };
+        let wait = Duration::from_millis(u64::try_from(until - now).unwrap_or(0))
+            .max(Duration::from_secs(1));
         tracing::warn!(
             provider,
             wait_s = wait.as_secs(),
@@ -253,13 +276,14 @@ impl Limiter {
         wait
     }
 
-    /// `provider` answered on a slot that saw `failures`: closes its circuit when there were
+    /// `provider` answered on a call whose gate saw `failures`: resets them when there were
     /// any (one `UpdateItem`, only then).
     pub async fn available(&self, provider: &str, failures: u32) {
         if failures == 0 {
             return;
         }
-        match self.store.close_provider_circuit(provider).await {
+        let now = Utc::now().timestamp_millis();
+        match self.store.close_provider_circuit(provider, now).await {
             Ok(()) => tracing::info!(provider, "provider answered: circuit closed"),
             Err(e) => {
                 tracing::warn!(provider, error = %e, "could not close the provider's circuit")
@@ -267,20 +291,35 @@ impl Limiter {
         }
     }
 
-    fn busy(&self, provider: &str) -> bool {
-        self.busy
-            .lock()
-            .map(|b| b.get(provider).copied().unwrap_or(false))
-            .unwrap_or(false)
+    async fn reserve(&self, provider: &str, interval: Duration) -> Result<i64, StoreError> {
+        let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut state = self.seen(provider);
+        let slot = self
+            .store
+            .reserve_provider_slot(
+                provider,
+                interval_ms,
+                Utc::now().timestamp_millis(),
+                &mut state,
+            )
+            .await;
+        self.remember(provider, state);
+        slot
     }
 
-    fn set_busy(&self, provider: &str, busy: bool) {
-        if let Ok(mut map) = self.busy.lock() {
-            map.insert(provider.to_string(), busy);
+    fn seen(&self, provider: &str) -> ProviderState {
+        self.seen
+            .lock()
+            .map(|seen| seen.get(provider).copied().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, provider: &str, state: ProviderState) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(provider.to_string(), state);
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,6 +130,19 @@ struct Journal<'a> {
     deferred_to: std::sync::Mutex<Option<ProviderSlot>>,
 }
 
+impl Journal<'_> {
+    /// Keeps `slot` for the job's message and returns the delay to it: SQS delays are whole
+    /// seconds, so the job comes back at the slot, never before it.
+    fn defer_to(&self, slot: ProviderSlot) -> Duration {
+        let wait_ms = slot.at_ms - Utc::now().timestamp_millis();
+        let delay = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
+        if let Ok(mut deferred) = self.deferred_to.lock() {
+            *deferred = Some(slot);
+        }
+        Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0))
+    }
+}
+
 #[async_trait::async_trait]
 impl CascadeJournal for Journal<'_> {
     fn answered(&self) -> &[String] {
@@ -228,22 +241,23 @@ impl CascadeJournal for Journal<'_> {
         self.limiter.limits(provider)
     }
 
-    async fn admit(&self, provider: &str) -> Result<u32, Duration> {
+    async fn admit(&self, provider: &str) -> Result<(), Duration> {
         match self.limiter.admit(provider, self.held).await {
-            Ok(Admission::Go { failures }) => Ok(failures),
-            Ok(Admission::Defer(slot)) => {
-                let wait_ms = slot.at_ms - Utc::now().timestamp_millis();
-                let delay = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
-                if let Ok(mut deferred) = self.deferred_to.lock() {
-                    *deferred = Some(slot);
-                }
-                // SQS delays are whole seconds: come back at the slot, never before it.
-                Err(Duration::from_secs(
-                    delay.as_secs() + u64::from(delay.subsec_nanos() > 0),
-                ))
-            }
+            Ok(Admission::Go { .. }) => Ok(()),
+            Ok(Admission::Defer(slot)) => Err(self.defer_to(slot)),
             Err(e) => {
                 tracing::warn!(provider, error = %e, "could not reserve a call slot; deferred");
+                Err(Duration::from_secs(1))
+            }
+        }
+    }
+
+    async fn gate(&self, provider: &str) -> Result<u32, Duration> {
+        match self.limiter.gate(provider).await {
+            Ok(Admission::Go { failures }) => Ok(failures),
+            Ok(Admission::Defer(slot)) => Err(self.defer_to(slot)),
+            Err(e) => {
+                tracing::warn!(provider, error = %e, "could not count the call in its window; deferred");
                 Err(Duration::from_secs(1))
             }
         }

@@ -176,15 +176,22 @@ pub trait CascadeJournal: Send + Sync {
     }
     /// Whether `provider`'s calls go through a shared rate limit and circuit
     /// ([`crate::limiter`]): then it is asked without in-process retries, after
-    /// [`CascadeJournal::admit`], and a 429, 5xx, time-out or connection error defers the job
+    /// [`CascadeJournal::admit`] and, once [`CascadeJournal::before_call`] is done,
+    /// [`CascadeJournal::gate`]; a 429, 5xx, time-out or connection error defers the job
     /// ([`CascadeJournal::unavailable`]) instead of failing it. Default: no.
     fn limits(&self, _provider: &str) -> bool {
         false
     }
-    /// Before a call to a limited provider: `Ok(failures)` to call now (the provider's
-    /// failures before this slot), or `Err(delay)` to defer the job that long (its slot is
-    /// later, or the limit could not be read).
-    async fn admit(&self, _provider: &str) -> Result<u32, Duration> {
+    /// Before a call to a limited provider, its place in the provider's queue: `Ok(())` to go
+    /// on, or `Err(delay)` to defer the job that long (its slot is later, or the limit could
+    /// not be read).
+    async fn admit(&self, _provider: &str) -> Result<(), Duration> {
+        Ok(())
+    }
+    /// Right before the request to a limited provider leaves: `Ok(failures)` to send it (the
+    /// provider's circuit openings since its last good answer), or `Err(delay)` to defer the
+    /// job that long (the window is full or the circuit open).
+    async fn gate(&self, _provider: &str) -> Result<u32, Duration> {
         Ok(0)
     }
     /// A limited provider could not answer (`retry_after`: its own wait, when it said one):
@@ -390,18 +397,12 @@ impl Cascade {
                 continue;
             }
             let limited = journal.limits(name);
-            let mut failures_before = 0;
-            if limited {
-                match journal.admit(name).await {
-                    Ok(failures) => failures_before = failures,
-                    Err(delay) => {
-                        tracing::info!(provider = name, field = %field, outcome = "rate_limited_wait", delay_s = delay.as_secs(), "no call slot yet: deferred");
-                        return CascadeOutcome::Waiting {
-                            provider: name.to_string(),
-                            delay,
-                        };
-                    }
-                }
+            if limited && let Err(delay) = journal.admit(name).await {
+                tracing::info!(provider = name, field = %field, outcome = "rate_limited_wait", delay_s = delay.as_secs(), "no call slot yet: deferred");
+                return CascadeOutcome::Waiting {
+                    provider: name.to_string(),
+                    delay,
+                };
             }
             // A limited provider's retries would take no slot: the circuit and the deferral
             // stand for them.
@@ -416,6 +417,21 @@ impl Cascade {
             if !journal.before_call(name, budget.span()).await {
                 tracing::warn!(provider = name, field = %field, "cascade stopped before the provider call");
                 return CascadeOutcome::Stopped;
+            }
+            // Counted in the provider's window last, so that the renewals above cannot move
+            // the request into a later window than the one it was counted in.
+            let mut failures_before = 0;
+            if limited {
+                match journal.gate(name).await {
+                    Ok(failures) => failures_before = failures,
+                    Err(delay) => {
+                        tracing::info!(provider = name, field = %field, outcome = "rate_limited_wait", delay_s = delay.as_secs(), "provider's window full or circuit open: deferred");
+                        return CascadeOutcome::Waiting {
+                            provider: name.to_string(),
+                            delay,
+                        };
+                    }
+                }
             }
             let answer = match provider.jobs().filter(|_| journal.keeps_jobs()) {
                 Some(jobs) => match self
@@ -1025,20 +1041,29 @@ mod tests {
     }
 
     /// A journal whose provider `limited` goes through a shared limit: `admit` answers `slot`,
-    /// `unavailable` defers 7 s; what they were told is recorded.
+    /// `gate` answers `gate`, `unavailable` defers 7 s; what they were told, and in which
+    /// order the steps before a call came, is recorded.
     struct Limited {
-        slot: Result<u32, Duration>,
+        slot: Result<(), Duration>,
+        gate: Result<u32, Duration>,
+        steps: std::sync::Mutex<Vec<&'static str>>,
         unavailable: std::sync::Mutex<Vec<(u32, Option<Duration>)>>,
         available: std::sync::Mutex<Vec<u32>>,
     }
 
     impl Limited {
-        fn new(slot: Result<u32, Duration>) -> Self {
+        fn new(slot: Result<(), Duration>, gate: Result<u32, Duration>) -> Self {
             Self {
                 slot,
+                gate,
+                steps: Default::default(),
                 unavailable: Default::default(),
                 available: Default::default(),
             }
+        }
+
+        fn step(&self, step: &'static str) {
+            self.steps.lock().unwrap().push(step);
         }
     }
 
@@ -1049,6 +1074,7 @@ mod tests {
         }
         async fn record_no_match(&self, _provider: &str) {}
         async fn before_call(&self, _provider: &str, _span: Duration) -> bool {
+            self.step("before_call");
             true
         }
         fn keeps_jobs(&self) -> bool {
@@ -1057,8 +1083,13 @@ mod tests {
         fn limits(&self, provider: &str) -> bool {
             provider == "limited"
         }
-        async fn admit(&self, _provider: &str) -> Result<u32, Duration> {
+        async fn admit(&self, _provider: &str) -> Result<(), Duration> {
+            self.step("admit");
             self.slot
+        }
+        async fn gate(&self, _provider: &str) -> Result<u32, Duration> {
+            self.step("gate");
+            self.gate
         }
         async fn unavailable(
             &self,
@@ -1090,15 +1121,30 @@ mod tests {
                 .await;
             (outcome, journal)
         };
-        // No slot yet: deferred by the journal's wait, no call.
+        // No slot yet: deferred by the journal's wait, no call, nothing renewed.
         let limited = Fake::found("limited", &["ada@northwind.example"]);
-        let (outcome, _) = run(
+        let (outcome, journal) = run(
             vec![limited.clone()],
-            Limited::new(Err(Duration::from_secs(3))),
+            Limited::new(Err(Duration::from_secs(3)), Ok(0)),
         )
         .await;
         assert_eq!(outcome, limited_waiting(3));
         assert_eq!(limited.calls(), 0);
+        assert_eq!(*journal.steps.lock().unwrap(), ["admit"]);
+
+        // A slot, but the window is full (or the circuit open) at the gate, which comes after
+        // the renewals: deferred by the gate's wait, no call.
+        let (outcome, journal) = run(
+            vec![limited.clone()],
+            Limited::new(Ok(()), Err(Duration::from_secs(1))),
+        )
+        .await;
+        assert_eq!(outcome, limited_waiting(1));
+        assert_eq!(limited.calls(), 0);
+        assert_eq!(
+            *journal.steps.lock().unwrap(),
+            ["admit", "before_call", "gate"]
+        );
 
         // A 429, a 503, a time-out, a connection error: one call each (no in-process retry),
         // the circuit told with the provider's own wait, the job deferred, the next provider
@@ -1116,8 +1162,11 @@ mod tests {
         ] {
             let limited = Fake::failing("limited", error);
             let next = Fake::found("next", &["other@northwind.example"]);
-            let (outcome, journal) =
-                run(vec![limited.clone(), next.clone()], Limited::new(Ok(2))).await;
+            let (outcome, journal) = run(
+                vec![limited.clone(), next.clone()],
+                Limited::new(Ok(()), Ok(2)),
+            )
+            .await;
             assert_eq!(outcome, limited_waiting(7));
             assert_eq!((limited.calls(), next.calls()), (1, 0));
             assert_eq!(*journal.unavailable.lock().unwrap(), [(2, retry_after)]);
@@ -1126,7 +1175,7 @@ mod tests {
 
         // An answer about the request (a 400) is the cascade's error as before.
         let limited = Fake::failing("limited", ProviderError::Status(400));
-        let (outcome, journal) = run(vec![limited.clone()], Limited::new(Ok(0))).await;
+        let (outcome, journal) = run(vec![limited.clone()], Limited::new(Ok(()), Ok(0))).await;
         assert!(
             matches!(outcome, CascadeOutcome::Failed { .. }),
             "{outcome:?}"
@@ -1136,13 +1185,17 @@ mod tests {
         // A good answer after failures closes the circuit; an unlimited provider is not
         // admitted and keeps its retries.
         let limited = Fake::found("limited", &["ada@northwind.example"]);
-        let (outcome, journal) = run(vec![limited.clone()], Limited::new(Ok(4))).await;
+        let (outcome, journal) = run(vec![limited.clone()], Limited::new(Ok(()), Ok(4))).await;
         assert_eq!(values(&outcome), ["ada@northwind.example"]);
+        assert_eq!(
+            *journal.steps.lock().unwrap(),
+            ["admit", "before_call", "gate"]
+        );
         assert_eq!(*journal.available.lock().unwrap(), [4]);
         let free = Fake::failing("free", ProviderError::Status(503));
         let (outcome, journal) = run(
             vec![free.clone()],
-            Limited::new(Err(Duration::from_secs(3))),
+            Limited::new(Err(Duration::from_secs(3)), Err(Duration::from_secs(3))),
         )
         .await;
         assert!(

@@ -1,159 +1,372 @@
-//! The providers' shared rate limits (see [`crate::limiter`]), in the partition
-//! `PROVIDER#{name}`:
+//! The providers' shared rate limits and circuits (see [`crate::limiter`]): one item per
+//! provider, `PROVIDER#{name}` / `LIMIT`, with
 //!
-//! - `LIMIT`: `next` (Unix milliseconds: the earliest time the next call may start, a GCRA's
-//!   theoretical arrival time, where calls queue) and `failures` (the provider's unavailable
-//!   answers since its last good one, for the circuit's backoff);
-//! - `S#{unix second}` and `M#{unix minute}`: `used`, the calls started in that calendar second
-//!   or minute (the gate each call passes), expiring an hour later.
+//! - `next`: Unix milliseconds, the earliest start of the next reserved call (a GCRA's
+//!   theoretical arrival time: the queue);
+//! - `secondIndex` / `secondUsed` and `minuteIndex` / `minuteUsed`: the calendar second (minute)
+//!   since the epoch calls last started in, and how many did (the gate);
+//! - `openUntil`: Unix milliseconds, until when the circuit is open; `failures`: the openings
+//!   since the provider's last good answer (the backoff's exponent).
+//!
+//! Every write is one conditional `UpdateItem` on that item. Each exists in a few forms (idle or
+//! queued, same window or a new one), exclusive by their conditions: the caller's
+//! [`ProviderState`] (what the item held at its last write) picks the form, and a failed
+//! condition returns the item as it is (`ReturnValuesOnConditionCheckFailure`), which picks
+//! the right one for the next try.
 
 use super::*;
 
 const LIMIT_SK: &str = "LIMIT";
 
+/// How many forms an update tries before it gives up (each failure returns the item as it is,
+/// so a second try fails only when another worker wrote in between).
+const TRIES: usize = 6;
+
 fn limit_key(provider: &str) -> Item {
     Store::key(format!("PROVIDER#{provider}"), LIMIT_SK)
 }
 
-/// A reserved call slot: when the call may start and the provider's failure count as it was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Slot {
-    /// Unix milliseconds.
-    pub at_ms: i64,
-    /// The provider's unavailable answers since its last good one.
+/// A provider's `LIMIT` item, as last read or written by this process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProviderState {
+    /// `next`, Unix milliseconds.
+    pub next_ms: Option<i64>,
+    /// `openUntil`, Unix milliseconds.
+    pub open_until_ms: Option<i64>,
+    /// `failures`.
     pub failures: u32,
+    /// `secondIndex`, `secondUsed`.
+    pub second: Option<(i64, u32)>,
+    /// `minuteIndex`, `minuteUsed`.
+    pub minute: Option<(i64, u32)>,
 }
 
-fn number(item: Option<&Item>, name: &str) -> Option<i64> {
-    match item?.get(name)? {
-        AttributeValue::N(n) => n.parse().ok(),
-        _ => None,
+impl ProviderState {
+    fn read(item: Option<&Item>) -> Self {
+        let number = |name: &str| match item?.get(name)? {
+            AttributeValue::N(n) => n.parse::<i64>().ok(),
+            _ => None,
+        };
+        let count = |name: &str| number(name).map_or(0, |n| n.clamp(0, i64::from(u32::MAX)) as u32);
+        let window = |index: &str, used: &str| number(index).map(|i| (i, count(used)));
+        Self {
+            next_ms: number("next"),
+            open_until_ms: number("openUntil"),
+            failures: count("failures"),
+            second: window("secondIndex", "secondUsed"),
+            minute: window("minuteIndex", "minuteUsed"),
+        }
+    }
+
+    /// The circuit's end when it is open at `now_ms`.
+    fn open_at(&self, now_ms: i64) -> Option<i64> {
+        self.open_until_ms.filter(|until| *until > now_ms)
     }
 }
 
+/// A calendar window of a provider's limit: a second or a minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Calendar seconds (`<NAME>_RATE_PER_SECOND`).
+    Second,
+    /// Calendar minutes (`<NAME>_RATE_PER_MINUTE`).
+    Minute,
+}
+
+impl Window {
+    /// The window's length in milliseconds.
+    pub fn span_ms(self) -> i64 {
+        match self {
+            Window::Second => 1_000,
+            Window::Minute => 60_000,
+        }
+    }
+
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Window::Second => ("secondIndex", "secondUsed"),
+            Window::Minute => ("minuteIndex", "minuteUsed"),
+        }
+    }
+
+    fn of(self, state: &ProviderState) -> Option<(i64, u32)> {
+        match self {
+            Window::Second => state.second,
+            Window::Minute => state.minute,
+        }
+    }
+
+    fn set(self, state: &mut ProviderState, value: (i64, u32)) {
+        match self {
+            Window::Second => state.second = Some(value),
+            Window::Minute => state.minute = Some(value),
+        }
+    }
+}
+
+/// What the gate said of a call about to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Counted in its windows: call now. `failures`: the circuit's openings since the last good
+    /// answer, as they were.
+    Pass {
+        /// The provider's `failures`.
+        failures: u32,
+    },
+    /// A window is full: nothing counted; the next window starts at `until_ms`.
+    Full {
+        /// Unix milliseconds.
+        until_ms: i64,
+    },
+    /// The circuit is open until `until_ms`: nothing counted.
+    Open {
+        /// Unix milliseconds.
+        until_ms: i64,
+    },
+}
+
+/// The reservation's three forms, exclusive by their conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    /// No call queued and the circuit closed: the slot is now.
+    Idle,
+    /// Calls queued (`next` at or after now and after the circuit): the slot is `next`.
+    Queued,
+    /// The circuit open past `next`: the slot is `openUntil`, the probe's.
+    AfterCircuit,
+}
+
+impl Queue {
+    fn of(state: &ProviderState, now_ms: i64) -> Self {
+        match (state.next_ms, state.open_at(now_ms)) {
+            (Some(next), None) if next >= now_ms => Queue::Queued,
+            (_, None) => Queue::Idle,
+            (Some(next), Some(until)) if next >= until => Queue::Queued,
+            (_, Some(_)) => Queue::AfterCircuit,
+        }
+    }
+}
+
+const CIRCUIT_CLOSED: &str = "(attribute_not_exists(#open) OR #open <= :now)";
+
 impl Store {
-    /// Reserves the next call slot of `provider`, `interval_ms` after the one before it: one
-    /// conditional `UpdateItem` while calls queue up (`next = next + interval` on condition
-    /// `next >= now`, the slot being the old `next`), or when the provider is idle
-    /// (`next = now + interval` on condition `next < now` or no item, the slot being `now`).
-    /// `busy` says which to try first (what the last reservation found); the other follows
-    /// when its condition fails, and the two are tried again (three rounds at most) when
-    /// another worker moved `next` in between.
+    /// Reserves `provider`'s next call slot, `interval_ms` after the one before it, and
+    /// returns it (Unix milliseconds): now when no call is queued, else `next`, and never
+    /// before an open circuit's end. One conditional `UpdateItem` when `state` is current, one
+    /// more per form it guessed wrong; `state` is left as the item is after the write.
     ///
-    /// Errors: DynamoDB failures, or `next` kept moving.
+    /// Errors: DynamoDB failures, or the item kept changing under [`TRIES`] tries.
     pub async fn reserve_provider_slot(
         &self,
         provider: &str,
         interval_ms: i64,
         now_ms: i64,
-        busy: bool,
-    ) -> Result<Slot, StoreError> {
-        let mut queued = busy;
-        for _ in 0..6 {
+        state: &mut ProviderState,
+    ) -> Result<i64, StoreError> {
+        for _ in 0..TRIES {
+            let form = Queue::of(state, now_ms);
             let update = self
                 .client
                 .update_item()
                 .table_name(&self.table)
                 .set_key(Some(limit_key(provider)))
                 .expression_attribute_names("#next", "next")
+                .expression_attribute_names("#open", "openUntil")
                 .expression_attribute_values(":now", n(now_ms))
-                .return_values(ReturnValue::AllOld);
-            let update = if queued {
-                update
-                    .update_expression("SET #next = #next + :interval")
-                    .condition_expression("#next >= :now")
-                    .expression_attribute_values(":interval", n(interval_ms))
-            } else {
-                update
+                .return_values(ReturnValue::AllOld)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            let update = match form {
+                Queue::Idle => update
                     .update_expression("SET #next = :after")
-                    .condition_expression("attribute_not_exists(#next) OR #next < :now")
-                    .expression_attribute_values(":after", n(now_ms + interval_ms))
+                    .condition_expression(format!(
+                        "(attribute_not_exists(#next) OR #next < :now) AND {CIRCUIT_CLOSED}"
+                    ))
+                    .expression_attribute_values(":after", n(now_ms + interval_ms)),
+                Queue::Queued => update
+                    .update_expression("SET #next = #next + :interval")
+                    .condition_expression(
+                        "#next >= :now AND (attribute_not_exists(#open) OR #open <= #next)",
+                    )
+                    .expression_attribute_values(":interval", n(interval_ms)),
+                Queue::AfterCircuit => update
+                    .update_expression("SET #next = #open + :interval")
+                    .condition_expression(
+                        "#open > :now AND (attribute_not_exists(#next) OR #next < #open)",
+                    )
+                    .expression_attribute_values(":interval", n(interval_ms)),
             };
-            if let Ok(output) = conditional_update(update.send().await)? {
-                let old = output.attributes.as_ref();
-                let failures = number(old, "failures").unwrap_or(0).clamp(0, 1_000) as u32;
-                let at_ms = if queued {
-                    number(old, "next").unwrap_or(now_ms)
-                } else {
-                    now_ms
-                };
-                return Ok(Slot { at_ms, failures });
+            match conditional_update(update.send().await)? {
+                Ok(output) => {
+                    *state = ProviderState::read(output.attributes.as_ref());
+                    let slot = match form {
+                        Queue::Idle => now_ms,
+                        Queue::Queued => state.next_ms.unwrap_or(now_ms),
+                        Queue::AfterCircuit => state.open_until_ms.unwrap_or(now_ms),
+                    };
+                    state.next_ms = Some(slot + interval_ms);
+                    return Ok(slot);
+                }
+                Err(item) => *state = ProviderState::read(item.as_ref()),
             }
-            queued = !queued;
         }
         Err(StoreError::Dynamo {
             operation: "UpdateItem",
-            message: format!("the rate limit of {provider} kept moving"),
+            message: format!("the call queue of {provider} kept moving"),
         })
     }
 
-    /// Opens `provider`'s circuit until `until_ms`: no slot is reserved before then (`next`
-    /// moves there unless it is later already) and `failures` counts one more. One
-    /// `UpdateItem`; a later `next` is left as it is.
+    /// The gate right before a call to `provider` starts: counts it in the calendar windows
+    /// of `now_ms` on condition each holds fewer than its limit and the circuit is closed.
+    /// One conditional `UpdateItem` when `state` is current (a window it last saw is still the
+    /// window), one more per form it guessed wrong; `state` is left as the item is.
+    ///
+    /// Errors: DynamoDB failures, or the item kept changing under [`TRIES`] tries.
+    pub async fn pass_provider_gate(
+        &self,
+        provider: &str,
+        windows: &[(Window, u32)],
+        now_ms: i64,
+        state: &mut ProviderState,
+    ) -> Result<Gate, StoreError> {
+        for _ in 0..TRIES {
+            let mut update = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(limit_key(provider)))
+                .expression_attribute_names("#open", "openUntil")
+                .expression_attribute_values(":now", n(now_ms))
+                .expression_attribute_values(":one", n(1))
+                .return_values(ReturnValue::AllOld)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            let mut conditions = vec![CIRCUIT_CLOSED.to_string()];
+            let (mut sets, mut adds) = (Vec::new(), Vec::new());
+            for (window, limit) in windows {
+                let (index_name, used_name) = window.names();
+                let (i, u) = (format!("#{index_name}"), format!("#{used_name}"));
+                let (vi, vl) = (format!(":{index_name}"), format!(":{used_name}Limit"));
+                let index = now_ms.div_euclid(window.span_ms());
+                update = update
+                    .expression_attribute_names(&i, index_name)
+                    .expression_attribute_names(&u, used_name)
+                    .expression_attribute_values(&vi, n(index));
+                if window.of(state).is_some_and(|(seen, _)| seen == index) {
+                    conditions.push(format!("{i} = {vi} AND {u} < {vl}"));
+                    update = update.expression_attribute_values(&vl, n(i64::from(*limit)));
+                    adds.push(format!("{u} :one"));
+                } else {
+                    conditions.push(format!("(attribute_not_exists({i}) OR {i} < {vi})"));
+                    sets.push(format!("{i} = {vi}, {u} = :one"));
+                }
+            }
+            let mut expression = String::new();
+            if !sets.is_empty() {
+                expression = format!("SET {}", sets.join(", "));
+            }
+            if !adds.is_empty() {
+                expression = format!("{expression} ADD {}", adds.join(", "));
+            }
+            let update = update
+                .update_expression(expression.trim())
+                .condition_expression(conditions.join(" AND "));
+            match conditional_update(update.send().await)? {
+                Ok(output) => {
+                    *state = ProviderState::read(output.attributes.as_ref());
+                    let failures = state.failures;
+                    for (window, _) in windows {
+                        let index = now_ms.div_euclid(window.span_ms());
+                        let used = window
+                            .of(state)
+                            .filter(|(seen, _)| *seen == index)
+                            .map_or(0, |(_, used)| used);
+                        window.set(state, (index, used + 1));
+                    }
+                    return Ok(Gate::Pass { failures });
+                }
+                Err(item) => {
+                    *state = ProviderState::read(item.as_ref());
+                    if let Some(until_ms) = state.open_at(now_ms) {
+                        return Ok(Gate::Open { until_ms });
+                    }
+                    // A full window, or one a worker whose clock is ahead already started:
+                    // wait for the one after it.
+                    let full = windows.iter().filter_map(|(window, limit)| {
+                        let index = now_ms.div_euclid(window.span_ms());
+                        let (seen, used) = window.of(state)?;
+                        ((seen == index && used >= *limit) || seen > index)
+                            .then(|| (seen + 1) * window.span_ms())
+                    });
+                    if let Some(until_ms) = full.max() {
+                        return Ok(Gate::Full { until_ms });
+                    }
+                }
+            }
+        }
+        Err(StoreError::Dynamo {
+            operation: "UpdateItem",
+            message: format!("the windows of {provider} kept moving"),
+        })
+    }
+
+    /// Opens `provider`'s circuit until `until_ms` unless it is open at `now_ms` already, and
+    /// then counts one more failure: the failures of a round of calls that were already under
+    /// way count once. Returns when the circuit closes (this opening's end, or the one it
+    /// found). One conditional `UpdateItem`.
     ///
     /// Errors: DynamoDB failures.
     pub async fn open_provider_circuit(
         &self,
         provider: &str,
         until_ms: i64,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(limit_key(provider)))
+            .update_expression("SET #open = :until ADD failures :one")
+            .condition_expression(CIRCUIT_CLOSED)
+            .expression_attribute_names("#open", "openUntil")
+            .expression_attribute_values(":until", n(until_ms))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":one", n(1))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        Ok(match conditional_update(result)? {
+            Ok(_) => until_ms,
+            Err(item) => ProviderState::read(item.as_ref())
+                .open_until_ms
+                .unwrap_or(until_ms),
+        })
+    }
+
+    /// Resets `provider`'s failures after a good answer at `now_ms`, on condition the
+    /// circuit is closed (a failure that opened it again meanwhile keeps its count). One
+    /// conditional `UpdateItem`, made only when the gate saw failures.
+    ///
+    /// Errors: DynamoDB failures.
+    pub async fn close_provider_circuit(
+        &self,
+        provider: &str,
+        now_ms: i64,
     ) -> Result<(), StoreError> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(limit_key(provider)))
-            .update_expression("SET #next = :until ADD failures :one")
-            .condition_expression("attribute_not_exists(#next) OR #next < :until")
-            .expression_attribute_names("#next", "next")
-            .expression_attribute_values(":until", n(until_ms))
-            .expression_attribute_values(":one", n(1))
+            .update_expression("REMOVE failures")
+            .condition_expression(CIRCUIT_CLOSED)
+            .expression_attribute_names("#open", "openUntil")
+            .expression_attribute_values(":now", n(now_ms))
             .send()
             .await;
         conditional_update(result).map(|_| ())
-    }
-
-    /// Closes `provider`'s circuit after a good answer: `failures` back to none. One
-    /// `UpdateItem`, made only when the caller's slot saw failures.
-    ///
-    /// Errors: DynamoDB failures.
-    pub async fn close_provider_circuit(&self, provider: &str) -> Result<(), StoreError> {
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(limit_key(provider)))
-            .update_expression("REMOVE failures")
-            .send()
-            .await
-            .map_err(dynamo_error("UpdateItem"))?;
-        Ok(())
-    }
-
-    /// Counts a call to `provider` in the calendar `window` (`S` seconds or `M` minutes, its
-    /// `index` since the epoch) on condition fewer than `limit` were counted there: one
-    /// conditional `UpdateItem` (`ADD used :one`). `false` when the window is full (nothing
-    /// counted).
-    ///
-    /// Errors: DynamoDB failures.
-    pub async fn count_provider_call(
-        &self,
-        provider: &str,
-        (window, index): (char, i64),
-        limit: u32,
-        expires_at: i64,
-    ) -> Result<bool, StoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("PROVIDER#{provider}")))
-            .key("sk", s(format!("{window}#{index}")))
-            .update_expression("ADD used :one SET expiresAt = :expires")
-            .condition_expression("attribute_not_exists(used) OR used < :limit")
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":limit", n(i64::from(limit)))
-            .expression_attribute_values(":expires", n(expires_at))
-            .send()
-            .await;
-        Ok(conditional_update(result)?.is_ok())
     }
 }

@@ -847,8 +847,12 @@ async fn provider_slots_are_spaced_by_the_interval_across_concurrent_workers() {
     let reservations = (0..30).map(|i| {
         let store = store.clone();
         async move {
+            let mut state = ProviderState::default();
+            if i % 2 == 0 {
+                state.next_ms = Some(now + 60_000);
+            }
             store
-                .reserve_provider_slot("hunter", 100, now, i % 2 == 0)
+                .reserve_provider_slot("hunter", 100, now, &mut state)
                 .await
                 .unwrap()
         }
@@ -856,58 +860,170 @@ async fn provider_slots_are_spaced_by_the_interval_across_concurrent_workers() {
     let mut slots: Vec<i64> = futures::future::join_all(reservations)
         .await
         .into_iter()
-        .map(|slot| slot.at_ms - now)
+        .map(|slot| slot - now)
         .collect();
     slots.sort();
     assert_eq!(slots, (0..30).map(|i| i * 100).collect::<Vec<i64>>());
     // Another provider has its own line.
+    let mut state = ProviderState::default();
     let other = store
-        .reserve_provider_slot("pdl", 100, now, true)
+        .reserve_provider_slot("pdl", 100, now, &mut state)
         .await
         .unwrap();
-    assert_eq!(other.at_ms, now);
-    // Idle again later: the next slot is now, not in the past (no saved-up burst).
+    assert_eq!(other, now);
+    // Idle again later: the next slot is now, not in the past (no saved-up burst), and the
+    // state a worker keeps is the item's.
     let later = now + 10_000;
+    let mut state = ProviderState::default();
     let slot = store
-        .reserve_provider_slot("hunter", 100, later, true)
+        .reserve_provider_slot("hunter", 100, later, &mut state)
         .await
         .unwrap();
-    assert_eq!(slot.at_ms, later);
+    assert_eq!((slot, state.next_ms), (later, Some(later + 100)));
+    let mut stale = ProviderState::default();
     let slot = store
-        .reserve_provider_slot("hunter", 100, later, false)
+        .reserve_provider_slot("hunter", 100, later, &mut stale)
         .await
         .unwrap();
-    assert_eq!(slot.at_ms, later + 100);
+    assert_eq!((slot, stale.next_ms), (later + 100, Some(later + 200)));
 }
 
 #[tokio::test]
-async fn an_open_circuit_gives_no_slot_before_it_closes_and_counts_failures() {
+async fn a_providers_window_passes_its_limit_and_no_more_across_concurrent_workers() {
+    let store = table().await;
+    // 10 ms into a minute: the next second is in the same minute.
+    let minute = Utc::now().timestamp_millis().div_euclid(60_000) * 60_000;
+    let now = minute + 10;
+    let windows = [(Window::Second, 5), (Window::Minute, 6)];
+    let gates = (0..12).map(|_| {
+        let store = store.clone();
+        async move {
+            let mut state = ProviderState::default();
+            store
+                .pass_provider_gate("pdl", &windows, now, &mut state)
+                .await
+                .unwrap()
+        }
+    });
+    let gates = futures::future::join_all(gates).await;
+    let passed = gates
+        .iter()
+        .filter(|g| **g == Gate::Pass { failures: 0 })
+        .count();
+    assert_eq!(passed, 5, "{gates:?}");
+    assert!(
+        gates
+            .iter()
+            .filter(|g| **g != Gate::Pass { failures: 0 })
+            .all(|g| *g
+                == Gate::Full {
+                    until_ms: minute + 1_000
+                }),
+        "the others wait for the next second: {gates:?}"
+    );
+    // The next second has room for one more of the minute's 6, then the minute is full.
+    let mut state = ProviderState::default();
+    let next = minute + 1_000;
+    assert_eq!(
+        store
+            .pass_provider_gate("pdl", &windows, next, &mut state)
+            .await
+            .unwrap(),
+        Gate::Pass { failures: 0 }
+    );
+    assert_eq!(state.second, Some((next / 1_000, 1)));
+    assert_eq!(state.minute, Some((minute / 60_000, 6)));
+    assert_eq!(
+        store
+            .pass_provider_gate("pdl", &windows, next + 1_000, &mut state)
+            .await
+            .unwrap(),
+        Gate::Full {
+            until_ms: minute + 60_000
+        }
+    );
+    // Another provider has its own windows.
+    let mut state = ProviderState::default();
+    assert_eq!(
+        store
+            .pass_provider_gate("hunter", &windows, now, &mut state)
+            .await
+            .unwrap(),
+        Gate::Pass { failures: 0 }
+    );
+}
+
+#[tokio::test]
+async fn an_open_circuit_passes_no_call_gives_slots_after_it_and_counts_one_failure_an_opening() {
     let store = table().await;
     let now = Utc::now().timestamp_millis();
-    store
-        .open_provider_circuit("prospeo", now + 5_000)
-        .await
-        .unwrap();
-    // An earlier opening does not shorten it.
-    store
-        .open_provider_circuit("prospeo", now + 1_000)
-        .await
-        .unwrap();
+    let windows = [(Window::Second, 100)];
+    assert_eq!(
+        store
+            .open_provider_circuit("prospeo", now + 5_000, now)
+            .await
+            .unwrap(),
+        now + 5_000
+    );
+    // A call that was under way when it opened fails too: the circuit stays as it is and the
+    // failure is not counted again.
+    assert_eq!(
+        store
+            .open_provider_circuit("prospeo", now + 1_000, now + 10)
+            .await
+            .unwrap(),
+        now + 5_000
+    );
+    // A job holding an earlier slot meets the open circuit at the gate.
+    let mut state = ProviderState::default();
+    assert_eq!(
+        store
+            .pass_provider_gate("prospeo", &windows, now + 20, &mut state)
+            .await
+            .unwrap(),
+        Gate::Open {
+            until_ms: now + 5_000
+        }
+    );
+    // Slots are given after it: the first is the probe's.
+    let mut state = ProviderState::default();
     let probe = store
-        .reserve_provider_slot("prospeo", 200, now, false)
+        .reserve_provider_slot("prospeo", 200, now, &mut state)
         .await
         .unwrap();
-    assert_eq!(probe.at_ms, now + 5_000);
-    assert_eq!(probe.failures, 1);
+    assert_eq!(probe, now + 5_000);
     let next = store
-        .reserve_provider_slot("prospeo", 200, now, true)
+        .reserve_provider_slot("prospeo", 200, now, &mut state)
         .await
         .unwrap();
-    assert_eq!(next.at_ms, now + 5_200);
-    store.close_provider_circuit("prospeo").await.unwrap();
-    let after = store
-        .reserve_provider_slot("prospeo", 200, now, true)
+    assert_eq!(next, now + 5_200);
+    // Closed at its end: the probe passes and sees the one failure.
+    let gate = store
+        .pass_provider_gate("prospeo", &windows, now + 5_000, &mut state)
         .await
         .unwrap();
-    assert_eq!((after.at_ms, after.failures), (now + 5_400, 0));
+    assert_eq!(gate, Gate::Pass { failures: 1 });
+    store
+        .close_provider_circuit("prospeo", now + 5_001)
+        .await
+        .unwrap();
+    let gate = store
+        .pass_provider_gate("prospeo", &windows, now + 5_200, &mut state)
+        .await
+        .unwrap();
+    assert_eq!(gate, Gate::Pass { failures: 0 });
+    // Failing again later opens it again, counted once more.
+    store
+        .open_provider_circuit("prospeo", now + 9_000, now + 6_000)
+        .await
+        .unwrap();
+    store
+        .open_provider_circuit("prospeo", now + 9_000, now + 6_100)
+        .await
+        .unwrap();
+    let gate = store
+        .pass_provider_gate("prospeo", &windows, now + 9_000, &mut state)
+        .await
+        .unwrap();
+    assert_eq!(gate, Gate::Pass { failures: 1 });
 }
