@@ -14,7 +14,7 @@ help:
 	@echo "make build-lambda   build the arm64 bootstraps into target/lambda/<function>/bootstrap"
 
 setup:
-	@scripts/install-local-tools.sh
+	@scripts/install-local-tools.sh moto
 
 # Says what it does at each step; cargo shows its progress (the first build takes about 7 minutes
 # on 2 cores). `exec`: make's child is the stack itself, which gets the SIGTERM make passes on when

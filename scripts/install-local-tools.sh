@@ -3,7 +3,10 @@
 # project's own folder: moto's server mode (the SQS emulator) in .local/venv, and Schemathesis
 # (the OpenAPI conformance check, scripts/api-check.sh) in .local/venv-schemathesis.
 #
-# Idempotent: nothing is installed when the pinned version is already there.
+#   scripts/install-local-tools.sh [moto] [schemathesis]     (no argument: both)
+#
+# Idempotent: nothing is installed when the pinned version is already there. pip prints a line
+# per package it collects and installs (about a minute for moto on a fresh machine).
 set -euo pipefail
 
 MOTO_VERSION="5.2.5"
@@ -27,10 +30,19 @@ install() {
     log "installing ${spec} into ${venv}"
     rm -rf "${venv}"
     "${python}" -m venv "${venv}"
-    "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check "${spec}"
+    "${venv}/bin/python" -m pip install --disable-pip-version-check --progress-bar off "${spec}" \
+        | grep -E '^(Collecting|Installing|Successfully)' >&2 || true
+    [[ -x "${venv}/bin/${bin}" ]] || { log "pip did not install ${spec}"; exit 1; }
     log "done"
 }
 
-install "${repo_root}/.local/venv" moto "${MOTO_VERSION}" "moto[server]==${MOTO_VERSION}" moto_server
-install "${repo_root}/.local/venv-schemathesis" schemathesis "${SCHEMATHESIS_VERSION}" \
-    "schemathesis==${SCHEMATHESIS_VERSION}" schemathesis
+tools=("$@")
+[[ ${#tools[@]} -gt 0 ]] || tools=(moto schemathesis)
+for tool in "${tools[@]}"; do
+    case "${tool}" in
+    moto) install "${repo_root}/.local/venv" moto "${MOTO_VERSION}" "moto[server]==${MOTO_VERSION}" moto_server ;;
+    schemathesis) install "${repo_root}/.local/venv-schemathesis" schemathesis "${SCHEMATHESIS_VERSION}" \
+        "schemathesis==${SCHEMATHESIS_VERSION}" schemathesis ;;
+    *) log "unknown tool ${tool} (moto, schemathesis)"; exit 2 ;;
+    esac
+done

@@ -138,7 +138,7 @@ wait_for_port() {
 }
 
 # ---------------------------------------------------------------- tools and builds
-bash "${script_dir}/install-local-tools.sh"
+bash "${script_dir}/install-local-tools.sh" moto
 lambda_bin="$(bash "${script_dir}/install-lambda-tools.sh" | tail -n1)"
 export PATH="${lambda_bin}:${PATH}"
 
