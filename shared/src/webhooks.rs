@@ -312,7 +312,7 @@ pub enum UrlRefusal {
     /// Not an absolute URL of at most 2048 characters.
     #[error("url must be an absolute URL of at most 2048 characters")]
     Malformed,
-    /// Not `https` (or, on the local stack, `http://127.0.0.1:<port>`).
+    /// Another scheme than `https` (or, on the local stack, `http://127.0.0.1:<port>`).
     #[error("url must use https")]
     NotHttps,
     /// Carries a user name or password.
@@ -422,8 +422,7 @@ impl UrlPolicy {
             {
                 return Ok(Target { url, pinned: None });
             }
-            "http" => return Err(UrlRefusal::NotHttps),
-            _ => return Err(UrlRefusal::Malformed),
+            _ => return Err(UrlRefusal::NotHttps),
         }
         let port = url.port_or_known_default().unwrap_or(443);
         match host {
@@ -949,7 +948,8 @@ mod tests {
             ("https://10.0.0.5/hook", UrlRefusal::NotPublic),
             ("https://localhost/hook", UrlRefusal::NotPublic),
             ("https://user:pw@example.com/hook", UrlRefusal::Credentials),
-            ("ftp://example.com/hook", UrlRefusal::Malformed),
+            ("ftp://example.com/hook", UrlRefusal::NotHttps),
+            ("mailto:ops@example.com", UrlRefusal::Malformed),
             ("not a url", UrlRefusal::Malformed),
         ];
         for (url, refusal) in cases {
