@@ -404,9 +404,9 @@ fn limiter_update(body: &str) -> Option<(String, &'static str)> {
         .as_str()?
         .strip_prefix("PROVIDER#")?
         .to_string();
-    let sk = request["Key"]["sk"]["S"].as_str().unwrap_or_default();
     let expression = request["UpdateExpression"].as_str().unwrap_or_default();
-    let kind = if sk.starts_with("S#") || sk.starts_with("M#") {
+    let names = request["ExpressionAttributeNames"].to_string();
+    let kind = if names.contains("secondUsed") || names.contains("minuteUsed") {
         "gate"
     } else if expression.contains("ADD failures") {
         "open"
