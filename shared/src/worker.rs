@@ -169,7 +169,7 @@ impl CascadeJournal for Journal<'_> {
         {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(enrichment_id = %enrichment.id, provider, "claim lost: the enrichment ended or another worker took the job");
+                tracing::info!(enrichment_id = %enrichment.id, provider, "claim lost: the enrichment ended or another worker took the job");
                 return false;
             }
             Err(e) => {

@@ -415,7 +415,7 @@ impl Cascade {
                 budget
             };
             if !journal.before_call(name, budget.span()).await {
-                tracing::warn!(provider = name, field = %field, "cascade stopped before the provider call");
+                tracing::info!(provider = name, field = %field, "cascade stopped before the provider call");
                 return CascadeOutcome::Stopped;
             }
             // Counted in the provider's window last, so that the renewals above cannot move
