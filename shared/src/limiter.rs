@@ -320,6 +320,7 @@ impl Limiter {
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

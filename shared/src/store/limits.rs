@@ -41,21 +41,39 @@ pub struct ProviderState {
     pub minute: Option<(i64, u32)>,
 }
 
+/// The `LIMIT` item's attributes as stored; each is written by its own kind of update, so any
+/// may be missing.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LimitItem {
+    next: Option<i64>,
+    open_until: Option<i64>,
+    #[serde(default)]
+    failures: u32,
+    second_index: Option<i64>,
+    #[serde(default)]
+    second_used: u32,
+    minute_index: Option<i64>,
+    #[serde(default)]
+    minute_used: u32,
+}
+
 impl ProviderState {
-    fn read(item: Option<&Item>) -> Self {
-        let number = |name: &str| match item?.get(name)? {
-            AttributeValue::N(n) => n.parse::<i64>().ok(),
-            _ => None,
+    /// The state of the item DynamoDB returned (none: the item does not exist yet).
+    ///
+    /// Errors: an attribute of another type than the updates write ([`StoreError::Shape`]).
+    fn read(item: Option<Item>) -> Result<Self, StoreError> {
+        let Some(item) = item else {
+            return Ok(Self::default());
         };
-        let count = |name: &str| number(name).map_or(0, |n| n.clamp(0, i64::from(u32::MAX)) as u32);
-        let window = |index: &str, used: &str| number(index).map(|i| (i, count(used)));
-        Self {
-            next_ms: number("next"),
-            open_until_ms: number("openUntil"),
-            failures: count("failures"),
-            second: window("secondIndex", "secondUsed"),
-            minute: window("minuteIndex", "minuteUsed"),
-        }
+        let item: LimitItem = serde_dynamo::from_item(item).map_err(shape_error)?;
+        Ok(Self {
+            next_ms: item.next,
+            open_until_ms: item.open_until,
+            failures: item.failures,
+            second: item.second_index.map(|index| (index, item.second_used)),
+            minute: item.minute_index.map(|index| (index, item.minute_used)),
+        })
     }
 
     /// The circuit's end when it is open at `now_ms`.
@@ -199,7 +217,7 @@ impl Store {
             };
             match conditional_update(update.send().await)? {
                 Ok(output) => {
-                    *state = ProviderState::read(output.attributes.as_ref());
+                    *state = ProviderState::read(output.attributes)?;
                     let slot = match form {
                         Queue::Idle => now_ms,
                         Queue::Queued => state.next_ms.unwrap_or(now_ms),
@@ -208,7 +226,7 @@ impl Store {
                     state.next_ms = Some(slot + interval_ms);
                     return Ok(slot);
                 }
-                Err(item) => *state = ProviderState::read(item.as_ref()),
+                Err(item) => *state = ProviderState::read(item)?,
             }
         }
         Err(StoreError::Dynamo {
@@ -275,7 +293,7 @@ impl Store {
                 .condition_expression(conditions.join(" AND "));
             match conditional_update(update.send().await)? {
                 Ok(output) => {
-                    *state = ProviderState::read(output.attributes.as_ref());
+                    *state = ProviderState::read(output.attributes)?;
                     let failures = state.failures;
                     for (window, _) in windows {
                         let index = now_ms.div_euclid(window.span_ms());
@@ -288,7 +306,7 @@ impl Store {
                     return Ok(Gate::Pass { failures });
                 }
                 Err(item) => {
-                    *state = ProviderState::read(item.as_ref());
+                    *state = ProviderState::read(item)?;
                     if let Some(until_ms) = state.open_at(now_ms) {
                         return Ok(Gate::Open { until_ms });
                     }
@@ -340,9 +358,7 @@ impl Store {
             .await;
         Ok(match conditional_update(result)? {
             Ok(_) => until_ms,
-            Err(item) => ProviderState::read(item.as_ref())
-                .open_until_ms
-                .unwrap_or(until_ms),
+            Err(item) => ProviderState::read(item)?.open_until_ms.unwrap_or(until_ms),
         })
     }
 
