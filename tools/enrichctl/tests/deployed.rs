@@ -372,7 +372,7 @@ struct Moto {
 impl Moto {
     async fn start() -> Self {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let executable = local_stack::Options::for_repo(&root).moto_server;
+        let executable = root.join(".local/venv/bin/moto_server");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

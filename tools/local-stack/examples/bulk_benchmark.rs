@@ -7,9 +7,9 @@
 //!     [--singles 20] [--latency-ms 300] [--runs 3] [--max-seconds 600]
 //! ```
 //!
-//! - `--workers`: pollers of the jobs queue, where single POSTs send their jobs
+//! - `--workers`: jobs at once from the jobs queue, where single POSTs send their jobs
 //!   (`Options::worker_concurrency`, `LOCAL_WORKER_CONCURRENCY`; 5 as `make run` starts it).
-//! - `--bulk-workers`: pollers of the bulk queue, where batch and bulk requests send theirs
+//! - `--bulk-workers`: jobs at once from the bulk queue, where batch and bulk requests send theirs
 //!   (`Options::bulk_concurrency`; 2, the bulk event source mapping's maximum concurrency).
 //! - `--singles`: single POSTs sent in each half of the fairness section (one every 500 ms).
 //! - `--latency-ms`: the simulated providers' latency per request in the fairness section.

@@ -166,12 +166,12 @@ pub struct Options {
     pub max_age: Duration,
     /// Run the SQS pollers (`LOCAL_WORKER=off` leaves jobs queued).
     pub local_worker: bool,
-    /// How many jobs run at once (`LOCAL_WORKER_CONCURRENCY`): pollers receiving one message at a
-    /// time, as the event source mapping runs batches of 1 up to the worker's maximum concurrency
-    /// in `template.yaml` (default 5).
+    /// How many jobs run at once (`LOCAL_WORKER_CONCURRENCY`): invocations of one message each,
+    /// as the event source mapping runs batches of 1 up to the worker's maximum concurrency in
+    /// `template.yaml` (default 5).
     pub worker_concurrency: usize,
-    /// How many bulk jobs run at once (`LOCAL_BULK_CONCURRENCY`): the pollers of the bulk queue,
-    /// as its event source mapping's maximum concurrency in `template.yaml` (default 2), on top
+    /// How many bulk jobs run at once (`LOCAL_BULK_CONCURRENCY`): the invocations on the bulk
+    /// queue, as its event source mapping's maximum concurrency in `template.yaml` (default 2), on top
     /// of [`Options::worker_concurrency`].
     pub bulk_concurrency: usize,
     /// The SQS visibility timeout the poller receives with.
@@ -187,12 +187,13 @@ pub struct Options {
     /// benchmark) runs faster without it. Off, there is no stream and no relay: webhook events
     /// stay in the outbox.
     pub table_stream: bool,
-    /// How many pollers of the webhook queue deliver at once (`LOCAL_WEBHOOK_CONCURRENCY`),
+    /// How many invocations on the webhook queue deliver at once (`LOCAL_WEBHOOK_CONCURRENCY`),
     /// as its event source mapping's maximum concurrency in `template.yaml` (default 5), each
-    /// [`WEBHOOK_BATCH_SIZE`] messages at a time, delivered concurrently; 0: none.
+    /// of [`WEBHOOK_BATCH_SIZE`] messages, delivered concurrently; 0: none.
     pub webhook_concurrency: usize,
-    /// The moto server executable (`.local/venv/bin/moto_server`).
-    pub moto_server: PathBuf,
+    /// The Python of moto's virtual environment (`.local/venv/bin/python`), which runs moto's
+    /// server through `moto_sqs.py` (its SQS's per-message costs made constant).
+    pub moto_python: PathBuf,
     /// The known-people fixture the provider simulator answers from.
     pub fixture: PathBuf,
     /// The simulator's per-provider latency, misses, errors and rate limits (JSON, see
@@ -226,7 +227,7 @@ impl Options {
             outbox_relay: true,
             table_stream: true,
             webhook_concurrency: 5,
-            moto_server: root.join(".local/venv/bin/moto_server"),
+            moto_python: root.join(".local/venv/bin/python"),
             fixture: root.join("tools/local-stack/fixtures/known-people.json"),
             simulator_config: None,
             vars: Vars::env(),
@@ -312,10 +313,13 @@ async fn free_port() -> Result<u16, String> {
 }
 
 /// Starts moto's server on a free loopback port and waits until it answers.
-async fn start_moto(executable: &Path) -> Result<(Child, String), String> {
+/// moto's server with its SQS's per-message costs made constant (see the file's docs).
+const MOTO_SQS: &str = include_str!("moto_sqs.py");
+
+async fn start_moto(python: &Path) -> Result<(Child, String), String> {
     let port = free_port().await?;
-    let child = Command::new(executable)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    let child = Command::new(python)
+        .args(["-c", MOTO_SQS, "-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         // A process group of its own: a Ctrl-C in the terminal, or a signal to `make run`'s
@@ -324,12 +328,7 @@ async fn start_moto(executable: &Path) -> Result<(Child, String), String> {
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot start {} (run `make setup`): {e}",
-                executable.display()
-            )
-        })?;
+        .map_err(|e| format!("cannot start {} (run `make setup`): {e}", python.display()))?;
     let url = format!("http://127.0.0.1:{port}");
     let http = http_client();
     for _ in 0..1200 {
@@ -853,7 +852,7 @@ impl Stack {
         set_stream(&dynamodb, TABLE_NAME, options.table_stream).await?;
 
         // SQS: moto.
-        let (moto, sqs_url) = start_moto(&options.moto_server).await?;
+        let (moto, sqs_url) = start_moto(&options.moto_python).await?;
         tasks.push(tokio::spawn(watch_moto(
             moto,
             failure_tx,
@@ -943,12 +942,11 @@ impl Stack {
                     queue_url: url.clone(),
                     visibility_timeout: options.visibility_timeout,
                     batch_size: 1,
+                    concurrency: concurrency.max(1),
                     handler: poller::Handler::Worker(worker.clone()),
                     usage: worker_usage.clone(),
                 };
-                for _ in 0..concurrency.max(1) {
-                    tasks.push(tokio::spawn(poller.clone().run(shutdown_rx.clone())));
-                }
+                tasks.push(tokio::spawn(poller.run(shutdown_rx.clone())));
             }
         }
 
@@ -970,11 +968,12 @@ impl Stack {
             queue_url: webhook_queue_url.clone(),
             visibility_timeout: options.visibility_timeout,
             batch_size: WEBHOOK_BATCH_SIZE,
+            concurrency: options.webhook_concurrency,
             handler: poller::Handler::WebhookDelivery(webhooks),
             usage: webhook_usage.clone(),
         };
-        for _ in 0..options.webhook_concurrency {
-            tasks.push(tokio::spawn(delivery.clone().run(shutdown_rx.clone())));
+        if options.webhook_concurrency > 0 {
+            tasks.push(tokio::spawn(delivery.run(shutdown_rx.clone())));
         }
 
         let info = StackInfo {

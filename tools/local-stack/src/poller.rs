@@ -1,9 +1,15 @@
 //! Feeds SQS messages to a function's handler as the Lambda event source mapping does (AWS
-//! docs, "Using Lambda with Amazon SQS"): long-poll a batch, invoke the handler with an SQS
-//! event, delete the records that succeeded and leave the reported batch item failures to come
-//! back after the visibility timeout (and to the DLQ after the queue's maximum receive count).
-//! The worker's queues and the webhook queue are polled alike; only the handler differs
-//! ([`Handler`]).
+//! docs, "Using Lambda with Amazon SQS"): a few pollers long-poll up to 10 messages at a time,
+//! invoke the handler once per batch of [`Poller::batch_size`], up to the mapping's maximum
+//! concurrency at once, delete the records that succeeded and leave the reported batch item
+//! failures to come back after the visibility timeout (and to the DLQ after the queue's maximum
+//! receive count). The worker's queues and the webhook queue are polled alike; only the
+//! handler differs ([`Handler`]).
+//!
+//! A few receivers instead of one per concurrent invocation matters to the emulator: moto's
+//! `ReceiveMessage` walks the whole queue, and every `SendMessage` wakes every waiting long
+//! poll to walk it again, so fifty long-pollers on a queue of thousands of delayed messages
+//! spend its time scanning.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,12 +21,19 @@ use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 use enrichment::webhooks::Webhooks;
 use enrichment::worker::Worker;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// One event source poller: a queue and the handler it feeds, [`Poller::batch_size`] messages
-/// at a time. Run several clones for concurrency.
-#[derive(Clone)]
+/// The most messages one `ReceiveMessage` returns (SQS API reference, `MaxNumberOfMessages`).
+const MAX_RECEIVE: usize = 10;
+
+/// The most receivers of one queue, however high the concurrency: Lambda's event source
+/// mapping starts with five (AWS docs, "Configuring scaling behavior for SQS event source mappings").
+const MAX_RECEIVERS: usize = 5;
+
+/// One event source mapping: a queue and the handler it feeds, [`Poller::batch_size`] messages
+/// per invocation, at most [`Poller::concurrency`] invocations at once.
 pub struct Poller {
     /// SQS client of the emulator.
     pub sqs: aws_sdk_sqs::Client,
@@ -31,6 +44,8 @@ pub struct Poller {
     /// The most messages per invocation (SQS's `MaxNumberOfMessages`, 1 to 10): the event
     /// source mapping's `BatchSize` (the worker's 1, the webhook delivery's 10).
     pub batch_size: i32,
+    /// The most invocations at once (the mapping's `ScalingConfig.MaximumConcurrency`).
+    pub concurrency: usize,
     /// The function invoked with each batch, shared by the pollers.
     pub handler: Handler,
     /// Invocations and handler time, shared by the pollers.
@@ -89,40 +104,81 @@ impl WorkerUsage {
 }
 
 impl Poller {
-    /// Polls until `stop` turns true.
+    /// Polls until `stop` turns true, then drops the invocations under way (as a stopped
+    /// process would; their messages come back after the visibility timeout).
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let poller = Arc::new(self);
+        let invocations = Arc::new(Semaphore::new(poller.concurrency.max(1)));
+        let receivers = poller.concurrency.clamp(1, MAX_RECEIVERS);
+        let mut tasks = JoinSet::new();
+        for _ in 0..receivers {
+            tasks.spawn(poller.clone().receive_loop(invocations.clone()));
+        }
+        let _ = stop.wait_for(|s| *s).await;
+        tasks.shutdown().await;
+    }
+
+    fn batch_size(&self) -> i32 {
+        self.batch_size.clamp(1, MAX_RECEIVE as i32)
+    }
+
+    /// One receiver: waits for a free invocation, receives as many messages as the free
+    /// invocations take (at most 10) and invokes the handler on each batch in its own task.
+    async fn receive_loop(self: Arc<Self>, invocations: Arc<Semaphore>) {
+        let mut running = JoinSet::new();
         loop {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                _ = self.poll_once() => {}
+            while running.try_join_next().is_some() {}
+            let Ok(first) = invocations.clone().acquire_owned().await else {
+                return;
+            };
+            let mut permits = vec![first];
+            let per_invocation = self.batch_size() as usize;
+            while (permits.len() + 1) * per_invocation <= MAX_RECEIVE {
+                match invocations.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let messages = self.receive(permits.len() * per_invocation).await;
+            // Invocations the messages did not fill are given back as `permits` drops.
+            for (batch, permit) in messages.chunks(per_invocation).zip(permits) {
+                let poller = self.clone();
+                let batch = batch.to_vec();
+                running.spawn(async move { poller.invoke(batch, permit).await });
             }
         }
     }
 
-    /// Receives one batch (long poll of 1 s), runs it and deletes what succeeded. Returns the
-    /// number of messages received.
-    pub async fn poll_once(&self) -> usize {
+    /// One `ReceiveMessage` of up to `count` messages (long poll of 1 s); none on an error,
+    /// after a second's pause.
+    async fn receive(&self, count: usize) -> Vec<aws_sdk_sqs::types::Message> {
         let received = self
             .sqs
             .receive_message()
             .queue_url(&self.queue_url)
-            .max_number_of_messages(self.batch_size.clamp(1, 10))
+            .max_number_of_messages(count.clamp(1, MAX_RECEIVE) as i32)
             .wait_time_seconds(1)
             .visibility_timeout(self.visibility_timeout.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .send()
             .await;
-        let messages = match received {
+        match received {
             Ok(output) => output.messages.unwrap_or_default(),
             Err(e) => {
                 tracing::warn!(error = %DisplayErrorContext(&e), "ReceiveMessage failed");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                return 0;
+                Vec::new()
             }
-        };
-        if messages.is_empty() {
-            return 0;
         }
+    }
+
+    /// Invokes the handler with one batch, holding one of the mapping's invocations, and
+    /// deletes the messages it did not report as failures.
+    async fn invoke(
+        &self,
+        messages: Vec<aws_sdk_sqs::types::Message>,
+        _invocation: OwnedSemaphorePermit,
+    ) {
         let records: Vec<SqsMessage> = messages
             .iter()
             .map(|m| {
@@ -179,6 +235,5 @@ impl Poller {
         {
             tracing::warn!(error = %DisplayErrorContext(&e), "DeleteMessageBatch failed; the messages will be redelivered");
         }
-        messages.len()
     }
 }

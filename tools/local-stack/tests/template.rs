@@ -347,12 +347,12 @@ async fn gateway_serves_the_template_routes(template: &Value, gateway_url: &str)
     assert_eq!(routes, expected);
 }
 
-/// The worker's event sources in the template and the pollers of the local stack: one per
-/// queue, each a batch of one with partial batch responses, the bulk one with its own maximum
-/// concurrency (at least 2, Lambda's minimum for an SQS event source), as many local pollers
-/// per queue as the template's default.
+/// The worker's event sources in the template and those of the local stack: one per queue,
+/// each a batch of one with partial batch responses, the bulk one with its own maximum
+/// concurrency (at least 2, Lambda's minimum for an SQS event source), the local stack running
+/// as many jobs at once per queue as the template's default.
 #[test]
-fn worker_event_sources_match_the_local_pollers() {
+fn worker_event_sources_match_the_local_ones() {
     let template = template();
     let defaults = Options::for_repo(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
     let default_of = |parameter: &str| {
@@ -360,7 +360,7 @@ fn worker_event_sources_match_the_local_pollers() {
             .as_u64()
             .unwrap_or_else(|| panic!("{parameter} has no default"))
     };
-    for (mapping, queue, parameter, pollers) in [
+    for (mapping, queue, parameter, concurrency) in [
         (
             "WorkerJobsEventSource",
             "JobsQueue",
@@ -389,7 +389,7 @@ fn worker_event_sources_match_the_local_pollers() {
             parameter
         );
         assert!(template["Parameters"][parameter]["MinValue"].as_u64() >= Some(2));
-        assert_eq!(default_of(parameter), pollers as u64, "{parameter}");
+        assert_eq!(default_of(parameter), concurrency as u64, "{parameter}");
     }
 }
 
