@@ -6,17 +6,22 @@
 //!
 //! 1. **Queue** ([`Limiter::admit`], [`Store::reserve_provider_slot`]): a call reserves a
 //!    slot, a generic cell rate algorithm (GCRA) whose theoretical arrival time is shared.
-//!    Slots are spaced evenly, [`SPACING_MARGIN`] wider than the rate. A slot less than
-//!    [`MAX_SLEEP`] away is waited for in the worker; a later one defers the job: sent back to
-//!    the queue with `DelaySeconds` up to the slot and the slot in its message, so no Lambda
-//!    waits, and the job does not reserve again when it comes back.
+//!    Slots are spaced evenly, [`SPACING_MARGIN`] wider than the rate, so a calendar second
+//!    holds no more slots than the limit, and a call may start anywhere in its slot's second
+//!    ([`start_of_second`]). A second that starts less than [`MAX_SLEEP`] away is waited for
+//!    in the worker; a later one defers the job: sent back to the queue with the whole
+//!    seconds of `DelaySeconds` that bring it back inside that second ([`deferral`]) and the
+//!    slot in its message, so no Lambda waits, and the job does not reserve again when it
+//!    comes back. (Coming back at the slot itself would take up to a second more.)
 //! 2. **Gate** ([`Limiter::gate`], [`Store::pass_provider_gate`]): right before the request
 //!    leaves (after the claim's renewal), the call is counted in its calendar second (and
 //!    minute) on condition the window holds fewer than the limit and the circuit is closed.
 //!    The queue spreads the jobs so that about one window's worth comes back per window, but
-//!    SQS delays are whole seconds and a job may come back late: the gate is what keeps each
-//!    window within the limit, whenever the calls come. A full window defers the job to the
-//!    next one, with that as its slot.
+//!    a job may come back late: the gate is what keeps each window within the limit, whenever
+//!    the calls come. A full window defers the job to the next one, with that as its slot. A
+//!    call is counted in the window [`WINDOW_GUARD`] ahead of the clock and, when that is the
+//!    next second, waits for it to start: a request leaving in a second's last milliseconds
+//!    would reach the provider in the next one, where it was not counted.
 //!
 //! **Circuit.** A limited provider that cannot answer (429, 5xx, time-out, connection error)
 //! opens its circuit, unless it is open already (the failures of calls that were under way
@@ -29,8 +34,9 @@
 //!
 //! **Cost.** A call whose slot is near makes two `UpdateItem`s on the item (reservation and
 //! gate); a deferred job's call, two in all too (the reservation before its deferral, the
-//! gate when it comes back). A form guessed wrong from this process's last view of the item
-//! adds one; an opening and a reset of the circuit add one each.
+//! gate when it comes back). A job that comes back to a full window adds one per window it
+//! finds full; a form guessed wrong from this process's last view of the item adds one; an
+//! opening and a reset of the circuit add one each.
 //!
 //! A provider without a limit is called as before: its failures are the cascade's errors.
 
@@ -47,6 +53,23 @@ use crate::store::{Gate, ProviderState, Store, StoreError, Window};
 /// The longest wait for a slot inside the worker; a later slot defers the job. SQS delays are
 /// whole seconds, so a shorter deferral would not be shorter.
 pub const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// How far ahead of the clock the gate counts a call ([`Limiter::gate`]): more than a
+/// request takes to reach the provider once it leaves.
+pub const WINDOW_GUARD: Duration = Duration::from_millis(25);
+
+/// The start of the calendar second that holds `at_ms` (Unix milliseconds).
+pub fn start_of_second(at_ms: i64) -> i64 {
+    at_ms - at_ms.rem_euclid(1_000)
+}
+
+/// The `DelaySeconds` (whole seconds, as SQS takes them) that bring a job sent back at `now_ms`
+/// inside the calendar second of its slot `at_ms`: never before that second starts, less
+/// than a second after.
+pub fn deferral(at_ms: i64, now_ms: i64) -> Duration {
+    let wait_ms = u64::try_from(start_of_second(at_ms) - now_ms).unwrap_or(0);
+    Duration::from_secs(wait_ms.div_ceil(1_000))
+}
 
 /// The circuit's first backoff, doubled per failure since the last good answer.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
@@ -155,15 +178,17 @@ impl Limiter {
         self.limits.contains_key(provider)
     }
 
-    /// Time spent in this process waiting for slots ([`MAX_SLEEP`] at most each).
+    /// Time spent in this process waiting for slots ([`MAX_SLEEP`] at most each) and for the
+    /// gate's window to start ([`WINDOW_GUARD`] at most each).
     pub fn slept(&self) -> Duration {
         Duration::from_micros(self.slept_micros.load(Ordering::Relaxed))
     }
 
     /// The queue, before a call to `provider`: with `held`, the slot this job was deferred to
     /// (no DynamoDB call); otherwise a new slot is reserved (one `UpdateItem`). The job is to
-    /// be deferred to a slot more than [`MAX_SLEEP`] away, and waits here for a nearer one. A
-    /// provider without a limit is always [`Admission::Go`].
+    /// be deferred to a slot whose calendar second starts more than [`MAX_SLEEP`] away, and
+    /// waits here for a nearer one to start. A provider without a limit is always
+    /// [`Admission::Go`].
     ///
     /// Errors: DynamoDB failures (the job is given again by its event source).
     pub async fn admit(
@@ -178,8 +203,9 @@ impl Limiter {
             Some(held) => held.at_ms,
             None => self.reserve(provider, *interval).await?,
         };
-        let wait =
-            Duration::from_millis(u64::try_from(slot - Utc::now().timestamp_millis()).unwrap_or(0));
+        let wait = Duration::from_millis(
+            u64::try_from(start_of_second(slot) - Utc::now().timestamp_millis()).unwrap_or(0),
+        );
         if wait > MAX_SLEEP {
             return Ok(Admission::Defer(ProviderSlot {
                 provider: provider.to_string(),
@@ -187,16 +213,21 @@ impl Limiter {
             }));
         }
         if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-            let micros = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
-            self.slept_micros.fetch_add(micros, Ordering::Relaxed);
+            self.sleep(wait).await;
         }
         Ok(Admission::Go { failures: 0 })
     }
 
+    async fn sleep(&self, wait: Duration) {
+        tokio::time::sleep(wait).await;
+        let micros = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+        self.slept_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
     /// The gate, right before the request to `provider` leaves: the call is counted in its
-    /// calendar windows (one `UpdateItem`). A full window defers the job to the next one (its
-    /// slot); an open circuit, to a slot reserved after it (one `UpdateItem` more). A provider
+    /// calendar windows [`WINDOW_GUARD`] ahead (one `UpdateItem`), and waits for them to start
+    /// when they are the next ones. A full window defers the job to the next one (its slot);
+    /// an open circuit, to a slot reserved after it (one `UpdateItem` more). A provider
     /// without a limit is always [`Admission::Go`].
     ///
     /// Errors: DynamoDB failures.
@@ -212,18 +243,20 @@ impl Limiter {
         .filter_map(|(window, n)| Some((window, n.filter(|n| *n > 0)?)))
         .collect();
         let mut state = self.seen(provider);
+        let counted_at = Utc::now().timestamp_millis() + WINDOW_GUARD.as_millis() as i64;
         let gate = self
             .store
-            .pass_provider_gate(
-                provider,
-                &windows,
-                Utc::now().timestamp_millis(),
-                &mut state,
-            )
+            .pass_provider_gate(provider, &windows, counted_at, &mut state)
             .await;
         self.remember(provider, state);
         let at_ms = match gate? {
-            Gate::Pass { failures } => return Ok(Admission::Go { failures }),
+            Gate::Pass { failures } => {
+                let early = start_of_second(counted_at) - Utc::now().timestamp_millis();
+                if let Ok(early @ 1..) = u64::try_from(early) {
+                    self.sleep(Duration::from_millis(early)).await;
+                }
+                return Ok(Admission::Go { failures });
+            }
             Gate::Full { until_ms } => {
                 tracing::info!(provider, "provider's window full: deferred to the next");
                 until_ms
@@ -245,8 +278,8 @@ impl Limiter {
 
     /// `provider` could not answer (`retry_after`: its own wait, when it said one): opens its
     /// circuit for that wait, or [`backoff`] of its `failures` so far, at most
-    /// [`BACKOFF_MAX`], unless it is open already; returns how long until it closes, after
-    /// which the job is to run again.
+    /// [`BACKOFF_MAX`], rounded up to a whole second, unless it is open already; returns how
+    /// long until it closes, after which the job is to run again.
     pub async fn unavailable(
         &self,
         provider: &str,
@@ -257,7 +290,10 @@ impl Limiter {
             .unwrap_or_else(|| backoff(failures))
             .clamp(Duration::from_secs(1), BACKOFF_MAX);
         let now = Utc::now().timestamp_millis();
-        let until = now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+        // Ends on a second's start, so that jobs brought back inside the second of the first
+        // slot after it ([`deferral`]) never come back before it.
+        let until =
+            start_of_second(now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 4) + 999);
         let until = match self.store.open_provider_circuit(provider, until, now).await {
             Ok(until) => until,
             Err(e) => {
@@ -340,6 +376,24 @@ mod tests {
         assert_eq!(limit(None, Some(60)).interval(), Some(ms(1050)));
         // 10 a second but 120 a minute: one every 500 ms, 525 with the margin.
         assert_eq!(limit(Some(10), Some(120)).interval(), Some(ms(525)));
+    }
+
+    #[test]
+    fn a_deferred_job_comes_back_inside_its_slots_second() {
+        let s = Duration::from_secs;
+        // Sent back at 10.400 s for a slot at 12.300 s: 2 s brings it to 12.400 s, inside the
+        // slot's second (rounding the 1.9 s up from the slot itself would give 13.400 s).
+        assert_eq!(deferral(12_300, 10_400), s(2));
+        // For a slot at 12.700 s: 2 s too, 300 ms before it but in its second.
+        assert_eq!(deferral(12_700, 10_400), s(2));
+        // Never before the slot's second starts.
+        assert_eq!(deferral(12_000, 10_400), s(2));
+        assert_eq!(deferral(11_999, 10_400), s(1));
+        // A slot in the current second or gone: no delay.
+        assert_eq!(deferral(10_900, 10_400), s(0));
+        assert_eq!(deferral(9_000, 10_400), s(0));
+        assert_eq!(start_of_second(12_999), 12_000);
+        assert_eq!(start_of_second(-1), -1_000);
     }
 
     #[test]

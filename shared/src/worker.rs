@@ -131,15 +131,14 @@ struct Journal<'a> {
 }
 
 impl Journal<'_> {
-    /// Keeps `slot` for the job's message and returns the delay to it: SQS delays are whole
-    /// seconds, so the job comes back at the slot, never before it.
+    /// Keeps `slot` for the job's message and returns the delay that brings the job back
+    /// inside the slot's calendar second ([`crate::limiter::deferral`]).
     fn defer_to(&self, slot: ProviderSlot) -> Duration {
-        let wait_ms = slot.at_ms - Utc::now().timestamp_millis();
-        let delay = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
+        let delay = crate::limiter::deferral(slot.at_ms, Utc::now().timestamp_millis());
         if let Ok(mut deferred) = self.deferred_to.lock() {
             *deferred = Some(slot);
         }
-        Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0))
+        delay
     }
 }
 

@@ -954,6 +954,48 @@ async fn a_providers_window_passes_its_limit_and_no_more_across_concurrent_worke
 }
 
 #[tokio::test]
+async fn a_call_gated_in_a_seconds_last_milliseconds_leaves_well_inside_the_second_it_is_counted_in()
+ {
+    use crate::limiter::{Admission, Limiter, ProviderLimit, WINDOW_GUARD};
+    let store = table().await;
+    let limit = ProviderLimit {
+        per_second: Some(10),
+        per_minute: None,
+    };
+    let limiter = Limiter::new(store.clone(), [("pdl", limit)]);
+    let guard = WINDOW_GUARD.as_millis() as i64;
+    for fraction in [10, 500, 1_000 - guard / 2, 1_000 - guard + 1] {
+        // `fraction` ms into the second after the next.
+        let now = Utc::now().timestamp_millis();
+        let at = now - now.rem_euclid(1_000) + 2_000 + fraction;
+        tokio::time::sleep(Duration::from_millis((at - now) as u64)).await;
+        assert_eq!(
+            limiter.gate("pdl").await.unwrap(),
+            Admission::Go { failures: 0 }
+        );
+        let left = Utc::now().timestamp_millis();
+        let item = store
+            .client
+            .get_item()
+            .table_name(&store.table)
+            .set_key(Some(Store::key("PROVIDER#pdl", "LIMIT")))
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap();
+        let counted: i64 = item["secondIndex"].as_n().unwrap().parse().unwrap();
+        // The request leaves in the second it was counted in, at least the guard before its
+        // end: it reaches the provider in that second.
+        assert_eq!(left.div_euclid(1_000), counted, "{fraction} ms in");
+        assert!(
+            left + guard <= (counted + 1) * 1_000,
+            "{fraction} ms in: left {left}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_open_circuit_passes_no_call_gives_slots_after_it_and_counts_one_failure_an_opening() {
     let store = table().await;
     let now = Utc::now().timestamp_millis();
