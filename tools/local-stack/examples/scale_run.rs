@@ -19,9 +19,9 @@
 //!   (and every eighth person's phones), each as a single POST or, about 30% of the emails, in
 //!   batches of 10 (`POST .../enrichment/batch`), at times drawn uniformly over the first
 //!   `--spread-seconds` of the run.
-//! - `--workers`: pollers of the jobs queue (single POSTs; `Options::worker_concurrency`, the
-//!   template's `WorkerMaxConcurrency`); `--bulk-workers` (default: the same): pollers of the
-//!   bulk queue (batches and bulks; `Options::bulk_concurrency`, `WorkerBulkMaxConcurrency`,
+//! - `--workers`: jobs at once from the jobs queue (single POSTs; `Options::worker_concurrency`,
+//!   the template's `WorkerMaxConcurrency`); `--bulk-workers` (default: the same): jobs at once
+//!   from the bulk queue (batches and bulks; `Options::bulk_concurrency`, `WorkerBulkMaxConcurrency`,
 //!   whose template default is 2). Each is a separate event source.
 //! - `--outage FROM,TO`: Prospeo answers 500 to everything in that span of the run (seconds
 //!   after its start); `none`: no outage.
@@ -894,6 +894,9 @@ async fn run_in(
     let mut options = private_options(root, state_dir, &plan.known, &config, vars)?;
     options.worker_concurrency = args.workers;
     options.bulk_concurrency = bulk_workers;
+    // No webhooks here: without the table's stream the embedded DynamoDB's writes keep their
+    // cost through the run's tens of thousands (`Options::table_stream`).
+    options.table_stream = false;
     let stack = Stack::start(options).await?;
     let simulator_started = Instant::now();
     let result = tokio::select! {
