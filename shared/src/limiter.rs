@@ -60,15 +60,21 @@ pub const WINDOW_GUARD: Duration = Duration::from_millis(25);
 
 /// The start of the calendar second that holds `at_ms` (Unix milliseconds).
 pub fn start_of_second(at_ms: i64) -> i64 {
-    at_ms - at_ms.rem_euclid(1_000)
+    at_ms - at_ms.rem_euclid(Window::Second.span_ms())
+}
+
+/// How long from `now_ms` until the calendar second that holds `at_ms` starts; zero once it
+/// has.
+fn until_second_of(at_ms: i64, now_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(start_of_second(at_ms) - now_ms).unwrap_or(0))
 }
 
 /// The `DelaySeconds` (whole seconds, as SQS takes them) that bring a job sent back at `now_ms`
 /// inside the calendar second of its slot `at_ms`: never before that second starts, less
 /// than a second after.
 pub fn deferral(at_ms: i64, now_ms: i64) -> Duration {
-    let wait_ms = u64::try_from(start_of_second(at_ms) - now_ms).unwrap_or(0);
-    Duration::from_secs(wait_ms.div_ceil(1_000))
+    let wait = until_second_of(at_ms, now_ms);
+    Duration::from_secs(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
 }
 
 /// The circuit's first backoff, doubled per failure since the last good answer.
@@ -203,22 +209,22 @@ impl Limiter {
             Some(held) => held.at_ms,
             None => self.reserve(provider, *interval).await?,
         };
-        let wait = Duration::from_millis(
-            u64::try_from(start_of_second(slot) - Utc::now().timestamp_millis()).unwrap_or(0),
-        );
+        let wait = until_second_of(slot, Utc::now().timestamp_millis());
         if wait > MAX_SLEEP {
             return Ok(Admission::Defer(ProviderSlot {
                 provider: provider.to_string(),
                 at_ms: slot,
             }));
         }
-        if !wait.is_zero() {
-            self.sleep(wait).await;
-        }
+        self.sleep(wait).await;
         Ok(Admission::Go { failures: 0 })
     }
 
+    /// Waits `wait` (none when zero) and counts it in [`Limiter::slept`].
     async fn sleep(&self, wait: Duration) {
+        if wait.is_zero() {
+            return;
+        }
         tokio::time::sleep(wait).await;
         let micros = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
         self.slept_micros.fetch_add(micros, Ordering::Relaxed);
@@ -251,10 +257,8 @@ impl Limiter {
         self.remember(provider, state);
         let at_ms = match gate? {
             Gate::Pass { failures } => {
-                let early = start_of_second(counted_at) - Utc::now().timestamp_millis();
-                if let Ok(early @ 1..) = u64::try_from(early) {
-                    self.sleep(Duration::from_millis(early)).await;
-                }
+                self.sleep(until_second_of(counted_at, Utc::now().timestamp_millis()))
+                    .await;
                 return Ok(Admission::Go { failures });
             }
             Gate::Full { until_ms } => {

@@ -21,8 +21,8 @@
 //!   `--spread-seconds` of the run.
 //! - `--workers`: jobs at once from the jobs queue (single POSTs; `Options::worker_concurrency`,
 //!   the template's `WorkerMaxConcurrency`); `--bulk-workers` (default: the same): jobs at once
-//!   from the bulk queue (batches and bulks; `Options::bulk_concurrency`, `WorkerBulkMaxConcurrency`,
-//!   whose template default is 2). Each is a separate event source.
+//!   from the bulk queue (batches and bulks; `Options::bulk_concurrency`,
+//!   `WorkerBulkMaxConcurrency`, whose template default is 2). Each is a separate event source.
 //! - `--outage FROM,TO`: Prospeo answers 500 to everything in that span of the run (seconds
 //!   after its start); `none`: no outage.
 //! - `--idle-baseline`: the small orgs alone, the same people at the same times, without the

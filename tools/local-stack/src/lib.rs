@@ -171,8 +171,8 @@ pub struct Options {
     /// `template.yaml` (default 5).
     pub worker_concurrency: usize,
     /// How many bulk jobs run at once (`LOCAL_BULK_CONCURRENCY`): the invocations on the bulk
-    /// queue, as its event source mapping's maximum concurrency in `template.yaml` (default 2), on top
-    /// of [`Options::worker_concurrency`].
+    /// queue, as its event source mapping's maximum concurrency in `template.yaml` (default 2),
+    /// on top of [`Options::worker_concurrency`].
     pub bulk_concurrency: usize,
     /// The SQS visibility timeout the poller receives with.
     pub visibility_timeout: Duration,
@@ -312,10 +312,11 @@ async fn free_port() -> Result<u16, String> {
     Ok(loopback_listener(0).await?.1.port())
 }
 
-/// Starts moto's server on a free loopback port and waits until it answers.
 /// moto's server with its SQS's per-message costs made constant (see the file's docs).
 const MOTO_SQS: &str = include_str!("moto_sqs.py");
 
+/// Starts moto's server ([`MOTO_SQS`], run by `python`) on a free loopback port and waits
+/// until it answers.
 async fn start_moto(python: &Path) -> Result<(Child, String), String> {
     let port = free_port().await?;
     let child = Command::new(python)

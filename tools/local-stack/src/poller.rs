@@ -29,7 +29,8 @@ use tokio::time::Instant;
 const MAX_RECEIVE: usize = 10;
 
 /// The most receivers of one queue, however high the concurrency: Lambda's event source
-/// mapping starts with five (AWS docs, "Configuring scaling behavior for SQS event source mappings").
+/// mapping starts with five (AWS docs, "Configuring scaling behavior for SQS event source
+/// mappings").
 const MAX_RECEIVERS: usize = 5;
 
 /// One event source mapping: a queue and the handler it feeds, [`Poller::batch_size`] messages
@@ -46,9 +47,9 @@ pub struct Poller {
     pub batch_size: i32,
     /// The most invocations at once (the mapping's `ScalingConfig.MaximumConcurrency`).
     pub concurrency: usize,
-    /// The function invoked with each batch, shared by the pollers.
+    /// The function invoked with each batch, shared by the receivers.
     pub handler: Handler,
-    /// Invocations and handler time, shared by the pollers.
+    /// Invocations and handler time, shared by the receivers.
     pub usage: Arc<WorkerUsage>,
 }
 
