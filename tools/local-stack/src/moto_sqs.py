@@ -12,7 +12,10 @@ the same values:
 - the retention check: the queue's `MessageRetentionPeriod` read alone;
 - the approximate counts (`ApproximateNumberOf*`): one walk for the three, kept for the
   millisecond it was taken in (SQS documents them as approximate);
-- DeleteMessage: one walk of the queue instead of two;
+- DeleteMessage: one walk of the queue instead of two, and the message removed from the list in
+  place. moto rebuilds the list without the message and assigns it, so a message another of its
+  threads (the server is threaded) appended meanwhile was lost. (Not under the queue's lock:
+  long polls hold it while they walk the queue.)
 - no access log line per request (the stack discards moto's output anyway).
 
 Run as `python -c <this file> -H 127.0.0.1 -p PORT`; the arguments are moto_server's.
@@ -61,11 +64,16 @@ def counts(queue):
 def delete_message(self, receipt_handle):
     if receipt_handle in self.deleted_messages:
         return
-    for index, message in enumerate(self._messages):
+    # A copy, then one `remove`: each a single list operation, whole under the interpreter lock,
+    # as SendMessage's `append` is.
+    for message in list(self._messages):
         if message.had_receipt_handle(receipt_handle):
             self.pending_messages.discard(message)
             self.deleted_messages.update(message.all_receipt_handles)
-            self._messages = self._messages[:index] + self._messages[index + 1 :]
+            try:
+                self._messages.remove(message)
+            except ValueError:
+                pass  # deleted meanwhile through another of its receipt handles
             return
     raise sqs.ReceiptHandleIsInvalid()
 
