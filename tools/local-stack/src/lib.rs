@@ -943,7 +943,7 @@ impl Stack {
                     queue_url: url.clone(),
                     visibility_timeout: options.visibility_timeout,
                     batch_size: 1,
-                    concurrency: concurrency.max(1),
+                    concurrency,
                     handler: poller::Handler::Worker(worker.clone()),
                     usage: worker_usage.clone(),
                 };

@@ -45,7 +45,8 @@ pub struct Poller {
     /// The most messages per invocation (SQS's `MaxNumberOfMessages`, 1 to 10): the event
     /// source mapping's `BatchSize` (the worker's 1, the webhook delivery's 10).
     pub batch_size: i32,
-    /// The most invocations at once (the mapping's `ScalingConfig.MaximumConcurrency`).
+    /// The most invocations at once (the mapping's `ScalingConfig.MaximumConcurrency`); 0 runs
+    /// one, as 1 does.
     pub concurrency: usize,
     /// The function invoked with each batch, shared by the receivers.
     pub handler: Handler,
