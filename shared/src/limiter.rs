@@ -38,6 +38,16 @@
 //! finds full; a form guessed wrong from this process's last view of the item adds one; an
 //! opening and a reset of the circuit add one each.
 //!
+//! **Fairness.** A bulk's jobs (the bulk queue's, [`Lane::Bulk`]) take slots only while the
+//! queue's end is within [`BULK_HORIZON`] of the clock. Past it, a bulk's job takes a ticket in
+//! the bulks' own line (`bulkNext`, spaced as the slots are, starting at the queue's end) and is
+//! deferred to it without a slot, to reserve again then, when the calls queued before it are
+//! done. A bulk thus comes into the queue at the provider's rate as it empties, and a single or
+//! a batch that comes later waits behind at most the horizon of bulk calls, not behind the
+//! whole bulk. The queues' fair mode (one message group per org) keeps one org's jobs from
+//! holding the workers; this keeps them from holding the provider slots. A bulk's call costs
+//! one `UpdateItem` more per ticket it takes.
+//!
 //! A provider without a limit is called as before: its failures are the cascade's errors.
 
 use std::collections::HashMap;
@@ -48,7 +58,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Gate, ProviderState, Store, StoreError, Window};
+use crate::store::{Gate, ProviderState, Reservation, Store, StoreError, Window};
 
 /// The longest wait for a slot inside the worker; a later slot defers the job. SQS delays are
 /// whole seconds, so a shorter deferral would not be shorter.
@@ -87,6 +97,21 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How much wider than the configured rate calls are spaced (5%): two calls a slot apart never
 /// reach the provider inside one of its windows for the jitter of their requests.
 pub const SPACING_MARGIN: f64 = 1.05;
+
+/// How far ahead of the clock a bulk's job may take a provider call slot ([`Lane::Bulk`]): at
+/// most this much of bulk calls is queued ahead of an interactive job that comes later.
+pub const BULK_HORIZON: Duration = Duration::from_secs(4);
+
+/// Which line a job joins in a provider's call queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Lane {
+    /// Singles and batches (the jobs queue): a slot at the queue's end.
+    #[default]
+    Interactive,
+    /// A bulk's jobs (the bulk queue): a slot only within [`BULK_HORIZON`] of the clock, else a
+    /// ticket in the bulks' own line and the job tries again then.
+    Bulk,
+}
 
 /// A provider's configured rate: `per_second` and/or `per_minute` calls, each at least 1.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -149,6 +174,12 @@ pub enum Admission {
     },
     /// Defer the job to the slot.
     Defer(ProviderSlot),
+    /// Defer the job without a slot, to reserve again at `at_ms` (Unix milliseconds): a bulk's
+    /// ticket ([`Lane::Bulk`]).
+    Retry {
+        /// Unix milliseconds.
+        at_ms: i64,
+    },
 }
 
 /// The shared limits of the providers that have one. Build once per process.
@@ -191,9 +222,10 @@ impl Limiter {
     }
 
     /// The queue, before a call to `provider`: with `held`, the slot this job was deferred to
-    /// (no DynamoDB call); otherwise a new slot is reserved (one `UpdateItem`). The job is to
-    /// be deferred to a slot whose calendar second starts more than [`MAX_SLEEP`] away, and
-    /// waits here for a nearer one to start. A provider without a limit is always
+    /// (no DynamoDB call); otherwise a new slot is reserved in `lane` (one `UpdateItem`). The
+    /// job is to be deferred to a slot whose calendar second starts more than [`MAX_SLEEP`]
+    /// away, and waits here for a nearer one to start; a bulk's job that got a ticket instead
+    /// is to be deferred to it ([`Admission::Retry`]). A provider without a limit is always
     /// [`Admission::Go`].
     ///
     /// Errors: DynamoDB failures (the job is given again by its event source).
@@ -201,13 +233,17 @@ impl Limiter {
         &self,
         provider: &str,
         held: Option<&ProviderSlot>,
+        lane: Lane,
     ) -> Result<Admission, StoreError> {
         let Some((_, interval)) = self.limits.get(provider) else {
             return Ok(Admission::Go { failures: 0 });
         };
         let slot = match held.filter(|slot| slot.provider == provider) {
             Some(held) => held.at_ms,
-            None => self.reserve(provider, *interval).await?,
+            None => match self.reserve(provider, *interval, lane).await? {
+                Reservation::Slot(slot) => slot,
+                Reservation::Ticket(at_ms) => return Ok(Admission::Retry { at_ms }),
+            },
         };
         let wait = until_second_of(slot, Utc::now().timestamp_millis());
         if wait > MAX_SLEEP {
@@ -233,11 +269,11 @@ impl Limiter {
     /// The gate, right before the request to `provider` leaves: the call is counted in its
     /// calendar windows [`WINDOW_GUARD`] ahead (one `UpdateItem`), and waits for them to start
     /// when they are the next ones. A full window defers the job to the next one (its slot);
-    /// an open circuit, to a slot reserved after it (one `UpdateItem` more). A provider
-    /// without a limit is always [`Admission::Go`].
+    /// an open circuit, to a slot reserved in `lane` after it (one `UpdateItem` more). A
+    /// provider without a limit is always [`Admission::Go`].
     ///
     /// Errors: DynamoDB failures.
-    pub async fn gate(&self, provider: &str) -> Result<Admission, StoreError> {
+    pub async fn gate(&self, provider: &str, lane: Lane) -> Result<Admission, StoreError> {
         let Some((limit, interval)) = self.limits.get(provider) else {
             return Ok(Admission::Go { failures: 0 });
         };
@@ -271,7 +307,10 @@ impl Limiter {
                     until_ms,
                     "provider's circuit open: deferred past it"
                 );
-                self.reserve(provider, *interval).await?
+                match self.reserve(provider, *interval, lane).await? {
+                    Reservation::Slot(slot) => slot,
+                    Reservation::Ticket(at_ms) => return Ok(Admission::Retry { at_ms }),
+                }
             }
         };
         Ok(Admission::Defer(ProviderSlot {
@@ -331,8 +370,14 @@ impl Limiter {
         }
     }
 
-    async fn reserve(&self, provider: &str, interval: Duration) -> Result<i64, StoreError> {
+    async fn reserve(
+        &self,
+        provider: &str,
+        interval: Duration,
+        lane: Lane,
+    ) -> Result<Reservation, StoreError> {
         let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX / 2);
+        let horizon_ms = (lane == Lane::Bulk).then(|| BULK_HORIZON.as_millis() as i64);
         let mut state = self.seen(provider);
         let slot = self
             .store
@@ -340,6 +385,7 @@ impl Limiter {
                 provider,
                 interval_ms,
                 Utc::now().timestamp_millis(),
+                horizon_ms,
                 &mut state,
             )
             .await;

@@ -17,7 +17,7 @@ use crate::domain::{
     timestamp, timestamp_before,
 };
 use crate::identity::{IdentityKeys, email_key};
-use crate::limiter::{Admission, Limiter, ProviderSlot};
+use crate::limiter::{Admission, Lane, Limiter, ProviderSlot};
 use crate::providers::PersonQuery;
 use crate::providers::cascade::{Cascade, CascadeJournal, CascadeOutcome};
 use crate::queue::SqsJobQueue;
@@ -126,6 +126,8 @@ struct Journal<'a> {
     limiter: &'a Limiter,
     /// The call slot the job came back for, if it was deferred to one.
     held: Option<&'a ProviderSlot>,
+    /// The job's line in the providers' call queues: a bulk's when it came from the bulk queue.
+    lane: Lane,
     /// The slot the job is now deferred to (set by [`CascadeJournal::admit`]).
     deferred_to: std::sync::Mutex<Option<ProviderSlot>>,
 }
@@ -139,6 +141,30 @@ impl Journal<'_> {
             *deferred = Some(slot);
         }
         delay
+    }
+
+    /// The job's answer to the limiter's `admission` (of a call to `provider`): `Ok(failures)`
+    /// to go on, or the delay to defer the job (`failed`: what could not be done, on a
+    /// DynamoDB error, after which the job comes back in a second).
+    fn admitted(
+        &self,
+        provider: &str,
+        admission: Result<Admission, StoreError>,
+        failed: &str,
+    ) -> Result<u32, Duration> {
+        match admission {
+            Ok(Admission::Go { failures }) => Ok(failures),
+            Ok(Admission::Defer(slot)) => Err(self.defer_to(slot)),
+            Ok(Admission::Retry { at_ms }) => Err(crate::limiter::deferral(
+                at_ms,
+                Utc::now().timestamp_millis(),
+            )
+            .max(Duration::from_secs(1))),
+            Err(e) => {
+                tracing::warn!(provider, error = %e, "could not {failed}; deferred");
+                Err(Duration::from_secs(1))
+            }
+        }
     }
 }
 
@@ -241,25 +267,14 @@ impl CascadeJournal for Journal<'_> {
     }
 
     async fn admit(&self, provider: &str) -> Result<(), Duration> {
-        match self.limiter.admit(provider, self.held).await {
-            Ok(Admission::Go { .. }) => Ok(()),
-            Ok(Admission::Defer(slot)) => Err(self.defer_to(slot)),
-            Err(e) => {
-                tracing::warn!(provider, error = %e, "could not reserve a call slot; deferred");
-                Err(Duration::from_secs(1))
-            }
-        }
+        let admission = self.limiter.admit(provider, self.held, self.lane).await;
+        self.admitted(provider, admission, "reserve a call slot")
+            .map(|_| ())
     }
 
     async fn gate(&self, provider: &str) -> Result<u32, Duration> {
-        match self.limiter.gate(provider).await {
-            Ok(Admission::Go { failures }) => Ok(failures),
-            Ok(Admission::Defer(slot)) => Err(self.defer_to(slot)),
-            Err(e) => {
-                tracing::warn!(provider, error = %e, "could not count the call in its window; deferred");
-                Err(Duration::from_secs(1))
-            }
-        }
+        let admission = self.limiter.gate(provider, self.lane).await;
+        self.admitted(provider, admission, "count the call in its window")
     }
 
     async fn unavailable(
@@ -402,6 +417,15 @@ impl Worker {
     pub fn with_bulk_queue(mut self, queue: SqsJobQueue) -> Self {
         self.bulk_queue = Some(queue);
         self
+    }
+
+    /// The line in the providers' call queues of a job delivered by `queue`: the bulk queue's
+    /// jobs are a bulk's ([`Lane::Bulk`]).
+    fn lane_of(&self, queue: &SqsJobQueue) -> Lane {
+        match &self.bulk_queue {
+            Some(bulk) if bulk.name() == queue.name() => Lane::Bulk,
+            _ => Lane::Interactive,
+        }
     }
 
     /// The queue `record` came from: the bulk queue when its `eventSourceARN` ends with the bulk
@@ -588,6 +612,7 @@ impl Worker {
             max_age: self.config.max_age,
             limiter: &self.limiter,
             held: held_slot,
+            lane: delivery.map_or(Lane::Interactive, |d| self.lane_of(d.queue)),
             deferred_to: std::sync::Mutex::new(None),
         };
         let outcome = self

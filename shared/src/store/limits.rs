@@ -3,6 +3,8 @@
 //!
 //! - `next`: Unix milliseconds, the earliest start of the next reserved call (a GCRA's
 //!   theoretical arrival time: the queue);
+//! - `bulkNext`: Unix milliseconds, the next ticket of the bulks' own line, for when the queue
+//!   runs too far ahead for a bulk's job to join it (see [`crate::limiter`], fairness);
 //! - `secondIndex` / `secondUsed` and `minuteIndex` / `minuteUsed`: the calendar second (minute)
 //!   since the epoch calls last started in, and how many did (the gate);
 //! - `openUntil`: Unix milliseconds, until when the circuit is open; `failures`: the openings
@@ -31,6 +33,8 @@ fn limit_key(provider: &str) -> Item {
 pub struct ProviderState {
     /// `next`, Unix milliseconds.
     pub next_ms: Option<i64>,
+    /// `bulkNext`, Unix milliseconds.
+    pub bulk_next_ms: Option<i64>,
     /// `openUntil`, Unix milliseconds.
     pub open_until_ms: Option<i64>,
     /// `failures`.
@@ -47,6 +51,7 @@ pub struct ProviderState {
 #[serde(rename_all = "camelCase")]
 struct LimitItem {
     next: Option<i64>,
+    bulk_next: Option<i64>,
     open_until: Option<i64>,
     #[serde(default)]
     failures: u32,
@@ -69,6 +74,7 @@ impl ProviderState {
         let item: LimitItem = serde_dynamo::from_item(item).map_err(shape_error)?;
         Ok(Self {
             next_ms: item.next,
+            bulk_next_ms: item.bulk_next,
             open_until_ms: item.open_until,
             failures: item.failures,
             second: item.second_index.map(|index| (index, item.second_used)),
@@ -80,6 +86,23 @@ impl ProviderState {
     fn open_at(&self, now_ms: i64) -> Option<i64> {
         self.open_until_ms.filter(|until| *until > now_ms)
     }
+
+    /// When the next reservation's slot would be: after the queued calls and the open circuit
+    /// (`None`: now, nothing queued).
+    fn queue_end(&self) -> Option<i64> {
+        self.next_ms.max(self.open_until_ms)
+    }
+}
+
+/// What a reservation got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// A call slot: the call may start in its calendar second (Unix milliseconds).
+    Slot(i64),
+    /// A bulk's job found the queue running past its horizon: no slot, but a ticket in the
+    /// bulks' own line (Unix milliseconds), spaced by the same interval, when it is to try
+    /// again.
+    Ticket(i64),
 }
 
 /// A calendar window of a provider's limit: a second or a minute.
@@ -143,7 +166,7 @@ pub enum Gate {
     },
 }
 
-/// The reservation's three forms, exclusive by their conditions.
+/// The reservation's forms, exclusive by their conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Queue {
     /// No call queued and the circuit closed: the slot is now.
@@ -152,10 +175,25 @@ enum Queue {
     Queued,
     /// The circuit open past `next`: the slot is `openUntil`, the probe's.
     AfterCircuit,
+    /// A bulk's job, the queue's end past its horizon: a ticket at `base` (the queue's end:
+    /// when the calls queued now are done), the bulks' line being idle until then.
+    TicketIdle { base: i64 },
+    /// The same, the bulks' line (`bulkNext`) at or after `base`: the ticket is `bulkNext`.
+    TicketQueued { base: i64 },
 }
 
 impl Queue {
-    fn of(state: &ProviderState, now_ms: i64) -> Self {
+    /// The form `state` calls for at `now_ms`; `horizon_ms`: a bulk's job's horizon.
+    fn of(state: &ProviderState, now_ms: i64, horizon_ms: Option<i64>) -> Self {
+        if let (Some(horizon), Some(end)) = (horizon_ms, state.queue_end())
+            && end > now_ms + horizon
+        {
+            let base = end;
+            return match state.bulk_next_ms {
+                Some(bulk) if bulk >= base => Queue::TicketQueued { base },
+                _ => Queue::TicketIdle { base },
+            };
+        }
         match (state.next_ms, state.open_at(now_ms)) {
             (Some(next), None) if next >= now_ms => Queue::Queued,
             (_, None) => Queue::Idle,
@@ -167,11 +205,23 @@ impl Queue {
 
 const CIRCUIT_CLOSED: &str = "(attribute_not_exists(#open) OR #open <= :now)";
 
+/// The queue's end (after its calls and the circuit) is within a bulk's horizon.
+const WITHIN_HORIZON: &str = "(attribute_not_exists(#next) OR #next <= :horizon) AND (attribute_not_exists(#open) OR #open <= :horizon)";
+
+/// The queue's end is past a bulk's horizon.
+const PAST_HORIZON: &str = "(#next > :horizon OR #open > :horizon)";
+
 impl Store {
     /// Reserves `provider`'s next call slot, `interval_ms` after the one before it, and
     /// returns it (Unix milliseconds): now when no call is queued, else `next`, and never
-    /// before an open circuit's end. One conditional `UpdateItem` when `state` is current, one
-    /// more per form it guessed wrong; `state` is left as the item is after the write.
+    /// before an open circuit's end. A bulk's job (`horizon_ms`: how far ahead of `now_ms` it
+    /// may take a slot) gets one only while the queue's end is within its horizon; past it, a
+    /// [`Reservation::Ticket`] in the bulks' own line, which starts at the queue's end (when
+    /// the calls queued now are done), so that the queue never holds more than the horizon of
+    /// bulk calls ahead of a later interactive one, and a ticket's job finds a slot near when
+    /// it comes back. One conditional `UpdateItem` when `state` is
+    /// current, one more per form it guessed wrong; `state` is left as the item is after the
+    /// write.
     ///
     /// Errors: DynamoDB failures, or the item kept changing under [`TRIES`] tries.
     pub async fn reserve_provider_slot(
@@ -179,10 +229,11 @@ impl Store {
         provider: &str,
         interval_ms: i64,
         now_ms: i64,
+        horizon_ms: Option<i64>,
         state: &mut ProviderState,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<Reservation, StoreError> {
         for _ in 0..TRIES {
-            let form = Queue::of(state, now_ms);
+            let form = Queue::of(state, now_ms, horizon_ms);
             let update = self
                 .client
                 .update_item()
@@ -190,41 +241,79 @@ impl Store {
                 .set_key(Some(limit_key(provider)))
                 .expression_attribute_names("#next", "next")
                 .expression_attribute_names("#open", "openUntil")
-                .expression_attribute_values(":now", n(now_ms))
                 .return_values(ReturnValue::AllOld)
                 .return_values_on_condition_check_failure(
                     ReturnValuesOnConditionCheckFailure::AllOld,
                 );
+            let update = match horizon_ms {
+                Some(horizon) => {
+                    update.expression_attribute_values(":horizon", n(now_ms + horizon))
+                }
+                None => update,
+            };
+            // A bulk's job takes a slot on condition the queue's end is within its horizon (the
+            // idle form's own condition implies it, but every value given must be used).
+            let within = if horizon_ms.is_some() {
+                format!(" AND {WITHIN_HORIZON}")
+            } else {
+                String::new()
+            };
             let update = match form {
                 Queue::Idle => update
                     .update_expression("SET #next = :after")
                     .condition_expression(format!(
-                        "(attribute_not_exists(#next) OR #next < :now) AND {CIRCUIT_CLOSED}"
+                        "(attribute_not_exists(#next) OR #next < :now) AND {CIRCUIT_CLOSED}{within}"
                     ))
+                    .expression_attribute_values(":now", n(now_ms))
                     .expression_attribute_values(":after", n(now_ms + interval_ms)),
                 Queue::Queued => update
                     .update_expression("SET #next = #next + :interval")
-                    .condition_expression(
-                        "#next >= :now AND (attribute_not_exists(#open) OR #open <= #next)",
-                    )
+                    .condition_expression(format!(
+                        "#next >= :now AND (attribute_not_exists(#open) OR #open <= #next){within}"
+                    ))
+                    .expression_attribute_values(":now", n(now_ms))
                     .expression_attribute_values(":interval", n(interval_ms)),
                 Queue::AfterCircuit => update
                     .update_expression("SET #next = #open + :interval")
-                    .condition_expression(
-                        "#open > :now AND (attribute_not_exists(#next) OR #next < #open)",
-                    )
+                    .condition_expression(format!(
+                        "#open > :now AND (attribute_not_exists(#next) OR #next < #open){within}"
+                    ))
+                    .expression_attribute_values(":now", n(now_ms))
+                    .expression_attribute_values(":interval", n(interval_ms)),
+                Queue::TicketIdle { base } => update
+                    .update_expression("SET #bulk = :after")
+                    .condition_expression(format!(
+                        "{PAST_HORIZON} AND (attribute_not_exists(#bulk) OR #bulk < :base)"
+                    ))
+                    .expression_attribute_names("#bulk", "bulkNext")
+                    .expression_attribute_values(":base", n(base))
+                    .expression_attribute_values(":after", n(base + interval_ms)),
+                Queue::TicketQueued { base } => update
+                    .update_expression("SET #bulk = #bulk + :interval")
+                    .condition_expression(format!("{PAST_HORIZON} AND #bulk >= :base"))
+                    .expression_attribute_names("#bulk", "bulkNext")
+                    .expression_attribute_values(":base", n(base))
                     .expression_attribute_values(":interval", n(interval_ms)),
             };
             match conditional_update(update.send().await)? {
                 Ok(output) => {
                     *state = ProviderState::read(output.attributes)?;
-                    let slot = match form {
-                        Queue::Idle => now_ms,
-                        Queue::Queued => state.next_ms.unwrap_or(now_ms),
-                        Queue::AfterCircuit => state.open_until_ms.unwrap_or(now_ms),
+                    let reservation = match form {
+                        Queue::Idle => Reservation::Slot(now_ms),
+                        Queue::Queued => Reservation::Slot(state.next_ms.unwrap_or(now_ms)),
+                        Queue::AfterCircuit => {
+                            Reservation::Slot(state.open_until_ms.unwrap_or(now_ms))
+                        }
+                        Queue::TicketIdle { base } => Reservation::Ticket(base),
+                        Queue::TicketQueued { base } => {
+                            Reservation::Ticket(state.bulk_next_ms.unwrap_or(base))
+                        }
                     };
-                    state.next_ms = Some(slot + interval_ms);
-                    return Ok(slot);
+                    match reservation {
+                        Reservation::Slot(slot) => state.next_ms = Some(slot + interval_ms),
+                        Reservation::Ticket(at) => state.bulk_next_ms = Some(at + interval_ms),
+                    }
+                    return Ok(reservation);
                 }
                 Err(item) => *state = ProviderState::read(item)?,
             }

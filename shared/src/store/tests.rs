@@ -852,7 +852,7 @@ async fn provider_slots_are_spaced_by_the_interval_across_concurrent_workers() {
                 state.next_ms = Some(now + 60_000);
             }
             store
-                .reserve_provider_slot("hunter", 100, now, &mut state)
+                .reserve_provider_slot("hunter", 100, now, None, &mut state)
                 .await
                 .unwrap()
         }
@@ -860,32 +860,97 @@ async fn provider_slots_are_spaced_by_the_interval_across_concurrent_workers() {
     let mut slots: Vec<i64> = futures::future::join_all(reservations)
         .await
         .into_iter()
-        .map(|slot| slot - now)
+        .map(|reservation| match reservation {
+            Reservation::Slot(slot) => slot - now,
+            ticket => panic!("an interactive job got {ticket:?}"),
+        })
         .collect();
     slots.sort();
     assert_eq!(slots, (0..30).map(|i| i * 100).collect::<Vec<i64>>());
     // Another provider has its own line.
     let mut state = ProviderState::default();
     let other = store
-        .reserve_provider_slot("pdl", 100, now, &mut state)
+        .reserve_provider_slot("pdl", 100, now, None, &mut state)
         .await
         .unwrap();
-    assert_eq!(other, now);
+    assert_eq!(other, Reservation::Slot(now));
     // Idle again later: the next slot is now, not in the past (no saved-up burst), and the
     // state a worker keeps is the item's.
     let later = now + 10_000;
     let mut state = ProviderState::default();
     let slot = store
-        .reserve_provider_slot("hunter", 100, later, &mut state)
+        .reserve_provider_slot("hunter", 100, later, None, &mut state)
         .await
         .unwrap();
-    assert_eq!((slot, state.next_ms), (later, Some(later + 100)));
+    assert_eq!(
+        (slot, state.next_ms),
+        (Reservation::Slot(later), Some(later + 100))
+    );
     let mut stale = ProviderState::default();
     let slot = store
-        .reserve_provider_slot("hunter", 100, later, &mut stale)
+        .reserve_provider_slot("hunter", 100, later, None, &mut stale)
         .await
         .unwrap();
-    assert_eq!((slot, stale.next_ms), (later + 100, Some(later + 200)));
+    assert_eq!(
+        (slot, stale.next_ms),
+        (Reservation::Slot(later + 100), Some(later + 200))
+    );
+}
+
+#[tokio::test]
+async fn a_bulks_jobs_take_slots_within_their_horizon_and_tickets_in_their_own_line_past_it() {
+    let store = table().await;
+    let now = Utc::now().timestamp_millis();
+    let reserve = |horizon_ms: Option<i64>, at: i64| {
+        let store = store.clone();
+        async move {
+            let mut state = ProviderState::default();
+            store
+                .reserve_provider_slot("hunter", 100, at, horizon_ms, &mut state)
+                .await
+                .unwrap()
+        }
+    };
+    // 20 of a bulk's jobs at once, a horizon of 1 s: slots up to 1 s ahead, then tickets from
+    // the queue's end, spaced as the slots are.
+    let bulk = (0..20).map(|_| reserve(Some(1_000), now));
+    let (mut slots, mut tickets) = (Vec::new(), Vec::new());
+    for reservation in futures::future::join_all(bulk).await {
+        match reservation {
+            Reservation::Slot(at) => slots.push(at - now),
+            Reservation::Ticket(at) => tickets.push(at - now),
+        }
+    }
+    slots.sort();
+    tickets.sort();
+    assert_eq!(slots, (0..=10).map(|i| i * 100).collect::<Vec<i64>>());
+    assert_eq!(tickets, (11..=19).map(|i| i * 100).collect::<Vec<i64>>());
+    // A single that comes later is next in the queue, not behind the nine tickets.
+    assert_eq!(reserve(None, now).await, Reservation::Slot(now + 1_100));
+    // A ticket's job comes back while the queue's end is still past its horizon: it goes to
+    // the end of the bulks' line.
+    assert_eq!(
+        reserve(Some(1_000), now + 100).await,
+        Reservation::Ticket(now + 2_000)
+    );
+    // Within the horizon again: a slot at the queue's end.
+    assert_eq!(
+        reserve(Some(1_000), now + 300).await,
+        Reservation::Slot(now + 1_200)
+    );
+    // An open circuit past the horizon gives tickets too; the probe's slot stays a single's.
+    store
+        .open_provider_circuit("hunter", now + 10_000, now + 400)
+        .await
+        .unwrap();
+    assert_eq!(
+        reserve(Some(1_000), now + 500).await,
+        Reservation::Ticket(now + 10_000)
+    );
+    assert_eq!(
+        reserve(None, now + 500).await,
+        Reservation::Slot(now + 10_000)
+    );
 }
 
 #[tokio::test]
@@ -956,7 +1021,7 @@ async fn a_providers_window_passes_its_limit_and_no_more_across_concurrent_worke
 #[tokio::test]
 async fn a_call_gated_in_a_seconds_last_milliseconds_leaves_well_inside_the_second_it_is_counted_in()
  {
-    use crate::limiter::{Admission, Limiter, ProviderLimit, WINDOW_GUARD};
+    use crate::limiter::{Admission, Lane, Limiter, ProviderLimit, WINDOW_GUARD};
     let store = table().await;
     let limit = ProviderLimit {
         per_second: Some(10),
@@ -970,7 +1035,7 @@ async fn a_call_gated_in_a_seconds_last_milliseconds_leaves_well_inside_the_seco
         let at = now - now.rem_euclid(1_000) + 2_000 + fraction;
         tokio::time::sleep(Duration::from_millis((at - now) as u64)).await;
         assert_eq!(
-            limiter.gate("pdl").await.unwrap(),
+            limiter.gate("pdl", Lane::Interactive).await.unwrap(),
             Admission::Go { failures: 0 }
         );
         let left = Utc::now().timestamp_millis();
@@ -1030,15 +1095,15 @@ async fn an_open_circuit_passes_no_call_gives_slots_after_it_and_counts_one_fail
     // Slots are given after it: the first is the probe's.
     let mut state = ProviderState::default();
     let probe = store
-        .reserve_provider_slot("prospeo", 200, now, &mut state)
+        .reserve_provider_slot("prospeo", 200, now, None, &mut state)
         .await
         .unwrap();
-    assert_eq!(probe, now + 5_000);
+    assert_eq!(probe, Reservation::Slot(now + 5_000));
     let next = store
-        .reserve_provider_slot("prospeo", 200, now, &mut state)
+        .reserve_provider_slot("prospeo", 200, now, None, &mut state)
         .await
         .unwrap();
-    assert_eq!(next, now + 5_200);
+    assert_eq!(next, Reservation::Slot(now + 5_200));
     // Closed at its end: the probe passes and sees the one failure.
     let gate = store
         .pass_provider_gate("prospeo", &windows, now + 5_000, &mut state)

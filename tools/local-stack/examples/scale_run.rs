@@ -32,7 +32,8 @@
 //! - `--timeline`: also print, per 10 s of the run, the enrichments ended, each provider's
 //!   requests, rate-limited answers, 500s and circuits opened, and how far ahead each
 //!   provider's next free slot was; then each circuit opening (when, its wait, the failures
-//!   the caller's slot had seen).
+//!   the caller's slot had seen); and the small orgs' time to `finished` by when they were
+//!   sent (per 30 s of the spread).
 //!
 //! A request answered 503 or 429 is sent again after 2, 4, 8, 16, 32 s (as a client would);
 //! its enrichments' time counts from the first send.
@@ -1610,6 +1611,23 @@ fn print_report(args: &Args, plan: &Plan, m: &Measured) {
             seconds(values.last().copied()),
             values.len()
         );
+    }
+    if args.timeline {
+        // Where the small orgs' tail is: their time to `finished` by when they were sent.
+        for from in (0..args.spread.as_secs()).step_by(30) {
+            let values = durations(&m.tracks, |i, t| {
+                let sent = t.posted.map(|p| (p - m.run_started).num_seconds());
+                small(i) && sent.is_some_and(|s| s >= from as i64 && s < from as i64 + 30)
+            });
+            println!(
+                "{:<44}{:>9}{:>9}{:>9}{:>7}",
+                format!("  small orgs, sent {from} s to {} s", from + 30),
+                seconds(percentile(&values, 50.0)),
+                seconds(percentile(&values, 95.0)),
+                seconds(values.last().copied()),
+                values.len()
+            );
+        }
     }
     if let Some((answer, sent)) = m.bulk {
         let attempts = bulk_org

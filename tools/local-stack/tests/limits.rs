@@ -16,12 +16,13 @@ use helpers::{add_person, ledger, private_options, simulator_stats};
 
 const ORG: &str = "org_limits";
 
-/// A stack whose worker reads the jobs queue (8 pollers), with `vars` over the environment and
-/// the simulator `profile`; `ORG` holds `credits`.
+/// A stack whose worker reads the jobs queue and the bulk queue (8 pollers each), with `vars`
+/// over the environment and the simulator `profile`; `ORG` holds `credits`.
 async fn stack(vars: &[(&'static str, &str)], profile: Value, credits: i64) -> Stack {
     let mut options = private_options();
     options.local_worker = true;
     options.worker_concurrency = 8;
+    options.bulk_concurrency = 8;
     std::fs::create_dir_all(&options.state_dir).unwrap();
     let simulator = options.state_dir.join("simulator.json");
     std::fs::write(&simulator, profile.to_string()).unwrap();
@@ -33,6 +34,55 @@ async fn stack(vars: &[(&'static str, &str)], profile: Value, credits: i64) -> S
     stack
 }
 
+/// `count` new people of `org`, unknown to the simulator (Hunter's no match), named after
+/// `org` (no two orgs' people share a fingerprint, and so a global cache entry).
+async fn unknown_people(stack: &Stack, org: &str, count: usize) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let person = Person {
+            id: Uuid::new_v4(),
+            first_name: Some(format!("Person{i}")),
+            last_name: Some(format!("Limited {org}")),
+            company_domain: Some("ratelimit.test".into()),
+            ..Person::default()
+        };
+        add_person(stack, org, &person).await;
+        ids.push(person.id);
+    }
+    ids
+}
+
+/// The enrichment URL (`field=emails`) of each of `people`.
+fn email_urls(stack: &Stack, people: &[Uuid]) -> Vec<String> {
+    people
+        .iter()
+        .map(|id| {
+            format!(
+                "{}/api/v1/operations/enrichment/{id}?field=emails",
+                stack.info.gateway_url
+            )
+        })
+        .collect()
+}
+
+/// The status of each enrichment of `urls` (`GET`).
+async fn statuses(http: &reqwest::Client, token: &str, urls: &[String]) -> Vec<String> {
+    let mut statuses = Vec::new();
+    for url in urls {
+        let body: Value = http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        statuses.push(body["status"].as_str().unwrap_or_default().to_string());
+    }
+    statuses
+}
+
 /// `count` people of `ORG` (unknown to the simulator: Hunter's no match), their emails
 /// enriched at once; waits (within `within`) until none is pending and returns the statuses.
 async fn enrich_many(stack: &Stack, count: usize, within: Duration) -> Vec<String> {
@@ -40,40 +90,15 @@ async fn enrich_many(stack: &Stack, count: usize, within: Duration) -> Vec<Strin
     let token = stack
         .token("user_limits", ORG, Duration::from_secs(600))
         .unwrap();
-    let mut urls = Vec::new();
-    for i in 0..count {
-        let person = Person {
-            id: Uuid::new_v4(),
-            first_name: Some(format!("Person{i}")),
-            last_name: Some("Limited".into()),
-            company_domain: Some("ratelimit.test".into()),
-            ..Person::default()
-        };
-        add_person(stack, ORG, &person).await;
-        urls.push(format!(
-            "{}/api/v1/operations/enrichment/{}?field=emails",
-            stack.info.gateway_url, person.id
-        ));
-    }
+    let people = unknown_people(stack, ORG, count).await;
+    let urls = email_urls(stack, &people);
     for url in &urls {
         let accepted = http.post(url).bearer_auth(&token).send().await.unwrap();
         assert_eq!(accepted.status().as_u16(), 200);
     }
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let mut statuses = Vec::new();
-        for url in &urls {
-            let body: Value = http
-                .get(url)
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            statuses.push(body["status"].as_str().unwrap_or_default().to_string());
-        }
+        let statuses = statuses(&http, &token, &urls).await;
         if statuses.iter().all(|s| s != "pending") {
             return statuses;
         }
@@ -135,5 +160,113 @@ async fn an_outage_defers_the_jobs_of_a_limited_provider_until_it_answers_again(
         "each person asked once after the outage: {stats}"
     );
     assert_eq!(ledger(&stack.store, ORG, 100).await.0, 85);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_single_waits_behind_a_few_seconds_of_a_bulk_not_the_whole_bulk() {
+    // Hunter at 2 calls a second (the simulator's limit too): a bulk of 40 takes about 20 s.
+    let profile = json!({"providers": {"hunter": {"rate_limit_per_second": 2}}});
+    let vars = [
+        ("EMAIL_PROVIDERS", "hunter"),
+        ("PROVIDER_RETRIES", "0"),
+        ("HUNTER_RATE_PER_SECOND", "2"),
+    ];
+    let stack = stack(&vars, profile, 300).await;
+    const SINGLE_ORG: &str = "org_limits_single";
+    stack.store.grant_credits(SINGLE_ORG, 10).await.unwrap();
+    let http = reqwest::Client::new();
+    let bulk_token = stack
+        .token("user_bulk", ORG, Duration::from_secs(600))
+        .unwrap();
+    let single_token = stack
+        .token("user_single", SINGLE_ORG, Duration::from_secs(600))
+        .unwrap();
+    let bulk_people = unknown_people(&stack, ORG, 40).await;
+    let single_person = unknown_people(&stack, SINGLE_ORG, 1).await;
+    let (bulk_urls, single_url) = (
+        email_urls(&stack, &bulk_people),
+        email_urls(&stack, &single_person),
+    );
+
+    let bulk = http
+        .post(format!(
+            "{}/api/v1/operations/enrichment/bulk",
+            stack.info.gateway_url
+        ))
+        .bearer_auth(&bulk_token)
+        .json(
+            &json!({"selection": {"mode": "manual", "includedIds": bulk_people},
+                      "field": "emails"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bulk.status().as_u16(), 200);
+    // The bulk's jobs start once its hold ends: the single is sent when the first has ended,
+    // every job of the bulk by then in the bulk queue and Hunter's queue.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while statuses(&http, &bulk_token, &bulk_urls)
+        .await
+        .iter()
+        .all(|s| s == "pending")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bulk never started"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sent = http
+        .post(&single_url[0])
+        .bearer_auth(&single_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status().as_u16(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while statuses(&http, &single_token, &single_url).await[0] == "pending" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the single never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Behind all 40 the single would end with the bulk; behind the horizon's few seconds of
+    // it (`BULK_HORIZON`: 4 s, 8 calls), with most of the bulk still to run.
+    let bulk_left = statuses(&http, &bulk_token, &bulk_urls)
+        .await
+        .iter()
+        .filter(|s| *s == "pending")
+        .count();
+    assert!(
+        bulk_left >= 15,
+        "{bulk_left} of the bulk's 40 still pending"
+    );
+    assert_eq!(
+        statuses(&http, &single_token, &single_url).await,
+        ["finished"]
+    );
+
+    // The bulk ends too, every call within the limit, each person asked once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let statuses = statuses(&http, &bulk_token, &bulk_urls).await;
+        if statuses.iter().all(|s| s != "pending") {
+            assert!(statuses.iter().all(|s| s == "finished"), "{statuses:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still pending: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let stats = simulator_stats(&stack).await;
+    assert_eq!(stats["hunter"]["rate_limited"], 0, "{stats}");
+    assert_eq!(stats["hunter"]["requests"], 41, "{stats}");
+    // Each enrichment charged once (5 credits), none refunded (a miss is not).
+    assert_eq!(ledger(&stack.store, ORG, 300).await.0, 300 - 40 * 5);
+    assert_eq!(ledger(&stack.store, SINGLE_ORG, 10).await, (5, vec![-5]));
     stack.shutdown().await;
 }
