@@ -538,7 +538,11 @@ impl Enrichments {
         }
         let jobs: Vec<Job> = plan
             .iter()
-            .map(|(_, p)| Job::from(&p.enrichment).with_cache(cache))
+            .map(|(_, p)| {
+                Job::from(&p.enrichment)
+                    .with_cache(cache)
+                    .in_bulk(origin != Origin::Batch)
+            })
             .collect();
         let left = budget::left_before(deadline, budget::RESPONSE_MARGIN);
         match tokio::time::timeout(

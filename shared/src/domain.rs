@@ -277,7 +277,7 @@ impl CacheUse {
 /// One enrichment job: what the trigger queues and the worker runs (the SQS message body or the
 /// Step Functions execution input), as JSON
 /// (`{"enrichmentId", "orgId", "personId", "field"}`, and `"cache": "fresh"` for a request
-/// that opted out of the global cache).
+/// that opted out of the global cache, `"bulk": true` for a bulk enrichment's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
@@ -292,6 +292,11 @@ pub struct Job {
     /// Whether the worker may serve it from the global cache.
     #[serde(default, skip_serializing_if = "CacheUse::is_allowed")]
     pub cache: CacheUse,
+    /// Part of a bulk enrichment (`POST .../enrichment/bulk`, spec operations-api "Bulk
+    /// enrichment"), `"bulk": true`: its provider calls wait in the bulks' line
+    /// ([`crate::limiter::Lane::Bulk`]), behind singles and batches.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bulk: bool,
 }
 
 /// Jobs sent together in one SQS message by a batch or bulk enrichment, held until the request
@@ -321,6 +326,7 @@ impl From<&Enrichment> for Job {
             person_id: e.entity_id,
             field: e.field,
             cache: CacheUse::Allowed,
+            bulk: false,
         }
     }
 }
@@ -330,12 +336,36 @@ impl Job {
     pub fn with_cache(self, cache: CacheUse) -> Self {
         Self { cache, ..self }
     }
+
+    /// The same job, part of a bulk enrichment (`bulk`) or not.
+    pub fn in_bulk(self, bulk: bool) -> Self {
+        Self { bulk, ..self }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_jobs_message_says_bulk_only_for_a_bulks_job_and_reads_without_it() {
+        let job = Job {
+            enrichment_id: Uuid::nil(),
+            org_id: "org_1".into(),
+            person_id: Uuid::nil(),
+            field: Field::Emails,
+            cache: CacheUse::Allowed,
+            bulk: false,
+        };
+        let single = serde_json::to_value(&job).unwrap();
+        assert_eq!(single.get("bulk"), None);
+        let bulk = serde_json::to_value(job.clone().in_bulk(true)).unwrap();
+        assert_eq!(bulk["bulk"], true);
+        // A message queued before the field existed reads as not a bulk's.
+        assert_eq!(serde_json::from_value::<Job>(single).unwrap(), job);
+        assert!(serde_json::from_value::<Job>(bulk).unwrap().bulk);
+    }
 
     #[test]
     fn timestamps_have_milliseconds_and_z() {

@@ -38,7 +38,7 @@
 //! finds full; a form guessed wrong from this process's last view of the item adds one; an
 //! opening and a reset of the circuit add one each.
 //!
-//! **Fairness.** A bulk's jobs (the bulk queue's, [`Lane::Bulk`]) take slots only while the
+//! **Fairness.** A bulk enrichment's jobs ([`Lane::Bulk`]) take slots only while the
 //! queue's end is within [`BULK_HORIZON`] of the clock. Past it, a bulk's job takes a ticket in
 //! the bulks' own line (`bulkNext`, spaced as the slots are, starting at the queue's end) and is
 //! deferred to it without a slot, to reserve again then, when the calls queued before it are
@@ -105,11 +105,12 @@ pub const BULK_HORIZON: Duration = Duration::from_secs(4);
 /// Which line a job joins in a provider's call queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Lane {
-    /// Singles and batches (the jobs queue): a slot at the queue's end.
+    /// Singles and batches: a slot at the queue's end.
     #[default]
     Interactive,
-    /// A bulk's jobs (the bulk queue): a slot only within [`BULK_HORIZON`] of the clock, else a
-    /// ticket in the bulks' own line and the job tries again then.
+    /// A bulk enrichment's jobs ([`crate::domain::Job::bulk`]): a slot only within
+    /// [`BULK_HORIZON`] of the clock, else a ticket in the bulks' own line and the job tries
+    /// again then.
     Bulk,
 }
 

@@ -126,7 +126,7 @@ struct Journal<'a> {
     limiter: &'a Limiter,
     /// The call slot the job came back for, if it was deferred to one.
     held: Option<&'a ProviderSlot>,
-    /// The job's line in the providers' call queues: a bulk's when it came from the bulk queue.
+    /// The job's line in the providers' call queues: the bulks' for a bulk enrichment's job.
     lane: Lane,
     /// The slot the job is now deferred to (set by [`CascadeJournal::admit`]).
     deferred_to: std::sync::Mutex<Option<ProviderSlot>>,
@@ -419,15 +419,6 @@ impl Worker {
         self
     }
 
-    /// The line in the providers' call queues of a job delivered by `queue`: the bulk queue's
-    /// jobs are a bulk's ([`Lane::Bulk`]).
-    fn lane_of(&self, queue: &SqsJobQueue) -> Lane {
-        match &self.bulk_queue {
-            Some(bulk) if bulk.name() == queue.name() => Lane::Bulk,
-            _ => Lane::Interactive,
-        }
-    }
-
     /// The queue `record` came from: the bulk queue when its `eventSourceARN` ends with the bulk
     /// queue's name, else the jobs queue.
     fn queue_of(&self, record: &SqsMessage) -> Option<&SqsJobQueue> {
@@ -508,7 +499,7 @@ impl Worker {
             return Ok(JobOutcome::Completed(Box::new(ended)));
         }
         match self
-            .run_claimed(&claimed, job.cache, &token, deadline, delivery, held_slot)
+            .run_claimed(&claimed, job, &token, deadline, delivery, held_slot)
             .await
         {
             Ok(JobOutcome::Completed(done)) => Ok(JobOutcome::Completed(done)),
@@ -532,12 +523,13 @@ impl Worker {
     async fn run_claimed(
         &self,
         claimed: &EnrichmentRecord,
-        cache: CacheUse,
+        job: &Job,
         token: &str,
         deadline: Instant,
         delivery: Option<&Delivery<'_>>,
         held_slot: Option<&ProviderSlot>,
     ) -> Result<JobOutcome, StoreError> {
+        let (cache, bulk) = (job.cache, job.bulk);
         let enrichment = &claimed.enrichment;
         let field = enrichment.field;
         let Some(person) = self
@@ -612,7 +604,7 @@ impl Worker {
             max_age: self.config.max_age,
             limiter: &self.limiter,
             held: held_slot,
-            lane: delivery.map_or(Lane::Interactive, |d| self.lane_of(d.queue)),
+            lane: if bulk { Lane::Bulk } else { Lane::Interactive },
             deferred_to: std::sync::Mutex::new(None),
         };
         let outcome = self

@@ -766,6 +766,7 @@ fn pending_job(item: &HashMap<String, AttributeValue>) -> Option<Job> {
         person_id: Uuid::parse_str(text("entityId")?).ok()?,
         field: text("field")?.parse::<Field>().ok()?,
         cache: Default::default(),
+        bulk: false,
     })
 }
 

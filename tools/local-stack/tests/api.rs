@@ -589,6 +589,7 @@ async fn pending_job(stack: &Stack, org: &str, person: &Person) -> Job {
         person_id: person.id,
         field: Field::Emails,
         cache: Default::default(),
+        bulk: false,
     }
 }
 
@@ -768,6 +769,7 @@ async fn duplicate_delivery_runs_the_providers_once() {
         person_id: person.id,
         field: Field::Emails,
         cache: Default::default(),
+        bulk: false,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let (a, b) = tokio::join!(worker.run(&job, deadline), worker.run(&job, deadline));

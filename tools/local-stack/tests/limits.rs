@@ -164,46 +164,47 @@ async fn an_outage_defers_the_jobs_of_a_limited_provider_until_it_answers_again(
 }
 
 #[tokio::test]
-async fn a_single_waits_behind_a_few_seconds_of_a_bulk_not_the_whole_bulk() {
-    // Hunter at 2 calls a second (the simulator's limit too): a bulk of 40 takes about 20 s.
-    let profile = json!({"providers": {"hunter": {"rate_limit_per_second": 2}}});
+async fn a_single_and_a_batch_wait_behind_a_few_seconds_of_a_bulk_not_the_whole_bulk() {
+    // Hunter at 1 call a second (the simulator's limit too): a bulk of 40 takes about 42 s.
+    let profile = json!({"providers": {"hunter": {"rate_limit_per_second": 1}}});
     let vars = [
         ("EMAIL_PROVIDERS", "hunter"),
         ("PROVIDER_RETRIES", "0"),
-        ("HUNTER_RATE_PER_SECOND", "2"),
+        ("HUNTER_RATE_PER_SECOND", "1"),
     ];
     let stack = stack(&vars, profile, 300).await;
-    const SINGLE_ORG: &str = "org_limits_single";
-    stack.store.grant_credits(SINGLE_ORG, 10).await.unwrap();
+    const OTHER_ORG: &str = "org_limits_other";
+    stack.store.grant_credits(OTHER_ORG, 30).await.unwrap();
     let http = reqwest::Client::new();
     let bulk_token = stack
         .token("user_bulk", ORG, Duration::from_secs(600))
         .unwrap();
-    let single_token = stack
-        .token("user_single", SINGLE_ORG, Duration::from_secs(600))
+    let other_token = stack
+        .token("user_other", OTHER_ORG, Duration::from_secs(600))
         .unwrap();
     let bulk_people = unknown_people(&stack, ORG, 40).await;
-    let single_person = unknown_people(&stack, SINGLE_ORG, 1).await;
-    let (bulk_urls, single_url) = (
+    // The other org's single (the first) and batch of 3.
+    let other_people = unknown_people(&stack, OTHER_ORG, 4).await;
+    let (bulk_urls, other_urls) = (
         email_urls(&stack, &bulk_people),
-        email_urls(&stack, &single_person),
+        email_urls(&stack, &other_people),
     );
+    let post = |path: &str, token: &str, body: Value| {
+        http.post(format!("{}{path}", stack.info.gateway_url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
 
-    let bulk = http
-        .post(format!(
-            "{}/api/v1/operations/enrichment/bulk",
-            stack.info.gateway_url
-        ))
-        .bearer_auth(&bulk_token)
-        .json(
-            &json!({"selection": {"mode": "manual", "includedIds": bulk_people},
-                      "field": "emails"}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let bulk = post(
+        "/api/v1/operations/enrichment/bulk",
+        &bulk_token,
+        json!({"selection": {"mode": "manual", "includedIds": bulk_people}, "field": "emails"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(bulk.status().as_u16(), 200);
-    // The bulk's jobs start once its hold ends: the single is sent when the first has ended,
+    // The bulk's jobs start once its hold ends: the others are sent when its first has ended,
     // every job of the bulk by then in the bulk queue and Hunter's queue.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while statuses(&http, &bulk_token, &bulk_urls)
@@ -217,39 +218,52 @@ async fn a_single_waits_behind_a_few_seconds_of_a_bulk_not_the_whole_bulk() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let sent = http
-        .post(&single_url[0])
-        .bearer_auth(&single_token)
+    let single = http
+        .post(&other_urls[0])
+        .bearer_auth(&other_token)
         .send()
         .await
         .unwrap();
-    assert_eq!(sent.status().as_u16(), 200);
+    assert_eq!(single.status().as_u16(), 200);
+    let batch = post(
+        "/api/v1/operations/enrichment/batch",
+        &other_token,
+        json!({"personIds": other_people[1..], "field": "emails"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(batch.status().as_u16(), 200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while statuses(&http, &single_token, &single_url).await[0] == "pending" {
+    while statuses(&http, &other_token, &other_urls)
+        .await
+        .iter()
+        .any(|s| s == "pending")
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the single never ended"
+            "the others never ended"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Behind all 40 the single would end with the bulk; behind the horizon's few seconds of
-    // it (`BULK_HORIZON`: 4 s, 8 calls), with most of the bulk still to run.
+    // Behind all 40 they would end with the bulk. Behind the horizon's few seconds of it
+    // (`BULK_HORIZON`: 4 s, 4 calls), they end, the batch after its hold (13 s), with half the
+    // bulk still to run.
     let bulk_left = statuses(&http, &bulk_token, &bulk_urls)
         .await
         .iter()
         .filter(|s| *s == "pending")
         .count();
     assert!(
-        bulk_left >= 15,
+        bulk_left >= 10,
         "{bulk_left} of the bulk's 40 still pending"
     );
     assert_eq!(
-        statuses(&http, &single_token, &single_url).await,
-        ["finished"]
+        statuses(&http, &other_token, &other_urls).await,
+        ["finished"; 4]
     );
 
     // The bulk ends too, every call within the limit, each person asked once.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let statuses = statuses(&http, &bulk_token, &bulk_urls).await;
         if statuses.iter().all(|s| s != "pending") {
@@ -264,9 +278,9 @@ async fn a_single_waits_behind_a_few_seconds_of_a_bulk_not_the_whole_bulk() {
     }
     let stats = simulator_stats(&stack).await;
     assert_eq!(stats["hunter"]["rate_limited"], 0, "{stats}");
-    assert_eq!(stats["hunter"]["requests"], 41, "{stats}");
+    assert_eq!(stats["hunter"]["requests"], 44, "{stats}");
     // Each enrichment charged once (5 credits), none refunded (a miss is not).
     assert_eq!(ledger(&stack.store, ORG, 300).await.0, 300 - 40 * 5);
-    assert_eq!(ledger(&stack.store, SINGLE_ORG, 10).await, (5, vec![-5]));
+    assert_eq!(ledger(&stack.store, OTHER_ORG, 30).await, (10, vec![-5; 4]));
     stack.shutdown().await;
 }

@@ -491,6 +491,7 @@ async fn state_machine_holds_batch_jobs_until_their_not_before() {
         person_id: Uuid::new_v4(),
         field: Field::Emails,
         cache: Default::default(),
+        bulk: false,
     };
     let not_before = chrono::Utc::now() + chrono::Duration::seconds(20);
     let held = execution_input(&job, Some(not_before)).await;
