@@ -185,10 +185,9 @@ enum Queue {
 impl Queue {
     /// The form `state` calls for at `now_ms`; `horizon_ms`: a bulk's job's horizon.
     fn of(state: &ProviderState, now_ms: i64, horizon_ms: Option<i64>) -> Self {
-        if let (Some(horizon), Some(end)) = (horizon_ms, state.queue_end())
-            && end > now_ms + horizon
+        if let (Some(horizon), Some(base)) = (horizon_ms, state.queue_end())
+            && base > now_ms + horizon
         {
-            let base = end;
             return match state.bulk_next_ms {
                 Some(bulk) if bulk >= base => Queue::TicketQueued { base },
                 _ => Queue::TicketIdle { base },
@@ -219,9 +218,8 @@ impl Store {
     /// [`Reservation::Ticket`] in the bulks' own line, which starts at the queue's end (when
     /// the calls queued now are done), so that the queue never holds more than the horizon of
     /// bulk calls ahead of a later interactive one, and a ticket's job finds a slot near when
-    /// it comes back. One conditional `UpdateItem` when `state` is
-    /// current, one more per form it guessed wrong; `state` is left as the item is after the
-    /// write.
+    /// it comes back. One conditional `UpdateItem` when `state` is current, one more per form
+    /// it guessed wrong; `state` is left as the item is after the write.
     ///
     /// Errors: DynamoDB failures, or the item kept changing under [`TRIES`] tries.
     pub async fn reserve_provider_slot(

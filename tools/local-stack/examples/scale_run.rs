@@ -1603,6 +1603,18 @@ fn print_report(args: &Args, plan: &Plan, m: &Measured) {
             }),
         ));
     }
+    if args.timeline {
+        // Where the small orgs' tail is: their time to `finished` by when they were sent.
+        for from in (0..args.spread.as_secs() as i64).step_by(30) {
+            groups.push((
+                format!("  small orgs, sent {from} s to {} s", from + 30),
+                durations(&m.tracks, |i, t| {
+                    let sent = t.posted.map(|p| (p - m.run_started).num_seconds());
+                    small(i) && sent.is_some_and(|s| s >= from && s < from + 30)
+                }),
+            ));
+        }
+    }
     for (label, values) in &groups {
         println!(
             "{label:<44}{:>9}{:>9}{:>9}{:>7}",
@@ -1611,23 +1623,6 @@ fn print_report(args: &Args, plan: &Plan, m: &Measured) {
             seconds(values.last().copied()),
             values.len()
         );
-    }
-    if args.timeline {
-        // Where the small orgs' tail is: their time to `finished` by when they were sent.
-        for from in (0..args.spread.as_secs()).step_by(30) {
-            let values = durations(&m.tracks, |i, t| {
-                let sent = t.posted.map(|p| (p - m.run_started).num_seconds());
-                small(i) && sent.is_some_and(|s| s >= from as i64 && s < from as i64 + 30)
-            });
-            println!(
-                "{:<44}{:>9}{:>9}{:>9}{:>7}",
-                format!("  small orgs, sent {from} s to {} s", from + 30),
-                seconds(percentile(&values, 50.0)),
-                seconds(percentile(&values, 95.0)),
-                seconds(values.last().copied()),
-                values.len()
-            );
-        }
     }
     if let Some((answer, sent)) = m.bulk {
         let attempts = bulk_org

@@ -83,6 +83,28 @@ async fn statuses(http: &reqwest::Client, token: &str, urls: &[String]) -> Vec<S
     statuses
 }
 
+/// The statuses of `urls`, read every 200 ms until `done` holds of them (within `within`).
+async fn poll_until(
+    http: &reqwest::Client,
+    token: &str,
+    urls: &[String],
+    within: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let statuses = statuses(http, token, urls).await;
+        if done(&statuses) {
+            return statuses;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not there within {within:?}: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `count` people of `ORG` (unknown to the simulator: Hunter's no match), their emails
 /// enriched at once; waits (within `within`) until none is pending and returns the statuses.
 async fn enrich_many(stack: &Stack, count: usize, within: Duration) -> Vec<String> {
@@ -96,18 +118,10 @@ async fn enrich_many(stack: &Stack, count: usize, within: Duration) -> Vec<Strin
         let accepted = http.post(url).bearer_auth(&token).send().await.unwrap();
         assert_eq!(accepted.status().as_u16(), 200);
     }
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let statuses = statuses(&http, &token, &urls).await;
-        if statuses.iter().all(|s| s != "pending") {
-            return statuses;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still pending: {statuses:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    poll_until(&http, &token, &urls, within, |statuses| {
+        statuses.iter().all(|s| s != "pending")
+    })
+    .await
 }
 
 #[tokio::test]
@@ -206,18 +220,15 @@ async fn a_single_and_a_batch_wait_behind_a_few_seconds_of_a_bulk_not_the_whole_
     assert_eq!(bulk.status().as_u16(), 200);
     // The bulk's jobs start once its hold ends: the others are sent when its first has ended,
     // every job of the bulk by then in the bulk queue and Hunter's queue.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while statuses(&http, &bulk_token, &bulk_urls)
-        .await
-        .iter()
-        .all(|s| s == "pending")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bulk never started"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let started = |statuses: &[String]| statuses.iter().any(|s| s != "pending");
+    poll_until(
+        &http,
+        &bulk_token,
+        &bulk_urls,
+        Duration::from_secs(60),
+        started,
+    )
+    .await;
     let single = http
         .post(&other_urls[0])
         .bearer_auth(&other_token)
@@ -233,18 +244,15 @@ async fn a_single_and_a_batch_wait_behind_a_few_seconds_of_a_bulk_not_the_whole_
     .await
     .unwrap();
     assert_eq!(batch.status().as_u16(), 200);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while statuses(&http, &other_token, &other_urls)
-        .await
-        .iter()
-        .any(|s| s == "pending")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the others never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let ended = |statuses: &[String]| statuses.iter().all(|s| s != "pending");
+    poll_until(
+        &http,
+        &other_token,
+        &other_urls,
+        Duration::from_secs(60),
+        ended,
+    )
+    .await;
     // Behind all 40 they would end with the bulk. Behind the horizon's few seconds of it
     // (`BULK_HORIZON`: 4 s, 4 calls), they end, the batch after its hold (13 s), with half the
     // bulk still to run.
@@ -263,19 +271,15 @@ async fn a_single_and_a_batch_wait_behind_a_few_seconds_of_a_bulk_not_the_whole_
     );
 
     // The bulk ends too, every call within the limit, each person asked once.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let statuses = statuses(&http, &bulk_token, &bulk_urls).await;
-        if statuses.iter().all(|s| s != "pending") {
-            assert!(statuses.iter().all(|s| s == "finished"), "{statuses:?}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still pending: {statuses:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let statuses = poll_until(
+        &http,
+        &bulk_token,
+        &bulk_urls,
+        Duration::from_secs(120),
+        ended,
+    )
+    .await;
+    assert!(statuses.iter().all(|s| s == "finished"), "{statuses:?}");
     let stats = simulator_stats(&stack).await;
     assert_eq!(stats["hunter"]["rate_limited"], 0, "{stats}");
     assert_eq!(stats["hunter"]["requests"], 44, "{stats}");
