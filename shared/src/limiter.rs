@@ -21,7 +21,10 @@
 //!    the calls come. A full window defers the job to the next one, with that as its slot. A
 //!    call is counted in the window [`WINDOW_GUARD`] ahead of the clock and, when that is the
 //!    next second, waits for it to start: a request leaving in a second's last milliseconds
-//!    would reach the provider in the next one, where it was not counted.
+//!    would reach the provider in the next one, where it was not counted. A reservation whose
+//!    slot starts in the current second counts the call in its windows in the same update
+//!    ([`Admission::Counted`]), and the gate then passes it without one of its own while the
+//!    call starts in those windows.
 //!
 //! **Circuit.** A limited provider that cannot answer (429, 5xx, time-out, connection error)
 //! opens its circuit, unless it is open already (the failures of calls that were under way
@@ -32,11 +35,12 @@
 //! first slot after it is the half-open probe, and a good answer resets the backoff. Only the
 //! maximum age ends an enrichment that waits on a provider (`timeout`, refunded).
 //!
-//! **Cost.** A call whose slot is near makes two `UpdateItem`s on the item (reservation and
-//! gate); a deferred job's call, two in all too (the reservation before its deferral, the
-//! gate when it comes back). A job that comes back to a full window adds one per window it
-//! finds full; a form guessed wrong from this process's last view of the item adds one; an
-//! opening and a reset of the circuit add one each.
+//! **Cost.** A call whose slot starts in the current second makes one `UpdateItem` on the
+//! item (the reservation, counted); one whose slot is in the next second, two (reservation and
+//! gate); a deferred job's call, two (the reservation before its deferral, the gate when it
+//! comes back). A job that comes back to a full window adds one per window it finds full; a
+//! form guessed wrong from this process's last view of the item adds one; an opening and a
+//! reset of the circuit add one each.
 //!
 //! **Fairness.** A bulk enrichment's jobs ([`Lane::Bulk`]) take slots only while the
 //! queue's end is within [`BULK_HORIZON`] of the clock. Past it, a bulk's job takes a ticket in
@@ -45,8 +49,11 @@
 //! done. A bulk thus comes into the queue at the provider's rate as it empties, and a single or
 //! a batch that comes later waits behind at most the horizon of bulk calls, not behind the
 //! whole bulk. The queues' fair mode (one message group per org) keeps one org's jobs from
-//! holding the workers; this keeps them from holding the provider slots. A bulk's call costs
-//! one `UpdateItem` more per ticket it takes.
+//! holding the workers; this keeps them from holding the provider slots. A bulk's job that
+//! finds its window full at the gate (it came back after its slot's second, and another late
+//! job took the window) tries again a horizon later, where an interactive one tries the next
+//! window ([`full_window_retry`]): the windows late jobs leave go first to the interactive jobs.
+//! A bulk's call costs one `UpdateItem` more per ticket it takes.
 //!
 //! A provider without a limit is called as before: its failures are the cascade's errors.
 
@@ -58,7 +65,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Gate, ProviderState, Reservation, Store, StoreError, Window};
+use crate::store::{Count, Gate, ProviderState, Reservation, Store, StoreError, Window};
 
 /// The longest wait for a slot inside the worker; a later slot defers the job. SQS delays are
 /// whole seconds, so a shorter deferral would not be shorter.
@@ -145,6 +152,28 @@ impl ProviderLimit {
     }
 }
 
+/// When a job that found its window full tries again, the next window starting at `until_ms`:
+/// then for a single's or a batch's job; [`BULK_HORIZON`] after the full one for a bulk's, so
+/// that the windows of calls whose job came back late go first to the interactive jobs waiting
+/// on the provider, which try every window, and to the bulk's when there are none.
+pub fn full_window_retry(until_ms: i64, lane: Lane) -> i64 {
+    match lane {
+        Lane::Interactive => until_ms,
+        Lane::Bulk => until_ms - Window::Second.span_ms() + BULK_HORIZON.as_millis() as i64,
+    }
+}
+
+/// The calendar windows `limit` limits, each with its limit.
+fn windows(limit: &ProviderLimit) -> Vec<(Window, u32)> {
+    [
+        (Window::Second, limit.per_second),
+        (Window::Minute, limit.per_minute),
+    ]
+    .into_iter()
+    .filter_map(|(window, n)| Some((window, n.filter(|n| *n > 0)?)))
+    .collect()
+}
+
 /// The circuit's wait after `failures` earlier failures: [`BACKOFF_BASE`] × 2^failures, at most
 /// [`BACKOFF_MAX`].
 pub fn backoff(failures: u32) -> Duration {
@@ -164,6 +193,19 @@ pub struct ProviderSlot {
     pub at_ms: i64,
 }
 
+/// A call the queue counted in its provider's windows with its slot
+/// ([`Reservation::Counted`]): the gate passes it without an update of its own while the call
+/// starts in those windows. Kept by the job between [`Limiter::admit`] and [`Limiter::gate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountedCall {
+    /// The provider the call was counted for.
+    pub provider: String,
+    /// When it was counted: the gate's clock, [`WINDOW_GUARD`] ahead, Unix milliseconds.
+    pub at_ms: i64,
+    /// The provider's circuit openings since its last good answer, as the reservation saw them.
+    pub failures: u32,
+}
+
 /// What the limiter says before a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
@@ -173,6 +215,9 @@ pub enum Admission {
         /// (a good answer then resets them); 0 from the queue.
         failures: u32,
     },
+    /// From the queue: go on, the call counted in its windows already (one `UpdateItem` for
+    /// both); hand it to the gate.
+    Counted(CountedCall),
     /// Defer the job to the slot.
     Defer(ProviderSlot),
     /// Defer the job without a slot, to reserve again at `at_ms` (Unix milliseconds): a bulk's
@@ -223,10 +268,12 @@ impl Limiter {
     }
 
     /// The queue, before a call to `provider`: with `held`, the slot this job was deferred to
-    /// (no DynamoDB call); otherwise a new slot is reserved in `lane` (one `UpdateItem`). The
-    /// job is to be deferred to a slot whose calendar second starts more than [`MAX_SLEEP`]
-    /// away, and waits here for a nearer one to start; a bulk's job that got a ticket instead
-    /// is to be deferred to it ([`Admission::Retry`]). A provider without a limit is always
+    /// (no DynamoDB call); otherwise a new slot is reserved in `lane` (one `UpdateItem`). A
+    /// new slot that starts in the current calendar second is counted in the gate's windows by
+    /// the same update ([`Admission::Counted`]: no update at the gate). The job is to be
+    /// deferred to a slot whose calendar second starts more than [`MAX_SLEEP`] away, and waits
+    /// here for a nearer one to start; a bulk's job that got a ticket instead is to be
+    /// deferred to it ([`Admission::Retry`]). A provider without a limit is always
     /// [`Admission::Go`].
     ///
     /// Errors: DynamoDB failures (the job is given again by its event source).
@@ -236,15 +283,32 @@ impl Limiter {
         held: Option<&ProviderSlot>,
         lane: Lane,
     ) -> Result<Admission, StoreError> {
-        let Some((_, interval)) = self.limits.get(provider) else {
+        let Some((limit, interval)) = self.limits.get(provider) else {
             return Ok(Admission::Go { failures: 0 });
         };
         let slot = match held.filter(|slot| slot.provider == provider) {
             Some(held) => held.at_ms,
-            None => match self.reserve(provider, *interval, lane).await? {
-                Reservation::Slot(slot) => slot,
-                Reservation::Ticket(at_ms) => return Ok(Admission::Retry { at_ms }),
-            },
+            None => {
+                let windows = windows(limit);
+                let counted_at = Utc::now().timestamp_millis() + WINDOW_GUARD.as_millis() as i64;
+                let count = Count {
+                    windows: &windows,
+                    at_ms: counted_at,
+                };
+                match self.reserve(provider, *interval, lane, Some(count)).await? {
+                    (Reservation::Slot(slot), _) => slot,
+                    (Reservation::Counted(_), failures) => {
+                        self.sleep(until_second_of(counted_at, Utc::now().timestamp_millis()))
+                            .await;
+                        return Ok(Admission::Counted(CountedCall {
+                            provider: provider.to_string(),
+                            at_ms: counted_at,
+                            failures,
+                        }));
+                    }
+                    (Reservation::Ticket(at_ms), _) => return Ok(Admission::Retry { at_ms }),
+                }
+            }
         };
         let wait = until_second_of(slot, Utc::now().timestamp_millis());
         if wait > MAX_SLEEP {
@@ -269,24 +333,38 @@ impl Limiter {
 
     /// The gate, right before the request to `provider` leaves: the call is counted in its
     /// calendar windows [`WINDOW_GUARD`] ahead (one `UpdateItem`), and waits for them to start
-    /// when they are the next ones. A full window defers the job to the next one (its slot);
-    /// an open circuit, to a slot reserved in `lane` after it (one `UpdateItem` more). A
-    /// provider without a limit is always [`Admission::Go`].
+    /// when they are the next ones; a call the queue `counted` for this provider in those same
+    /// windows passes without it. A full window defers the job to the next one (its slot; a
+    /// bulk's, [`full_window_retry`]); an open circuit, to a slot reserved in `lane` after it
+    /// (one `UpdateItem` more). A provider without a limit is always [`Admission::Go`].
     ///
     /// Errors: DynamoDB failures.
-    pub async fn gate(&self, provider: &str, lane: Lane) -> Result<Admission, StoreError> {
+    pub async fn gate(
+        &self,
+        provider: &str,
+        lane: Lane,
+        counted: Option<&CountedCall>,
+    ) -> Result<Admission, StoreError> {
         let Some((limit, interval)) = self.limits.get(provider) else {
             return Ok(Admission::Go { failures: 0 });
         };
-        let windows: Vec<(Window, u32)> = [
-            (Window::Second, limit.per_second),
-            (Window::Minute, limit.per_minute),
-        ]
-        .into_iter()
-        .filter_map(|(window, n)| Some((window, n.filter(|n| *n > 0)?)))
-        .collect();
-        let mut state = self.seen(provider);
+        let windows = windows(limit);
         let counted_at = Utc::now().timestamp_millis() + WINDOW_GUARD.as_millis() as i64;
+        let same_windows = |call: &&CountedCall| {
+            call.provider == provider
+                && windows.iter().all(|(window, _)| {
+                    let span = window.span_ms();
+                    call.at_ms.div_euclid(span) == counted_at.div_euclid(span)
+                })
+        };
+        if let Some(call) = counted.filter(same_windows) {
+            self.sleep(until_second_of(call.at_ms, Utc::now().timestamp_millis()))
+                .await;
+            return Ok(Admission::Go {
+                failures: call.failures,
+            });
+        }
+        let mut state = self.seen(provider);
         let gate = self
             .store
             .pass_provider_gate(provider, &windows, counted_at, &mut state)
@@ -300,7 +378,7 @@ impl Limiter {
             }
             Gate::Full { until_ms } => {
                 tracing::info!(provider, "provider's window full: deferred to the next");
-                until_ms
+                full_window_retry(until_ms, lane)
             }
             Gate::Open { until_ms } => {
                 tracing::info!(
@@ -308,8 +386,8 @@ impl Limiter {
                     until_ms,
                     "provider's circuit open: deferred past it"
                 );
-                match self.reserve(provider, *interval, lane).await? {
-                    Reservation::Slot(slot) => slot,
+                match self.reserve(provider, *interval, lane, None).await?.0 {
+                    Reservation::Slot(slot) | Reservation::Counted(slot) => slot,
                     Reservation::Ticket(at_ms) => return Ok(Admission::Retry { at_ms }),
                 }
             }
@@ -371,12 +449,15 @@ impl Limiter {
         }
     }
 
+    /// A reservation ([`Store::reserve_provider_slot`]) and the provider's `failures` as it
+    /// saw them.
     async fn reserve(
         &self,
         provider: &str,
         interval: Duration,
         lane: Lane,
-    ) -> Result<Reservation, StoreError> {
+        count: Option<Count<'_>>,
+    ) -> Result<(Reservation, u32), StoreError> {
         let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX / 2);
         let horizon_ms = (lane == Lane::Bulk).then(|| BULK_HORIZON.as_millis() as i64);
         let mut state = self.seen(provider);
@@ -387,11 +468,12 @@ impl Limiter {
                 interval_ms,
                 Utc::now().timestamp_millis(),
                 horizon_ms,
+                count,
                 &mut state,
             )
             .await;
         self.remember(provider, state);
-        slot
+        Ok((slot?, state.failures))
     }
 
     fn seen(&self, provider: &str) -> ProviderState {

@@ -54,7 +54,7 @@ pub use credits::{
     CreditSource, CreditTransaction, CreditTransactionType, Grant, GrantOutcome, HistoryPage,
     LedgerCheck,
 };
-pub use limits::{Gate, ProviderState, Reservation, Window};
+pub use limits::{Count, Gate, ProviderState, Reservation, Window};
 pub use suppression::{HeldValues, SuppressionReport};
 pub use webhooks::{DELIVERY_TTL, OUTBOX_SK_PREFIX, OUTBOX_TTL, OutboxItem};
 

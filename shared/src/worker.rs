@@ -17,7 +17,7 @@ use crate::domain::{
     timestamp, timestamp_before,
 };
 use crate::identity::{IdentityKeys, email_key};
-use crate::limiter::{Admission, Lane, Limiter, ProviderSlot};
+use crate::limiter::{Admission, CountedCall, Lane, Limiter, ProviderSlot};
 use crate::providers::PersonQuery;
 use crate::providers::cascade::{Cascade, CascadeJournal, CascadeOutcome};
 use crate::queue::SqsJobQueue;
@@ -130,6 +130,9 @@ struct Journal<'a> {
     lane: Lane,
     /// The slot the job is now deferred to (set by [`CascadeJournal::admit`]).
     deferred_to: std::sync::Mutex<Option<ProviderSlot>>,
+    /// The call the queue counted in its windows with its slot, for the gate (set by
+    /// [`CascadeJournal::admit`], taken by [`CascadeJournal::gate`]).
+    counted: std::sync::Mutex<Option<CountedCall>>,
 }
 
 impl Journal<'_> {
@@ -154,6 +157,13 @@ impl Journal<'_> {
     ) -> Result<u32, Duration> {
         match admission {
             Ok(Admission::Go { failures }) => Ok(failures),
+            Ok(Admission::Counted(call)) => {
+                let failures = call.failures;
+                if let Ok(mut counted) = self.counted.lock() {
+                    *counted = Some(call);
+                }
+                Ok(failures)
+            }
             Ok(Admission::Defer(slot)) => Err(self.defer_to(slot)),
             Ok(Admission::Retry { at_ms }) => Err(crate::limiter::deferral(
                 at_ms,
@@ -273,7 +283,15 @@ impl CascadeJournal for Journal<'_> {
     }
 
     async fn gate(&self, provider: &str) -> Result<u32, Duration> {
-        let admission = self.limiter.gate(provider, self.lane).await;
+        let counted = self
+            .counted
+            .lock()
+            .ok()
+            .and_then(|mut counted| counted.take());
+        let admission = self
+            .limiter
+            .gate(provider, self.lane, counted.as_ref())
+            .await;
         self.admitted(provider, admission, "count the call in its window")
     }
 
@@ -606,6 +624,7 @@ impl Worker {
             held: held_slot,
             lane: if bulk { Lane::Bulk } else { Lane::Interactive },
             deferred_to: std::sync::Mutex::new(None),
+            counted: std::sync::Mutex::new(None),
         };
         let outcome = self
             .cascade

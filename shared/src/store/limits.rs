@@ -16,6 +16,8 @@
 //! condition returns the item as it is (`ReturnValuesOnConditionCheckFailure`), which picks
 //! the right one for the next try.
 
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
+
 use super::*;
 
 const LIMIT_SK: &str = "LIMIT";
@@ -99,6 +101,10 @@ impl ProviderState {
 pub enum Reservation {
     /// A call slot: the call may start in its calendar second (Unix milliseconds).
     Slot(i64),
+    /// A call slot in the calendar windows of the reservation's [`Count`], and the call
+    /// counted in them by the same update: the gate passes it without another while it starts
+    /// in those windows.
+    Counted(i64),
     /// A bulk's job found the queue running past its horizon: no slot, but a ticket in the
     /// bulks' own line (Unix milliseconds), spaced by the same interval, when it is to try
     /// again.
@@ -166,6 +172,107 @@ pub enum Gate {
     },
 }
 
+/// A call counted in a provider's calendar windows: each window with its limit, at `at_ms`
+/// (Unix milliseconds; the gate's clock, [`crate::limiter::WINDOW_GUARD`] ahead).
+#[derive(Debug, Clone, Copy)]
+pub struct Count<'a> {
+    /// The limited windows and their limits (calls per window).
+    pub windows: &'a [(Window, u32)],
+    /// When the call is counted, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// The parts of an update that count a call: its conditions (each window holds fewer than its
+/// limit), `SET` clauses (a window this process saw end starts again at one) and `ADD` clauses.
+struct Counting {
+    conditions: Vec<String>,
+    sets: Vec<String>,
+    adds: Vec<String>,
+}
+
+impl Count<'_> {
+    /// Adds the counting's names and values to `update` (`:one` included) and returns its
+    /// parts, in the form `state` calls for: the same window or a new one.
+    fn parts(
+        &self,
+        mut update: UpdateItemFluentBuilder,
+        state: &ProviderState,
+    ) -> (UpdateItemFluentBuilder, Counting) {
+        let mut counting = Counting {
+            conditions: Vec::new(),
+            sets: Vec::new(),
+            adds: Vec::new(),
+        };
+        update = update.expression_attribute_values(":one", n(1));
+        for (window, limit) in self.windows {
+            let (index_name, used_name) = window.names();
+            let (i, u) = (format!("#{index_name}"), format!("#{used_name}"));
+            let (vi, vl) = (format!(":{index_name}"), format!(":{used_name}Limit"));
+            let index = self.at_ms.div_euclid(window.span_ms());
+            update = update
+                .expression_attribute_names(&i, index_name)
+                .expression_attribute_names(&u, used_name)
+                .expression_attribute_values(&vi, n(index));
+            if window.of(state).is_some_and(|(seen, _)| seen == index) {
+                counting
+                    .conditions
+                    .push(format!("{i} = {vi} AND {u} < {vl}"));
+                update = update.expression_attribute_values(&vl, n(i64::from(*limit)));
+                counting.adds.push(format!("{u} :one"));
+            } else {
+                counting
+                    .conditions
+                    .push(format!("(attribute_not_exists({i}) OR {i} < {vi})"));
+                counting.sets.push(format!("{i} = {vi}, {u} = :one"));
+            }
+        }
+        (update, counting)
+    }
+
+    /// `state` (the item before the update) with the call counted.
+    fn counted(&self, state: &mut ProviderState) {
+        for (window, _) in self.windows {
+            let index = self.at_ms.div_euclid(window.span_ms());
+            let used = window
+                .of(state)
+                .filter(|(seen, _)| *seen == index)
+                .map_or(0, |(_, used)| used);
+            window.set(state, (index, used + 1));
+        }
+    }
+
+    /// When the next window starts, if `state` has a window of the count full (or started
+    /// by a worker whose clock is ahead).
+    fn full_until(&self, state: &ProviderState) -> Option<i64> {
+        self.windows
+            .iter()
+            .filter_map(|(window, limit)| {
+                let index = self.at_ms.div_euclid(window.span_ms());
+                let (seen, used) = window.of(state)?;
+                ((seen == index && used >= *limit) || seen > index)
+                    .then(|| (seen + 1) * window.span_ms())
+            })
+            .max()
+    }
+
+    /// The end of the calendar second the call is counted in: a slot before it starts now.
+    fn second_end(&self) -> i64 {
+        (self.at_ms.div_euclid(Window::Second.span_ms()) + 1) * Window::Second.span_ms()
+    }
+}
+
+/// The update expression of `sets` and `adds`.
+fn expression(sets: &[String], adds: &[String]) -> String {
+    let mut expression = String::new();
+    if !sets.is_empty() {
+        expression = format!("SET {}", sets.join(", "));
+    }
+    if !adds.is_empty() {
+        expression = format!("{expression} ADD {}", adds.join(", "));
+    }
+    expression.trim().to_string()
+}
+
 /// The reservation's forms, exclusive by their conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Queue {
@@ -218,8 +325,11 @@ impl Store {
     /// [`Reservation::Ticket`] in the bulks' own line, which starts at the queue's end (when
     /// the calls queued now are done), so that the queue never holds more than the horizon of
     /// bulk calls ahead of a later interactive one, and a ticket's job finds a slot near when
-    /// it comes back. One conditional `UpdateItem` when `state` is current, one more per form
-    /// it guessed wrong; `state` is left as the item is after the write.
+    /// it comes back. With `count`, a slot that starts before the end of the count's calendar
+    /// second, with the circuit closed and room in the count's windows, also counts the call
+    /// there ([`Reservation::Counted`]): the gate's update folded into this one. One
+    /// conditional `UpdateItem` when `state` is current, one more per form it guessed wrong;
+    /// `state` is left as the item is after the write.
     ///
     /// Errors: DynamoDB failures, or the item kept changing under [`TRIES`] tries.
     pub async fn reserve_provider_slot(
@@ -228,11 +338,22 @@ impl Store {
         interval_ms: i64,
         now_ms: i64,
         horizon_ms: Option<i64>,
+        count: Option<Count<'_>>,
         state: &mut ProviderState,
     ) -> Result<Reservation, StoreError> {
         for _ in 0..TRIES {
             let form = Queue::of(state, now_ms, horizon_ms);
-            let update = self
+            // Counted only where the slot starts in the count's second and nothing this
+            // process saw refuses it: else the plain form, and the gate counts the call.
+            let count = count.filter(|count| {
+                let near = match form {
+                    Queue::Idle => true,
+                    Queue::Queued => state.next_ms.is_some_and(|next| next < count.second_end()),
+                    _ => false,
+                };
+                near && state.open_at(count.at_ms).is_none() && count.full_until(state).is_none()
+            });
+            let mut update = self
                 .client
                 .update_item()
                 .table_name(&self.table)
@@ -243,75 +364,104 @@ impl Store {
                 .return_values_on_condition_check_failure(
                     ReturnValuesOnConditionCheckFailure::AllOld,
                 );
-            let update = match horizon_ms {
-                Some(horizon) => {
-                    update.expression_attribute_values(":horizon", n(now_ms + horizon))
+            if let Some(horizon) = horizon_ms {
+                update = update.expression_attribute_values(":horizon", n(now_ms + horizon));
+            }
+            let is_ticket = matches!(form, Queue::TicketIdle { .. } | Queue::TicketQueued { .. });
+            update = match form {
+                Queue::Idle => {
+                    update.expression_attribute_values(":after", n(now_ms + interval_ms))
                 }
-                None => update,
-            };
-            // A bulk's job takes a slot on condition the queue's end is within its horizon (the
-            // idle form's own condition implies it, but every value given must be used).
-            let within = if horizon_ms.is_some() {
-                format!(" AND {WITHIN_HORIZON}")
-            } else {
-                String::new()
-            };
-            let update = match form {
-                Queue::Idle => update
-                    .update_expression("SET #next = :after")
-                    .condition_expression(format!(
-                        "(attribute_not_exists(#next) OR #next < :now) AND {CIRCUIT_CLOSED}{within}"
-                    ))
-                    .expression_attribute_values(":now", n(now_ms))
-                    .expression_attribute_values(":after", n(now_ms + interval_ms)),
-                Queue::Queued => update
-                    .update_expression("SET #next = #next + :interval")
-                    .condition_expression(format!(
-                        "#next >= :now AND (attribute_not_exists(#open) OR #open <= #next){within}"
-                    ))
-                    .expression_attribute_values(":now", n(now_ms))
-                    .expression_attribute_values(":interval", n(interval_ms)),
-                Queue::AfterCircuit => update
-                    .update_expression("SET #next = #open + :interval")
-                    .condition_expression(format!(
-                        "#open > :now AND (attribute_not_exists(#next) OR #next < #open){within}"
-                    ))
-                    .expression_attribute_values(":now", n(now_ms))
-                    .expression_attribute_values(":interval", n(interval_ms)),
+                Queue::Queued | Queue::AfterCircuit => {
+                    update.expression_attribute_values(":interval", n(interval_ms))
+                }
                 Queue::TicketIdle { base } => update
-                    .update_expression("SET #bulk = :after")
-                    .condition_expression(format!(
-                        "{PAST_HORIZON} AND (attribute_not_exists(#bulk) OR #bulk < :base)"
-                    ))
-                    .expression_attribute_names("#bulk", "bulkNext")
                     .expression_attribute_values(":base", n(base))
                     .expression_attribute_values(":after", n(base + interval_ms)),
                 Queue::TicketQueued { base } => update
-                    .update_expression("SET #bulk = #bulk + :interval")
-                    .condition_expression(format!("{PAST_HORIZON} AND #bulk >= :base"))
-                    .expression_attribute_names("#bulk", "bulkNext")
                     .expression_attribute_values(":base", n(base))
                     .expression_attribute_values(":interval", n(interval_ms)),
             };
+            update = if is_ticket {
+                update.expression_attribute_names("#bulk", "bulkNext")
+            } else {
+                update.expression_attribute_values(":now", n(now_ms))
+            };
+            let (set, condition) = match form {
+                Queue::Idle => (
+                    "#next = :after",
+                    format!("(attribute_not_exists(#next) OR #next < :now) AND {CIRCUIT_CLOSED}"),
+                ),
+                Queue::Queued => (
+                    "#next = #next + :interval",
+                    "#next >= :now AND (attribute_not_exists(#open) OR #open <= #next)".to_string(),
+                ),
+                Queue::AfterCircuit => (
+                    "#next = #open + :interval",
+                    "#open > :now AND (attribute_not_exists(#next) OR #next < #open)".to_string(),
+                ),
+                Queue::TicketIdle { .. } => (
+                    "#bulk = :after",
+                    format!("{PAST_HORIZON} AND (attribute_not_exists(#bulk) OR #bulk < :base)"),
+                ),
+                Queue::TicketQueued { .. } => (
+                    "#bulk = #bulk + :interval",
+                    format!("{PAST_HORIZON} AND #bulk >= :base"),
+                ),
+            };
+            let mut conditions = vec![condition];
+            // A bulk's job takes a slot on condition the queue's end is within its horizon
+            // (the idle form's own condition implies it, but every value given must be used).
+            if horizon_ms.is_some() && !is_ticket {
+                conditions.push(WITHIN_HORIZON.to_string());
+            }
+            let (mut sets, mut adds) = (vec![set.to_string()], Vec::new());
+            if let Some(count) = &count {
+                let (counting_update, counting) = count.parts(update, state);
+                update = counting_update;
+                conditions.extend(counting.conditions);
+                if form == Queue::Queued {
+                    // The slot starts before the count's second ends, the circuit closed then
+                    // (the idle form's slot is now, the circuit closed now).
+                    update = update
+                        .expression_attribute_values(":slotEnd", n(count.second_end()))
+                        .expression_attribute_values(":countAt", n(count.at_ms));
+                    conditions.push(
+                        "#next < :slotEnd AND (attribute_not_exists(#open) OR #open <= :countAt)"
+                            .to_string(),
+                    );
+                }
+                sets.extend(counting.sets);
+                adds.extend(counting.adds);
+            }
+            let update = update
+                .update_expression(expression(&sets, &adds))
+                .condition_expression(conditions.join(" AND "));
             match conditional_update(update.send().await)? {
                 Ok(output) => {
                     *state = ProviderState::read(output.attributes)?;
-                    let reservation = match form {
-                        Queue::Idle => Reservation::Slot(now_ms),
-                        Queue::Queued => Reservation::Slot(state.next_ms.unwrap_or(now_ms)),
-                        Queue::AfterCircuit => {
-                            Reservation::Slot(state.open_until_ms.unwrap_or(now_ms))
+                    let slot = match form {
+                        Queue::Idle => now_ms,
+                        Queue::Queued => state.next_ms.unwrap_or(now_ms),
+                        Queue::AfterCircuit => state.open_until_ms.unwrap_or(now_ms),
+                        Queue::TicketIdle { base } => {
+                            state.bulk_next_ms = Some(base + interval_ms);
+                            return Ok(Reservation::Ticket(base));
                         }
-                        Queue::TicketIdle { base } => Reservation::Ticket(base),
                         Queue::TicketQueued { base } => {
-                            Reservation::Ticket(state.bulk_next_ms.unwrap_or(base))
+                            let ticket = state.bulk_next_ms.unwrap_or(base);
+                            state.bulk_next_ms = Some(ticket + interval_ms);
+                            return Ok(Reservation::Ticket(ticket));
                         }
                     };
-                    match reservation {
-                        Reservation::Slot(slot) => state.next_ms = Some(slot + interval_ms),
-                        Reservation::Ticket(at) => state.bulk_next_ms = Some(at + interval_ms),
-                    }
-                    return Ok(reservation);
+                    state.next_ms = Some(slot + interval_ms);
+                    return Ok(match count {
+                        Some(count) => {
+                            count.counted(state);
+                            Reservation::Counted(slot)
+                        }
+                        None => Reservation::Slot(slot),
+                    });
                 }
                 Err(item) => *state = ProviderState::read(item)?,
             }
@@ -335,61 +485,33 @@ impl Store {
         now_ms: i64,
         state: &mut ProviderState,
     ) -> Result<Gate, StoreError> {
+        let count = Count {
+            windows,
+            at_ms: now_ms,
+        };
         for _ in 0..TRIES {
-            let mut update = self
+            let update = self
                 .client
                 .update_item()
                 .table_name(&self.table)
                 .set_key(Some(limit_key(provider)))
                 .expression_attribute_names("#open", "openUntil")
                 .expression_attribute_values(":now", n(now_ms))
-                .expression_attribute_values(":one", n(1))
                 .return_values(ReturnValue::AllOld)
                 .return_values_on_condition_check_failure(
                     ReturnValuesOnConditionCheckFailure::AllOld,
                 );
+            let (update, counting) = count.parts(update, state);
             let mut conditions = vec![CIRCUIT_CLOSED.to_string()];
-            let (mut sets, mut adds) = (Vec::new(), Vec::new());
-            for (window, limit) in windows {
-                let (index_name, used_name) = window.names();
-                let (i, u) = (format!("#{index_name}"), format!("#{used_name}"));
-                let (vi, vl) = (format!(":{index_name}"), format!(":{used_name}Limit"));
-                let index = now_ms.div_euclid(window.span_ms());
-                update = update
-                    .expression_attribute_names(&i, index_name)
-                    .expression_attribute_names(&u, used_name)
-                    .expression_attribute_values(&vi, n(index));
-                if window.of(state).is_some_and(|(seen, _)| seen == index) {
-                    conditions.push(format!("{i} = {vi} AND {u} < {vl}"));
-                    update = update.expression_attribute_values(&vl, n(i64::from(*limit)));
-                    adds.push(format!("{u} :one"));
-                } else {
-                    conditions.push(format!("(attribute_not_exists({i}) OR {i} < {vi})"));
-                    sets.push(format!("{i} = {vi}, {u} = :one"));
-                }
-            }
-            let mut expression = String::new();
-            if !sets.is_empty() {
-                expression = format!("SET {}", sets.join(", "));
-            }
-            if !adds.is_empty() {
-                expression = format!("{expression} ADD {}", adds.join(", "));
-            }
+            conditions.extend(counting.conditions);
             let update = update
-                .update_expression(expression.trim())
+                .update_expression(expression(&counting.sets, &counting.adds))
                 .condition_expression(conditions.join(" AND "));
             match conditional_update(update.send().await)? {
                 Ok(output) => {
                     *state = ProviderState::read(output.attributes)?;
                     let failures = state.failures;
-                    for (window, _) in windows {
-                        let index = now_ms.div_euclid(window.span_ms());
-                        let used = window
-                            .of(state)
-                            .filter(|(seen, _)| *seen == index)
-                            .map_or(0, |(_, used)| used);
-                        window.set(state, (index, used + 1));
-                    }
+                    count.counted(state);
                     return Ok(Gate::Pass { failures });
                 }
                 Err(item) => {
@@ -399,13 +521,7 @@ impl Store {
                     }
                     // A full window, or one a worker whose clock is ahead already started:
                     // wait for the one after it.
-                    let full = windows.iter().filter_map(|(window, limit)| {
-                        let index = now_ms.div_euclid(window.span_ms());
-                        let (seen, used) = window.of(state)?;
-                        ((seen == index && used >= *limit) || seen > index)
-                            .then(|| (seen + 1) * window.span_ms())
-                    });
-                    if let Some(until_ms) = full.max() {
+                    if let Some(until_ms) = count.full_until(state) {
                         return Ok(Gate::Full { until_ms });
                     }
                 }

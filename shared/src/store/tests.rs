@@ -852,7 +852,7 @@ async fn provider_slots_are_spaced_by_the_interval_across_concurrent_workers() {
                 state.next_ms = Some(now + 60_000);
             }
             store
-                .reserve_provider_slot("hunter", 100, now, None, &mut state)
+                .reserve_provider_slot("hunter", 100, now, None, None, &mut state)
                 .await
                 .unwrap()
         }
@@ -870,7 +870,7 @@ async fn provider_slots_are_spaced_by_the_interval_across_concurrent_workers() {
     // Another provider has its own line.
     let mut state = ProviderState::default();
     let other = store
-        .reserve_provider_slot("pdl", 100, now, None, &mut state)
+        .reserve_provider_slot("pdl", 100, now, None, None, &mut state)
         .await
         .unwrap();
     assert_eq!(other, Reservation::Slot(now));
@@ -879,7 +879,7 @@ async fn provider_slots_are_spaced_by_the_interval_across_concurrent_workers() {
     let later = now + 10_000;
     let mut state = ProviderState::default();
     let slot = store
-        .reserve_provider_slot("hunter", 100, later, None, &mut state)
+        .reserve_provider_slot("hunter", 100, later, None, None, &mut state)
         .await
         .unwrap();
     assert_eq!(
@@ -888,7 +888,7 @@ async fn provider_slots_are_spaced_by_the_interval_across_concurrent_workers() {
     );
     let mut stale = ProviderState::default();
     let slot = store
-        .reserve_provider_slot("hunter", 100, later, None, &mut stale)
+        .reserve_provider_slot("hunter", 100, later, None, None, &mut stale)
         .await
         .unwrap();
     assert_eq!(
@@ -906,7 +906,7 @@ async fn a_bulks_jobs_take_slots_within_their_horizon_and_tickets_in_their_own_l
         async move {
             let mut state = ProviderState::default();
             store
-                .reserve_provider_slot("hunter", 100, at, horizon_ms, &mut state)
+                .reserve_provider_slot("hunter", 100, at, horizon_ms, None, &mut state)
                 .await
                 .unwrap()
         }
@@ -919,6 +919,7 @@ async fn a_bulks_jobs_take_slots_within_their_horizon_and_tickets_in_their_own_l
         match reservation {
             Reservation::Slot(at) => slots.push(at - now),
             Reservation::Ticket(at) => tickets.push(at - now),
+            Reservation::Counted(_) => panic!("counted without a count"),
         }
     }
     slots.sort();
@@ -1035,7 +1036,7 @@ async fn a_call_gated_in_a_seconds_last_milliseconds_leaves_well_inside_the_seco
         let at = now - now.rem_euclid(1_000) + 2_000 + fraction;
         tokio::time::sleep(Duration::from_millis((at - now) as u64)).await;
         assert_eq!(
-            limiter.gate("pdl", Lane::Interactive).await.unwrap(),
+            limiter.gate("pdl", Lane::Interactive, None).await.unwrap(),
             Admission::Go { failures: 0 }
         );
         let left = Utc::now().timestamp_millis();
@@ -1058,6 +1059,195 @@ async fn a_call_gated_in_a_seconds_last_milliseconds_leaves_well_inside_the_seco
             "{fraction} ms in: left {left}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_slot_in_the_current_second_is_counted_with_its_reservation_up_to_the_windows_limit() {
+    let store = table().await;
+    let second = Utc::now().timestamp_millis().div_euclid(1_000) * 1_000;
+    let now = second + 10;
+    let windows = [(Window::Second, 10)];
+    let count = Count {
+        windows: &windows,
+        at_ms: now + 25,
+    };
+    // 12 workers at once, 10 a second spaced 105 ms apart, each guessing differently whether
+    // calls queue: the 10 slots of this second are counted with their reservation, the two
+    // of the next one are not (the gate counts them then).
+    let reservations = (0..12).map(|i| {
+        let store = store.clone();
+        async move {
+            let mut state = ProviderState::default();
+            if i % 2 == 0 {
+                state.next_ms = Some(now + 500);
+            }
+            store
+                .reserve_provider_slot("pdl", 105, now, None, Some(count), &mut state)
+                .await
+                .unwrap()
+        }
+    });
+    let mut reservations = futures::future::join_all(reservations).await;
+    reservations.sort_by_key(|reservation| match reservation {
+        Reservation::Slot(at) | Reservation::Counted(at) | Reservation::Ticket(at) => *at,
+    });
+    let mut expected: Vec<Reservation> = (0..10)
+        .map(|k| Reservation::Counted(now + k * 105))
+        .collect();
+    expected.extend([
+        Reservation::Slot(now + 1_050),
+        Reservation::Slot(now + 1_155),
+    ]);
+    assert_eq!(reservations, expected);
+    // The window is full: a late job's gate in this second waits for the next one, where it
+    // passes.
+    let mut state = ProviderState::default();
+    assert_eq!(
+        store
+            .pass_provider_gate("pdl", &windows, now + 500, &mut state)
+            .await
+            .unwrap(),
+        Gate::Full {
+            until_ms: second + 1_000
+        }
+    );
+    assert_eq!(state.second, Some((second / 1_000, 10)));
+    assert_eq!(
+        store
+            .pass_provider_gate("pdl", &windows, second + 1_050, &mut state)
+            .await
+            .unwrap(),
+        Gate::Pass { failures: 0 }
+    );
+    // A full window leaves the next reservation uncounted, its slot still given; so does an
+    // open circuit.
+    let mut state = ProviderState::default();
+    let full = [(Window::Second, 1)];
+    let count = Count {
+        windows: &full,
+        at_ms: second + 1_100,
+    };
+    assert_eq!(
+        store
+            .reserve_provider_slot("pdl", 105, second + 1_100, None, Some(count), &mut state)
+            .await
+            .unwrap(),
+        Reservation::Slot(now + 1_260)
+    );
+    store
+        .open_provider_circuit("hunter", second + 5_000, second)
+        .await
+        .unwrap();
+    let mut state = ProviderState::default();
+    let count = Count {
+        windows: &windows,
+        at_ms: second + 100,
+    };
+    assert_eq!(
+        store
+            .reserve_provider_slot("hunter", 105, second + 100, None, Some(count), &mut state)
+            .await
+            .unwrap(),
+        Reservation::Slot(second + 5_000)
+    );
+    assert_eq!(state.second, None);
+}
+
+#[tokio::test]
+async fn a_call_counted_with_its_slot_passes_the_gate_without_an_update_while_in_its_second() {
+    use crate::limiter::{Admission, Lane, Limiter, ProviderLimit};
+    let store = table().await;
+    let limit = ProviderLimit {
+        per_second: Some(10),
+        per_minute: Some(600),
+    };
+    let limiter = Limiter::new(store.clone(), [("pdl", limit)]);
+    let windows = || async {
+        let item = store
+            .client
+            .get_item()
+            .table_name(&store.table)
+            .set_key(Some(Store::key("PROVIDER#pdl", "LIMIT")))
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap();
+        let n = |name: &str| -> i64 { item[name].as_n().unwrap().parse().unwrap() };
+        (n("secondIndex"), n("secondUsed"), n("minuteUsed"))
+    };
+    // The queue is idle: the slot is now, counted in its second and minute by the reservation.
+    let call = match limiter.admit("pdl", None, Lane::Interactive).await.unwrap() {
+        Admission::Counted(call) => call,
+        other => panic!("an idle queue's slot not counted: {other:?}"),
+    };
+    assert_eq!((call.provider.as_str(), call.failures), ("pdl", 0));
+    let counted = windows().await;
+    assert_eq!(counted, (call.at_ms.div_euclid(1_000), 1, 1));
+    // The gate in that second passes it without counting it again.
+    assert_eq!(
+        limiter
+            .gate("pdl", Lane::Interactive, Some(&call))
+            .await
+            .unwrap(),
+        Admission::Go { failures: 0 }
+    );
+    assert_eq!(windows().await, counted);
+    // A call that starts in a later second (its renewals took long) is counted there.
+    let next_second = (call.at_ms.div_euclid(1_000) + 1) * 1_000;
+    let wait = next_second - Utc::now().timestamp_millis();
+    tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
+    assert_eq!(
+        limiter
+            .gate("pdl", Lane::Interactive, Some(&call))
+            .await
+            .unwrap(),
+        Admission::Go { failures: 0 }
+    );
+    let (second, used, minute_used) = windows().await;
+    assert!(second > counted.0, "{second} after {counted:?}");
+    assert_eq!(used, 1);
+    assert!(minute_used == 2 || (minute_used == 1 && second % 60 == 0));
+}
+
+#[tokio::test]
+async fn at_a_full_window_a_bulks_job_is_deferred_a_horizon_later_and_an_interactive_one_to_the_next()
+ {
+    use crate::limiter::{Admission, BULK_HORIZON, Lane, Limiter, ProviderLimit, ProviderSlot};
+    let store = table().await;
+    let limit = ProviderLimit {
+        per_second: Some(1),
+        per_minute: None,
+    };
+    let limiter = Limiter::new(store.clone(), [("fullenrich", limit)]);
+    // 100 ms into a second, so that the three gates fall in it.
+    let now = Utc::now().timestamp_millis();
+    let second = now - now.rem_euclid(1_000) + 1_000;
+    tokio::time::sleep(Duration::from_millis((second + 100 - now) as u64)).await;
+    assert_eq!(
+        limiter
+            .gate("fullenrich", Lane::Interactive, None)
+            .await
+            .unwrap(),
+        Admission::Go { failures: 0 }
+    );
+    let deferred = |at_ms| {
+        Admission::Defer(ProviderSlot {
+            provider: "fullenrich".to_string(),
+            at_ms,
+        })
+    };
+    assert_eq!(
+        limiter.gate("fullenrich", Lane::Bulk, None).await.unwrap(),
+        deferred(second + BULK_HORIZON.as_millis() as i64)
+    );
+    assert_eq!(
+        limiter
+            .gate("fullenrich", Lane::Interactive, None)
+            .await
+            .unwrap(),
+        deferred(second + 1_000)
+    );
 }
 
 #[tokio::test]
@@ -1095,12 +1285,12 @@ async fn an_open_circuit_passes_no_call_gives_slots_after_it_and_counts_one_fail
     // Slots are given after it: the first is the probe's.
     let mut state = ProviderState::default();
     let probe = store
-        .reserve_provider_slot("prospeo", 200, now, None, &mut state)
+        .reserve_provider_slot("prospeo", 200, now, None, None, &mut state)
         .await
         .unwrap();
     assert_eq!(probe, Reservation::Slot(now + 5_000));
     let next = store
-        .reserve_provider_slot("prospeo", 200, now, None, &mut state)
+        .reserve_provider_slot("prospeo", 200, now, None, None, &mut state)
         .await
         .unwrap();
     assert_eq!(next, Reservation::Slot(now + 5_200));

@@ -60,9 +60,9 @@
 //!   slept before asking a provider again (the cascade's retry events); its deferrals by cause
 //!   (a slot more than a second away, a full calendar window, a provider unavailable, another
 //!   worker); the mean time from a limited call's admission to its answer;
-//! - the limiter's `UpdateItem`s on `PROVIDER#` items by kind (reserve, gate, circuit open,
-//!   close), per provider request and per enrichment, and every DynamoDB request by operation
-//!   (the run's own reads left out): counted from the DynamoDB emulator's trace events, exact,
+//! - the limiter's `UpdateItem`s on `PROVIDER#` items by kind (reserve, reserve and count,
+//!   gate, circuit open, close), per provider request and per enrichment, and every DynamoDB
+//!   request by operation (the run's own reads left out): counted from the DynamoDB emulator's trace events, exact,
 //!   conditional failures included;
 //! - the emulators under the load: SQS and DynamoDB round trips and the queues' depths every
 //!   10 s, the limiter items' `next` (how far ahead the next free slot is) every second.
@@ -318,7 +318,7 @@ fn main() {
 struct Counts {
     /// DynamoDB requests received, by operation.
     dynamodb: BTreeMap<String, u64>,
-    /// `UpdateItem` requests on the limiter's items, by provider and kind (`reserve`, `gate`,
+    /// `UpdateItem` requests on the limiter's items, by provider and kind (`reserve`, `reserve+count`, `gate`,
     /// `open`, `close`).
     limiter_updates: BTreeMap<(String, &'static str), u64>,
     /// The cascade's events by provider and `outcome`.
@@ -407,7 +407,10 @@ fn limiter_update(body: &str) -> Option<(String, &'static str)> {
         .to_string();
     let expression = request["UpdateExpression"].as_str().unwrap_or_default();
     let names = request["ExpressionAttributeNames"].to_string();
-    let kind = if names.contains("secondUsed") || names.contains("minuteUsed") {
+    let counts = names.contains("secondUsed") || names.contains("minuteUsed");
+    let kind = if counts && names.contains("\"next\"") {
+        "reserve+count"
+    } else if counts {
         "gate"
     } else if expression.contains("ADD failures") {
         "open"
@@ -1821,8 +1824,9 @@ fn print_report(args: &Args, plan: &Plan, m: &Measured) {
     row(
         "limiter UpdateItems on PROVIDER# items",
         format!(
-            "{limiter_total}: reserve {}, gate {}, circuit open {}, close {}",
+            "{limiter_total}: reserve {}, reserve+count {}, gate {}, circuit open {}, close {}",
             kind_total("reserve"),
+            kind_total("reserve+count"),
             kind_total("gate"),
             kind_total("open"),
             kind_total("close")
@@ -1830,7 +1834,7 @@ fn print_report(args: &Args, plan: &Plan, m: &Measured) {
     );
     for (name, _) in LIMITS {
         let of = |kind: &str| updates.get(&(name.to_string(), kind)).copied().unwrap_or(0);
-        let all: u64 = ["reserve", "gate", "open", "close"]
+        let all: u64 = ["reserve", "reserve+count", "gate", "open", "close"]
             .iter()
             .map(|k| of(k))
             .sum();
@@ -1841,9 +1845,11 @@ fn print_report(args: &Args, plan: &Plan, m: &Measured) {
         row(
             &format!("  {name}"),
             format!(
-                "{all} ({:.2} per request to it): reserve {}, gate {}, open {}, close {}",
+                "{all} ({:.2} per request to it): reserve {}, reserve+count {}, gate {}, open {}, \
+                 close {}",
                 all as f64 / requests.max(1) as f64,
                 of("reserve"),
+                of("reserve+count"),
                 of("gate"),
                 of("open"),
                 of("close")
