@@ -75,6 +75,12 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// request takes to reach the provider once it leaves.
 pub const WINDOW_GUARD: Duration = Duration::from_millis(25);
 
+/// When a call about to leave is counted in its windows: the clock, [`WINDOW_GUARD`] ahead,
+/// Unix milliseconds.
+fn counting_clock() -> i64 {
+    Utc::now().timestamp_millis() + WINDOW_GUARD.as_millis() as i64
+}
+
 /// The start of the calendar second that holds `at_ms` (Unix milliseconds).
 pub fn start_of_second(at_ms: i64) -> i64 {
     at_ms - at_ms.rem_euclid(Window::Second.span_ms())
@@ -290,7 +296,7 @@ impl Limiter {
             Some(held) => held.at_ms,
             None => {
                 let windows = windows(limit);
-                let counted_at = Utc::now().timestamp_millis() + WINDOW_GUARD.as_millis() as i64;
+                let counted_at = counting_clock();
                 let count = Count {
                     windows: &windows,
                     at_ms: counted_at,
@@ -349,7 +355,7 @@ impl Limiter {
             return Ok(Admission::Go { failures: 0 });
         };
         let windows = windows(limit);
-        let counted_at = Utc::now().timestamp_millis() + WINDOW_GUARD.as_millis() as i64;
+        let counted_at = counting_clock();
         let same_windows = |call: &&CountedCall| {
             call.provider == provider
                 && windows.iter().all(|(window, _)| {

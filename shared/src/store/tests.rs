@@ -1121,35 +1121,27 @@ async fn a_slot_in_the_current_second_is_counted_with_its_reservation_up_to_the_
     );
     // A full window leaves the next reservation uncounted, its slot still given; so does an
     // open circuit.
-    let mut state = ProviderState::default();
-    let full = [(Window::Second, 1)];
-    let count = Count {
-        windows: &full,
-        at_ms: second + 1_100,
+    let reserve_counted = |provider: &'static str, windows: &'static [(Window, u32)], at: i64| {
+        let store = store.clone();
+        async move {
+            let mut state = ProviderState::default();
+            let count = Count { windows, at_ms: at };
+            let reservation = store
+                .reserve_provider_slot(provider, 105, at, None, Some(count), &mut state)
+                .await
+                .unwrap();
+            (reservation, state)
+        }
     };
-    assert_eq!(
-        store
-            .reserve_provider_slot("pdl", 105, second + 1_100, None, Some(count), &mut state)
-            .await
-            .unwrap(),
-        Reservation::Slot(now + 1_260)
-    );
+    let (reservation, _) = reserve_counted("pdl", &[(Window::Second, 1)], second + 1_100).await;
+    assert_eq!(reservation, Reservation::Slot(now + 1_260));
     store
         .open_provider_circuit("hunter", second + 5_000, second)
         .await
         .unwrap();
-    let mut state = ProviderState::default();
-    let count = Count {
-        windows: &windows,
-        at_ms: second + 100,
-    };
-    assert_eq!(
-        store
-            .reserve_provider_slot("hunter", 105, second + 100, None, Some(count), &mut state)
-            .await
-            .unwrap(),
-        Reservation::Slot(second + 5_000)
-    );
+    let (reservation, state) =
+        reserve_counted("hunter", &[(Window::Second, 10)], second + 100).await;
+    assert_eq!(reservation, Reservation::Slot(second + 5_000));
     assert_eq!(state.second, None);
 }
 

@@ -62,8 +62,8 @@
 //!   worker); the mean time from a limited call's admission to its answer;
 //! - the limiter's `UpdateItem`s on `PROVIDER#` items by kind (reserve, reserve and count,
 //!   gate, circuit open, close), per provider request and per enrichment, and every DynamoDB
-//!   request by operation (the run's own reads left out): counted from the DynamoDB emulator's trace events, exact,
-//!   conditional failures included;
+//!   request by operation (the run's own reads left out): counted from the DynamoDB
+//!   emulator's trace events, exact, conditional failures included;
 //! - the emulators under the load: SQS and DynamoDB round trips and the queues' depths every
 //!   10 s, the limiter items' `next` (how far ahead the next free slot is) every second.
 //!
@@ -318,8 +318,8 @@ fn main() {
 struct Counts {
     /// DynamoDB requests received, by operation.
     dynamodb: BTreeMap<String, u64>,
-    /// `UpdateItem` requests on the limiter's items, by provider and kind (`reserve`, `reserve+count`, `gate`,
-    /// `open`, `close`).
+    /// `UpdateItem` requests on the limiter's items, by provider and kind
+    /// ([`LIMITER_KINDS`]).
     limiter_updates: BTreeMap<(String, &'static str), u64>,
     /// The cascade's events by provider and `outcome`.
     outcomes: BTreeMap<(String, String), u64>,
@@ -393,6 +393,9 @@ impl tracing::field::Visit for Fields {
         }
     }
 }
+
+/// The kinds of limiter `UpdateItem`s ([`limiter_update`]), in the report's order.
+const LIMITER_KINDS: [&str; 5] = ["reserve", "reserve+count", "gate", "open", "close"];
 
 /// The kind of a limiter `UpdateItem` (see `enrichment::store` limits): `provider` and kind,
 /// or `None` for any other request.
@@ -1809,35 +1812,30 @@ fn print_report(args: &Args, plan: &Plan, m: &Measured) {
 
     println!();
     let updates = &m.counts.limiter_updates;
-    let kind_total = |kind: &str| -> u64 {
+    // Each kind's count, as the report prints it, and their sum.
+    let by_kind = |of: &dyn Fn(&str) -> u64| -> (u64, String) {
+        let counts = LIMITER_KINDS.map(|kind| (kind, of(kind)));
+        let listed: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        (counts.iter().map(|(_, n)| n).sum(), listed.join(", "))
+    };
+    let (limiter_total, listed) = by_kind(&|kind| {
         updates
             .iter()
             .filter(|((_, k), _)| *k == kind)
             .map(|(_, n)| n)
             .sum()
-    };
-    let limiter_total: u64 = updates.values().sum();
+    });
     let provider_requests: u64 = LIMITS
         .iter()
         .map(|(name, _)| last.get(*name).map_or(0, |s| s.requests))
         .sum();
     row(
         "limiter UpdateItems on PROVIDER# items",
-        format!(
-            "{limiter_total}: reserve {}, reserve+count {}, gate {}, circuit open {}, close {}",
-            kind_total("reserve"),
-            kind_total("reserve+count"),
-            kind_total("gate"),
-            kind_total("open"),
-            kind_total("close")
-        ),
+        format!("{limiter_total}: {listed}"),
     );
     for (name, _) in LIMITS {
-        let of = |kind: &str| updates.get(&(name.to_string(), kind)).copied().unwrap_or(0);
-        let all: u64 = ["reserve", "reserve+count", "gate", "open", "close"]
-            .iter()
-            .map(|k| of(k))
-            .sum();
+        let (all, listed) =
+            by_kind(&|kind| updates.get(&(name.to_string(), kind)).copied().unwrap_or(0));
         if all == 0 {
             continue;
         }
@@ -1845,14 +1843,8 @@ fn print_report(args: &Args, plan: &Plan, m: &Measured) {
         row(
             &format!("  {name}"),
             format!(
-                "{all} ({:.2} per request to it): reserve {}, reserve+count {}, gate {}, open {}, \
-                 close {}",
-                all as f64 / requests.max(1) as f64,
-                of("reserve"),
-                of("reserve+count"),
-                of("gate"),
-                of("open"),
-                of("close")
+                "{all} ({:.2} per request to it): {listed}",
+                all as f64 / requests.max(1) as f64
             ),
         );
     }
