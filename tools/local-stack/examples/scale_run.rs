@@ -394,8 +394,16 @@ impl tracing::field::Visit for Fields {
     }
 }
 
-/// The kinds of limiter `UpdateItem`s ([`limiter_update`]), in the report's order.
-const LIMITER_KINDS: [&str; 5] = ["reserve", "reserve+count", "gate", "open", "close"];
+/// The kinds of limiter `UpdateItem`s ([`limiter_update`]): a reservation, a reservation that
+/// also counts its call, a gate, a circuit's opening and its close.
+const RESERVE: &str = "reserve";
+const RESERVE_AND_COUNT: &str = "reserve+count";
+const GATE: &str = "gate";
+const OPEN: &str = "open";
+const CLOSE: &str = "close";
+
+/// The same, in the report's order.
+const LIMITER_KINDS: [&str; 5] = [RESERVE, RESERVE_AND_COUNT, GATE, OPEN, CLOSE];
 
 /// The kind of a limiter `UpdateItem` (see `enrichment::store` limits): `provider` and kind,
 /// or `None` for any other request.
@@ -412,15 +420,15 @@ fn limiter_update(body: &str) -> Option<(String, &'static str)> {
     let names = request["ExpressionAttributeNames"].to_string();
     let counts = names.contains("secondUsed") || names.contains("minuteUsed");
     let kind = if counts && names.contains("\"next\"") {
-        "reserve+count"
+        RESERVE_AND_COUNT
     } else if counts {
-        "gate"
+        GATE
     } else if expression.contains("ADD failures") {
-        "open"
+        OPEN
     } else if expression.contains("REMOVE failures") {
-        "close"
+        CLOSE
     } else {
-        "reserve"
+        RESERVE
     };
     Some((provider, kind))
 }
